@@ -1,0 +1,157 @@
+"""The ``nml`` command.
+
+``nml fit | validate | test | predict`` go to LightningCLI (subclass mode for model and data);
+everything else is a typed function exposed through jsonargparse, listed in ``COMMANDS``. Heavy
+imports (torch, lightning) happen only inside the command that needs them, so ``nml --help`` and
+``nml data --help`` stay fast.
+
+``--config NAME`` accepts a bare file name: when ``NAME`` is not a file in the working directory,
+it resolves to the configs shipped inside the package (``nml/configs``). The file used is logged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "Train a model (LightningCLI): nml fit --config pretrain_clip.yaml",
+    "validate": "Run one validation epoch (LightningCLI)",
+    "test": "Evaluate on the test suites (LightningCLI): nml test --config C --ckpt_path P",
+    "predict": "Run prediction (LightningCLI)",
+}
+
+# Plain subcommands: group -> {name: "module:function"}. Each function's signature and docstring
+# become its options and help; the module is imported only to build that one parser.
+COMMANDS: dict[str, dict[str, str]] = {
+    "data": {
+        "embedded": "nml.commands.data:embedded",
+        "write": "nml.commands.data:write",
+    },
+}
+GROUP_HELP = {"data": "Build, write and inspect WebDataset shards"}
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+log = logging.getLogger("nml")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_nml", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[nml %(levelname)s] %(message)s"))
+        handler._nml = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def resolve_config(name: str) -> Path:
+    """A ``--config`` value as a path: the file itself if it exists, else a shipped config."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    candidates = [CONFIG_DIR / name] if (CONFIG_DIR / name).is_file() else sorted(CONFIG_DIR.rglob(p.name))
+    if len(candidates) == 1:
+        return candidates[0]
+    shipped = sorted(str(c.relative_to(CONFIG_DIR)) for c in CONFIG_DIR.rglob("*.yaml"))
+    if not candidates:
+        raise SystemExit(f"nml: config {name!r} is neither a file here nor a shipped config; shipped: {', '.join(shipped)}")
+    raise SystemExit(f"nml: config {name!r} is ambiguous among shipped configs: {', '.join(map(str, candidates))}")
+
+
+def resolve_config_args(argv: Sequence[str]) -> list[str]:
+    """Rewrite every ``--config X`` / ``--config=X`` so that bare names find the shipped configs."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config" and i + 1 < len(argv):
+            path = resolve_config(argv[i + 1])
+            log.info("using config %s", path.resolve())
+            out += [a, str(path)]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            path = resolve_config(a.split("=", 1)[1])
+            log.info("using config %s", path.resolve())
+            out.append(f"--config={path}")
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
+def _load(target: str) -> Callable:
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def build_parser(argv: Sequence[str] = ()):
+    """The jsonargparse parser. Only the function parsers on ``argv``'s path are built in full."""
+    from jsonargparse import ActionConfigFile, ArgumentParser  # noqa: PLC0415
+
+    from nml import __version__  # noqa: PLC0415
+
+    parser = ArgumentParser(prog="nml", description="Noisy Model Learning with PyTorch Lightning", default_env=False)
+    parser.add_argument("--version", action="version", version=f"nml {__version__}")
+    sub = parser.add_subcommands(required=True, dest="command")
+    for name, help_ in LIGHTNING_SUBCOMMANDS.items():
+        sub.add_subcommand(name, ArgumentParser(description=help_), help=help_)
+    for group, commands in COMMANDS.items():
+        gp = ArgumentParser(description=GROUP_HELP.get(group, ""))
+        sub.add_subcommand(group, gp, help=GROUP_HELP.get(group, ""))
+        gsub = gp.add_subcommands(required=True, dest="subcommand")
+        for cmd, target in commands.items():
+            fp = ArgumentParser(prog=f"nml {group} {cmd}")
+            if len(argv) >= 2 and argv[0] == group and argv[1] == cmd:
+                fn = _load(target)
+                fp.description = (fn.__doc__ or "").strip().split("\n\n")[0]
+                fp.add_argument("--config", action=ActionConfigFile, help="YAML with these options")
+                fp.add_function_arguments(fn, as_group=False)
+                help_ = fp.description.split("\n")[0]
+            else:
+                help_ = _first_doc_line(target)
+            gsub.add_subcommand(cmd, fp, help=help_)
+    return parser
+
+
+def _first_doc_line(target: str) -> str:
+    """A command's one-line help without importing its module (read from the source's docstring)."""
+    module, fn = target.split(":")
+    spec = importlib.util.find_spec(module)
+    src = Path(spec.origin).read_text() if spec and spec.origin else ""
+    marker = f"def {fn}("
+    if marker not in src:
+        return ""
+    after = src.split(marker, 1)[1]
+    doc = after.split('"""', 2)
+    return doc[1].strip().split("\n")[0] if len(doc) > 2 else ""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    argv = resolve_config_args(argv)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        from nml.lightning_cli import run_lightning  # noqa: PLC0415 (imports torch + lightning)
+
+        run_lightning(argv)
+        return 0
+    parser = build_parser(argv)
+    cfg = parser.parse_args(argv)
+    group, cmd = cfg.command, cfg[cfg.command].subcommand
+    fn = _load(COMMANDS[group][cmd])
+    kwargs = {k: v for k, v in cfg[group][cmd].items() if k not in ("config", "__path__")}
+    result = fn(**kwargs)
+    if result is not None:
+        json.dump(result, sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

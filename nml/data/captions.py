@@ -1,0 +1,43 @@
+"""Caption templates for the glyph corpus (the ``txt`` member used by CLIP pre-training).
+
+Captions name the character and describe its rendering in varied wording, as alt-text would.
+The template and wording are drawn from the sample's own RNG, so captions are deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nml.data.charsets import char_name
+
+TEMPLATES: tuple[str, ...] = (
+    "the {name} in {family} {style}",
+    "a {weight} {name} set in {family}",
+    "{name}, {family} typeface, {tone}",
+    "a printed {name}, {slant}, {tone}",
+    "an image of the character '{ch}' in {family}",
+    "{family} {style}: {name}",
+    "a {tone} rendering of the {name}",
+    "the glyph '{ch}' ({name}), {weight}, {slant}",
+    "a {slant} {name} in a {weight} {family} font",
+    "close-up of a {name}, {tone}",
+)
+
+
+def _tone(fg: int, bg: int) -> str:
+    return "light on a dark background" if fg > bg else "dark on a light background"
+
+
+def _slant(rotation: float) -> str:
+    if abs(rotation) < 4:
+        return "upright"
+    return "tilted left" if rotation > 0 else "tilted right"
+
+
+def caption(rng: np.random.Generator, ch: str, family: str, style: str, stroke: int, fg: int, bg: int, rotation: float) -> str:
+    weight = "bold" if stroke > 0 or "bold" in style.lower() or "black" in style.lower() else "regular"
+    template = TEMPLATES[rng.integers(len(TEMPLATES))]
+    return template.format(
+        name=char_name(ch), ch=ch, family=family, style=style.lower() or "regular",
+        weight=weight, tone=_tone(fg, bg), slant=_slant(rotation),
+    )

@@ -1,0 +1,54 @@
+"""Character sets and label spaces of the embedded benchmark.
+
+Inherently ambiguous glyphs are merged into one class. Glyphs are rendered at a random size and
+position, so a lowercase letter that is a scaled copy of its capital (c/C, s/S ...) or a digit
+drawn like a letter (0/O/o, 1/l/I) cannot be told apart from the pixels: keeping them as separate
+classes would hide label noise in the "clean" corpus, which is exactly the quantity under study.
+"""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+
+DIGITS = string.digits
+LETTERS_AND_DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase  # 62 characters
+
+# Merged groups: every character of a group gets the group's class. The first member names it.
+AMBIGUOUS_GROUPS: tuple[str, ...] = ("0Oo", "1Il", "Cc", "Ss", "Vv", "Ww", "Xx", "Zz")
+
+# Novel classes for the downstream tasks: never seen in pre-training.
+# Greek lowercase without omicron (an 'o') and final sigma (a variant of sigma).
+GREEK = "".join(chr(c) for c in range(0x3B1, 0x3CA) if chr(c) not in "ος")
+# Symbols whose shapes stay distinct under random size/position (no '-' vs '_', ',' vs '.').
+SYMBOLS = "!#$%&()*+/<=>?@[]{}~^\\"
+
+
+def glyph_classes() -> list[str]:
+    """Class list of the glyph corpus: each entry is the string of characters in that class."""
+    grouped = {ch: g for g in AMBIGUOUS_GROUPS for ch in g}
+    classes: list[str] = []
+    for ch in LETTERS_AND_DIGITS:
+        g = grouped.get(ch, ch)
+        if g not in classes:
+            classes.append(g)
+    return classes
+
+
+def char_classes(chars: str) -> list[str]:
+    """One class per character (the label space of the digit, Greek and symbol tasks)."""
+    return list(chars)
+
+
+def char_name(ch: str) -> str:
+    """Human name of a character for captions and class names: 'digit 7', 'uppercase A' ..."""
+    if ch.isdigit():
+        return f"digit {ch}"
+    if ch in string.ascii_letters:
+        return f"{'uppercase' if ch.isupper() else 'lowercase'} {ch}"
+    return unicodedata.name(ch, repr(ch)).lower()
+
+
+def class_name(members: str) -> str:
+    """Name of a (possibly merged) class, e.g. '0/O/o' or 'A'."""
+    return "/".join(members)
