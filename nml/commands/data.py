@@ -11,7 +11,7 @@ log = logging.getLogger("nml.data")
 def embedded(
     out: str,
     seed: int = 0,
-    size: Literal["small", "full"] = "small",
+    size: Literal["tiny", "small", "full"] = "small",
     fonts: Literal["auto", "debian", "fallback"] = "auto",
     image_size: int = 32,
     shard_size: int = 1000,
@@ -26,7 +26,7 @@ def embedded(
     Args:
         out: Output directory (shards, sizes.json, _info.json, manifest.json).
         seed: Seed of every rendering and split.
-        size: small (~20k pre-training glyphs) or full (~100k).
+        size: small (~20k pre-training glyphs), full (~100k) or tiny (a few per class, for tests).
         fonts: Font set: debian (pinned packages), fallback (matplotlib + PyPI), or auto.
         image_size: Image side in pixels (>= 28).
         shard_size: Samples per shard.

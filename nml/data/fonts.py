@@ -33,31 +33,11 @@ from nml.data.charsets import DIGITS, GREEK, LETTERS_AND_DIGITS, SYMBOLS
 
 log = logging.getLogger(__name__)
 
-# Pinned Debian font packages (bookworm names). Chosen for Latin coverage and design variety;
-# icon/dingbat/CJK-only packages are left out on purpose.
-DEBIAN_FONT_PACKAGES: tuple[str, ...] = (
-    "fonts-adf-accanthis", "fonts-adf-baskervald", "fonts-adf-berenis", "fonts-adf-gillius",
-    "fonts-adf-ikarius", "fonts-adf-libris", "fonts-adf-oldania", "fonts-adf-romande",
-    "fonts-adf-switzera", "fonts-adf-tribun", "fonts-adf-universalis", "fonts-adf-verana",
-    "fonts-agave", "fonts-anonymous-pro", "fonts-averia-gwf", "fonts-averia-sans-gwf",
-    "fonts-averia-serif-gwf", "fonts-bebas-neue", "fonts-beteckna", "fonts-blankenburg",
-    "fonts-breip", "fonts-cabin", "fonts-cantarell", "fonts-century-catalogue", "fonts-cmu",
-    "fonts-comfortaa", "fonts-comic-neue", "fonts-courier-prime", "fonts-croscore",
-    "fonts-crosextra-caladea", "fonts-crosextra-carlito", "fonts-dancingscript",
-    "fonts-dejavu-core", "fonts-dkg-handwriting", "fonts-dustin", "fonts-ebgaramond",
-    "fonts-ecolier-court", "fonts-f500", "fonts-fantasque-sans",
-    "fonts-femkeklaver", "fonts-firacode", "fonts-freefont-ttf", "fonts-gfs-artemisia",
-    "fonts-gfs-baskerville", "fonts-gfs-didot", "fonts-gfs-neohellenic", "fonts-go",
-    "fonts-goudybookletter", "fonts-hack", "fonts-hermit", "fonts-humor-sans", "fonts-inconsolata",
-    "fonts-inter", "fonts-isabella", "fonts-jetbrains-mono", "fonts-junicode", "fonts-jura",
-    "fonts-kristi", "fonts-lato", "fonts-league-spartan", "fonts-liberation", "fonts-liberation2",
-    "fonts-lindenhill", "fonts-linuxlibertine", "fonts-lmodern", "fonts-mononoki", "fonts-noto-core",
-    "fonts-oflb-euterpe", "fonts-oldstandard", "fonts-open-sans", "fonts-oxygen", "fonts-paratype",
-    "fonts-play", "fonts-quicksand", "fonts-roboto-slab", "fonts-roboto-unhinted",
-    "fonts-rufscript", "fonts-sil-andika", "fonts-sil-charis", "fonts-sil-doulos",
-    "fonts-sil-gentium", "fonts-sil-gentiumplus", "fonts-stix", "fonts-texgyre",
-    "fonts-tomsontalks", "fonts-tuffy", "fonts-uralic", "fonts-urw-base35", "fonts-vollkorn",
-    "fonts-yanone-kaffeesatz",
+# Pinned Debian font packages (one file shared with tools/setup.sh and the Dockerfile). Chosen for
+# Latin coverage and design variety; icon, dingbat and CJK-only packages are left out on purpose.
+DEBIAN_FONT_PACKAGES_FILE = Path(__file__).with_name("debian-font-packages.txt")
+DEBIAN_FONT_PACKAGES: tuple[str, ...] = tuple(
+    ln.strip() for ln in DEBIAN_FONT_PACKAGES_FILE.read_text().splitlines() if ln.strip() and not ln.startswith("#")
 )
 
 # Handwriting-style families (matched case-insensitively on the family name's start). They form

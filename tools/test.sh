@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up (or reuse) the environment, then run the whole test suite. Extra args go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${NML_VENV:-$HOME/.cache/nml/venv-py311}"
+"$ROOT/tools/setup.sh"
+cd "$ROOT"
+set +e
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then
+  echo "[test] pytest collected no tests: that is a failure" >&2
+  exit 1
+fi
+exit "$rc"
