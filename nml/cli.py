@@ -60,8 +60,12 @@ def resolve_config(name: str) -> Path:
         return candidates[0]
     shipped = sorted(str(c.relative_to(CONFIG_DIR)) for c in CONFIG_DIR.rglob("*.yaml"))
     if not candidates:
-        raise SystemExit(f"nml: config {name!r} is neither a file here nor a shipped config; shipped: {', '.join(shipped)}")
-    raise SystemExit(f"nml: config {name!r} is ambiguous among shipped configs: {', '.join(map(str, candidates))}")
+        raise SystemExit(
+            f"nml: config {name!r} is neither a file here nor a shipped config; shipped: {', '.join(shipped)}"
+        )
+    raise SystemExit(
+        f"nml: config {name!r} is ambiguous among shipped configs: {', '.join(map(str, candidates))}"
+    )
 
 
 def resolve_config_args(argv: Sequence[str]) -> list[str]:
@@ -96,7 +100,9 @@ def build_parser(argv: Sequence[str] = ()):
 
     from nml import __version__  # noqa: PLC0415
 
-    parser = ArgumentParser(prog="nml", description="Noisy Model Learning with PyTorch Lightning", default_env=False)
+    parser = ArgumentParser(
+        prog="nml", description="Noisy Model Learning with PyTorch Lightning", default_env=False
+    )
     parser.add_argument("--version", action="version", version=f"nml {__version__}")
     sub = parser.add_subcommands(required=True, dest="command")
     for name, help_ in LIGHTNING_SUBCOMMANDS.items():

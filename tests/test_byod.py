@@ -42,13 +42,19 @@ def test_imagefolder_round_trip(imagefolder, tmp_path, caplog):
     samples = _read(out, res["shards"])
     info = json.loads((out / "_info.json").read_text())
     assert info["classes"] == ["cat", "dog", "eel"] and info["splits"]["train"]["num_samples"] == 12
-    assert json.loads((out / "sizes.json").read_text()) == {"train-000000.tar": 5, "train-000001.tar": 5, "train-000002.tar": 2}
+    assert json.loads((out / "sizes.json").read_text()) == {
+        "train-000000.tar": 5,
+        "train-000001.tar": 5,
+        "train-000002.tar": 2,
+    }
     seen = set()
     for s in samples:
         assert "." not in s["__key__"] and {"jpg", "cls", "json"} <= set(s)
         meta = json.loads(s["json"])
         cls = int(s["cls"])
-        assert meta["class_name"] == info["classes"][cls] and meta["path"].startswith(meta["class_name"] + "/")
+        assert meta["class_name"] == info["classes"][cls] and meta["path"].startswith(
+            meta["class_name"] + "/"
+        )
         src = Image.open(imagefolder / meta["path"]).convert("RGB")
         got = Image.open(io.BytesIO(s["jpg"]))
         assert got.format == "JPEG" and got.size == src.size

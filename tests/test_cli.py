@@ -5,24 +5,43 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import PYTHON, REPO, nml_subprocess_env
+
 from nml.cli import CONFIG_DIR, build_parser, main, resolve_config
 
 
 def _run(*code_or_args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, *code_or_args], capture_output=True, text=True, env=nml_subprocess_env(),
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [PYTHON, *code_or_args],
+        capture_output=True,
+        text=True,
+        env=nml_subprocess_env(),
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def test_help_is_lazy_and_lists_subcommands():
-    code = ("import sys\nfrom nml.cli import main\n"
-            "for argv in (['--help'], ['data', '--help'], ['data', 'embedded', '--help'], ['data', 'write', '--help']):\n"
-            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-            "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'webdataset', 'timm', 'open_clip') if m in sys.modules))")
+    code = (
+        "import sys\nfrom nml.cli import main\n"
+        "for argv in (['--help'], ['data', '--help'], ['data', 'embedded', '--help'], ['data', 'write', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'webdataset', 'timm', 'open_clip') if m in sys.modules))"
+    )
     r = _run("-c", code)
     assert r.returncode == 0, r.stderr
-    for word in ("fit", "validate", "test", "predict", "data", "embedded", "write", "--out", "--shard_size", "--strict"):
+    for word in (
+        "fit",
+        "validate",
+        "test",
+        "predict",
+        "data",
+        "embedded",
+        "write",
+        "--out",
+        "--shard_size",
+        "--strict",
+    ):
         assert word in r.stdout
     assert "HEAVY []" in r.stdout
 
@@ -45,8 +64,27 @@ def test_bare_config_names_resolve_to_shipped_configs(tmp_path, monkeypatch, cap
 
 def test_data_embedded_from_a_bare_config_name_prints_json(tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.chdir(tmp_path)
-    assert main(["data", "embedded", "--config", "embedded.yaml", "--size", "tiny", "--fonts", "fallback",
-                 "--num_workers", "0", "--progress", "false", "--out", "bench"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "embedded",
+                "--config",
+                "embedded.yaml",
+                "--size",
+                "tiny",
+                "--fonts",
+                "fallback",
+                "--num_workers",
+                "0",
+                "--progress",
+                "false",
+                "--out",
+                "bench",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["size"] == "tiny" and out["images"] > 0 and (tmp_path / "bench" / "manifest.json").is_file()
     assert "using config" in caplog.text and "data/embedded.yaml" in caplog.text
@@ -57,7 +95,21 @@ def test_data_write_infers_the_format(tmp_path, capsys):
 
     (tmp_path / "tree" / "a").mkdir(parents=True)
     Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "tree" / "a" / "x.png")
-    assert main(["data", "write", "--source", str(tmp_path / "tree"), "--out", str(tmp_path / "s"), "--progress", "false"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "write",
+                "--source",
+                str(tmp_path / "tree"),
+                "--out",
+                str(tmp_path / "s"),
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["samples"] == 1
     with pytest.raises(SystemExit, match="does not exist"):
         main(["data", "write", "--source", str(tmp_path / "nothing"), "--out", str(tmp_path / "s2")])

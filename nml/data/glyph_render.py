@@ -60,7 +60,9 @@ def render_glyph(font_path: str, ch: str, p: RenderParams, size: int = 32) -> np
     font = load_font(font_path, round(EM_FRACTION * canvas))
     im = Image.new("L", (canvas, canvas), p.bg)
     c = canvas / 2
-    ImageDraw.Draw(im).text((c, c), ch, fill=p.fg, font=font, anchor="mm", stroke_width=p.stroke, stroke_fill=p.fg)
+    ImageDraw.Draw(im).text(
+        (c, c), ch, fill=p.fg, font=font, anchor="mm", stroke_width=p.stroke, stroke_fill=p.fg
+    )
     # Inverse affine map (output -> input): x_in = c + R(-theta) (x_out - c - t) / s.
     th = math.radians(p.rotation)
     cos, sin = math.cos(th) / p.scale, math.sin(th) / p.scale

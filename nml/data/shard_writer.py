@@ -35,7 +35,9 @@ def encode_value(ext: str, value) -> bytes:
         return json.dumps(value, sort_keys=True, ensure_ascii=False).encode()
     if isinstance(value, str | int):
         return str(value).encode()
-    raise TypeError(f"cannot encode a {type(value).__name__} as .{ext}: pass bytes, str, int or (for json) a dict")
+    raise TypeError(
+        f"cannot encode a {type(value).__name__} as .{ext}: pass bytes, str, int or (for json) a dict"
+    )
 
 
 class ShardWriter:
@@ -60,7 +62,9 @@ class ShardWriter:
             self._next_shard()
         for ext in sorted(k for k in sample if not k.startswith("__")):
             if not _EXT_RE.match(ext):
-                raise ValueError(f"sample {key!r}: extension {ext!r} must be lowercase letters/digits without dots")
+                raise ValueError(
+                    f"sample {key!r}: extension {ext!r} must be lowercase letters/digits without dots"
+                )
             data = encode_value(ext, sample[ext])
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), 0, 0o444
@@ -134,4 +138,6 @@ def write_index_files(
             for split, shards in splits.items()
         },
     }
-    (directory / "_info.json").write_text(json.dumps(info, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    (directory / "_info.json").write_text(
+        json.dumps(info, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    )
