@@ -92,23 +92,7 @@ def write(
     if not src.exists():
         raise SystemExit(f"nml data write: source {source!r} does not exist")
     fmt = format if format != "auto" else ("imagefolder" if src.is_dir() else "captions")
+    common = {"shard_size": shard_size, "prefix": prefix or "train", "strict": strict, "progress": progress}
     if fmt == "imagefolder":
-        return write_imagefolder(
-            src,
-            out,
-            shard_size=shard_size,
-            prefix=prefix or "train",
-            seed=seed,
-            strict=strict,
-            progress=progress,
-        )
-    return write_captions(
-        src,
-        out,
-        shard_size=shard_size,
-        prefix=prefix or "train",
-        image_column=image_column,
-        caption_column=caption_column,
-        strict=strict,
-        progress=progress,
-    )
+        return write_imagefolder(src, out, seed=seed, **common)
+    return write_captions(src, out, image_column=image_column, caption_column=caption_column, **common)
