@@ -12,7 +12,6 @@ it resolves to the configs shipped inside the package (``nml/configs``). The fil
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import logging
 import sys
@@ -27,7 +26,7 @@ LIGHTNING_SUBCOMMANDS = {
 }
 
 # Plain subcommands: group -> {name: "module:function"}. Each function's signature and docstring
-# become its options and help; the module is imported only to build that one parser.
+# become its options and help; the modules stay light (heavy imports live inside the functions).
 COMMANDS: dict[str, dict[str, str]] = {
     "data": {
         "embedded": "nml.commands.data:embedded",
@@ -112,30 +111,15 @@ def build_parser(argv: Sequence[str] = ()):
         sub.add_subcommand(group, gp, help=GROUP_HELP.get(group, ""))
         gsub = gp.add_subcommands(required=True, dest="subcommand")
         for cmd, target in commands.items():
-            fp = ArgumentParser(prog=f"nml {group} {cmd}")
+            fn = _load(target)  # command modules import nothing heavy at module level
+            fp = ArgumentParser(
+                prog=f"nml {group} {cmd}", description=(fn.__doc__ or "").strip().split("\n\n")[0]
+            )
             if len(argv) >= 2 and argv[0] == group and argv[1] == cmd:
-                fn = _load(target)
-                fp.description = (fn.__doc__ or "").strip().split("\n\n")[0]
                 fp.add_argument("--config", action=ActionConfigFile, help="YAML with these options")
                 fp.add_function_arguments(fn, as_group=False)
-                help_ = fp.description.split("\n")[0]
-            else:
-                help_ = _first_doc_line(target)
-            gsub.add_subcommand(cmd, fp, help=help_)
+            gsub.add_subcommand(cmd, fp, help=fp.description.split("\n")[0])
     return parser
-
-
-def _first_doc_line(target: str) -> str:
-    """A command's one-line help without importing its module (read from the source's docstring)."""
-    module, fn = target.split(":")
-    spec = importlib.util.find_spec(module)
-    src = Path(spec.origin).read_text() if spec and spec.origin else ""
-    marker = f"def {fn}("
-    if marker not in src:
-        return ""
-    after = src.split(marker, 1)[1]
-    doc = after.split('"""', 2)
-    return doc[1].strip().split("\n")[0] if len(doc) > 2 else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

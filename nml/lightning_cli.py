@@ -25,5 +25,4 @@ def run_lightning(argv: Sequence[str]) -> NMLCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=list(argv),
-        auto_configure_optimizers=True,
     )

@@ -250,8 +250,9 @@ def plan(faces: list[fontlib.FontFace], size: str) -> tuple[list[GlyphSplit], di
                 corruption=(kind, sev),
             )
     for name, chars in (("greek", GREEK), ("symbols", SYMBOLS)):
+        covering = face_tuple(by_split["heldout"], name)
         for split in ("train", "val", "test"):
-            add(name, split, face_tuple(by_split["heldout"], name), tuple(chars), n[split])
+            add(name, split, covering, tuple(chars), n[split])
     for split in ("train", "val", "test"):
         add("digits_print", split, held_digits, tuple(DIGITS), n[f"digits_{split}"])
         add("digits_handwriting", split, hand_f, tuple(DIGITS), n[f"digits_{split}"], domain="handwriting")
