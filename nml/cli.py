@@ -31,6 +31,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     "data": {
         "embedded": "nml.commands.data:embedded",
         "write": "nml.commands.data:write",
+        "audit": "nml.commands.data:audit",
     },
 }
 GROUP_HELP = {"data": "Build, write and inspect WebDataset shards"}
@@ -132,10 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_lightning(argv)
         return 0
     parser = build_parser(argv)
-    cfg = parser.parse_args(argv)
+    cfg = parser.instantiate_classes(parser.parse_args(argv))  # dataclass options -> instances
     group, cmd = cfg.command, cfg[cfg.command].subcommand
     fn = _load(COMMANDS[group][cmd])
-    kwargs = {k: v for k, v in cfg[group][cmd].items() if k not in ("config", "__path__")}
+    kwargs = {k: v for k, v in cfg[group][cmd].items(branches=True) if k not in ("config", "__path__")}
     result = fn(**kwargs)
     if result is not None:
         json.dump(result, sys.stdout, indent=1, ensure_ascii=False)

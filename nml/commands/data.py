@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+from nml.data.noise import NoiseConfig
+
 log = logging.getLogger("nml.data")
 
 
@@ -96,3 +98,60 @@ def write(
     if fmt == "imagefolder":
         return write_imagefolder(src, out, seed=seed, **common)
     return write_captions(src, out, image_column=image_column, caption_column=caption_column, **common)
+
+
+def audit(
+    shards: str,
+    noise: NoiseConfig | None = None,
+    root: str | None = None,
+    num_classes: int | None = None,
+    image_keys: str = "jpg;png;jpeg;webp",
+    label_key: str = "cls",
+    caption_key: str = "txt",
+    seed: int = 0,
+    num_workers: int = 0,
+    strict: bool = False,
+) -> dict:
+    """Read shards through the training pipeline's noise stage and report the noise as JSON.
+
+    Prints the number of samples, the realised noise rate, the per-class transition matrix
+    (labels) or the caption mismatch rate (caption_swap), and a checksum of the noisy labels. The
+    output is the same for any --num_workers. Images are not decoded.
+
+    Args:
+        shards: Shard spec: brace patterns, several sources joined by '::'.
+        noise: The noise to apply (as in the data modules' ``noise``).
+        root: Directory relative shard paths resolve against (default: the working directory).
+        num_classes: Classes of the labels (default: from the _info.json beside the shards).
+        image_keys: Image member extensions, ';'-separated (checked to exist, not decoded).
+        label_key: Label member (integer class index).
+        caption_key: Caption member for caption_swap: an extension or json:<field>.
+        seed: Data seed; the noise seed when noise.seed is not set.
+        num_workers: DataLoader workers reading the shards (the result does not depend on it).
+        strict: Raise on unreadable data instead of skipping and counting it.
+    """
+    import time  # noqa: PLC0415
+
+    from nml.data.audit import audit_shards  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    report = audit_shards(
+        shards,
+        noise or NoiseConfig(),
+        root=root,
+        num_classes=num_classes,
+        image_keys=image_keys,
+        label_key=label_key,
+        caption_key=caption_key,
+        seed=seed,
+        num_workers=num_workers,
+        strict=strict,
+    )
+    log.info(
+        "audited %d samples in %.1f s: realised noise rate %.4f (target %s)",
+        report["samples"],
+        time.perf_counter() - t0,
+        report["realised_rate"],
+        report["target_rate"],
+    )
+    return report

@@ -1,0 +1,324 @@
+"""LightningDataModules streaming WebDataset shards: classification and image-text.
+
+Both default to the embedded benchmark (``data/embedded``, or ``$NML_DATA``; build it with
+``nml data embedded --out data/embedded``): ``task: pretraining`` trains on the glyph corpus and
+tests on the held-out fonts (``id``) and their corruptions (``ood``); any other task name from the
+benchmark's ``manifest.json`` (``greek``, ``print_to_mnist`` ...) selects that downstream task.
+Explicit ``train`` / ``val`` / ``test`` specs override the task; relative paths resolve against
+``root``. In YAML::
+
+    data:
+      class_path: nml.data.modules.ClassificationShards
+      init_args:
+        noise: {kind: symmetric, rate: 0.3}
+        test:
+          - {name: my_set, shards: /data/my-{000..009}.tar, group: ood}
+
+Validation and test loaders evaluate every sample exactly once across ranks; batches carry a
+``valid`` mask (padding on ranks with fewer batches). Names of the loaders, in order, are in
+``val_sets`` / ``test_sets`` so that modules can log ``test/<group>/<name>/top1``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+
+from nml.data.members import MemberSpec
+from nml.data.noise import LABEL_KINDS, NoiseConfig
+from nml.data.pipeline import ShardLoader, StreamConfig, collate
+from nml.data.shards import info_classes, resolve_shards
+from nml.data.transforms import build_transform
+
+log = logging.getLogger(__name__)
+DEFAULT_ROOT = "data/embedded"
+
+
+@dataclass
+class EvalSet:
+    """A named evaluation set: ``group`` is ``id`` (same distribution as tuning) or ``ood``."""
+
+    name: str
+    shards: str
+    group: Literal["id", "ood"] = "id"
+    num_classes: int | None = None
+
+
+def default_root() -> str:
+    return os.environ.get("NML_DATA", DEFAULT_ROOT)
+
+
+def load_manifest(root: str | Path) -> dict:
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no benchmark manifest at {str(path)!r}: build the embedded benchmark with "
+            f"`nml data embedded --out {root}` (or `bash tools/quickstart.sh`), point data.root at it "
+            "(or set $NML_DATA), or give data.train / data.val / data.test shard specs"
+        )
+    return json.loads(path.read_text())
+
+
+def task_sets(manifest: dict, task: str) -> dict[str, Any]:
+    """train / val / test sets and classes of a manifest task (``pretraining`` included)."""
+    datasets, tasks = manifest["datasets"], {t["name"]: t for t in manifest["tasks"]}
+    if task == "pretraining":
+        pre = manifest["pretraining"]
+        classes = datasets[pre["data"]]["classes"]
+        tests, seen = [], set()
+        for t in manifest["tasks"]:  # every test set over the pre-training classes
+            if datasets[t["data"]]["classes"] != classes:
+                continue
+            for name, spec in t["test"].items():
+                if spec not in seen:
+                    seen.add(spec)
+                    tests.append(EvalSet(name, spec, t["group"], len(classes)))
+        return {"train": pre["train"], "val": pre["val"], "test": tests, "classes": classes}
+    if task not in tasks:
+        raise ValueError(
+            f"task {task!r} is not in the benchmark manifest; expected pretraining or one of {sorted(tasks)}"
+        )
+    t = tasks[task]
+    classes = datasets[t["data"]]["classes"]
+    tests = [EvalSet(n, s, t["group"], t["num_classes"]) for n, s in t["test"].items()]
+    return {"train": t["train"], "val": t["val"], "test": tests, "classes": classes}
+
+
+class ShardDataModule(LightningDataModule):
+    """Shared logic of the streaming DataModules (see the module docstring)."""
+
+    library = "timm"
+
+    def __init__(
+        self,
+        root: str | None = None,
+        task: str | None = None,
+        train: str | None = None,
+        val: str | None = None,
+        test: list[EvalSet] | None = None,
+        num_classes: int | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        persistent_workers: bool = True,
+        pin_memory: bool = False,
+        seed: int = 0,
+        noise: NoiseConfig | None = None,
+        resampled: bool = False,
+        weights: list[float] | None = None,
+        train_samples: int | None = None,
+        shuffle_buffer: int = 1000,
+        image_size: int = 32,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        train_transform: dict | None = None,
+        image_keys: str = "jpg;png;jpeg;webp",
+        label_key: str = "cls",
+        strict: bool = False,
+    ):
+        super().__init__()
+        self.root = root if root is not None else default_root()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.persistent_workers, self.pin_memory = (
+            num_workers,
+            persistent_workers,
+            pin_memory,
+        )
+        self.seed, self.noise = seed, noise or NoiseConfig()
+        self.resampled, self.weights, self.train_samples = resampled, weights, train_samples
+        self.shuffle_buffer, self.image_size, self.mean, self.std = shuffle_buffer, image_size, mean, std
+        self.train_transform, self.image_keys, self.label_key = train_transform, image_keys, label_key
+        self.strict = strict
+        self._check_noise_kind()
+
+        self.classes: list[str] | None = None
+        if task is not None or train is None:
+            sets = task_sets(load_manifest(self.root), task or "pretraining")
+            train = train or sets["train"]
+            val = val or sets["val"]
+            test = test if test is not None else sets["test"]
+            self.classes = sets["classes"]
+        self.task = task or ("pretraining" if self.classes is not None else None)
+        self.train_spec, self.val_spec = train, val
+        if self.classes is None and train:
+            self.classes = info_classes(train, self.root)
+        if num_classes is None and self.classes is not None:
+            num_classes = len(self.classes)
+        self.num_classes = num_classes
+        self.val_sets = [EvalSet("val", val, "id", num_classes)] if val else []
+        self.test_sets = [
+            s if isinstance(s, EvalSet) else EvalSet(**s)  # plain dicts from Python callers
+            for s in (test or [])
+        ]
+        names = [s.name for s in self.test_sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"test set names must be unique, got {names}")
+        self.rank, self.world_size = 0, 1
+        self._loaders: dict[str, Any] = {}
+
+    # -- subclass hooks ------------------------------------------------------------------------
+    def _check_noise_kind(self) -> None:
+        if self.noise.kind not in ("none", *LABEL_KINDS):
+            raise ValueError(
+                f"{type(self).__name__}: noise.kind={self.noise.kind!r} is not a label noise; "
+                f"expected none or one of {LABEL_KINDS} (caption_swap is for ImageTextShards)"
+            )
+
+    def train_members(self) -> MemberSpec:
+        return MemberSpec(self.image_keys, self.label_key, self.num_classes)
+
+    def train_collate(self):
+        return collate
+
+    # -- Lightning -----------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Capture (global rank, world size) here: workers cannot ask torch.distributed."""
+        if self.trainer is not None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+        self._loaders = {}
+
+    def _stream(self, spec: str, mode: str, members: MemberSpec, **kw) -> StreamConfig:
+        train = mode == "train"
+        return StreamConfig(
+            shards=resolve_shards(spec, self.root),
+            members=members,
+            mode=mode,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            num_workers=self.num_workers,
+            noise=self.noise if train else NoiseConfig(),
+            resampled=self.resampled and train,
+            weights=self.weights if train else None,
+            num_samples=self.train_samples if train else None,
+            shuffle_buffer=self.shuffle_buffer,
+            strict=self.strict,
+            transform=build_transform(
+                self.library,
+                self.image_size,
+                train,
+                self.mean,
+                self.std,
+                self.train_transform if train else None,
+            ),
+            **kw,
+        )
+
+    def _loader(self, cfg: StreamConfig, **kw) -> ShardLoader:
+        return ShardLoader(
+            cfg,
+            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory,
+            **kw,
+        )
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else self._loaders["train"].epoch
+
+    def _progress(self) -> tuple[int, int]:
+        loop = self.trainer.fit_loop
+        return self.trainer.current_epoch, loop.epoch_loop.batch_progress.current.processed
+
+    def train_dataloader(self) -> ShardLoader:
+        if not self.train_spec:
+            raise ValueError(f"{type(self).__name__}: no training shards (set data.train or data.task)")
+        cfg = self._stream(self.train_spec, "train", self.train_members(), collate=self.train_collate())
+        loader = self._loader(
+            cfg, epoch_fn=self._epoch, progress_fn=self._progress if self.trainer is not None else None
+        )
+        self._loaders["train"] = loader
+        log.info(
+            "train: %d shards, %d samples, %d batches of %d per rank (%d ranks x %d workers)%s",
+            len(cfg.shards),
+            cfg.total_samples,
+            len(loader),
+            cfg.batch_size,
+            cfg.world_size,
+            cfg.workers,
+            f", noise {self.noise.describe()}" if self.noise.active else "",
+        )
+        return loader
+
+    def _eval_loaders(self, sets: list[EvalSet]) -> list[ShardLoader]:
+        loaders = []
+        for s in sets:
+            members = MemberSpec(self.image_keys, self.label_key, s.num_classes or self.num_classes)
+            loaders.append(self._loader(self._stream(s.shards, "eval", members, collate=collate)))
+        return loaders
+
+    def val_dataloader(self) -> list[ShardLoader]:
+        return self._eval_loaders(self.val_sets)
+
+    def test_dataloader(self) -> list[ShardLoader]:
+        return self._eval_loaders(self.test_sets)
+
+
+class ClassificationShards(ShardDataModule):
+    """Image classification shards (timm style: ``jpg;png;jpeg;webp`` + ``cls``) with label noise.
+
+    Training batches: ``image``, ``target`` (noisy), ``clean_target``, ``is_noisy``, ``valid``, ``key``.
+    """
+
+
+class ImageTextShards(ShardDataModule):
+    """Image-text shards (img2dataset style: ``jpg`` + ``txt``) with caption-swap noise.
+
+    Training batches: ``image``, ``text`` (token ids), ``is_noisy``, ``valid``, ``key``.
+    Validation / test sets are labelled image sets (``cls``) for zero-shot classification.
+
+    Args (besides those of ClassificationShards):
+        caption_key: Caption member: ``txt``, or ``json:<field>`` for a field of the ``.json`` member.
+        tokenizer: open_clip model name whose tokenizer encodes captions (the BPE vocab ships in
+            open_clip's wheel; ``hf-hub:`` names would download and are not the default).
+        context_length: Tokens per caption (None: the tokenizer's default, 77 for CLIP).
+    """
+
+    library = "open_clip"
+
+    def __init__(
+        self,
+        *args,
+        caption_key: str = "txt",
+        tokenizer: str = "ViT-B-32",
+        context_length: int | None = None,
+        **kwargs,
+    ):
+        self.caption_key, self.tokenizer_name, self.context_length = caption_key, tokenizer, context_length
+        super().__init__(*args, **kwargs)
+
+    def _check_noise_kind(self) -> None:
+        if self.noise.kind not in ("none", "caption_swap"):
+            raise ValueError(
+                f"ImageTextShards: noise.kind={self.noise.kind!r}: expected none or caption_swap "
+                "(label noise is for ClassificationShards)"
+            )
+
+    def train_members(self) -> MemberSpec:
+        return MemberSpec(self.image_keys, None, None, self.caption_key, require_caption=True)
+
+    def train_collate(self):
+        import open_clip  # noqa: PLC0415
+
+        return TextCollate(open_clip.get_tokenizer(self.tokenizer_name, context_length=self.context_length))
+
+
+class TextCollate:
+    """Image-text batch: image, text (token ids), is_noisy, valid, key."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, records: list[dict]) -> dict[str, Any]:
+        batch = collate(records)
+        batch["text"] = self.tokenizer([r["caption"] for r in records])
+        if "cls" in records[0]:
+            batch["label"] = torch.tensor([r["cls"] for r in records], dtype=torch.long)
+        return batch

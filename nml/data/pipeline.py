@@ -1,0 +1,431 @@
+"""The one streaming pipeline behind every nml DataModule (classification, image-text, audit).
+
+Per reader (global worker id ``rank * workers + worker``), a ``webdataset.DataPipeline`` of::
+
+    shards for this reader  ->  tar -> parse members -> NOISE (per shard, pre-shuffle)
+    -> sample shuffle seeded by (seed, epoch, rank, worker)  -> resume skip
+    -> decode + transform  -> batch  -> with_epoch(batches per reader)
+
+* Training: shards are shuffled by (seed, epoch) and dealt round-robin to readers (or drawn with
+  replacement, ``resampled``). A reader cycles through its shards until it has produced exactly
+  ``batches_per_reader`` full batches, so every rank yields the same number of batches
+  (``ceil(samples / (batch * world))`` rounded up to a multiple of the workers): uneven batch
+  counts hang DDP.
+* Evaluation: every sample is read exactly once across all ranks and workers, in order, with a
+  partial last batch; the loader pads each rank to the same number of batches with copies whose
+  ``valid`` mask is all False (no per-step collectives needed; reduce counts at epoch end).
+* The epoch and the resume offset live in shared memory (:class:`SharedState`), written by the
+  loader in the main process when an epoch's iterator is created, so persistent workers see them.
+* Mid-epoch resume: :class:`ShardLoader` state is ``{epoch, batches_done}`` (the same on every
+  rank). On restore, each worker regenerates its stream, drops the samples of the batches already
+  done before decoding, and the worker order is rotated so the remaining batches come out in the
+  order an uninterrupted run would have produced them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from nml.data.members import BadImage, MemberSpec, ShardFormatError, decode_image, parse_sample
+from nml.data.noise import NoiseConfig, NoiseModel
+from nml.data.shards import EvalUnit, Shard, eval_assignment, eval_units, train_assignment
+
+log = logging.getLogger(__name__)
+Mode = Literal["train", "eval"]
+MAX_WARNINGS = 5
+
+
+class SharedState:
+    """Epoch, resume offset and a skipped-sample counter in shared memory (seen by all workers)."""
+
+    def __init__(self) -> None:
+        self._v = mp.Array("q", 3)  # epoch, skip (batches), skipped samples
+
+    def set(self, epoch: int, skip: int) -> None:
+        with self._v.get_lock():
+            self._v[0], self._v[1] = int(epoch), int(skip)
+
+    def get(self) -> tuple[int, int]:
+        return int(self._v[0]), int(self._v[1])
+
+    def add_skipped(self, n: int = 1) -> None:
+        with self._v.get_lock():
+            self._v[2] += n
+
+    def pop_skipped(self) -> int:
+        with self._v.get_lock():
+            n, self._v[2] = int(self._v[2]), 0
+        return n
+
+
+@dataclass
+class StreamConfig:
+    """Everything one reader needs; picklable so that spawn/forkserver workers work too."""
+
+    shards: list[Shard]
+    members: MemberSpec
+    mode: Mode = "train"
+    batch_size: int | None = 64  # None: yield single records (no batching)
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    resampled: bool = False
+    weights: list[float] | None = None  # per '::' source, resampled mode only
+    num_samples: int | None = None  # training epoch size (default: all samples)
+    shuffle_buffer: int = 1000
+    strict: bool = False
+    decode: bool = True
+    transform: Callable | None = None
+    collate: Callable | None = None
+
+    def __post_init__(self) -> None:
+        if not self.shards:
+            raise ValueError("no shards: the shard spec expanded to nothing")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not (0 <= self.rank < self.world_size):
+            raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
+        readers = self.world_size * self.workers
+        if self.mode == "train" and not self.resampled and len(self.shards) < readers:
+            raise ValueError(
+                f"{len(self.shards)} training shard(s) for {self.world_size} rank(s) x {self.workers} "
+                f"worker(s) = {readers} readers: every reader needs at least one shard. Use fewer "
+                "num_workers, set resampled: true (shards drawn with replacement), or write more, "
+                "smaller shards (`nml data write --shard_size`)"
+            )
+        if self.weights is not None:
+            if not self.resampled:
+                raise ValueError("source weights need resampled: true (sampling shards with replacement)")
+            nsrc = max(s.source for s in self.shards) + 1
+            if len(self.weights) != nsrc or any(w < 0 for w in self.weights) or not sum(self.weights) > 0:
+                raise ValueError(
+                    f"weights: expected {nsrc} non-negative weights (one per '::' source), got {self.weights}"
+                )
+
+    @property
+    def workers(self) -> int:
+        return max(1, self.num_workers)
+
+    @property
+    def total_samples(self) -> int:
+        return sum(s.size for s in self.shards)
+
+    def batches_per_reader(self) -> int:
+        """Training: full batches each reader yields per epoch (equal on all ranks and workers)."""
+        n = self.num_samples if self.num_samples is not None else self.total_samples
+        if n < 1:
+            raise ValueError("the training shards hold no samples (sizes.json says 0)")
+        global_batches = math.ceil(n / (self.batch_size * self.world_size))
+        return math.ceil(global_batches / self.workers)
+
+    def eval_units_of(self, reader: int) -> list[EvalUnit]:
+        readers = self.world_size * self.workers
+        return eval_assignment(eval_units(self.shards, readers), reader, readers)
+
+    def eval_batches_of_rank(self, rank: int) -> int:
+        units = [self.eval_units_of(rank * self.workers + w) for w in range(self.workers)]
+        if self.batch_size is None:
+            return sum(u.size for us in units for u in us)
+        return sum(math.ceil(sum(u.size for u in us) / self.batch_size) for us in units)
+
+    def length(self) -> int:
+        """Batches (records if batch_size is None) the loader of ``rank`` yields per epoch."""
+        if self.mode == "train":
+            return self.batches_per_reader() * self.workers
+        return max(self.eval_batches_of_rank(r) for r in range(self.world_size))
+
+
+class _TarErrors:
+    """webdataset exception handler: strict raises; otherwise warn (first few), count, continue."""
+
+    def __init__(self, cfg: StreamConfig, state: SharedState, where: str):
+        self.cfg, self.state, self.where, self.count = cfg, state, where, 0
+
+    def __call__(self, exn: Exception, samples: int = 1) -> bool:
+        if self.cfg.strict:
+            raise exn
+        self.state.add_skipped(samples)
+        self.count += 1
+        if self.count <= MAX_WARNINGS:
+            log.warning("%s: skipped unreadable data (%s: %s)", self.where, type(exn).__name__, exn)
+        return True
+
+
+class ShardStream(wds.DataPipeline):
+    """The pipeline of one reader, built per iteration from the shared epoch and resume offset."""
+
+    def __init__(self, cfg: StreamConfig, state: SharedState | None = None):
+        super().__init__()
+        self.cfg, self.state = cfg, state or SharedState()
+        self.noise = NoiseModel(cfg.noise, cfg.members.num_classes, cfg.seed)
+        self._ctx: dict[str, int] = {}
+        self.pipeline = [self._samples]
+        if cfg.mode == "train":
+            self.pipeline.append(self._shuffle)
+        self.pipeline += [self._skip, self._decode]
+        if cfg.batch_size is not None:
+            self.pipeline.append(
+                wds.batched(cfg.batch_size, collation_fn=cfg.collate or collate, partial=cfg.mode != "train")
+            )
+
+    # -- context -------------------------------------------------------------------------------
+    def context(self) -> dict[str, int]:
+        """(epoch, reader, number of the batches this reader still owes) for this iteration."""
+        info = get_worker_info()
+        workers, slot = (info.num_workers, info.id) if info is not None else (1, 0)
+        if workers != self.cfg.workers:
+            raise RuntimeError(f"stream built for {self.cfg.workers} worker(s) but run by {workers}")
+        epoch, skip = self.state.get()
+        if self.cfg.mode != "train":
+            skip = 0
+        logical = (slot + skip) % workers  # rotation: the next batch comes from the right worker
+        done = (skip - logical + workers - 1) // workers if skip > logical else 0
+        return {"epoch": epoch, "reader": self.cfg.rank * workers + logical, "done": done}
+
+    def __iter__(self) -> Iterator:
+        self._ctx = self.context()
+        if self.cfg.mode == "train" and self.cfg.batch_size is not None:
+            self.with_epoch(nbatches=self.cfg.batches_per_reader() - self._ctx["done"])
+        return super().__iter__()
+
+    def _where(self) -> str:
+        return f"rank {self.cfg.rank} reader {self._ctx.get('reader')}"
+
+    # -- stages --------------------------------------------------------------------------------
+    def _train_shards(self) -> Iterator[Shard]:
+        cfg, ctx = self.cfg, self._ctx
+        readers = cfg.world_size * cfg.workers
+        if cfg.resampled:
+            rng = random.Random(f"nml-resample/{cfg.seed}/{ctx['epoch']}/{ctx['reader']}")
+            by_source: dict[int, list[Shard]] = {}
+            for s in cfg.shards:
+                by_source.setdefault(s.source, []).append(s)
+            sources = sorted(by_source)
+            w = cfg.weights or [len(by_source[i]) for i in sources]
+            while True:
+                src = rng.choices(sources, weights=w)[0]
+                yield rng.choice(by_source[src])
+        mine = train_assignment(cfg.shards, cfg.seed, ctx["epoch"], ctx["reader"], readers)
+        yield from mine
+        for p in range(1, 2**62):  # cycle until with_epoch has its batches
+            again = list(mine)
+            random.Random(f"nml-pass/{cfg.seed}/{ctx['epoch']}/{ctx['reader']}/{p}").shuffle(again)
+            yield from again
+
+    def _read(self, shard: Shard, slot: int = 0, slots: int = 1) -> Iterator[dict]:
+        errors = _TarErrors(self.cfg, self.state, self._where())
+        raw = tarfile_samples([{"url": shard.url}], handler=errors)
+        for rec in self.noise.apply(self._parse(raw, errors, shard)):
+            if rec["__index__"] % slots == slot:
+                yield rec
+
+    def _parse(self, raw: Iterator[dict], errors: _TarErrors, shard: Shard) -> Iterator[dict]:
+        """Parse the samples of one shard; a truncated shard (Python's tarfile reads it as a short
+        archive whose last sample lacks members) is reported and counted like a corrupt member."""
+        n, pending = 0, None
+        for r in raw:
+            if pending is not None:  # a bad sample followed by more: the data is wrong
+                raise pending
+            try:
+                rec = parse_sample(r, self.cfg.members, n)
+            except ShardFormatError as e:
+                if errors.count:  # fallout of a tar error already counted
+                    errors(e)
+                else:
+                    pending = e
+                n += 1
+                continue
+            n += 1
+            yield rec
+        if pending is not None:
+            if n >= shard.size:
+                raise ShardFormatError(f"{pending} (or the shard is truncated)")
+            errors(
+                ShardFormatError(f"{shard.url}: truncated after {n - 1} of {shard.size} samples ({pending})"),
+                shard.size - n + 1,
+            )
+        elif shard.size and n < shard.size and not errors.count:
+            errors(
+                ShardFormatError(f"{shard.url}: read {n} samples, but the size index says {shard.size}"),
+                shard.size - n,
+            )
+
+    def _samples(self) -> Iterator[dict]:
+        if self.cfg.mode == "train":
+            empty_run = 0
+            for shard in self._train_shards():
+                n = 0
+                for rec in self._read(shard):
+                    n += 1
+                    yield rec
+                empty_run = 0 if n else empty_run + 1
+                if empty_run > max(16, len(self.cfg.shards)):
+                    raise RuntimeError(f"{self._where()}: {empty_run} shards in a row gave no samples")
+        else:
+            for unit in self.cfg.eval_units_of(self._ctx["reader"]):
+                yield from self._read(unit.shard, unit.slot, unit.slots)
+
+    def _shuffle(self, src: Iterator[dict]) -> Iterator[dict]:
+        cfg, ctx = self.cfg, self._ctx
+        rng = random.Random(f"nml-samples/{cfg.seed}/{ctx['epoch']}/{cfg.rank}/{ctx['reader']}")
+        if cfg.shuffle_buffer <= 1:
+            return src
+        return wds.shuffle(cfg.shuffle_buffer, max(1, cfg.shuffle_buffer // 10), rng=rng)(src)
+
+    def _skip(self, src: Iterator[dict]) -> Iterator[dict]:
+        n = self._ctx["done"] * (self.cfg.batch_size or 1)
+        for rec in src:
+            if n > 0:
+                n -= 1
+                continue
+            yield rec
+
+    def _decode(self, src: Iterator[dict]) -> Iterator[dict]:
+        cfg = self.cfg
+        warned = 0
+        for rec in src:
+            if cfg.decode:
+                where = f"shard {rec['__url__']!r}, sample {rec['__key__']!r}"
+                try:
+                    img = decode_image(rec.pop("image"), where)
+                except BadImage:
+                    if cfg.strict:
+                        raise
+                    self.state.add_skipped()
+                    warned += 1
+                    if warned <= MAX_WARNINGS:
+                        log.warning("%s: skipped undecodable image in %s", self._where(), where)
+                    continue
+                rec["image"] = cfg.transform(img) if cfg.transform is not None else img
+            else:
+                rec.pop("image", None)
+            yield rec
+
+
+def collate(records: list[dict]) -> dict[str, Any]:
+    """Classification batch: image, target (possibly noisy), clean_target, is_noisy, valid, key."""
+    batch: dict[str, Any] = {
+        "key": [r["__key__"] for r in records],
+        "valid": torch.ones(len(records), dtype=torch.bool),
+        "is_noisy": torch.tensor([bool(r.get("is_noisy", False)) for r in records]),
+    }
+    if "image" in records[0]:
+        batch["image"] = torch.stack([r["image"] for r in records])
+    if "cls" in records[0]:
+        batch["clean_target"] = torch.tensor([r["cls"] for r in records], dtype=torch.long)
+        batch["target"] = torch.tensor([r["target"] for r in records], dtype=torch.long)
+    return batch
+
+
+class ShardLoader(DataLoader):
+    """DataLoader over a :class:`ShardStream` with an exact ``len``, eval padding and resume state.
+
+    ``epoch_fn`` returns the current epoch when an iterator is created (the trainer's epoch in a
+    DataModule); ``progress_fn`` returns ``(epoch, batches_done)`` for checkpoints (the trainer's
+    processed-batch count, which accounts for Lightning's prefetching). Without them the loader
+    counts epochs (:meth:`set_epoch`) and yielded batches itself.
+    """
+
+    def __init__(
+        self,
+        cfg: StreamConfig,
+        epoch_fn: Callable[[], int] | None = None,
+        progress_fn: Callable[[], tuple[int, int]] | None = None,
+        persistent_workers: bool = False,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+    ):
+        self.cfg, self.shared = cfg, SharedState()
+        self.epoch_fn, self.progress_fn = epoch_fn, progress_fn
+        self.epoch, self._length = 0, cfg.length()
+        self._resume: dict | None = None
+        self._iter_epoch, self._done = 0, 0
+        super().__init__(
+            ShardStream(cfg, self.shared),
+            batch_size=None,
+            num_workers=cfg.num_workers,
+            persistent_workers=persistent_workers and cfg.num_workers > 0,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor if cfg.num_workers > 0 else None,
+        )
+
+    def __len__(self) -> int:
+        return self._length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator:
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        skip = 0
+        if self._resume is not None and self.cfg.mode == "train":
+            if int(self._resume["epoch"]) == epoch:
+                skip = min(int(self._resume["batches_done"]), self._length)
+            self._resume = None
+        self._iter_epoch, self._done = epoch, skip
+        self.shared.set(epoch, skip)
+        self.shared.pop_skipped()
+        yielded, last = skip, None
+        for batch in super().__iter__():
+            yielded += 1
+            self._done = yielded
+            last = batch
+            yield batch
+        if self.cfg.mode != "train" and yielded < self._length:
+            if last is None:
+                raise RuntimeError(
+                    f"rank {self.cfg.rank}: no evaluation samples to pad from ({len(self.cfg.shards)} shards)"
+                )
+            pad = dict(last)
+            pad["valid"] = torch.zeros_like(last["valid"])
+            for _ in range(self._length - yielded):
+                self._done += 1
+                yield pad
+        skipped = self.shared.pop_skipped()
+        if skipped:
+            log.warning(
+                "rank %d: skipped %d unreadable sample(s) or tar member(s) this epoch (strict: raise instead)",
+                self.cfg.rank,
+                skipped,
+            )
+
+    # -- Lightning's stateful-loader protocol (rank 0's copy is saved: keep it rank-symmetric) ---
+    def state_dict(self) -> dict:
+        epoch, done = self.progress_fn() if self.progress_fn is not None else (self._iter_epoch, self._done)
+        return {
+            "epoch": int(epoch),
+            "batches_done": int(done),
+            "world_size": self.cfg.world_size,
+            "num_workers": self.cfg.num_workers,
+            "batch_size": self.cfg.batch_size,
+            "seed": self.cfg.seed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("world_size", "num_workers", "batch_size", "seed"):
+            if k in state and state[k] != getattr(self.cfg, k):
+                log.warning(
+                    "resuming with %s=%s but the checkpoint's loader had %s=%s: the data stream differs, "
+                    "the %d batches done are skipped but the sample order is not the interrupted one",
+                    k,
+                    getattr(self.cfg, k),
+                    k,
+                    state[k],
+                    state.get("batches_done", 0),
+                )
+        self._resume = dict(state)
