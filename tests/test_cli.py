@@ -24,7 +24,7 @@ def _run(*code_or_args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def test_help_is_lazy_and_lists_subcommands():
     code = (
         "import sys\nfrom nml.cli import main\n"
-        "for argv in (['--help'], ['data', '--help'], ['data', 'embedded', '--help'], ['data', 'write', '--help']):\n"
+        "for argv in (['--help'], ['data', '--help'], ['data', 'embedded', '--help'], ['data', 'write', '--help'], ['data', 'audit', '--help']):\n"
         "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
         "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'webdataset', 'timm', 'open_clip') if m in sys.modules))"
     )
@@ -41,6 +41,9 @@ def test_help_is_lazy_and_lists_subcommands():
         "--out",
         "--shard_size",
         "--strict",
+        "audit",
+        "--noise.help",
+        "--num_workers",
     ):
         assert word in r.stdout
     assert "HEAVY []" in r.stdout

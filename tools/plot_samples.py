@@ -1,6 +1,6 @@
 """Draw a grid of samples from each dataset of an embedded benchmark (docs/embedded_samples.png).
 
-    python tools/plot_samples.py data/embedded docs/embedded_samples.png
+python tools/plot_samples.py data/embedded docs/embedded_samples.png
 """
 
 from __future__ import annotations
@@ -12,9 +12,18 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-ROWS = [("glyphs", "train"), ("glyphs_heldout", "test"), ("glyphs_heldout", "test_blur_2"),
-        ("glyphs_heldout", "test_noise_2"), ("glyphs_heldout", "test_elastic_2"), ("greek", "test"),
-        ("symbols", "test"), ("digits_print", "test"), ("digits_handwriting", "test"), ("mnist", "test")]
+ROWS = [
+    ("glyphs", "train"),
+    ("glyphs_heldout", "test"),
+    ("glyphs_heldout", "test_blur_2"),
+    ("glyphs_heldout", "test_noise_2"),
+    ("glyphs_heldout", "test_elastic_2"),
+    ("greek", "test"),
+    ("symbols", "test"),
+    ("digits_print", "test"),
+    ("digits_handwriting", "test"),
+    ("mnist", "test"),
+]
 
 
 def first_images(shard: Path, n: int) -> list[Image.Image]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,8 @@ from nml.data.shards import info_classes, resolve_shards
 from nml.data.transforms import build_transform
 
 log = logging.getLogger(__name__)
+# ShardLoader's length is exact by construction (equal batches per worker and rank).
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 DEFAULT_ROOT = "data/embedded"
 
 

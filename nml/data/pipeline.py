@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from nml.data.members import BadImage, MemberSpec, ShardFormatError, decode_image, parse_sample
 from nml.data.noise import NoiseConfig, NoiseModel
@@ -229,10 +229,16 @@ class ShardStream(wds.DataPipeline):
 
     def _read(self, shard: Shard, slot: int = 0, slots: int = 1) -> Iterator[dict]:
         errors = _TarErrors(self.cfg, self.state, self._where())
-        raw = tarfile_samples([{"url": shard.url}], handler=errors)
-        for rec in self.noise.apply(self._parse(raw, errors, shard)):
-            if rec["__index__"] % slots == slot:
-                yield rec
+        opened = list(url_opener([{"url": shard.url}], handler=errors))
+        if not opened:
+            return
+        try:
+            raw = group_by_keys(tar_file_expander(opened, handler=errors), handler=errors)
+            for rec in self.noise.apply(self._parse(raw, errors, shard)):
+                if rec["__index__"] % slots == slot:
+                    yield rec
+        finally:
+            opened[0]["stream"].close()
 
     def _parse(self, raw: Iterator[dict], errors: _TarErrors, shard: Shard) -> Iterator[dict]:
         """Parse the samples of one shard; a truncated shard (Python's tarfile reads it as a short

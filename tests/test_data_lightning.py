@@ -1,0 +1,152 @@
+"""The DataModules under a real Lightning Trainer: 2-process gloo DDP and mid-epoch resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import write_shards
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from nml.data.modules import ClassificationShards, EvalSet
+from nml.data.noise import NoiseConfig
+
+UNEVEN = [7, 13, 3, 20, 9, 11, 5, 8]  # 76 training samples in 8 uneven shards
+
+
+class Recorder(LightningModule):
+    """Records what each rank sees; checks eval counts with one all_gather at epoch end."""
+
+    def __init__(self, out_dir: str | None = None):
+        super().__init__()
+        self.layer = torch.nn.Linear(3 * 8 * 8, 5)
+        self.out_dir = out_dir
+        self.train_batches: list[dict] = []
+        self.val_valid_keys: list[str] = []
+        self.val_batches = 0
+        self.val_total = -1
+
+    def training_step(self, batch, batch_idx):
+        self.train_batches.append(
+            {
+                "epoch": self.current_epoch,
+                "batch_idx": batch_idx,
+                "key": batch["key"],
+                "target": batch["target"].tolist(),
+                "is_noisy": batch["is_noisy"].tolist(),
+            }
+        )
+        return F.cross_entropy(self.layer(batch["image"].flatten(1)), batch["target"])
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        valid = batch["valid"]
+        self.val_batches += 1
+        self.val_valid_keys += [k for k, v in zip(batch["key"], valid.tolist(), strict=True) if v]
+        # what a metric does: count only valid rows, no collective here
+        return F.cross_entropy(self.layer(batch["image"][valid].flatten(1)), batch["target"][valid])
+
+    def on_validation_epoch_end(self):
+        self.val_total = int(self.all_gather(torch.tensor(len(self.val_valid_keys))).sum())
+
+    def on_fit_end(self):
+        if self.out_dir:
+            record = {
+                "rank": self.global_rank,
+                "train_batches": self.train_batches,
+                "val_valid_keys": self.val_valid_keys,
+                "val_batches": self.val_batches,
+                "val_total": self.val_total,
+            }
+            Path(self.out_dir, f"rank{self.global_rank}.json").write_text(json.dumps(record))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _datamodule(tmp_path: Path, **kw) -> ClassificationShards:
+    if not (tmp_path / "train").exists():
+        write_shards(tmp_path / "train", UNEVEN)
+        write_shards(tmp_path / "val", [9, 4], prefix="val")
+    kw.setdefault("num_workers", 0)
+    return ClassificationShards(
+        root=str(tmp_path),
+        train="train/train-{0000..0007}.tar",
+        val="val/val-{0000..0001}.tar",
+        test=[EvalSet("val_again", "val/val-{0000..0001}.tar", "ood")],
+        batch_size=4,
+        image_size=8,
+        train_transform={"scale": [0.9, 1.0], "color_jitter": None},
+        seed=4,
+        noise=NoiseConfig("symmetric", 0.3),
+        **kw,
+    )
+
+
+def _trainer(**kw) -> Trainer:
+    kw.setdefault("logger", False)
+    kw.setdefault("enable_checkpointing", False)
+    return Trainer(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, **kw)
+
+
+def test_ddp_ranks_get_disjoint_shards_equal_batches_and_exact_eval(tmp_path):
+    dm = _datamodule(tmp_path, num_workers=1, persistent_workers=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    trainer = _trainer(devices=2, strategy="ddp_spawn", max_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(Recorder(str(out)), dm)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # equal full batches on both ranks: ceil(76 / (4 * 2)) = 10
+    assert [len(r["train_batches"]) for r in ranks] == [10, 10]
+    assert all(len(b["key"]) == 4 for r in ranks for b in r["train_batches"])
+    # disjoint shards per rank (sample i sits in shard k where cumulative sizes cross i)
+    bounds = torch.tensor(UNEVEN).cumsum(0)
+
+    def shard_of(key: str) -> int:
+        return int(torch.searchsorted(bounds, int(key.split("-")[1]), right=True))
+
+    shard_sets = [{shard_of(k) for b in r["train_batches"] for k in b["key"]} for r in ranks]
+    assert not shard_sets[0] & shard_sets[1]
+    # evaluation: every val sample counted exactly once over the ranks, same number of steps
+    assert ranks[0]["val_batches"] == ranks[1]["val_batches"]
+    assert sorted(ranks[0]["val_valid_keys"] + ranks[1]["val_valid_keys"]) == [
+        f"val-{i:06d}" for i in range(13)
+    ]
+    assert ranks[0]["val_total"] == ranks[1]["val_total"] == 13
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_a_mid_epoch_checkpoint_continues_the_stream(tmp_path, workers):
+    dm_kw = {"num_workers": workers}
+    reference = Recorder()
+    _trainer(max_epochs=2, limit_val_batches=0).fit(reference, _datamodule(tmp_path, **dm_kw))
+    steps = len(reference.train_batches) // 2  # batches per epoch
+    assert steps == 19 + (workers == 2)  # ceil(76 / 4) rounded up to a multiple of the workers
+    epoch0 = [k for b in reference.train_batches[:steps] for k in b["key"]]
+    epoch1 = [k for b in reference.train_batches[steps:] for k in b["key"]]
+    assert epoch0 != epoch1  # epochs are reshuffled
+    labels = {}
+    for b in reference.train_batches:  # noise fixed across epochs
+        for k, t in zip(b["key"], b["target"], strict=True):
+            assert labels.setdefault(k, t) == t
+
+    stop = 7  # mid-epoch 0, not a multiple of the workers
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=stop, save_top_k=-1)
+    first = Recorder()
+    _trainer(max_steps=stop, limit_val_batches=0, callbacks=[ckpt], enable_checkpointing=True).fit(
+        first, _datamodule(tmp_path, **dm_kw)
+    )
+    path = next((tmp_path / "ckpt").glob("*.ckpt"))
+    state = torch.load(path, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert state["epoch"] == 0 and state["batches_done"] == stop
+
+    resumed = Recorder()
+    _trainer(max_epochs=2, limit_val_batches=0).fit(resumed, _datamodule(tmp_path, **dm_kw), ckpt_path=path)
+    strip = [{k: b[k] for k in ("epoch", "key", "target", "is_noisy")} for b in reference.train_batches]
+    assert [
+        {k: b[k] for k in ("epoch", "key", "target", "is_noisy")} for b in resumed.train_batches
+    ] == strip[stop:]
+    assert [b["batch_idx"] for b in resumed.train_batches][:2] == [stop, stop + 1]

@@ -1,0 +1,126 @@
+"""DataModules on the embedded benchmark, from Python and YAML, and `nml data audit` end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import PYTHON, REPO, nml_subprocess_env
+
+from nml.data.modules import ClassificationShards, EvalSet, ImageTextShards
+from nml.data.noise import NoiseConfig
+
+
+def test_defaults_point_at_the_embedded_benchmark(tiny_benchmark, monkeypatch):
+    monkeypatch.setenv("NML_DATA", str(tiny_benchmark))
+    dm = ClassificationShards(num_workers=0, batch_size=16)
+    assert dm.task == "pretraining" and dm.num_classes == 52
+    names = {s.name: s.group for s in dm.test_sets}
+    assert names["glyphs_heldout"] == "id" and names["glyphs_blur_3"] == "ood" and len(names) == 13
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (16, 3, 32, 32) and batch["target"].max() < 52
+    test = dm.test_dataloader()
+    assert len(test) == 13 and sum(int(b["valid"].sum()) for b in test[0]) == 52 * 3
+
+    greek = ClassificationShards(task="greek", num_workers=0)
+    assert greek.num_classes == 23 and [s.name for s in greek.test_sets] == ["greek"]
+    with pytest.raises(ValueError, match="task 'nope' is not in the benchmark manifest"):
+        ClassificationShards(task="nope")
+
+
+def test_missing_benchmark_says_how_to_build_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nml data embedded --out .*nowhere"):
+        ClassificationShards(root=str(tmp_path / "nowhere"))
+
+
+def test_image_text_batches_tokenised_with_caption_noise(tiny_benchmark):
+    dm = ImageTextShards(
+        root=str(tiny_benchmark),
+        noise=NoiseConfig("caption_swap", 0.5),
+        num_workers=0,
+        batch_size=32,
+        context_length=24,
+    )
+    dm.setup("fit")
+    b = next(iter(dm.train_dataloader()))
+    assert b["text"].shape == (32, 24) and b["text"].dtype.is_signed
+    assert 0 < int(b["is_noisy"].sum()) < 32
+    with pytest.raises(ValueError, match="noise.kind='symmetric': expected none or caption_swap"):
+        ImageTextShards(root=str(tiny_benchmark), noise=NoiseConfig("symmetric", 0.2))
+    with pytest.raises(ValueError, match="caption_swap is for ImageTextShards"):
+        ClassificationShards(root=str(tiny_benchmark), noise=NoiseConfig("caption_swap", 0.2))
+
+
+def test_yaml_configures_noise_and_named_test_sets(tiny_benchmark, tmp_path):
+    from jsonargparse import ArgumentParser
+
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(
+        f"""
+data:
+  root: {tiny_benchmark}
+  noise: {{kind: pair, rate: 0.3}}
+  batch_size: 8
+  test:
+    - name: mnist
+      shards: "mnist/test-{{000000..000003}}.tar"
+      group: ood
+      num_classes: 10
+"""
+    )
+    parser = ArgumentParser()
+    parser.add_argument("--config", action="config")
+    parser.add_class_arguments(ClassificationShards, "data")
+    ns = parser.parse_args(["--config", str(cfg), "--data.noise.rate", "0.4"])
+    dm = parser.instantiate_classes(ns).data
+    assert dm.noise == NoiseConfig("pair", 0.4)
+    assert dm.test_sets == [EvalSet("mnist", "mnist/test-{000000..000003}.tar", "ood", 10)]
+
+
+def _audit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "nml.cli", "data", "audit", *args],
+        capture_output=True,
+        text=True,
+        env=nml_subprocess_env(),
+        cwd=REPO,
+        timeout=300,
+    )
+
+
+def test_audit_cli_same_json_for_any_workers(tiny_benchmark):
+    spec = json.loads((tiny_benchmark / "manifest.json").read_text())["pretraining"]["train"]
+    common = [
+        "--shards",
+        spec,
+        "--root",
+        str(tiny_benchmark),
+        "--noise.kind",
+        "symmetric",
+        "--noise.rate",
+        "0.2",
+    ]
+    r0, r2 = _audit(*common, "--num_workers", "0"), _audit(*common, "--num_workers", "2")
+    assert r0.returncode == 0, r0.stderr
+    assert r0.stdout == r2.stdout
+    report = json.loads(r0.stdout)
+    assert report["samples"] == 52 * 6 and report["num_classes"] == 52
+    assert abs(report["realised_rate"] - 0.2) < 0.01 and report["noisy_to_true_class"] == 0
+    t = np.array(report["transition"])
+    assert t.shape == (52, 52) and np.allclose(t.sum(1), 1, atol=1e-3)
+    assert "realised noise rate" in r0.stderr
+
+    r = _audit(
+        "--shards", spec, "--root", str(tiny_benchmark), "--noise.kind", "caption_swap", "--noise.rate", "0.3"
+    )
+    report = json.loads(r.stdout)
+    assert abs(report["realised_rate"] - 0.3) < 0.01 and report["self_swaps"] == 0
+    assert report["mismatch_rate"] > 0.25
+
+    bad = _audit(
+        "--shards", spec, "--root", str(tiny_benchmark), "--noise.kind", "symmetric", "--noise.rate", "1.2"
+    )
+    assert bad.returncode != 0 and "noise.rate must be in [0, 1)" in bad.stderr
