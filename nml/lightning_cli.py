@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+import nml.data.modules  # noqa: F401  (registers ClassificationShards, ImageTextShards by short name)
+
 
 class NMLCLI(LightningCLI):
     """LightningCLI with nml's defaults; later modules add arguments by overriding the hooks."""

@@ -63,7 +63,8 @@ def test_sizes_from_index_files_or_by_scanning(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         assert [s.size for s in resolve_shards(spec)] == [3, 6]
     assert "by scanning" in caplog.text
-    (tmp_path / "s" / "sizes.json").write_text(json.dumps({"train-0000.tar": 3, "train-0001.tar": 6}))
+    (tmp_path / "s" / "sizes.json").write_text(json.dumps({"train-0000.tar": 3, "train-0001.tar": 5}))
+    assert [s.size for s in resolve_shards(spec)] == [3, 5]  # the index wins (and is re-read when it changes)
     assert count_tar_samples(tmp_path / "s" / "train-0001.tar") == 6
 
 
@@ -204,6 +205,10 @@ def test_resume_mid_epoch_continues_the_same_stream(tmp_path, workers, stop):
     resumed.load_state_dict(state)
     tail = [(b["key"], b["target"].tolist()) for b in resumed]
     assert tail == reference[stop:]
+    at_end = loader()
+    at_end.set_epoch(1)
+    at_end.load_state_dict({**state, "batches_done": len(at_end)})
+    assert list(at_end) == []  # a checkpoint taken after the last batch resumes to an empty epoch
     assert [(b["key"], b["target"].tolist()) for b in resumed] == reference  # the next pass is whole
 
 

@@ -215,12 +215,9 @@ class ShardDataModule(LightningDataModule):
             **kw,
         )
 
-    def _loader(self, cfg: StreamConfig, **kw) -> ShardLoader:
+    def _loader(self, cfg: StreamConfig, persistent: bool = True, **kw) -> ShardLoader:
         return ShardLoader(
-            cfg,
-            persistent_workers=self.persistent_workers,
-            pin_memory=self.pin_memory,
-            **kw,
+            cfg, persistent_workers=self.persistent_workers and persistent, pin_memory=self.pin_memory, **kw
         )
 
     def _epoch(self) -> int:
@@ -250,18 +247,19 @@ class ShardDataModule(LightningDataModule):
         )
         return loader
 
-    def _eval_loaders(self, sets: list[EvalSet]) -> list[ShardLoader]:
+    def _eval_loaders(self, sets: list[EvalSet], persistent: bool) -> list[ShardLoader]:
         loaders = []
         for s in sets:
             members = MemberSpec(self.image_keys, self.label_key, s.num_classes or self.num_classes)
-            loaders.append(self._loader(self._stream(s.shards, "eval", members, collate=collate)))
+            cfg = self._stream(s.shards, "eval", members, collate=collate)
+            loaders.append(self._loader(cfg, persistent))
         return loaders
 
     def val_dataloader(self) -> list[ShardLoader]:
-        return self._eval_loaders(self.val_sets)
+        return self._eval_loaders(self.val_sets, persistent=True)  # runs every epoch
 
     def test_dataloader(self) -> list[ShardLoader]:
-        return self._eval_loaders(self.test_sets)
+        return self._eval_loaders(self.test_sets, persistent=False)  # one pass; many sets
 
 
 class ClassificationShards(ShardDataModule):

@@ -200,7 +200,10 @@ class ShardStream(wds.DataPipeline):
     def __iter__(self) -> Iterator:
         self._ctx = self.context()
         if self.cfg.mode == "train" and self.cfg.batch_size is not None:
-            self.with_epoch(nbatches=self.cfg.batches_per_reader() - self._ctx["done"])
+            remaining = self.cfg.batches_per_reader() - self._ctx["done"]
+            if remaining <= 0:  # resumed at the very end of the epoch
+                return iter(())
+            self.with_epoch(nbatches=remaining)
         return super().__iter__()
 
     def _where(self) -> str:

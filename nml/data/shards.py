@@ -76,9 +76,17 @@ def expand_spec(spec: str, root: str | Path | None = None) -> list[list[str]]:
     return sources
 
 
-@lru_cache(maxsize=256)
 def _index_sizes(directory: str) -> dict[str, int]:
     """Basename -> sample count from ``sizes.json`` or ``_info.json`` in ``directory`` (may be empty)."""
+    stamps = tuple(
+        (p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+        for p in (Path(directory) / "_info.json", Path(directory) / "sizes.json")
+    )
+    return _read_index_sizes(directory, stamps)
+
+
+@lru_cache(maxsize=256)
+def _read_index_sizes(directory: str, stamps: tuple) -> dict[str, int]:
     d = Path(directory)
     sizes: dict[str, int] = {}
     info = d / "_info.json"
