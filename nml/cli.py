@@ -25,14 +25,16 @@ LIGHTNING_SUBCOMMANDS = {
     "predict": "Run prediction (LightningCLI)",
 }
 
-# Plain subcommands: group -> {name: "module:function"}. Each function's signature and docstring
-# become its options and help; the modules stay light (heavy imports live inside the functions).
-COMMANDS: dict[str, dict[str, str]] = {
+# Plain subcommands: name -> "module:function", or group -> {name: "module:function"}. Each
+# function's signature and docstring become its options and help; the modules stay light (heavy
+# imports live inside the functions).
+COMMANDS: dict[str, str | dict[str, str]] = {
     "data": {
         "embedded": "nml.commands.data:embedded",
         "write": "nml.commands.data:write",
         "audit": "nml.commands.data:audit",
     },
+    "export": "nml.commands.models:export",
 }
 GROUP_HELP = {"data": "Build, write and inspect WebDataset shards"}
 
@@ -107,18 +109,27 @@ def build_parser(argv: Sequence[str] = ()):
     sub = parser.add_subcommands(required=True, dest="command")
     for name, help_ in LIGHTNING_SUBCOMMANDS.items():
         sub.add_subcommand(name, ArgumentParser(description=help_), help=help_)
+
+    def function_parser(path: list[str], target: str) -> ArgumentParser:
+        fn = _load(target)  # command modules import nothing heavy at module level
+        fp = ArgumentParser(
+            prog=f"nml {' '.join(path)}", description=(fn.__doc__ or "").strip().split("\n\n")[0]
+        )
+        if list(argv[: len(path)]) == path:  # only the invoked command is built in full
+            fp.add_argument("--config", action=ActionConfigFile, help="YAML with these options")
+            fp.add_function_arguments(fn, as_group=False)
+        return fp
+
     for group, commands in COMMANDS.items():
+        if isinstance(commands, str):
+            fp = function_parser([group], commands)
+            sub.add_subcommand(group, fp, help=fp.description.split("\n")[0])
+            continue
         gp = ArgumentParser(description=GROUP_HELP.get(group, ""))
         sub.add_subcommand(group, gp, help=GROUP_HELP.get(group, ""))
         gsub = gp.add_subcommands(required=True, dest="subcommand")
         for cmd, target in commands.items():
-            fn = _load(target)  # command modules import nothing heavy at module level
-            fp = ArgumentParser(
-                prog=f"nml {group} {cmd}", description=(fn.__doc__ or "").strip().split("\n\n")[0]
-            )
-            if len(argv) >= 2 and argv[0] == group and argv[1] == cmd:
-                fp.add_argument("--config", action=ActionConfigFile, help="YAML with these options")
-                fp.add_function_arguments(fn, as_group=False)
+            fp = function_parser([group, cmd], target)
             gsub.add_subcommand(cmd, fp, help=fp.description.split("\n")[0])
     return parser
 
@@ -134,9 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser = build_parser(argv)
     cfg = parser.instantiate_classes(parser.parse_args(argv))  # dataclass options -> instances
-    group, cmd = cfg.command, cfg[cfg.command].subcommand
-    fn = _load(COMMANDS[group][cmd])
-    kwargs = {k: v for k, v in cfg[group][cmd].items(branches=True) if k not in ("config", "__path__")}
+    group = cfg.command
+    if isinstance(COMMANDS[group], str):
+        fn, args = _load(COMMANDS[group]), cfg[group]
+    else:
+        cmd = cfg[group].subcommand
+        fn, args = _load(COMMANDS[group][cmd]), cfg[group][cmd]
+    kwargs = {k: v for k, v in args.items(branches=True) if k not in ("config", "__path__")}
     result = fn(**kwargs)
     if result is not None:
         json.dump(result, sys.stdout, indent=1, ensure_ascii=False)

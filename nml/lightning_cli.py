@@ -12,7 +12,10 @@ from collections.abc import Sequence
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-import nml.data.modules  # noqa: F401  (registers ClassificationShards, ImageTextShards by short name)
+# imported so that configs can name nml's classes by their short names
+import nml.data.modules  # noqa: F401
+import nml.models.contrastive  # noqa: F401
+import nml.models.supervised  # noqa: F401
 
 
 class NMLCLI(LightningCLI):

@@ -166,6 +166,39 @@ class ShardDataModule(LightningDataModule):
         self.rank, self.world_size = 0, 1
         self._loaders: dict[str, Any] = {}
 
+    def describe(self) -> dict:
+        """What a model trained on this module saw (stored in checkpoints and exports)."""
+        import hashlib  # noqa: PLC0415
+
+        manifest = Path(self.root) / "manifest.json"
+        noise = self.noise.describe() | {
+            "seed": self.noise.seed if self.noise.seed is not None else self.seed
+        }
+        mean, std = self.mean, self.std
+        if mean is None or std is None:
+            if self.library == "timm":
+                from timm.data.constants import IMAGENET_DEFAULT_MEAN as m  # noqa: PLC0415
+                from timm.data.constants import IMAGENET_DEFAULT_STD as s
+            else:
+                from open_clip.constants import OPENAI_DATASET_MEAN as m  # noqa: PLC0415
+                from open_clip.constants import OPENAI_DATASET_STD as s
+            mean, std = mean or m, std or s
+        return {
+            "datamodule": type(self).__name__,
+            "root": str(self.root),
+            "task": self.task,
+            "train": self.train_spec,
+            "num_classes": self.num_classes,
+            "noise": noise,
+            "seed": self.seed,
+            "image_size": self.image_size,
+            "mean": list(mean),
+            "std": list(std),
+            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()
+            if manifest.is_file()
+            else None,
+        }
+
     # -- subclass hooks ------------------------------------------------------------------------
     def _check_noise_kind(self) -> None:
         if self.noise.kind not in ("none", *LABEL_KINDS):

@@ -24,11 +24,13 @@ Per reader (global worker id ``rank * workers + worker``), a ``webdataset.DataPi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import multiprocessing as mp
 import random
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -320,10 +322,32 @@ class ShardStream(wds.DataPipeline):
                     if warned <= MAX_WARNINGS:
                         log.warning("%s: skipped undecodable image in %s", self._where(), where)
                     continue
-                rec["image"] = cfg.transform(img) if cfg.transform is not None else img
+                if cfg.transform is None:
+                    rec["image"] = img
+                elif cfg.mode == "train":  # random augmentation, reproducible per (seed, epoch, sample)
+                    with seeded_rng(f"{cfg.seed}/{self._ctx['epoch']}/{rec['__key__']}"):
+                        rec["image"] = cfg.transform(img)
+                else:
+                    rec["image"] = cfg.transform(img)
             else:
                 rec.pop("image", None)
             yield rec
+
+
+@contextmanager
+def seeded_rng(name: str) -> Iterator[None]:
+    """Seed python's and torch's global RNGs (what timm/torchvision transforms draw from) from
+    ``name`` and restore them afterwards, so augmentations do not depend on workers or restarts and
+    do not disturb the training process's RNG when the pipeline runs in it (``num_workers=0``)."""
+    seed = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+    py_state, torch_state = random.getstate(), torch.random.get_rng_state()
+    random.seed(seed)
+    torch.random.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        torch.random.set_rng_state(torch_state)
 
 
 def collate(records: list[dict]) -> dict[str, Any]:

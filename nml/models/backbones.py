@@ -1,0 +1,180 @@
+"""The one backbone factory: pre-training, tuning, feature extraction and spectra all build here.
+
+A backbone is a timm model (by name), an open_clip model (by name, or by a custom model-config dict
+so that tiny CPU towers work), or an nml export (``nml export``). Weights come only from local
+files (a state dict, a timm/open_clip checkpoint, or an nml export directory): nothing is fetched
+from a hub. :meth:`Backbone.features` is the feature extractor used everywhere later:
+
+* timm: pooled pre-logits (``forward_head(forward_features(x), pre_logits=True)``), D =
+  ``head_hidden_size`` (or ``num_features``);
+* open_clip: ``encode_image(x)``, unnormalised, D = the embedding dimension.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+EXPORT_WEIGHTS, EXPORT_META = "encoder.pt", "encoder.json"
+
+
+@dataclass
+class BackboneConfig:
+    """A JSON-serialisable description of a backbone (stored in checkpoints and exports)."""
+
+    library: Literal["timm", "open_clip"]
+    name: str
+    model_cfg: dict | None = None  # open_clip custom config: embed_dim, vision_cfg, text_cfg
+    num_classes: int = 0  # timm classifier head (0: features only)
+    kwargs: dict = field(default_factory=dict)  # extra create_model keyword arguments
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Backbone(nn.Module):
+    """A built model plus what nml needs to know about it: ``features(x) -> (B, D)``."""
+
+    def __init__(self, config: BackboneConfig, model: nn.Module):
+        super().__init__()
+        self.config, self.model = config, model
+        if config.library == "timm":
+            self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
+        else:
+            self.feature_dim = int(model.visual.output_dim)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.config.library == "timm":
+            return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        return self.model.encode_image(images, normalize=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """timm: class logits (needs a head); open_clip: the image features."""
+        if self.config.library == "timm":
+            return self.model(images)
+        return self.features(images)
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights without the timm classifier head (what ``nml export`` writes)."""
+        state = self.model.state_dict()
+        if self.config.library == "timm" and self.config.num_classes:
+            head = {f"{n}.weight" for n in _classifier_names(self.model)} | {
+                f"{n}.bias" for n in _classifier_names(self.model)
+            }
+            state = {k: v for k, v in state.items() if k not in head}
+        return state
+
+
+def _classifier_names(model: nn.Module) -> list[str]:
+    names = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _build(config: BackboneConfig) -> nn.Module:
+    if config.library == "timm":
+        import timm  # noqa: PLC0415
+
+        if config.name not in timm.list_models(config.name):
+            raise ValueError(f"backbone: timm has no model {config.name!r} (see timm.list_models())")
+        return timm.create_model(
+            config.name, pretrained=False, num_classes=config.num_classes, **config.kwargs
+        )
+    if config.library == "open_clip":
+        import open_clip  # noqa: PLC0415
+        from open_clip.model import CLIP  # noqa: PLC0415
+
+        if config.model_cfg is not None:
+            return CLIP(**config.model_cfg, **config.kwargs)
+        if config.name not in open_clip.list_models():
+            raise ValueError(
+                f"backbone: open_clip has no model {config.name!r}; use one of open_clip.list_models() "
+                "or give model_cfg (embed_dim, vision_cfg, text_cfg) for a custom one"
+            )
+        return open_clip.create_model(config.name, pretrained=None, **config.kwargs)
+    raise ValueError(f"backbone library: expected 'timm' or 'open_clip', got {config.library!r}")
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local file (``weights_only``: never unpickles code)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / EXPORT_WEIGHTS
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"pretrained weights {str(path)!r} not found: give a local state dict, checkpoint or nml export "
+            "directory (nml never downloads weights)"
+        )
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    kept = {k: v for k, v in state.items() if k in own and k not in mismatched}
+    missing = [k for k in own if k not in kept]
+    unexpected = [k for k in state if k not in own]
+    if not kept:
+        raise ValueError(f"{source}: none of its {len(state)} tensors match the model's parameter names")
+    model.load_state_dict(kept, strict=False)
+    log.info(
+        "loaded %d tensors from %s (%d missing, %d unexpected, %d shape-mismatched: %s)",
+        len(kept),
+        source,
+        len(missing),
+        len(unexpected),
+        len(mismatched),
+        ", ".join((missing + mismatched)[:6]) or "-",
+    )
+
+
+def create_backbone(
+    library: Literal["timm", "open_clip"] = "timm",
+    name: str = "test_resnet",
+    model_cfg: dict | None = None,
+    num_classes: int = 0,
+    pretrained: str | None = None,
+    **kwargs,
+) -> Backbone:
+    """Build a backbone; ``pretrained`` is a local file or an nml export directory."""
+    if model_cfg is not None and library != "open_clip":
+        raise ValueError("backbone: model_cfg is for open_clip custom models")
+    config = BackboneConfig(
+        library, name if model_cfg is None else name or "custom", model_cfg, num_classes, kwargs
+    )
+    model = _build(config)
+    if pretrained:
+        _load_into(model, load_state(pretrained), str(pretrained))
+    return Backbone(config, model)
+
+
+def load_export(path: str | Path) -> tuple[Backbone, dict]:
+    """A backbone and its metadata from an ``nml export`` directory."""
+    d = Path(path)
+    meta_path = d / EXPORT_META
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{str(d)!r} is not an nml export: no {EXPORT_META} (write one with `nml export`)"
+        )
+    meta = json.loads(meta_path.read_text())
+    cfg = meta["backbone"]
+    config = BackboneConfig(cfg["library"], cfg["name"], cfg.get("model_cfg"), 0, cfg.get("kwargs") or {})
+    model = _build(config)
+    state = load_state(d / EXPORT_WEIGHTS)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if k.split(".")[0] not in _classifier_names(model)]:
+        raise ValueError(
+            f"{d}: weights do not fit {cfg['name']} (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    return Backbone(config, model), meta

@@ -1,0 +1,71 @@
+"""``nml export``: a trained encoder as a plain state dict plus a JSON the tuning stage reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from nml import __version__
+from nml.models.backbones import EXPORT_META, EXPORT_WEIGHTS, Backbone, BackboneConfig, _build
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {str(ckpt)!r} not found")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp = state.get("hyper_parameters") or {}
+    if "backbone" not in hp or "state_dict" not in state:
+        raise ValueError(
+            f"{ckpt}: not an nml pre-training checkpoint (no hyper_parameters.backbone); "
+            "export checkpoints written by SupervisedPretraining or ContrastivePretraining"
+        )
+    config = BackboneConfig(**hp["backbone"])
+    model = _build(config)
+    prefix = "backbone.model."
+    weights = {
+        k[len(prefix) :].replace("_orig_mod.", ""): v
+        for k, v in state["state_dict"].items()
+        if k.startswith(prefix)
+    }
+    model.load_state_dict(weights)
+    backbone = Backbone(config, model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(backbone.encoder_state_dict(), out / EXPORT_WEIGHTS)
+    data = hp.get("data") or {}
+    meta = {
+        "format": "nml-encoder/1",
+        "backbone": {k: v for k, v in config.to_dict().items() if k != "num_classes"},
+        "feature_dim": backbone.feature_dim,
+        "features": "timm pooled pre-logits"
+        if config.library == "timm"
+        else "open_clip encode_image (unnormalised)",
+        "image_size": data.get("image_size"),
+        "mean": data.get("mean"),
+        "std": data.get("std"),
+        "noise": data.get("noise"),
+        "data": data,
+        "pretraining_classes": hp.get("num_classes"),
+        "checkpoint": {
+            "path": str(ckpt.resolve()),
+            "epoch": state.get("epoch"),
+            "global_step": state.get("global_step"),
+            "sha256": _sha256(ckpt),
+        },
+        "weights_sha256": _sha256(out / EXPORT_WEIGHTS),
+        "nml_version": __version__,
+    }
+    (out / EXPORT_META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return meta

@@ -1,0 +1,125 @@
+"""``SupervisedPretraining``: any timm architecture, cross-entropy on the (noisy) labels."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics.classification import MulticlassAccuracy
+
+from nml.metrics.noisy import noise_split_counts
+from nml.models.backbones import create_backbone
+from nml.models.common import PretrainingModule
+
+log = logging.getLogger(__name__)
+
+
+class SupervisedPretraining(PretrainingModule):
+    """Supervised pre-training of a timm model on noisy labels.
+
+    Logs ``train/loss``; ``train/acc_clean`` (accuracy on samples whose label is intact),
+    ``train/acc_noisy`` (on corrupted samples, agreement with the *clean* label) and
+    ``train/memorised`` (on corrupted samples, agreement with the *noisy* label: how much of the
+    noise the network has fitted); ``val/top1`` against clean labels; ``train/lr``;
+    ``train/samples_per_s``.
+
+    Args:
+        model: timm model name (``test_resnet``, ``resnet50`` ...).
+        num_classes: Classes of the head (default: the data module's).
+        model_kwargs: Extra ``timm.create_model`` arguments (``drop_rate``, ``drop_path_rate`` ...).
+        pretrained: Initial weights: a local file or an nml export directory (never a download).
+        label_smoothing: Off by default: it changes the targets and blurs the noise level.
+        mixup: Mixup alpha (0: off). Off by default for the same reason.
+        cutmix: CutMix alpha (0: off).
+        (optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile: see PretrainingModule)
+    """
+
+    def __init__(
+        self,
+        model: str = "test_resnet",
+        num_classes: int | None = None,
+        model_kwargs: dict | None = None,
+        pretrained: str | None = None,
+        label_smoothing: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        warmup: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        super().__init__(optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if label_smoothing or mixup or cutmix:
+            log.warning(
+                "label_smoothing=%s mixup=%s cutmix=%s: these change the targets and confound the label-noise "
+                "level under study",
+                label_smoothing,
+                mixup,
+                cutmix,
+            )
+        self.mixup_fn = None
+        if num_classes is not None:
+            self._build(num_classes)
+
+    def _build(self, num_classes: int) -> None:
+        hp = self.hparams
+        self.hparams["num_classes"] = num_classes
+        self.backbone = create_backbone(
+            "timm", hp.model, num_classes=num_classes, pretrained=hp.pretrained, **(hp.model_kwargs or {})
+        )
+        self.hparams["backbone"] = self.backbone.config.to_dict()
+        self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
+        if hp.mixup or hp.cutmix:
+            from timm.data import Mixup  # noqa: PLC0415
+
+            self.mixup_fn = Mixup(
+                mixup_alpha=hp.mixup,
+                cutmix_alpha=hp.cutmix,
+                label_smoothing=hp.label_smoothing,
+                num_classes=num_classes,
+            )
+
+    def setup(self, stage: str) -> None:
+        if self.backbone is None:
+            dm = getattr(self.trainer, "datamodule", None)
+            if dm is None or getattr(dm, "num_classes", None) is None:
+                raise ValueError("SupervisedPretraining: num_classes not given and the data module has none")
+            self._build(dm.num_classes)
+        self.record_data()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x, y = self.images(batch), batch["target"]
+        if self.mixup_fn is not None:
+            x, soft = self.mixup_fn(x, y)
+            logits = self.backbone(x)
+            loss = torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        else:
+            logits = self.backbone(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        n = len(y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        c = noise_split_counts(logits.detach().argmax(1), y, batch["clean_target"], batch["is_noisy"])
+        self.log_fraction("train/acc_clean", c["clean_correct"], c["clean_total"])
+        self.log_fraction("train/acc_noisy", c["noisy_correct"], c["noisy_total"])
+        self.log_fraction("train/memorised", c["memorised"], c["noisy_total"])
+        self.log_fraction("train/noise_rate", c["noisy_total"], n)
+        self.log_lr()
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        valid = batch["valid"]
+        if valid.any():
+            logits = self.backbone(self.images(batch)[valid])
+            self.val_top1.update(logits.argmax(1), batch["clean_target"][valid])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/top1", self.val_top1.compute(), prog_bar=True)  # states all-reduced once
+        self.val_top1.reset()

@@ -1,0 +1,123 @@
+"""Backbone factory, optimisation helpers, the memorisation metric and the CLIP loss under DDP."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from nml.metrics.noisy import noise_split_counts
+from nml.models.backbones import create_backbone
+from nml.models.optim import param_groups, warmup_cosine
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def test_memorisation_metric_on_a_hand_built_batch():
+    clean = torch.tensor([0, 1, 2, 3, 4, 5])
+    target = torch.tensor([0, 1, 2, 9, 8, 7])  # samples 3, 4, 5 were flipped
+    noisy = torch.tensor([False, False, False, True, True, True])
+    preds = torch.tensor(
+        [0, 1, 5, 9, 4, 1]
+    )  # 2 of 3 clean right; on flipped: 1 memorised, 1 clean, 1 neither
+    c = noise_split_counts(preds, target, clean, noisy)
+    assert c == {"clean_correct": 2, "clean_total": 3, "noisy_correct": 1, "memorised": 1, "noisy_total": 3}
+
+
+def test_timm_backbone_features_and_local_pretrained_weights(tmp_path):
+    b = create_backbone("timm", "test_resnet", num_classes=7)
+    x = torch.randn(3, 3, 32, 32)
+    assert b.features(x).shape == (3, b.feature_dim) and b(x).shape == (3, 7)
+    assert not any("fc" in k for k in b.encoder_state_dict())
+    torch.save({"state_dict": b.model.state_dict()}, tmp_path / "w.pth")
+    b2 = create_backbone("timm", "test_resnet", num_classes=0, pretrained=str(tmp_path / "w.pth"))
+    b.eval(), b2.eval()
+    torch.testing.assert_close(b.features(x), b2.features(x))
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        create_backbone("timm", "test_resnet", pretrained=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="timm has no model 'no_such_net'"):
+        create_backbone("timm", "no_such_net")
+
+
+def test_open_clip_custom_config_features_are_unnormalised_image_embeddings():
+    b = create_backbone("open_clip", "tiny", model_cfg=TINY_CLIP)
+    x = torch.randn(4, 3, 32, 32)
+    f = b.features(x)
+    assert f.shape == (4, 16) and b.feature_dim == 16
+    torch.testing.assert_close(
+        torch.nn.functional.normalize(f, dim=-1), b.model.encode_image(x, normalize=True)
+    )
+    with pytest.raises(ValueError, match="open_clip has no model"):
+        create_backbone("open_clip", "NoSuchCLIP")
+
+
+def test_no_weight_decay_on_1d_params_and_warmup_cosine():
+    b = create_backbone("open_clip", "tiny", model_cfg=TINY_CLIP)
+    decay, no_decay = param_groups(b)
+    assert all(p.ndim >= 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert any(p is b.model.logit_scale for p in no_decay["params"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=100, warmup=0.1, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3) and all(
+        a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False)
+    )
+
+
+def _clip_loss_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from nml.models.contrastive import clip_loss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    img, txt = torch.randn(8, 6), torch.randn(8, 6)  # the same global batch on every rank
+    img, txt = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
+    part = slice(rank * 4, rank * 4 + 4)
+    results = {}
+    for name, r in (("correct", rank), ("no_rank_offset", 0)):  # the classic bug: labels arange(B)
+        li, lt = img[part].clone().requires_grad_(), txt[part].clone().requires_grad_()
+        loss = clip_loss(r, world)(li, lt, torch.tensor(10.0))
+        loss.backward()
+        results[name] = (loss.detach(), li.grad, lt.grad)
+    torch.save(results, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_clip_loss_under_two_process_gloo_equals_single_process(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from nml.models.contrastive import clip_loss
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_clip_loss_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+    torch.manual_seed(0)
+    img, txt = torch.randn(8, 6), torch.randn(8, 6)
+    img = torch.nn.functional.normalize(img, dim=-1).requires_grad_()
+    txt = torch.nn.functional.normalize(txt, dim=-1).requires_grad_()
+    loss = clip_loss(0, 1)(img, txt, torch.tensor(10.0))
+    loss.backward()
+    # DDP averages over ranks: mean of rank losses, and each rank's gradient / world
+    torch.testing.assert_close((ranks[0]["correct"][0] + ranks[1]["correct"][0]) / 2, loss.detach())
+    for r in (0, 1):
+        torch.testing.assert_close(ranks[r]["correct"][1] / 2, img.grad[r * 4 : r * 4 + 4])
+        torch.testing.assert_close(ranks[r]["correct"][2] / 2, txt.grad[r * 4 : r * 4 + 4])
+    buggy = (ranks[0]["no_rank_offset"][0] + ranks[1]["no_rank_offset"][0]) / 2
+    assert abs(float(buggy) - float(loss)) > 0.1  # without the rank offset rank 1 learns wrong pairs

@@ -1,0 +1,148 @@
+"""Pre-training end to end: the shipped configs through the real CLI, export, golden losses, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PYTHON, REPO, nml_subprocess_env
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from nml.data.modules import ClassificationShards, ImageTextShards
+from nml.data.noise import NoiseConfig
+from nml.models.backbones import load_export
+from nml.models.contrastive import ContrastivePretraining
+from nml.models.supervised import SupervisedPretraining
+
+GOLDEN = Path(__file__).parent / "golden" / "pretraining_losses.json"
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def _scalar_tags(log_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list(log_dir.rglob("events.out.tfevents.*"))
+    assert events, f"no TensorBoard event file under {log_dir}"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        (
+            "pretrain_supervised.yaml",
+            {
+                "train/loss_step",
+                "train/acc_clean_step",
+                "train/acc_noisy_step",
+                "train/memorised_step",
+                "val/top1",
+            },
+        ),
+        (
+            "pretrain_clip.yaml",
+            {"train/loss_step", "train/logit_scale", "train/retrieval_clean_step", "val/zeroshot_top1"},
+        ),
+    ],
+)
+def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, config, expected):
+    run = subprocess.run(
+        [PYTHON, "-m", "nml.cli", "fit", "--config", config, "--data.root", str(tiny_benchmark),
+         "--data.noise.rate", "0.3", "--data.num_workers", "0", "--data.batch_size", "32",
+         "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
+         "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, env=nml_subprocess_env(), cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"using config {REPO / 'nml' / 'configs' / config}" in run.stderr  # bare name -> shipped config
+    assert expected <= _scalar_tags(tmp_path / "runs"), _scalar_tags(tmp_path / "runs")
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    assert (ckpt.parent.parent / "config.yaml").is_file()
+
+    export = subprocess.run(
+        [PYTHON, "-m", "nml.cli", "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export")],
+        capture_output=True, text=True, env=nml_subprocess_env(), cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr[-3000:]
+    summary = json.loads(export.stdout)
+    backbone, meta = load_export(tmp_path / "export")
+    assert meta["feature_dim"] == summary["feature_dim"] == backbone.feature_dim
+    assert meta["noise"]["rate"] == 0.3 and meta["data"]["manifest_sha256"]
+    assert meta["image_size"] == 32 and len(meta["mean"]) == 3
+    x = torch.randn(2, 3, 32, 32)
+    assert backbone.eval().features(x).shape == (2, meta["feature_dim"])
+
+
+class _Losses(Callback):
+    def __init__(self, stop_at: int | None = None):
+        self.losses, self.stop_at = [], stop_at
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+        if self.stop_at is not None and trainer.global_step >= self.stop_at:
+            trainer.should_stop = True
+
+
+def _run(kind: str, root: Path, out: Path, steps: int, stop_at=None, ckpt_path=None) -> list[float]:
+    seed_everything(0)
+    common = {"root": str(root), "batch_size": 16, "num_workers": 0, "seed": 1}
+    if kind == "supervised":
+        dm = ClassificationShards(noise=NoiseConfig("symmetric", 0.3), **common)
+        model = SupervisedPretraining(
+            "test_resnet", optimizer=partial(torch.optim.AdamW, lr=3e-3), warmup=0.25
+        )
+    else:
+        dm = ImageTextShards(noise=NoiseConfig("caption_swap", 0.3), context_length=16, **common)
+        model = ContrastivePretraining(
+            "tiny", TINY_CLIP, optimizer=partial(torch.optim.AdamW, lr=1e-3), warmup=0.25
+        )
+    losses = _Losses(stop_at)
+    callbacks = [losses]
+    if stop_at is not None:
+        callbacks.append(ModelCheckpoint(dirpath=out, every_n_train_steps=stop_at, save_top_k=-1))
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=stop_at is not None,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
+    return losses.losses
+
+
+@pytest.mark.parametrize("kind", ["supervised", "clip"])
+def test_golden_losses_and_resume_reproduces_the_tail(tiny_benchmark, tmp_path, kind):
+    steps, stop = 8, 5  # 5 is mid-epoch: the tiny corpus has 312 samples = 20 batches of 16
+    reference = _run(kind, tiny_benchmark, tmp_path, steps)
+    assert len(reference) == steps
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+    if os.environ.get("NML_UPDATE_GOLDEN") or kind not in golden:
+        golden[kind] = reference
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
+        pytest.skip(f"wrote golden losses for {kind}; commit {GOLDEN.name}")
+    # CPUs with other vector units may round differently: a tolerance, not bit equality
+    assert reference == pytest.approx(golden[kind], rel=2e-4)
+
+    head = _run(kind, tiny_benchmark, tmp_path / "ckpt", steps, stop_at=stop)
+    assert head == reference[:stop]
+    ckpt = next((tmp_path / "ckpt").glob("*.ckpt"))
+    assert torch.load(ckpt, weights_only=True)["global_step"] == stop  # weights-only loadable
+    tail = _run(kind, tiny_benchmark, tmp_path / "ckpt2", steps, ckpt_path=str(ckpt))
+    assert tail == pytest.approx(reference[stop:], rel=1e-6)
