@@ -21,6 +21,9 @@ import nml.models.supervised  # noqa: F401
 class NMLCLI(LightningCLI):
     """LightningCLI with nml's defaults; later modules add arguments by overriding the hooks."""
 
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
 
 def run_lightning(argv: Sequence[str]) -> NMLCLI:
     return NMLCLI(

@@ -146,3 +146,29 @@ def test_golden_losses_and_resume_reproduces_the_tail(tiny_benchmark, tmp_path, 
     assert torch.load(ckpt, weights_only=True)["global_step"] == stop  # weights-only loadable
     tail = _run(kind, tiny_benchmark, tmp_path / "ckpt2", steps, ckpt_path=str(ckpt))
     assert tail == pytest.approx(reference[stop:], rel=1e-6)
+
+
+def test_ema_callback_and_mixup_switch(tiny_benchmark, caplog):
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    seed_everything(0)
+    dm = ClassificationShards(root=str(tiny_benchmark), batch_size=16, num_workers=0)
+    with caplog.at_level("WARNING"):
+        model = SupervisedPretraining("test_resnet", num_classes=52, mixup=0.2, cutmix=1.0)
+    assert "confound the label-noise" in caplog.text
+    ema = EMAWeightAveraging(decay=0.5)
+    losses = _Losses()
+    Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ema, losses],
+    ).fit(model, dm)
+    assert len(losses.losses) == 3 and all(torch.isfinite(torch.tensor(losses.losses)))
+    averaged = dict(ema._average_model.module.named_parameters())
+    for name, p in model.named_parameters():  # at the end of fit the module holds the EMA weights
+        torch.testing.assert_close(p, averaged[name])

@@ -150,8 +150,9 @@ class ShardDataModule(LightningDataModule):
             self.classes = sets["classes"]
         self.task = task or ("pretraining" if self.classes is not None else None)
         self.train_spec, self.val_spec = train, val
-        if self.classes is None and train:
-            self.classes = info_classes(train, self.root)
+        for spec in (train, val):  # class names from _info.json (zero-shot val may be labelled only)
+            if self.classes is None and spec:
+                self.classes = info_classes(spec, self.root)
         if num_classes is None and self.classes is not None:
             num_classes = len(self.classes)
         self.num_classes = num_classes

@@ -27,7 +27,8 @@ class SupervisedPretraining(PretrainingModule):
 
     Args:
         model: timm model name (``test_resnet``, ``resnet50`` ...).
-        num_classes: Classes of the head (default: the data module's).
+        num_classes: Classes of the head; ``nml fit`` links it from ``data.num_classes`` (without it,
+            the model is built in ``setup()`` from the data module).
         model_kwargs: Extra ``timm.create_model`` arguments (``drop_rate``, ``drop_path_rate`` ...).
         pretrained: Initial weights: a local file or an nml export directory (never a download).
         label_smoothing: Off by default: it changes the targets and blurs the noise level.
@@ -89,6 +90,13 @@ class SupervisedPretraining(PretrainingModule):
             dm = getattr(self.trainer, "datamodule", None)
             if dm is None or getattr(dm, "num_classes", None) is None:
                 raise ValueError("SupervisedPretraining: num_classes not given and the data module has none")
+            from lightning.pytorch.callbacks import WeightAveraging  # noqa: PLC0415
+
+            if any(isinstance(c, WeightAveraging) for c in self.trainer.callbacks):
+                raise ValueError(
+                    "SupervisedPretraining: pass num_classes when using weight averaging (EMA): the callback "
+                    "copies the model before setup() (nml fit links it from data.num_classes)"
+                )
             self._build(dm.num_classes)
         self.record_data()
 
