@@ -35,6 +35,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "audit": "nml.commands.data:audit",
     },
     "export": "nml.commands.models:export",
+    "spectrum": "nml.commands.spectrum:spectrum",
 }
 GROUP_HELP = {"data": "Build, write and inspect WebDataset shards"}
 

@@ -9,6 +9,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    # nml.data.modules filters this at import (its loaders' lengths are exact by construction), but
+    # pytest restores the warning filters after every test
+    config.addinivalue_line("filterwarnings", "ignore:Your `IterableDataset` has `__len__` defined")
+
+
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory) -> Path:
     """The embedded benchmark at size=tiny with the fallback fonts, built once per session."""
@@ -79,3 +85,22 @@ def write_shards(
         )
     last = len(sizes) - 1
     return str(directory / (f"{prefix}-{{0000..{last:04d}}}.tar" if last else f"{prefix}-0000.tar"))
+
+
+def spawn_gloo(fn, nprocs: int, *args) -> None:
+    """Run ``fn(rank, world, port, *args)`` in ``nprocs`` spawned processes (they init gloo themselves)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(fn, args=(nprocs, port, *args), nprocs=nprocs, start_method="spawn")
+
+
+def init_gloo(rank: int, world: int, port: int) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -8,6 +8,7 @@ import subprocess
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import PYTHON, REPO, nml_subprocess_env
@@ -28,14 +29,18 @@ TINY_CLIP = {
 }
 
 
-def _scalar_tags(log_dir: Path) -> set[str]:
+def _event_accumulator(log_dir: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = list(log_dir.rglob("events.out.tfevents.*"))
     assert events, f"no TensorBoard event file under {log_dir}"
-    acc = EventAccumulator(str(events[0].parent))
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "histograms": 0})
     acc.Reload()
-    return set(acc.Tags()["scalars"])
+    return acc
+
+
+def _scalar_tags(log_dir: Path) -> set[str]:
+    return set(_event_accumulator(log_dir).Tags()["scalars"])
 
 
 @pytest.mark.parametrize(
@@ -70,6 +75,29 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     assert expected <= _scalar_tags(tmp_path / "runs"), _scalar_tags(tmp_path / "runs")
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
     assert (ckpt.parent.parent / "config.yaml").is_file()
+    # FeatureSpectrum at the end of fit: scalars, histogram, figure and .npz for every test set
+    tb = _event_accumulator(tmp_path / "runs")
+    assert {"spectrum/glyphs_heldout/sve", "spectrum/glyphs_blur_3/lsvr"} <= set(tb.Tags()["scalars"])
+    assert "spectrum/glyphs_heldout/singular_values" in tb.Tags()["histograms"]
+    assert "spectrum/glyphs_heldout/normalised" in tb.Tags()["images"]
+    npz = np.load(next((tmp_path / "runs").rglob("spectrum/glyphs_heldout_fit_end.npz")))
+    assert float(npz["samples"]) == 52 * 3 and float(npz["sve"]) > 0
+
+    test = subprocess.run(
+        [PYTHON, "-m", "nml.cli", "test", "--config", config, "--data.root", str(tiny_benchmark),
+         "--data.num_workers", "0", "--ckpt_path", str(ckpt), "--trainer.enable_progress_bar", "false",
+         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, env=nml_subprocess_env(), cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert test.returncode == 0, test.stderr[-3000:]
+    report = json.loads(test.stdout)
+    metrics = report["metrics"]
+    assert {"test/id/glyphs_heldout/top1", "test/ood/glyphs_elastic_2/top1", "test/id/mean_top1",
+            "test/ood/mean_top1"} <= set(metrics)  # fmt: skip
+    ood = [v for k, v in metrics.items() if k.startswith("test/ood/glyphs_")]
+    assert len(ood) == 12 and metrics["test/ood/mean_top1"] == pytest.approx(sum(ood) / 12, abs=1e-6)
+    assert json.loads((ckpt.parent / "metrics.json").read_text()) == report
+    assert "glyphs_heldout" in test.stderr and "mean" in test.stderr  # the table
 
     export = subprocess.run(
         [PYTHON, "-m", "nml.cli", "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export")],
@@ -148,13 +176,15 @@ def test_golden_losses_and_resume_reproduces_the_tail(tiny_benchmark, tmp_path, 
     assert tail == pytest.approx(reference[stop:], rel=1e-6)
 
 
-def test_ema_callback_and_mixup_switch(tiny_benchmark, caplog):
+def test_ema_callback_mixup_and_channels_last_switches(tiny_benchmark, caplog):
     from lightning.pytorch.callbacks import EMAWeightAveraging
 
     seed_everything(0)
     dm = ClassificationShards(root=str(tiny_benchmark), batch_size=16, num_workers=0)
     with caplog.at_level("WARNING"):
-        model = SupervisedPretraining("test_resnet", num_classes=52, mixup=0.2, cutmix=1.0)
+        model = SupervisedPretraining(
+            "test_resnet", num_classes=52, mixup=0.2, cutmix=1.0, channels_last=True
+        )
     assert "confound the label-noise" in caplog.text
     ema = EMAWeightAveraging(decay=0.5)
     losses = _Losses()
@@ -172,3 +202,4 @@ def test_ema_callback_and_mixup_switch(tiny_benchmark, caplog):
     averaged = dict(ema._average_model.module.named_parameters())
     for name, p in model.named_parameters():  # at the end of fit the module holds the EMA weights
         torch.testing.assert_close(p, averaged[name])
+    assert model.backbone.model.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -281,13 +281,23 @@ class ShardDataModule(LightningDataModule):
         )
         return loader
 
+    def eval_loader(self, s: EvalSet, persistent: bool = False) -> ShardLoader:
+        """A loader over one evaluation set: every sample once across ranks, ``valid`` mask."""
+        members = MemberSpec(self.image_keys, self.label_key, self.set_num_classes(s))
+        return self._loader(self._stream(s.shards, "eval", members, collate=collate), persistent)
+
+    def set_num_classes(self, s: EvalSet) -> int | None:
+        return s.num_classes or self.num_classes
+
+    def set_classes(self, s: EvalSet) -> list[str] | None:
+        """Class names of an evaluation set: its _info.json, else the module's if the count fits."""
+        names = info_classes(s.shards, self.root)
+        if names is None and self.classes is not None and len(self.classes) == self.set_num_classes(s):
+            names = self.classes
+        return names
+
     def _eval_loaders(self, sets: list[EvalSet], persistent: bool) -> list[ShardLoader]:
-        loaders = []
-        for s in sets:
-            members = MemberSpec(self.image_keys, self.label_key, s.num_classes or self.num_classes)
-            cfg = self._stream(s.shards, "eval", members, collate=collate)
-            loaders.append(self._loader(cfg, persistent))
-        return loaders
+        return [self.eval_loader(s, persistent) for s in sets]
 
     def val_dataloader(self) -> list[ShardLoader]:
         return self._eval_loaders(self.val_sets, persistent=True)  # runs every epoch

@@ -10,10 +10,11 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from nml.models.backbones import Backbone
+from nml.models.evaluation import TestSuiteEvaluation
 from nml.models.optim import param_groups, warmup_cosine
 
 
-class PretrainingModule(LightningModule):
+class PretrainingModule(TestSuiteEvaluation, LightningModule):
     """Base class. Subclasses set ``self.backbone`` (a :class:`Backbone`) before training starts.
 
     Args:
@@ -42,21 +43,44 @@ class PretrainingModule(LightningModule):
         self.channels_last, self.compile_model = channels_last, compile
         self.backbone: Backbone | None = None
         self._t_batch: float | None = None
+        # provenance kept in checkpoints under "nml" (not in hyper_parameters, which LightningCLI
+        # feeds back into __init__ on `nml test --ckpt_path`): backbone config, training data
+        self.provenance: dict = {}
 
     # -- setup ---------------------------------------------------------------------------------
     def record_data(self) -> None:
         """Keep what the model was trained on in the checkpoint (read by ``nml export``)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "describe"):
-            self.hparams["data"] = dm.describe()
+        if dm is not None and hasattr(dm, "describe") and self.trainer.state.fn == "fit":
+            self.provenance["data"] = dm.describe()
 
-    def configure_model(self) -> None:
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.backbone is not None:
+            self.provenance["backbone"] = self.backbone.config.to_dict()
+        checkpoint["nml"] = dict(self.provenance)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.provenance = {**checkpoint.get("nml", {}), **self.provenance}
+
+    def prepare_model(self) -> None:
+        """GPU switches, applied at the end of ``setup()`` (not ``configure_model``, which weight
+        averaging callbacks do not support)."""
         if self.backbone is None:
             return
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         if self.compile_model and not hasattr(self.backbone.model, "_orig_mod"):
             self.backbone.model = torch.compile(self.backbone.model)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.feature_dim
+
+    def spectrum_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The features FeatureSpectrum analyses: the backbone's (pooled pre-logits / image embedding)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone.features(images)
 
     def images(self, batch: dict) -> torch.Tensor:
         x = batch["image"]

@@ -40,6 +40,9 @@ class ContrastivePretraining(PretrainingModule):
         tokenizer: open_clip model name whose tokenizer builds the zero-shot prompts; must match
             the data module's.
         zeroshot_templates: Prompt templates with ``{name}`` (e.g. "uppercase A") and ``{ch}``.
+        num_classes: Classes of the labelled validation data (``nml fit`` links it from
+            ``data.num_classes``, as for SupervisedPretraining); recorded, not needed: the zero-shot
+            heads are built from the data module's class names.
         (optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile: see PretrainingModule)
     """
 
@@ -50,6 +53,7 @@ class ContrastivePretraining(PretrainingModule):
         pretrained: str | None = None,
         tokenizer: str = "ViT-B-32",
         zeroshot_templates: list[str] | None = None,
+        num_classes: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup: float = 0.05,
@@ -60,7 +64,6 @@ class ContrastivePretraining(PretrainingModule):
         super().__init__(optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.backbone = create_backbone("open_clip", model, model_cfg=model_cfg, pretrained=pretrained)
-        self.hparams["backbone"] = self.backbone.config.to_dict()
         self.templates = tuple(zeroshot_templates or GLYPH_TEMPLATES)
         self.loss_fn = None
         self.val_top1: MulticlassAccuracy | None = None
@@ -83,6 +86,32 @@ class ContrastivePretraining(PretrainingModule):
         if classes:
             self.val_top1 = MulticlassAccuracy(len(classes), average="micro").to(self.device)
         self.record_data()
+        self.prepare_model()
+        if stage == "test":
+            self.setup_test_suite()
+
+    # -- zero-shot test sets -------------------------------------------------------------------
+    def can_test(self, set_index: int) -> bool:
+        return self.trainer.datamodule.set_classes(self.test_sets[set_index]) is not None
+
+    def _tokenizer(self):
+        import open_clip  # noqa: PLC0415
+
+        return open_clip.get_tokenizer(self.hparams.tokenizer, context_length=self.clip.context_length)
+
+    def on_test_epoch_start(self) -> None:
+        dm, tok = self.trainer.datamodule, self._tokenizer()
+        self._test_classifiers = {
+            i: zeroshot_classifier(
+                self.clip, tok, class_prompts(dm.set_classes(s), self.templates), self.device
+            )
+            for i, s in enumerate(self.test_sets)
+            if i not in self._skipped
+        }
+
+    def test_logits(self, images: torch.Tensor, set_index: int) -> torch.Tensor:
+        image = self.clip.encode_image(self.images({"image": images}), normalize=True)
+        return image @ self._test_classifiers[set_index]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         image = self.clip.encode_image(self.images(batch), normalize=True)
@@ -111,11 +140,8 @@ class ContrastivePretraining(PretrainingModule):
         dm = getattr(self.trainer, "datamodule", None)
         if self.val_top1 is None or not getattr(dm, "classes", None):
             return
-        import open_clip  # noqa: PLC0415
-
-        tok = open_clip.get_tokenizer(self.hparams.tokenizer, context_length=self.clip.context_length)
         self._classifier = zeroshot_classifier(
-            self.clip, tok, class_prompts(dm.classes, self.templates), self.device
+            self.clip, self._tokenizer(), class_prompts(dm.classes, self.templates), self.device
         )
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:

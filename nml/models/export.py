@@ -26,12 +26,13 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
         raise FileNotFoundError(f"checkpoint {str(ckpt)!r} not found")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     hp = state.get("hyper_parameters") or {}
-    if "backbone" not in hp or "state_dict" not in state:
+    info = state.get("nml") or {}
+    if "backbone" not in info or "state_dict" not in state:
         raise ValueError(
-            f"{ckpt}: not an nml pre-training checkpoint (no hyper_parameters.backbone); "
+            f"{ckpt}: not an nml pre-training checkpoint (no 'nml' provenance entry); "
             "export checkpoints written by SupervisedPretraining or ContrastivePretraining"
         )
-    config = BackboneConfig(**hp["backbone"])
+    config = BackboneConfig(**info["backbone"])
     model = _build(config)
     prefix = "backbone.model."
     weights = {
@@ -44,7 +45,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(backbone.encoder_state_dict(), out / EXPORT_WEIGHTS)
-    data = hp.get("data") or {}
+    data = info.get("data") or {}
     meta = {
         "format": "nml-encoder/1",
         "backbone": {k: v for k, v in config.to_dict().items() if k != "num_classes"},

@@ -73,7 +73,6 @@ class SupervisedPretraining(PretrainingModule):
         self.backbone = create_backbone(
             "timm", hp.model, num_classes=num_classes, pretrained=hp.pretrained, **(hp.model_kwargs or {})
         )
-        self.hparams["backbone"] = self.backbone.config.to_dict()
         self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
         if hp.mixup or hp.cutmix:
             from timm.data import Mixup  # noqa: PLC0415
@@ -99,6 +98,18 @@ class SupervisedPretraining(PretrainingModule):
                 )
             self._build(dm.num_classes)
         self.record_data()
+        self.prepare_model()
+        if stage == "test":
+            self.setup_test_suite()
+
+    def can_test(self, set_index: int) -> bool:
+        n = self.trainer.datamodule.set_num_classes(self.test_sets[set_index])
+        return n == self.hparams.num_classes
+
+    def test_logits(self, images: torch.Tensor, set_index: int) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
