@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from nml.checksums import file_sha256
 from nml.data.charsets import DIGITS, GREEK, LETTERS_AND_DIGITS, SYMBOLS
 
 log = logging.getLogger(__name__)
@@ -252,14 +253,6 @@ def _caps_only(renders: dict[str, bytes], chars: str) -> bool:
             if u is not None and lo is not None:
                 sims.append(float(u @ lo))
     return bool(sims) and float(np.median(sims)) > 0.9
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _squash(name: str) -> str:

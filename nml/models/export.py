@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from nml import __version__
+from nml.checksums import file_sha256
 from nml.models.backbones import EXPORT_META, EXPORT_WEIGHTS, Backbone, BackboneConfig, _build
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
@@ -63,9 +55,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
             "path": str(ckpt.resolve()),
             "epoch": state.get("epoch"),
             "global_step": state.get("global_step"),
-            "sha256": _sha256(ckpt),
+            "sha256": file_sha256(ckpt),
         },
-        "weights_sha256": _sha256(out / EXPORT_WEIGHTS),
+        "weights_sha256": file_sha256(out / EXPORT_WEIGHTS),
         "nml_version": __version__,
     }
     (out / EXPORT_META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
