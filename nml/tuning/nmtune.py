@@ -1,0 +1,97 @@
+"""NMTune (Chen et al., ICLR 2024): a light feature tuner with three regularisers on the features.
+
+``z = f + s * h(f)`` with ``h = Linear(D, rD) -> BatchNorm1d -> ReLU -> Linear(rD, D)`` and ``s`` a
+learnable per-dimension scale (init 1), then a linear head on ``z``. With two views per sample
+(``z1, z2``) and the first view's frozen feature ``f1``, ``Z = [z1; z2]`` (2B x D):
+
+* ``mse`` = mean over elements of ``(normalize(z2) - normalize(f1).detach())^2``;
+* ``cov`` = (1/D) * sum of squared off-diagonal entries of the covariance of ``Z`` (columns centred,
+  divided by ``2B - 1``);
+* ``svd`` = minus the mean of the top-``k`` entries of ``s / sum(s)``, ``s`` the singular values of
+  the uncentred ``Z``.
+
+The loss is ``CE + 1.0 * mse + 0.04 * cov + 0.001 * svd`` by default (``../shared/reference/method.md`` §3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def nmtune_regularizers(
+    z1: torch.Tensor, z2: torch.Tensor, f1: torch.Tensor, k: int = 5
+) -> dict[str, torch.Tensor]:
+    """The three NMTune regularisers (differentiable) for a batch of two views.
+
+    Cost: the covariance term never forms the D x D matrix when D > 2B (its Frobenius norm equals
+    that of the 2B x 2B Gram of the centred rows), and ``svdvals`` runs on the 2B x D matrix.
+    """
+    if z1.ndim != 2 or z1.shape != z2.shape or z1.shape != f1.shape:
+        raise ValueError(
+            f"nmtune_regularizers: z1, z2 and f1 must be (B, D) of one shape, got "
+            f"{tuple(z1.shape)}, {tuple(z2.shape)}, {tuple(f1.shape)}"
+        )
+    b, d = z1.shape
+    if b < 2:
+        raise ValueError(
+            f"nmtune_regularizers needs at least 2 samples per batch, got {b}: the covariance and spectrum "
+            "of a single sample's views are degenerate (use a batch size >= 2, drop_last for the final batch)"
+        )
+    mse = (F.normalize(z2, dim=1) - F.normalize(f1.detach(), dim=1)).pow(2).mean()
+    z = torch.cat([z1, z2])
+    n = z.shape[0]
+    zc = z - z.mean(0, keepdim=True)
+    gram = zc @ zc.T if n < d else zc.T @ zc  # the smaller of the two Gram matrices
+    fro2 = gram.pow(2).sum() / (n - 1) ** 2  # ||cov||_F^2
+    diag2 = (zc.pow(2).sum(0) / (n - 1)).pow(2).sum()  # sum of squared variances
+    cov = (fro2 - diag2) / d
+    s = torch.linalg.svdvals(z)
+    p = s / s.sum()
+    svd = -p[: min(k, p.numel())].mean()
+    return {"mse": mse, "cov": cov, "svd": svd}
+
+
+class NMTuneHead(nn.Module):
+    """Residual MLP feature transform plus a linear classifier.
+
+    Args:
+        dim: Feature dimension D.
+        num_classes: Classes of the linear head.
+        ratio: Hidden width r * D.
+        layers: Hidden Linear -> BN -> ReLU blocks before the output Linear(rD, D) (the reference uses 1).
+        residual: ``z = f + s * h(f)`` (True) or ``z = s * h(f)``.
+        scale_init: Initial value of the per-dimension scale ``s``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        ratio: int = 4,
+        layers: int = 1,
+        residual: bool = True,
+        scale_init: float = 1.0,
+    ):
+        super().__init__()
+        if layers < 1 or ratio < 1:
+            raise ValueError(f"NMTuneHead: layers and ratio must be >= 1, got layers={layers}, ratio={ratio}")
+        blocks: list[nn.Module] = []
+        width_in = dim
+        for _ in range(layers):
+            blocks += [nn.Linear(width_in, ratio * dim), nn.BatchNorm1d(ratio * dim), nn.ReLU(inplace=True)]
+            width_in = ratio * dim
+        blocks.append(nn.Linear(width_in, dim))
+        self.h = nn.Sequential(*blocks)
+        self.scale = nn.Parameter(torch.full((dim,), float(scale_init)))
+        self.residual = residual
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def transform(self, f: torch.Tensor) -> torch.Tensor:
+        z = self.scale * self.h(f)
+        return f + z if self.residual else z
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.transform(f)
+        return z, self.classifier(z)

@@ -1,0 +1,61 @@
+"""NMTune regularisers against a plain re-implementation of the formulas (values and gradients)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nml.tuning import NMTuneHead, nmtune_regularizers
+
+
+def _plain(z1, z2, f1, k=5):
+    """The formulas of method.md §3, written the obvious (D x D) way."""
+    z = torch.cat([z1, z2])
+    n, d = z.shape
+    mse = ((F.normalize(z2, dim=1) - F.normalize(f1.detach(), dim=1)) ** 2).mean()
+    zc = z - z.mean(0)
+    cov = zc.T @ zc / (n - 1)
+    off = cov - torch.diag(torch.diag(cov))
+    s = torch.linalg.svd(z).S
+    p = s / s.sum()
+    return {"mse": mse, "cov": (off**2).sum() / d, "svd": -p[:k].mean()}
+
+
+@pytest.mark.parametrize(
+    "b,d", [(8, 6), (4, 32), (2, 3)]
+)  # D < 2B, D > 2B (the lean Gram path), smallest batch
+def test_values_and_gradients_match_the_formulas(b, d):
+    g = torch.Generator().manual_seed(b * 100 + d)
+    base = [torch.randn(b, d, generator=g, dtype=torch.float64) for _ in range(3)]
+    got_in = [t.clone().requires_grad_() for t in base]
+    ref_in = [t.clone().requires_grad_() for t in base]
+    got, ref = nmtune_regularizers(*got_in), _plain(*ref_in)
+    for key in ("mse", "cov", "svd"):
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-10, atol=1e-12)
+    w = {"mse": 1.0, "cov": 0.04, "svd": 0.001}
+    sum(w[k] * got[k] for k in w).backward()
+    sum(w[k] * ref[k] for k in w).backward()
+    for a, r in zip(got_in[:2], ref_in[:2], strict=True):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-8, atol=1e-10)
+    assert got_in[2].grad is None and ref_in[2].grad is None  # f1 is a detached target
+
+
+def test_single_sample_batch_and_shape_mismatch_raise_clearly():
+    x = torch.randn(1, 4)
+    with pytest.raises(ValueError, match="at least 2 samples per batch, got 1"):
+        nmtune_regularizers(x, x, x)
+    with pytest.raises(ValueError, match="must be \\(B, D\\) of one shape"):
+        nmtune_regularizers(torch.randn(3, 4), torch.randn(3, 5), torch.randn(3, 4))
+
+
+def test_head_is_the_reference_architecture():
+    head = NMTuneHead(dim=8, num_classes=3)
+    kinds = [type(m).__name__ for m in head.h]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert head.h[0].out_features == 32 and torch.equal(head.scale.detach(), torch.ones(8))
+    f = torch.randn(5, 8)
+    z, logits = head(f)
+    assert z.shape == (5, 8) and logits.shape == (5, 3)
+    head.eval()
+    torch.testing.assert_close(head.transform(f), f + head.scale * head.h(f))
