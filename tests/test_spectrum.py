@@ -94,6 +94,7 @@ def _spectrum_worker(rank: int, world: int, port: int, out: str) -> None:
         },
         f"{out}/rank{rank}.pt",
     )
+    torch.distributed.destroy_process_group()  # a gloo group left open can abort at interpreter exit
 
 
 def test_invariant_to_the_number_of_ranks(tmp_path):

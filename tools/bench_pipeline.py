@@ -19,10 +19,10 @@ import statistics
 import sys
 import time
 
-from nml.data.members import MemberSpec
 from nml.data.modules import ClassificationShards, ImageTextShards
 from nml.data.noise import NoiseConfig, NoiseModel
 from nml.data.pipeline import ShardLoader, StreamConfig
+from nml.data.shards import resolve_shards
 
 SETTINGS = {
     "classification": (ClassificationShards, [NoiseConfig(), NoiseConfig("symmetric", 0.2)]),
@@ -47,8 +47,8 @@ def noise_stage_us(dm, noise: NoiseConfig, repeats: int) -> float:
     caption = isinstance(dm, ImageTextShards)
     members = dm.train_members()
     cfg = StreamConfig(
-        shards=[s for s in dm.train_dataloader().cfg.shards],
-        members=MemberSpec(members.image_keys, members.label_key, members.num_classes, members.caption_key),
+        shards=resolve_shards(dm.train_spec, dm.root),
+        members=members,
         mode="eval",
         batch_size=None,
         decode=False,

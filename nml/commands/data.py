@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from nml.data.noise import NoiseConfig
+from nml.data.noise_config import NoiseConfig
 
 log = logging.getLogger("nml.data")
 

@@ -65,9 +65,7 @@ class Backbone(nn.Module):
         """Weights without the timm classifier head (what ``nml export`` writes)."""
         state = self.model.state_dict()
         if self.config.library == "timm" and self.config.num_classes:
-            head = {f"{n}.weight" for n in _classifier_names(self.model)} | {
-                f"{n}.bias" for n in _classifier_names(self.model)
-            }
+            head = {f"{n}.{p}" for n in _classifier_names(self.model) for p in ("weight", "bias")}
             state = {k: v for k, v in state.items() if k not in head}
         return state
 
