@@ -6,7 +6,8 @@ imports (torch, lightning) happen only inside the command that needs them, so ``
 ``nml data --help`` stay fast.
 
 ``--config NAME`` accepts a bare file name: when ``NAME`` is not a file in the working directory,
-it resolves to the configs shipped inside the package (``nml/configs``). The file used is logged.
+it resolves to the configs shipped inside the package (``nml/configs``); so do ``.yaml`` values of
+``--data`` / ``--model`` / ``--trainer`` (``--data data/features.yaml``). The file used is logged.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "audit": "nml.commands.data:audit",
     },
     "export": "nml.commands.models:export",
+    "features": "nml.commands.features:features",
     "spectrum": "nml.commands.spectrum:spectrum",
 }
 GROUP_HELP = {"data": "Build, write and inspect WebDataset shards"}
@@ -71,21 +73,30 @@ def resolve_config(name: str) -> Path:
     )
 
 
+CONFIG_OPTIONS = ("--config", "--data", "--model", "--trainer")
+
+
+def _is_config_value(option: str, value: str) -> bool:
+    return option == "--config" or value.endswith((".yaml", ".yml"))
+
+
 def resolve_config_args(argv: Sequence[str]) -> list[str]:
-    """Rewrite every ``--config X`` / ``--config=X`` so that bare names find the shipped configs."""
+    """Rewrite ``--config X`` (and ``--data X.yaml``, ``--model X.yaml``, ``--trainer X.yaml``, in
+    both ``--opt X`` and ``--opt=X`` forms) so that bare names find the shipped configs."""
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
-        if a == "--config" and i + 1 < len(argv):
+        if a in CONFIG_OPTIONS and i + 1 < len(argv) and _is_config_value(a, argv[i + 1]):
             path = resolve_config(argv[i + 1])
-            log.info("using config %s", path.resolve())
+            log.info("using %s %s", a.lstrip("-"), path.resolve())
             out += [a, str(path)]
             i += 2
             continue
-        if a.startswith("--config="):
-            path = resolve_config(a.split("=", 1)[1])
-            log.info("using config %s", path.resolve())
-            out.append(f"--config={path}")
+        option, _, value = a.partition("=")
+        if option in CONFIG_OPTIONS and value and _is_config_value(option, value):
+            path = resolve_config(value)
+            log.info("using %s %s", option.lstrip("-"), path.resolve())
+            out.append(f"{option}={path}")
         else:
             out.append(a)
         i += 1

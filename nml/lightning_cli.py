@@ -21,9 +21,11 @@ from lightning.pytorch.cli import LightningCLI
 
 # imported so that configs can name nml's classes by their short names
 import nml.callbacks.spectrum  # noqa: F401
+import nml.data.feature_shards  # noqa: F401
 import nml.data.modules  # noqa: F401
 import nml.models.contrastive  # noqa: F401
 import nml.models.supervised  # noqa: F401
+import nml.models.tuning  # noqa: F401
 
 log = logging.getLogger("nml")
 

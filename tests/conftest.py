@@ -13,6 +13,8 @@ def pytest_configure(config):
     # nml.data.modules filters this at import (its loaders' lengths are exact by construction), but
     # pytest restores the warning filters after every test
     config.addinivalue_line("filterwarnings", "ignore:Your `IterableDataset` has `__len__` defined")
+    # nml.models.tuning: a frozen backbone stays in eval mode on purpose
+    config.addinivalue_line("filterwarnings", r"ignore:Found \d+ module\(s\) in eval mode")
 
 
 @pytest.fixture(scope="session")

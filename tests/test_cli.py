@@ -24,7 +24,7 @@ def _run(*code_or_args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def test_help_is_lazy_and_lists_subcommands():
     code = (
         "import sys\nfrom nml.cli import main\n"
-        "for argv in (['--help'], ['data', '--help'], ['data', 'embedded', '--help'], ['data', 'write', '--help'], ['data', 'audit', '--help']):\n"
+        "for argv in (['--help'], ['data', '--help'], ['data', 'embedded', '--help'], ['data', 'write', '--help'], ['data', 'audit', '--help'], ['features', '--help']):\n"
         "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
         "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'webdataset', 'timm', 'open_clip') if m in sys.modules))"
     )
@@ -44,6 +44,9 @@ def test_help_is_lazy_and_lists_subcommands():
         "audit",
         "--noise.help",
         "--num_workers",
+        "features",
+        "--views",
+        "--backbone",
     ):
         assert word in r.stdout
     assert "HEAVY []" in r.stdout
@@ -125,22 +128,26 @@ def test_every_shipped_config_parses():
     assert configs
     assert (REPO / "configs").resolve() == CONFIG_DIR.resolve()
     lightning = [c for c in configs if c.parent.name != "data"]
+    modules = [c for c in configs if c.parent.name == "data" and "class_path" in c.read_text()]
     for cfg in configs:
-        if cfg in lightning:
+        if cfg in lightning or cfg in modules:
             continue
         command = next(c for c in ("embedded", "write", "audit") if cfg.stem.startswith(c))
         parser = build_parser(["data", command])
         ns = parser.parse_args(["data", command, "--config", str(cfg)])
         assert ns["data"][command]["out"], cfg
-    assert {"pretrain_supervised.yaml", "pretrain_clip.yaml"} <= {c.name for c in lightning}
+    assert {"pretrain_supervised.yaml", "pretrain_clip.yaml", "tune_nmtune.yaml"} <= {c.name for c in lightning}
+    assert modules  # data-module configs (data/features.yaml) replace a tune config's data section
+    runs = [["--config", str(c)] for c in lightning]
+    runs += [["--config", "tune_nmtune.yaml", "--data", str(c)] for c in modules]
     assert any(c.parent.name == "cloud" for c in lightning)
     code = (
         "import contextlib, io, json, sys\nfrom nml.cli import main\nout = {}\n"
-        f"for cfg in {[str(c) for c in lightning]!r}:\n"
-        "    buf = io.StringIO()\n"
+        f"for args in {runs!r}:\n"
+        "    buf, cfg = io.StringIO(), args[-1]\n"
         "    try:\n"
         "        with contextlib.redirect_stdout(buf):\n"
-        "            main(['fit', '--config', cfg, '--print_config'])\n"
+        "            main(['fit', *args, '--print_config'])\n"
         "        out[cfg] = 'no exit'\n"
         "    except SystemExit as e:\n"
         "        out[cfg] = 'ok' if not e.code and 'class_path' in buf.getvalue() else f'exit {e.code}'\n"
@@ -149,4 +156,4 @@ def test_every_shipped_config_parses():
     r = _run("-c", code)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads(r.stdout.strip().splitlines()[-1])
-    assert results == {str(c): "ok" for c in lightning}, r.stderr[-3000:]
+    assert results == {str(c): "ok" for c in lightning + modules}, r.stderr[-3000:]

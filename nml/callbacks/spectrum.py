@@ -1,9 +1,9 @@
 """``FeatureSpectrum``: singular-value spectra of a model's features on named evaluation sets.
 
-Works with any LightningModule that has ``spectrum_features(images) -> (B, D)`` and
+Works with any LightningModule that has ``spectrum_features(inputs) -> (B, D)`` and
 ``feature_dim`` (the pre-training modules: the backbone's features; tuning modules: their
 transformed features) and a data module with ``test_sets`` and ``eval_loader(set)`` (nml's
-ClassificationShards / ImageTextShards). Each rank streams its share of every set into a
+ClassificationShards / ImageTextShards / FeatureShards). Each rank streams its share of every set into a
 :class:`~nml.metrics.spectrum.SpectrumAccumulator`; one all-reduce per set at the end.
 
 Logs ``spectrum/<set>/{sve,lsvr,p1,effective_rank,top<k>_share}`` to every logger, a histogram of
@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch import Callback
 
 from nml.metrics.spectrum import SpectrumAccumulator
+from nml.models.evaluation import batch_inputs
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,8 @@ class FeatureSpectrum(Callback):
                 for batch in trainer.datamodule.eval_loader(s):
                     valid = batch["valid"]
                     if valid.any():
-                        images = batch["image"][valid].to(pl_module.device)
-                        acc.update(pl_module.spectrum_features(images).float())
+                        inputs = batch_inputs(batch)[valid].to(pl_module.device)
+                        acc.update(pl_module.spectrum_features(inputs).float())
                 res = acc.compute(self.top_k, sync=True, dim=pl_module.feature_dim)
                 out[s.name] = res
                 if trainer.is_global_zero:

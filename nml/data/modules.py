@@ -4,8 +4,9 @@ Both default to the embedded benchmark (``data/embedded``, or ``$NML_DATA``; bui
 ``nml data embedded --out data/embedded``): ``task: pretraining`` trains on the glyph corpus and
 tests on the held-out fonts (``id``) and their corruptions (``ood``); any other task name from the
 benchmark's ``manifest.json`` (``greek``, ``print_to_mnist`` ...) selects that downstream task.
-Explicit ``train`` / ``val`` / ``test`` specs override the task; relative paths resolve against
-``root``. In YAML::
+A downstream task's test suite also holds the test sets of every other task trained on the same
+split (``glyphs_heldout``: the held-out fonts as ID plus their corruptions as OOD). Explicit
+``train`` / ``val`` / ``test`` specs override the task; relative paths resolve against ``root``. In YAML::
 
     data:
       class_path: nml.data.modules.ClassificationShards
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 # ShardLoader's length is exact by construction (equal batches per worker and rank).
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 DEFAULT_ROOT = "data/embedded"
+DEFAULT_IMAGE_SIZE = 32
 
 
 @dataclass
@@ -91,6 +93,13 @@ def task_sets(manifest: dict, task: str) -> dict[str, Any]:
     t = tasks[task]
     classes = datasets[t["data"]]["classes"]
     tests = [EvalSet(n, s, t["group"], t["num_classes"]) for n, s in t["test"].items()]
+    names = {s.name for s in tests}
+    for other in manifest["tasks"]:  # the other suites of a head trained on the same data (ID + OOD)
+        if other["name"] != task and other["train"] == t["train"]:
+            for n, spec in other["test"].items():
+                if n not in names:
+                    names.add(n)
+                    tests.append(EvalSet(n, spec, other["group"], other["num_classes"]))
     return {"train": t["train"], "val": t["val"], "test": tests, "classes": classes}
 
 
@@ -118,10 +127,12 @@ class ShardDataModule(LightningDataModule):
         weights: list[float] | None = None,
         train_samples: int | None = None,
         shuffle_buffer: int = 1000,
-        image_size: int = 32,
+        image_size: int | None = None,
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
         train_transform: dict | None = None,
+        views: int | None = None,
+        augment: bool | None = None,
         image_keys: str = "jpg;png;jpeg;webp",
         label_key: str = "cls",
         strict: bool = False,
@@ -138,6 +149,7 @@ class ShardDataModule(LightningDataModule):
         self.resampled, self.weights, self.train_samples = resampled, weights, train_samples
         self.shuffle_buffer, self.image_size, self.mean, self.std = shuffle_buffer, image_size, mean, std
         self.train_transform, self.image_keys, self.label_key = train_transform, image_keys, label_key
+        self.views, self.augment = views, augment
         self.strict = strict
         self._check_noise_kind()
 
@@ -192,13 +204,39 @@ class ShardDataModule(LightningDataModule):
             "num_classes": self.num_classes,
             "noise": noise,
             "seed": self.seed,
-            "image_size": self.image_size,
+            "image_size": self.input_size,
             "mean": list(mean),
             "std": list(std),
             "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()
             if manifest.is_file()
             else None,
         }
+
+    @property
+    def input_size(self) -> int:
+        return self.image_size or DEFAULT_IMAGE_SIZE
+
+    def configure_views(self, views: int, augment: bool) -> None:
+        """What a model asks of its training batches (tuning: LP one unaugmented view, NMTune two
+        augmented views); settings given explicitly in the data config win."""
+        if self.views is None:
+            self.views = views
+        if self.augment is None:
+            self.augment = augment
+        log.info("training batches: %d view(s), %s", self.views, "augmented" if self.augment else "eval transform")
+
+    def match_preprocessing(self, image_size: int | None, mean, std, source: str) -> None:
+        """Adopt a backbone's input size and normalisation where the config left them unset; warn
+        where an explicit setting differs from what the backbone was trained with."""
+        for name, value in (("image_size", image_size), ("mean", mean), ("std", std)):
+            if value is None:
+                continue
+            mine = getattr(self, name)
+            value = value if name == "image_size" else tuple(float(v) for v in value)
+            if mine is None:
+                setattr(self, name, value)
+            elif (mine if name == "image_size" else tuple(float(v) for v in mine)) != value:
+                log.warning("data.%s=%s differs from the %s the backbone %s was trained with", name, mine, value, source)
 
     # -- subclass hooks ------------------------------------------------------------------------
     def _check_noise_kind(self) -> None:
@@ -238,16 +276,39 @@ class ShardDataModule(LightningDataModule):
             num_samples=self.train_samples if train else None,
             shuffle_buffer=self.shuffle_buffer,
             strict=self.strict,
-            transform=build_transform(
-                self.library,
-                self.image_size,
-                train,
-                self.mean,
-                self.std,
-                self.train_transform if train else None,
-            ),
+            transform=self.transform(train and self.augment is not False),
+            views=(self.views or 1) if train else 1,
             **kw,
         )
+
+    def transform(self, augment: bool):
+        """The train (augmenting) or eval transform of this module."""
+        return build_transform(
+            self.library,
+            self.input_size,
+            augment,
+            self.mean,
+            self.std,
+            self.train_transform if augment else None,
+        )
+
+    def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:
+        """Every sample of ``spec`` once, in order, on one process: with the eval transform
+        (``views=0``) or as ``views`` augmented views seeded per (seed, sample, view)."""
+        cfg = StreamConfig(
+            shards=resolve_shards(spec, self.root),
+            members=MemberSpec(self.image_keys, self.label_key, None),
+            mode="eval",
+            batch_size=self.eval_batch_size,
+            seed=seed,
+            num_workers=self.num_workers,
+            strict=self.strict,
+            transform=self.transform(views > 0),
+            views=max(views, 1),
+            augment=views > 0,
+            collate=collate,
+        )
+        return self._loader(cfg, persistent=False)
 
     def _loader(self, cfg: StreamConfig, persistent: bool = True, **kw) -> ShardLoader:
         return ShardLoader(

@@ -92,6 +92,12 @@ class StreamConfig:
     decode: bool = True
     transform: Callable | None = None
     collate: Callable | None = None
+    views: int = 1  # augmented views per image (> 1: ``image`` is (views, C, H, W))
+    augment: bool | None = None  # seed the transform per (seed, epoch, key, view); None: in training
+
+    @property
+    def seeded(self) -> bool:
+        return self.mode == "train" if self.augment is None else self.augment
 
     def __post_init__(self) -> None:
         if not self.shards:
@@ -100,6 +106,8 @@ class StreamConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.views < 1:
+            raise ValueError(f"views must be >= 1, got {self.views}")
         if not (0 <= self.rank < self.world_size):
             raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
         readers = self.world_size * self.workers
@@ -324,11 +332,16 @@ class ShardStream(wds.DataPipeline):
                     continue
                 if cfg.transform is None:
                     rec["image"] = img
-                elif cfg.mode == "train":  # random augmentation, reproducible per (seed, epoch, sample)
-                    with seeded_rng(f"{cfg.seed}/{self._ctx['epoch']}/{rec['__key__']}"):
-                        rec["image"] = cfg.transform(img)
+                elif cfg.seeded:  # random augmentation, reproducible per (seed, epoch, sample, view)
+                    name = f"{cfg.seed}/{self._ctx['epoch']}/{rec['__key__']}"
+                    views = []
+                    for v in range(cfg.views):
+                        with seeded_rng(f"{name}/{v}" if v else name):
+                            views.append(cfg.transform(img))
+                    rec["image"] = views[0] if cfg.views == 1 else torch.stack(views)
                 else:
-                    rec["image"] = cfg.transform(img)
+                    image = cfg.transform(img)
+                    rec["image"] = image if cfg.views == 1 else image.expand(cfg.views, *image.shape)
             else:
                 rec.pop("image", None)
             yield rec

@@ -176,3 +176,18 @@ def load_export(path: str | Path) -> tuple[Backbone, dict]:
             f"{d}: weights do not fit {cfg['name']} (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     return Backbone(config, model), meta
+
+
+def input_preprocessing(backbone: Backbone, meta: dict | None = None) -> tuple[int | None, list | None, list | None]:
+    """(image size, mean, std) a backbone expects: an export's recorded training data, else the
+    architecture's defaults (timm ``pretrained_cfg``; open_clip the OpenAI statistics)."""
+    if meta is not None:
+        return meta.get("image_size"), meta.get("mean"), meta.get("std")
+    if backbone.config.library == "timm":
+        cfg = getattr(backbone.model, "pretrained_cfg", {}) or {}
+        size = cfg.get("input_size")
+        return (size[-1] if size else None), cfg.get("mean"), cfg.get("std")
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # noqa: PLC0415
+
+    size = backbone.model.visual.image_size
+    return (size[0] if isinstance(size, tuple | list) else size), list(OPENAI_DATASET_MEAN), list(OPENAI_DATASET_STD)

@@ -1,5 +1,6 @@
-"""What the pre-training modules share: optimizer and schedule, GPU switches, throughput and lr logs,
-and the record of the data they were trained on (kept in the checkpoint's hyper-parameters)."""
+"""What nml's LightningModules (pre-training and tuning) share: optimizer and schedule, GPU switches,
+throughput and lr logs, and the record of the backbone and data they were trained on (kept in the
+checkpoint under ``"nml"``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from nml.models.evaluation import TestSuiteEvaluation
 from nml.models.optim import param_groups, warmup_cosine
 
 
-class PretrainingModule(TestSuiteEvaluation, LightningModule):
+class BackboneModule(TestSuiteEvaluation, LightningModule):
     """Base class. Subclasses set ``self.backbone`` (a :class:`Backbone`) before training starts.
 
     Args:
@@ -101,7 +102,7 @@ class PretrainingModule(TestSuiteEvaluation, LightningModule):
     def on_train_batch_start(self, batch, batch_idx) -> None:
         now = time.perf_counter()
         if self._t_batch is not None and batch_idx > 0:
-            n = len(batch["key"]) * self.trainer.world_size
+            n = len(batch["valid"]) * self.trainer.world_size
             self.log("train/samples_per_s", n / max(now - self._t_batch, 1e-9), on_step=True, on_epoch=False)
         self._t_batch = now
 

@@ -9,7 +9,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
 from nml.models.backbones import create_backbone
-from nml.models.common import PretrainingModule
+from nml.models.common import BackboneModule
 from nml.models.zeroshot import GLYPH_TEMPLATES, class_prompts, zeroshot_classifier
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -25,7 +25,7 @@ def clip_loss(rank: int, world_size: int):
     )
 
 
-class ContrastivePretraining(PretrainingModule):
+class ContrastivePretraining(BackboneModule):
     """CLIP pre-training with ``open_clip.loss.ClipLoss`` (local loss, gather with grad).
 
     Logs ``train/loss``, ``train/logit_scale`` (the temperature's inverse, ``exp``),
@@ -43,7 +43,7 @@ class ContrastivePretraining(PretrainingModule):
         num_classes: Classes of the labelled validation data (``nml fit`` links it from
             ``data.num_classes``, as for SupervisedPretraining); recorded, not needed: the zero-shot
             heads are built from the data module's class names.
-        (optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile: see PretrainingModule)
+        (optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile: see BackboneModule)
     """
 
     def __init__(

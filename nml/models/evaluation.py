@@ -16,8 +16,14 @@ from torchmetrics.classification import MulticlassAccuracy
 log = logging.getLogger(__name__)
 
 
+def batch_inputs(batch: dict) -> torch.Tensor:
+    """What a model consumes from a batch: cached ``feature`` rows, else ``image``."""
+    return batch["feature"] if "feature" in batch else batch["image"]
+
+
 class TestSuiteEvaluation:
-    """Mixin for a LightningModule. Implement ``test_logits(images, set_index) -> logits`` and,
+    """Mixin for a LightningModule. Implement ``test_logits(inputs, set_index) -> logits`` (inputs:
+    images, or cached features from FeatureShards) and,
     where some sets cannot be classified (another label space), ``can_test(set_index) -> bool``;
     such sets are skipped on every rank alike (decided up front, so collectives stay matched)."""
 
@@ -45,7 +51,7 @@ class TestSuiteEvaluation:
         valid = batch["valid"]
         if not valid.any() or dataloader_idx in self._skipped:
             return
-        logits = self.test_logits(batch["image"][valid], dataloader_idx)
+        logits = self.test_logits(batch_inputs(batch)[valid], dataloader_idx)
         self.test_top1[dataloader_idx].update(logits.argmax(1), batch["clean_target"][valid])
 
     def on_test_epoch_end(self) -> None:

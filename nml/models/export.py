@@ -33,11 +33,33 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
         if k.startswith(prefix)
     }
     model.load_state_dict(weights)
-    backbone = Backbone(config, model)
+    return write_export(
+        Backbone(config, model),
+        out,
+        data=info.get("data") or {},
+        pretraining_classes=hp.get("num_classes"),
+        checkpoint={
+            "path": str(ckpt.resolve()),
+            "epoch": state.get("epoch"),
+            "global_step": state.get("global_step"),
+            "sha256": file_sha256(ckpt),
+        },
+    )
+
+
+def write_export(
+    backbone: Backbone,
+    out: str | Path,
+    data: dict | None = None,
+    pretraining_classes: int | None = None,
+    checkpoint: dict | None = None,
+) -> dict:
+    """Write ``backbone`` as an export directory (``encoder.pt`` + ``encoder.json``); ``data`` is the
+    training data description (image_size, mean, std, noise ...) of the pre-training run."""
+    config, data = backbone.config, data or {}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(backbone.encoder_state_dict(), out / EXPORT_WEIGHTS)
-    data = info.get("data") or {}
     meta = {
         "format": "nml-encoder/1",
         "backbone": {k: v for k, v in config.to_dict().items() if k != "num_classes"},
@@ -50,13 +72,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
         "std": data.get("std"),
         "noise": data.get("noise"),
         "data": data,
-        "pretraining_classes": hp.get("num_classes"),
-        "checkpoint": {
-            "path": str(ckpt.resolve()),
-            "epoch": state.get("epoch"),
-            "global_step": state.get("global_step"),
-            "sha256": file_sha256(ckpt),
-        },
+        "pretraining_classes": pretraining_classes,
+        "checkpoint": checkpoint,
         "weights_sha256": file_sha256(out / EXPORT_WEIGHTS),
         "nml_version": __version__,
     }

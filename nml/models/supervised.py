@@ -11,12 +11,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from nml.metrics.noisy import noise_split_counts
 from nml.models.backbones import create_backbone
-from nml.models.common import PretrainingModule
+from nml.models.common import BackboneModule
 
 log = logging.getLogger(__name__)
 
 
-class SupervisedPretraining(PretrainingModule):
+class SupervisedPretraining(BackboneModule):
     """Supervised pre-training of a timm model on noisy labels.
 
     Logs ``train/loss``; ``train/acc_clean`` (accuracy on samples whose label is intact),
@@ -34,7 +34,7 @@ class SupervisedPretraining(PretrainingModule):
         label_smoothing: Off by default: it changes the targets and blurs the noise level.
         mixup: Mixup alpha (0: off). Off by default for the same reason.
         cutmix: CutMix alpha (0: off).
-        (optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile: see PretrainingModule)
+        (optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile: see BackboneModule)
     """
 
     def __init__(

@@ -1,0 +1,165 @@
+"""Cached features on disk: what ``nml features`` writes and :class:`FeatureShards` reads.
+
+A cache directory (``nml features --out DIR``)::
+
+    DIR/features.json              format, backbone provenance, feature_dim, task, classes, splits
+    DIR/<split>/features.npy       (N, D) float32, eval transform
+    DIR/<split>/views.npy          (N, K, D) float32, K augmented views (train split, --views K)
+    DIR/<split>/labels.npy         (N,) int64
+    DIR/<split>/keys.txt           sample keys, one per line (the shards' ``__key__``)
+
+with splits ``train``, ``val`` and ``test/<name>``. Any split can also come from elsewhere (an
+embedding API, another toolkit): a directory with ``features.npy`` + ``labels.npy``, an ``.npz``
+with arrays ``features`` and ``labels`` (optionally ``views``), or a spec of feature shards (tars
+whose samples hold a 1-D ``.npy`` feature and a ``cls`` label). Arrays are loaded with
+``allow_pickle=False``; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nml.data.shards import expand_spec
+
+log = logging.getLogger(__name__)
+CACHE_META = "features.json"
+CACHE_FORMAT = "nml-features/1"
+IN_MEMORY_BYTES = 2 << 30  # smaller arrays are read into memory; larger ones stay memory-mapped
+
+
+@dataclass
+class FeatureSplit:
+    """One split's features (N, D), optional augmented views (N, K, D), labels (N,) and keys."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    views: np.ndarray | None = None
+    keys: list[str] | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        where = self.source or "features"
+        if self.features.ndim != 2:
+            raise ValueError(f"{where}: features must be (N, D), got shape {self.features.shape}")
+        if not np.issubdtype(self.features.dtype, np.floating):
+            raise ValueError(f"{where}: features must be floating point, got {self.features.dtype}")
+        n = self.features.shape[0]
+        if self.labels.shape != (n,) or not np.issubdtype(self.labels.dtype, np.integer):
+            raise ValueError(
+                f"{where}: labels must be ({n},) integers to match the features, got "
+                f"shape {self.labels.shape} dtype {self.labels.dtype}"
+            )
+        if self.views is not None and (self.views.ndim != 3 or self.views.shape[0] != n or self.views.shape[2] != self.dim):
+            raise ValueError(f"{where}: views must be (N={n}, K, D={self.dim}), got shape {self.views.shape}")
+        if n and self.labels.min() < 0:
+            raise ValueError(f"{where}: negative label {int(self.labels.min())}")
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def num_views(self) -> int:
+        return 0 if self.views is None else self.views.shape[1]
+
+
+def _array(path: Path) -> np.ndarray:
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    return np.array(arr) if arr.nbytes <= IN_MEMORY_BYTES else arr  # a writable in-memory copy
+
+
+def load_split(path: str | Path) -> FeatureSplit:
+    """A split from a cache directory, an ``.npz`` or a feature-shard spec (see the module doc)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("features.npy", "labels.npy"):
+            if not (p / name).is_file():
+                raise FileNotFoundError(f"feature split {str(p)!r}: no {name} (expected features.npy + labels.npy)")
+        keys = (p / "keys.txt").read_text().splitlines() if (p / "keys.txt").is_file() else None
+        views = _array(p / "views.npy") if (p / "views.npy").is_file() else None
+        return FeatureSplit(_array(p / "features.npy"), _array(p / "labels.npy"), views, keys, str(p))
+    if p.suffix == ".npz":
+        if not p.is_file():
+            raise FileNotFoundError(f"feature split: no such file {str(p)!r}")
+        with np.load(p, allow_pickle=False) as z:
+            missing = {"features", "labels"} - set(z.files)
+            if missing:
+                raise ValueError(f"{p}: no array {sorted(missing)} (arrays: {z.files}); expected features and labels")
+            return FeatureSplit(z["features"], z["labels"], z["views"] if "views" in z.files else None, None, str(p))
+    return _load_feature_shards(str(path))
+
+
+def _load_feature_shards(spec: str) -> FeatureSplit:
+    urls = [u for src in expand_spec(spec) for u in src]
+    if not urls:
+        raise ValueError(f"feature split {spec!r}: not a directory, .npz or shard spec")
+    feats, labels, keys = [], [], []
+    for url in urls:
+        if not Path(url).is_file():
+            raise FileNotFoundError(f"feature shard {url!r} not found")
+        sample: dict[str, bytes] = {}
+        with tarfile.open(url, "r|*") as tar:
+            for m in tar:
+                if not m.isreg():
+                    continue
+                key, _, ext = m.name.partition(".")
+                if sample and key != sample["__key__"]:
+                    _take(sample, url, feats, labels, keys)
+                    sample = {}
+                sample["__key__"] = key
+                sample[ext] = tar.extractfile(m).read()
+        if sample:
+            _take(sample, url, feats, labels, keys)
+    return FeatureSplit(np.stack(feats), np.asarray(labels, dtype=np.int64), None, keys, spec)
+
+
+def _take(sample: dict, url: str, feats: list, labels: list, keys: list) -> None:
+    where = f"{url}:{sample['__key__']}"
+    if "npy" not in sample or "cls" not in sample:
+        raise ValueError(f"{where}: a feature shard sample needs .npy and .cls members, got {sorted(sample)}")
+    try:
+        vec = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{where}.npy: not a plain .npy array ({e})") from None
+    if vec.ndim != 1:
+        raise ValueError(f"{where}.npy: expected a 1-D feature vector, got shape {vec.shape}")
+    try:
+        labels.append(int(sample["cls"].decode().strip()))
+    except ValueError:
+        raise ValueError(f"{where}.cls: expected an integer label, got {sample['cls'][:20]!r}") from None
+    feats.append(vec)
+    keys.append(sample["__key__"])
+
+
+def write_split(directory: str | Path, split: FeatureSplit) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    np.save(d / "features.npy", np.asarray(split.features, dtype=np.float32))
+    np.save(d / "labels.npy", np.asarray(split.labels, dtype=np.int64))
+    if split.views is not None:
+        np.save(d / "views.npy", np.asarray(split.views, dtype=np.float32))
+    if split.keys is not None:
+        (d / "keys.txt").write_text("".join(f"{k}\n" for k in split.keys))
+
+
+def read_cache_meta(root: str | Path) -> dict:
+    path = Path(root) / CACHE_META
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(root)!r} is not a feature cache: no {CACHE_META} (write one with `nml features`, or give "
+            "data.train / data.val / data.test paths to .npz files, split directories or feature shards)"
+        )
+    meta = json.loads(path.read_text())
+    if meta.get("format") != CACHE_FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {CACHE_FORMAT!r}")
+    return meta

@@ -1,0 +1,300 @@
+"""``DownstreamTuning``: linear probe, MLP, NMTune or full fine-tuning on a pre-trained backbone.
+
+The backbone comes from the factory (an ``nml export`` directory, or ``{library, name, pretrained}``
+for a timm / open_clip architecture with a local weights file) and is frozen (no gradients, kept in
+eval mode so BatchNorm statistics do not move) except for ``finetune``. With no backbone the module
+tunes on cached features (``FeatureShards``): the black-box path for embedding APIs.
+
+* ``linear``: a linear head on the frozen feature f; one unaugmented view (the reference protocol).
+* ``mlp``: the NMTune head (``z = f + s * h(f)``, linear classifier on z), cross-entropy only.
+* ``nmtune``: the same head, two augmented views, ``CE(both views) + 1.0 * mse + 0.04 * cov +
+  0.001 * svd`` (:func:`nml.tuning.nmtune_regularizers`; ``../shared/reference/method.md`` §3).
+* ``finetune``: the whole encoder trains, a linear head on its output, and the regularisers act on
+  the encoder output ``z``; the MSE anchor ``f1`` is the *pre-trained* encoder's feature of view 1
+  (a frozen copy, kept out of the checkpoint).
+
+Metrics: ``train/{loss,ce,mse,cov,svd,top1}``, ``val/top1`` (for model selection), and the test
+suite ``test/<group>/<name>/top1``; the reported number is the last epoch's (``last.ckpt``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from nml.models.backbones import EXPORT_META, Backbone, create_backbone, input_preprocessing, load_export
+from nml.models.common import BackboneModule
+from nml.models.evaluation import batch_inputs
+from nml.tuning.nmtune import NMTuneHead, nmtune_regularizers
+
+log = logging.getLogger(__name__)
+# the frozen backbone is in eval mode on purpose (BatchNorm statistics must not move)
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+Method = Literal["linear", "mlp", "nmtune", "finetune"]
+DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3, "nmtune": 1e-3, "finetune": 1e-4}
+DEFAULT_WEIGHT_DECAY = 1e-4
+REGULARISER_DEFAULTS = {"mse": 1.0, "cov": 0.04, "svd": 0.001}
+
+
+def build_backbone(spec: str | dict) -> tuple[Backbone, dict | None]:
+    """A backbone from an export directory or a factory dict, plus the export's metadata."""
+    if isinstance(spec, str):
+        if not (Path(spec) / EXPORT_META).is_file():
+            raise FileNotFoundError(
+                f"model.backbone={spec!r}: not an nml export directory (no {EXPORT_META}); export a "
+                "checkpoint with `nml export`, or give {library, name, pretrained: <local weights>}"
+            )
+        return load_export(spec)
+    unknown = set(spec) - {"library", "name", "model_cfg", "pretrained", "kwargs"}
+    if unknown:
+        raise ValueError(
+            f"model.backbone: unknown keys {sorted(unknown)}; expected library, name, model_cfg, pretrained, kwargs"
+        )
+    spec = dict(spec)
+    return create_backbone(**{**spec.pop("kwargs", {}), **spec}, num_classes=0), None
+
+
+class DownstreamTuning(BackboneModule):
+    """Tune a head (or the whole encoder) on a downstream task; see the module docstring.
+
+    Args:
+        method: ``linear``, ``mlp``, ``nmtune`` or ``finetune``.
+        backbone: An ``nml export`` directory, or ``{library, name, model_cfg, pretrained, kwargs}`` for
+            the factory (weights from a local file only); None: tune on cached features.
+        num_classes: Classes of the head (``nml fit`` links it from ``data.num_classes``).
+        feature_dim: D of cached features (default: the data module's).
+        ratio / layers / residual / scale_init: The NMTune head (hidden width ratio * D, hidden blocks,
+            ``z = f + s * h(f)`` or ``s * h(f)``, initial s).
+        k: Top-k of the SVD regulariser.
+        mse_weight / cov_weight / svd_weight: Regulariser weights (None: 1.0 / 0.04 / 0.001 for nmtune
+            and finetune, 0 for mlp; linear has none).
+        views: Training views per sample (None: 1 unaugmented for linear, 2 augmented otherwise); the
+            data module's own ``views`` / ``augment`` settings win.
+        optimizer: Optimizer callable (None: AdamW, lr 1e-2 linear / 1e-3 mlp, nmtune / 1e-4 finetune,
+            weight decay 1e-4).
+        lr_scheduler: Scheduler callable stepped every step (None: cosine per step, ``warmup``).
+        warmup / min_lr_ratio / channels_last / compile: See :class:`~nml.models.common.BackboneModule`.
+    """
+
+    def __init__(
+        self,
+        method: Method = "nmtune",
+        backbone: str | dict | None = None,
+        num_classes: int | None = None,
+        feature_dim: int | None = None,
+        ratio: int = 4,
+        layers: int = 1,
+        residual: bool = True,
+        scale_init: float = 1.0,
+        k: int = 5,
+        mse_weight: float | None = None,
+        cov_weight: float | None = None,
+        svd_weight: float | None = None,
+        views: int | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        warmup: float = 0.0,
+        min_lr_ratio: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        if method not in DEFAULT_LR:
+            raise ValueError(f"method: expected one of {list(DEFAULT_LR)}, got {method!r}")
+        if optimizer is None:
+            optimizer = _default_optimizer(method)
+        super().__init__(optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.method = method
+        self.weights = self._regulariser_weights(method, mse_weight, cov_weight, svd_weight)
+        if views not in (None, 1, 2):
+            raise ValueError(f"views: expected 1 or 2, got {views}")
+        self.views = views or (1 if method == "linear" else 2)
+        if method == "finetune" and backbone is None:
+            raise ValueError("method=finetune trains the encoder: give model.backbone (an export or a factory dict)")
+        self.export_meta: dict | None = None
+        self._anchor: list[Backbone] = []  # finetune's frozen pre-trained copy (not a submodule)
+        if backbone is not None:
+            self.backbone, self.export_meta = build_backbone(backbone)
+            if method == "finetune":
+                if self.weights["mse"]:
+                    self._anchor.append(_frozen(copy.deepcopy(self.backbone)))
+            else:
+                _frozen(self.backbone)
+        self.head: nn.Module | None = None
+        dim = self.backbone.feature_dim if self.backbone is not None else feature_dim
+        if dim is not None and num_classes is not None:
+            self._build_head(dim, num_classes)
+
+    # -- construction --------------------------------------------------------------------------
+    @staticmethod
+    def _regulariser_weights(method: str, mse, cov, svd) -> dict[str, float]:
+        given = {"mse": mse, "cov": cov, "svd": svd}
+        if method in ("linear", "mlp"):
+            nonzero = {k: v for k, v in given.items() if v}
+            if nonzero:
+                raise ValueError(
+                    f"method={method} trains with cross-entropy only, but {nonzero} were given: use method=nmtune "
+                    "(or finetune) for the regularisers"
+                )
+            return dict.fromkeys(given, 0.0)
+        return {k: float(REGULARISER_DEFAULTS[k] if v is None else v) for k, v in given.items()}
+
+    def _build_head(self, dim: int, num_classes: int) -> None:
+        hp = self.hparams
+        hp["feature_dim"], hp["num_classes"] = dim, num_classes
+        if self.method in ("mlp", "nmtune"):
+            self.head = NMTuneHead(dim, num_classes, hp.ratio, hp.layers, hp.residual, hp.scale_init)
+        else:
+            self.head = nn.Linear(dim, num_classes)
+        self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
+        self.train_top1 = MulticlassAccuracy(num_classes, average="micro")
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.head is None:
+            dim = self.backbone.feature_dim if self.backbone is not None else None
+            dim = dim or self.hparams.feature_dim or getattr(dm, "feature_dim", None)
+            n = self.hparams.num_classes or getattr(dm, "num_classes", None)
+            if dim is None or n is None:
+                raise ValueError(
+                    "DownstreamTuning: feature_dim (without a backbone) and num_classes come from the data "
+                    f"module when not given; got feature_dim={dim}, num_classes={n}"
+                )
+            self._build_head(int(dim), int(n))
+        cached_dim = getattr(dm, "feature_dim", None) if hasattr(dm, "feature_dim") else None
+        if cached_dim is not None and int(cached_dim) != self.feature_dim:
+            raise ValueError(
+                f"the data module's features have D={cached_dim}, but the head expects D={self.feature_dim} "
+                "(features from another backbone?)"
+            )
+        if dm is not None and self.backbone is not None and hasattr(dm, "match_preprocessing"):
+            dm.match_preprocessing(*input_preprocessing(self.backbone, self.export_meta), source=self._backbone_name())
+        if stage == "fit" and dm is not None and hasattr(dm, "configure_views"):
+            dm.configure_views(self.views, augment=self.views > 1 or self.method != "linear")
+        self.record_data()
+        self.provenance["method"] = self.method
+        if self.export_meta is not None:
+            self.provenance["export"] = {k: self.export_meta.get(k) for k in ("backbone", "noise", "weights_sha256")}
+        self.prepare_model()
+        if stage == "test":
+            self.setup_test_suite()
+
+    def _backbone_name(self) -> str:
+        return self.backbone.config.name
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone is not None and self.method != "finetune":
+            self.backbone.eval()  # frozen: BatchNorm statistics and dropout stay in eval mode
+        return self
+
+    def on_fit_start(self) -> None:
+        for anchor in self._anchor:
+            anchor.to(self.device)
+
+    # -- the model -----------------------------------------------------------------------------
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        """f: cached features pass through; images go through the backbone (no grad when frozen)."""
+        if inputs.ndim == 2:
+            return inputs
+        if self.backbone is None:
+            raise ValueError(f"DownstreamTuning without a backbone got images {tuple(inputs.shape)}, not features")
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if self.method == "finetune":
+            return self.backbone.features(inputs)
+        with torch.no_grad():
+            return self.backbone.features(inputs)
+
+    def tune(self, f: torch.Tensor) -> torch.Tensor:
+        """z: the tuned feature (the NMTune transform; the feature itself for linear / finetune)."""
+        return self.head.transform(f) if isinstance(self.head, NMTuneHead) else f
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head.classifier(z) if isinstance(self.head, NMTuneHead) else self.head(z)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.tune(self.encode(inputs)))
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.hparams.feature_dim)
+
+    def spectrum_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.tune(self.encode(inputs))
+
+    # -- steps ---------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x, y = batch_inputs(batch), batch["target"]
+        two = x.ndim in (3, 5)  # (B, 2, D) features or (B, 2, C, H, W) images
+        if two:
+            if x.shape[1] != 2:
+                raise ValueError(f"expected 2 views per sample, got {x.shape[1]}")
+            x = torch.cat([x[:, 0], x[:, 1]])  # [view 1; view 2], one pass through encoder and head
+        f = self.encode(x)
+        z = self.tune(f)
+        logits = self.classify(z)
+        views = 2 if two else 1
+        ce = F.cross_entropy(logits, y.repeat(views))
+        loss = ce
+        n = len(y)
+        self.log("train/ce", ce, on_step=True, on_epoch=True, batch_size=n)
+        if any(self.weights.values()):
+            z1, z2 = (z[:n], z[n:]) if two else (z, z)
+            if self.method == "finetune" and self._anchor:
+                with torch.no_grad():
+                    f1 = self._anchor[0].features(x[:n])
+            else:
+                f1 = f[:n]
+            regs = nmtune_regularizers(z1, z2, f1, self.hparams.k)
+            for name, value in regs.items():
+                if self.weights[name]:
+                    loss = loss + self.weights[name] * value
+                self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=n)
+        self.train_top1.update(logits[:n].detach().argmax(1), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
+        self.log_lr()
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        valid = batch["valid"]
+        if valid.any():
+            logits = self(batch_inputs(batch)[valid])
+            self.val_top1.update(logits.argmax(1), batch["clean_target"][valid])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/top1", self.val_top1.compute(), prog_bar=True)
+        self.val_top1.reset()
+
+    def can_test(self, set_index: int) -> bool:
+        n = self.trainer.datamodule.set_num_classes(self.test_sets[set_index])
+        return n == self.hparams.num_classes
+
+    def test_logits(self, inputs: torch.Tensor, set_index: int) -> torch.Tensor:
+        return self(inputs)
+
+
+def _frozen(backbone: Backbone) -> Backbone:
+    backbone.eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    return backbone
+
+
+def _default_optimizer(method: str) -> OptimizerCallable:
+    lr = DEFAULT_LR[method]
+
+    def adamw(params):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=DEFAULT_WEIGHT_DECAY)
+
+    return adamw

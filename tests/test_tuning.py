@@ -1,0 +1,299 @@
+"""Downstream tuning: every method on images (a tiny exported backbone) and on cached features,
+the frozen backbone, `nml features`, FeatureShards' batching, resume, and the CLI end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import PYTHON, nml_subprocess_env
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from nml.data.feature_cache import FeatureSplit, load_split
+from nml.data.feature_shards import FeatureLoader, FeatureShards
+from nml.data.modules import ClassificationShards
+from nml.models.backbones import create_backbone, load_export
+from nml.models.export import write_export
+from nml.models.tuning import DownstreamTuning
+from nml.tuning.extract import extract_features
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+DATA = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "noise": {"kind": "none"}}
+FAST = {"num_workers": 0, "batch_size": 16, "eval_batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    """A tiny open_clip export and a timm export with BatchNorm (random weights, seeded)."""
+    root = tmp_path_factory.mktemp("exports")
+    torch.manual_seed(0)
+    write_export(create_backbone("open_clip", "tiny", TINY_CLIP), root / "clip", data=DATA)
+    write_export(create_backbone("timm", "test_resnet"), root / "resnet", data=DATA)
+    return {"clip": root / "clip", "resnet": root / "resnet"}
+
+
+@pytest.fixture(scope="module")
+def feature_cache(tiny_benchmark, exports, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("features") / "clip"
+    backbone, meta = load_export(exports["clip"])
+    dm = ClassificationShards(root=str(tiny_benchmark), task="mnist", mean=meta["mean"], std=meta["std"], **FAST)
+    extract_features(backbone, dm, out, views=2, seed=0)
+    return out
+
+
+def _trainer(**kw) -> Trainer:
+    return Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **{"enable_checkpointing": False, "limit_val_batches": 1, **kw},
+    )
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["linear", "mlp", "nmtune", "finetune"])
+def test_each_method_trains_on_images_and_tests_id_and_ood(tiny_benchmark, exports, method):
+    seed_everything(0)
+    backbone = exports["resnet"]  # BatchNorm: its running statistics must not move unless fine-tuning
+    model = DownstreamTuning(method, backbone=str(backbone), optimizer=partial(torch.optim.AdamW, lr=1e-2))
+    dm = ClassificationShards(root=str(tiny_benchmark), task="mnist", **FAST)
+    before = _state(model.backbone)
+    trainer = _trainer(max_steps=3)
+    trainer.fit(model, dm)
+    after = _state(model.backbone)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    if method == "finetune":
+        assert any("running_mean" in k for k in changed) and any(k.endswith("weight") for k in changed)
+    else:
+        assert changed == [], changed[:5]  # parameters and BatchNorm statistics untouched
+        assert not any(p.requires_grad for p in model.backbone.parameters())
+    # the data module followed the backbone: normalisation from the export, views from the method
+    assert dm.mean == tuple(DATA["mean"]) and dm.views == (1 if method == "linear" else 2)
+    assert dm.augment is (method != "linear")
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss_step"])
+    assert ("train/svd_step" in metrics) == (method in ("nmtune", "finetune"))
+    trainer.test(model, dm, verbose=False)
+    assert {"test/id/mnist/top1", "test/ood/mnist_to_handwriting_font/top1", "test/ood/mean_top1"} <= set(
+        trainer.callback_metrics
+    )
+
+
+def test_finetune_keeps_the_pretrained_anchor_frozen_and_out_of_the_checkpoint(exports):
+    model = DownstreamTuning("finetune", backbone=str(exports["clip"]), num_classes=4)
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    anchor = model._anchor[0]
+    assert not any(p.requires_grad for p in anchor.parameters()) and not anchor.training
+    assert not any(k.startswith("_anchor") for k in model.state_dict())
+    model.train()
+    assert model.backbone.training and not anchor.training
+
+
+@pytest.mark.parametrize("method", ["linear", "mlp", "nmtune"])
+def test_each_method_trains_on_cached_features_with_no_backbone(feature_cache, method):
+    seed_everything(0)
+    model = DownstreamTuning(method)
+    dm = FeatureShards(str(feature_cache), batch_size=16)
+    trainer = _trainer(max_epochs=2)
+    trainer.fit(model, dm)
+    assert model.backbone is None and model.hparams.feature_dim == TINY_CLIP["embed_dim"]
+    assert dm.views == (1 if method == "linear" else 2)
+    trainer.test(model, dm, verbose=False)
+    metrics = trainer.callback_metrics
+    assert {"test/id/mnist/top1", "test/ood/mnist_to_handwriting_font/top1"} <= set(metrics)
+    split = load_split(feature_cache / "test" / "mnist")  # the metric counts every test sample once
+    with torch.no_grad():
+        expected = (model.eval()(torch.from_numpy(split.features)).argmax(1).numpy() == split.labels).mean()
+    assert float(metrics["test/id/mnist/top1"]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_nml_features_writes_every_split_deterministically(tiny_benchmark, exports, feature_cache, tmp_path):
+    meta = json.loads((feature_cache / "features.json").read_text())
+    assert meta["format"] == "nml-features/1" and meta["feature_dim"] == 16 and meta["num_classes"] == 10
+    assert set(meta["splits"]) == {"train", "val", "test/mnist", "test/mnist_to_handwriting_font"}
+    assert meta["splits"]["test/mnist_to_handwriting_font"]["group"] == "ood"
+    train = load_split(feature_cache / "train")
+    assert train.views.shape == (len(train), 2, 16) and train.keys[0] and len(set(train.keys)) == len(train)
+    assert not np.allclose(train.views[:, 0], train.views[:, 1])  # two different augmentations
+    assert not np.allclose(train.views[:, 0], train.features)
+    # the features are the backbone's: recompute a few from the shards with the eval transform
+    backbone, emeta = load_export(exports["clip"])
+    dm = ClassificationShards(root=str(tiny_benchmark), task="mnist", mean=emeta["mean"], std=emeta["std"], **FAST)
+    batch = next(iter(dm.extraction_loader(dm.train_spec)))
+    with torch.no_grad():
+        f = backbone.eval().features(batch["image"][:4]).numpy()
+    np.testing.assert_allclose(train.features[:4], f, rtol=1e-4, atol=1e-5)
+    assert batch["key"][:4] == train.keys[:4]
+    # same seed, same views
+    extract_features(backbone, dm, tmp_path / "again", views=2, seed=0)
+    np.testing.assert_array_equal(load_split(tmp_path / "again" / "train").views, train.views)
+
+
+def test_feature_loader_equal_full_batches_per_rank_and_exact_evaluation():
+    n, b = 37, 4
+    split = FeatureSplit(np.random.rand(n, 3).astype(np.float32), np.arange(n) % 5)
+    for world in (1, 2, 3):
+        seen = []
+        lengths = set()
+        for rank in range(world):
+            loader = FeatureLoader(split, True, b, seed=1, rank=rank, world_size=world)
+            batches = list(loader)
+            lengths.add(len(batches))
+            assert len(batches) == len(loader) and all(len(x["target"]) == b for x in batches)
+            seen += [int(i) for x in batches for i in x["feature"][:, 0].mul(1e6).round()]
+        assert len(lengths) == 1  # DDP needs the same number of steps on every rank
+        assert len(set(seen)) == n  # every sample at least once per epoch
+        evaluated = []
+        for rank in range(world):
+            loader = FeatureLoader(split, False, b, rank=rank, world_size=world)
+            batches = list(loader)
+            assert len(batches) == len(loader)
+            evaluated += [t for x in batches for t in x["feature"][x["valid"]].tolist()]
+        assert sorted(map(tuple, evaluated)) == sorted(map(tuple, split.features.tolist()))  # each once
+    a = [x["target"].tolist() for x in FeatureLoader(split, True, b, seed=1)]
+    again = [x["target"].tolist() for x in FeatureLoader(split, True, b, seed=1)]
+    other = FeatureLoader(split, True, b, seed=1)
+    other.set_epoch(1)
+    assert a == again and a != [x["target"].tolist() for x in other]  # seeded per (seed, epoch)
+
+
+def test_two_views_from_stored_views_are_distinct_and_fall_back_to_the_feature():
+    n, k, d = 50, 3, 4
+    views = np.arange(n * k * d, dtype=np.float32).reshape(n, k, d)
+    split = FeatureSplit(np.zeros((n, d), np.float32), np.zeros(n, np.int64), views)
+    batch = next(iter(FeatureLoader(split, True, 50, views=2)))
+    f = batch["feature"]
+    assert f.shape == (50, 2, d)
+    first, second = (f[:, i, 0] // d % k for i in (0, 1))
+    assert (first != second).all()
+    plain = FeatureSplit(np.random.rand(n, d).astype(np.float32), np.zeros(n, np.int64))
+    f = next(iter(FeatureLoader(plain, True, 10, views=2)))["feature"]
+    assert torch.equal(f[:, 0], f[:, 1])
+    f = next(iter(FeatureLoader(plain, True, 10, views=2, view_noise=0.1)))["feature"]
+    assert 0 < (f[:, 0] - f[:, 1]).std() < 0.2
+
+
+def test_other_feature_formats_and_bad_input(tmp_path):
+    x, y = np.random.rand(6, 3).astype(np.float32), np.array([0, 1, 2, 0, 1, 2])
+    np.savez(tmp_path / "api.npz", features=x, labels=y)
+    split = load_split(tmp_path / "api.npz")
+    np.testing.assert_array_equal(split.features, x)
+    with tarfile.open(tmp_path / "f-0.tar", "w") as tar:
+        for i in range(6):
+            for ext, data in (("npy", _npy(x[i])), ("cls", str(y[i]).encode())):
+                info = tarfile.TarInfo(f"s{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    split = load_split(str(tmp_path / "f-{0..0}.tar"))
+    np.testing.assert_array_equal(split.features, x)
+    assert split.labels.tolist() == y.tolist() and split.keys[0] == "s0"
+    np.savez(tmp_path / "bad.npz", features=x, labels=y[:5])
+    with pytest.raises(ValueError, match=r"bad.npz: labels must be \(6,\)"):
+        load_split(tmp_path / "bad.npz")
+    np.savez(tmp_path / "nolabels.npz", features=x)
+    with pytest.raises(ValueError, match=r"nolabels.npz: no array \['labels'\]"):
+        load_split(tmp_path / "nolabels.npz")
+    dm = FeatureShards(train=str(tmp_path / "api.npz"), val=str(tmp_path / "api.npz"))
+    assert dm.num_classes == 3 and dm.feature_dim == 3
+    with pytest.raises(ValueError, match="D=3, but the head expects D=8"):
+        _trainer(max_steps=1).fit(DownstreamTuning("linear", feature_dim=8, num_classes=3), dm)
+    with pytest.raises(ValueError, match="cross-entropy only"):
+        DownstreamTuning("mlp", mse_weight=1.0)
+    with pytest.raises(ValueError, match="needs model.backbone|give model.backbone"):
+        DownstreamTuning("finetune")
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+class _Losses(Callback):
+    def __init__(self, stop_at: int | None = None):
+        self.losses, self.stop_at = [], stop_at
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+        if self.stop_at is not None and trainer.global_step >= self.stop_at:
+            trainer.should_stop = True
+
+
+def _tune(cache: Path, out: Path, steps: int, stop_at=None, ckpt_path=None) -> list[float]:
+    seed_everything(0)
+    losses = _Losses(stop_at)
+    callbacks = [losses]
+    if stop_at is not None:
+        callbacks.append(ModelCheckpoint(dirpath=out, every_n_train_steps=stop_at, save_top_k=-1))
+    trainer = _trainer(max_steps=steps, limit_val_batches=0, enable_checkpointing=stop_at is not None, callbacks=callbacks)
+    trainer.fit(DownstreamTuning("nmtune"), FeatureShards(str(cache), batch_size=16), ckpt_path=ckpt_path)
+    return losses.losses
+
+
+def test_feature_tuning_resumes_mid_epoch_to_the_same_losses(feature_cache, tmp_path):
+    steps, stop = 9, 4  # the tiny mnist cache has 7 batches of 16 per epoch: 4 is mid-epoch
+    reference = _tune(feature_cache, tmp_path, steps)
+    assert reference == _tune(feature_cache, tmp_path / "again", steps)  # deterministic
+    head = _tune(feature_cache, tmp_path / "ckpt", steps, stop_at=stop)
+    assert head == reference[:stop]
+    tail = _tune(feature_cache, tmp_path, steps, ckpt_path=next((tmp_path / "ckpt").glob("*.ckpt")))
+    assert tail == pytest.approx(reference[stop:], rel=1e-5, abs=1e-6)
+
+
+def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, exports, tmp_path):
+    """As a user: `nml features`, then `nml fit` / `nml test` with a shipped tune config on the cache,
+    and on images with the export."""
+    common = ["--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    code = (
+        "import sys\nfrom nml.cli import main\n"
+        "for argv in sys.argv[1:]:\n"
+        "    args = argv.split('\\x1f')\n"
+        "    print('@@', args[0], flush=True)\n"
+        "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, e\n"
+    )
+    cache = tmp_path / "features"
+    runs = [
+        ["features", "--backbone", str(exports["clip"]), "--data", "tune_nmtune.yaml", "--root", str(tiny_benchmark),
+         "--views", "2", "--num_workers", "0", "--out", str(cache)],
+        ["fit", "--config", "tune_nmtune.yaml", "--data", "data/features.yaml", "--data.init_args.root", str(cache),
+         "--model.init_args.backbone", "null", "--trainer.max_epochs", "2", *common],
+        ["test", "--config", "tune_nmtune.yaml", "--data", "data/features.yaml", "--data.init_args.root", str(cache),
+         "--model.init_args.backbone", "null", "--ckpt_path", "LAST", *common],
+        ["fit", "--config", "tune_linear.yaml", "--model.init_args.backbone", str(exports["clip"]),
+         "--data.root", str(tiny_benchmark), "--data.num_workers", "0", "--trainer.max_steps", "3",
+         "--trainer.limit_val_batches", "1", *common],
+    ]  # fmt: skip
+    for i, argv in enumerate(runs):
+        if "LAST" in argv:
+            argv[argv.index("LAST")] = str(next((tmp_path / "runs" / "tune_nmtune").rglob("last.ckpt")))
+        r = subprocess.run([PYTHON, "-c", code, "\x1f".join(argv)], capture_output=True, text=True,
+                           env=nml_subprocess_env(), cwd=tmp_path, timeout=600)  # fmt: skip
+        assert r.returncode == 0, (argv, r.stderr[-3000:])
+        if argv[0] == "features":
+            summary = json.loads(r.stdout.split("@@ features", 1)[1])
+            assert summary["feature_dim"] == 16 and summary["splits"]["train"]["views"] == 2
+            assert "using data " in r.stderr and "tune_nmtune.yaml" in r.stderr
+        if argv[0] == "test":
+            report = json.loads(r.stdout.split("@@ test", 1)[1])
+            ood = [k for k in report["metrics"] if k.startswith("test/ood/glyphs_")]
+            assert "test/id/glyphs_heldout/top1" in report["metrics"] and len(ood) == 12
+            assert "ood    mean" in r.stderr
+    spectra = list((tmp_path / "runs" / "tune_nmtune").rglob("spectrum/glyphs_heldout_fit_end.npz"))
+    assert spectra and float(np.load(spectra[0])["samples"]) == 156
+    assert list((tmp_path / "runs" / "tune_linear").rglob("last.ckpt"))
