@@ -17,6 +17,7 @@ def features(
     num_workers: int = 2,
     seed: int = 0,
     device: str = "auto",
+    limit: int | None = None,
 ) -> dict:
     """Extract frozen features of a downstream task's splits into a feature cache for FeatureShards.
 
@@ -36,6 +37,7 @@ def features(
         num_workers: Data loading workers.
         seed: Seeds the augmented views.
         device: ``cpu``, ``cuda``, ``cuda:1`` ... or ``auto``.
+        limit: At most this many samples per split (the first in shard order; default: all).
     """
     import torch  # noqa: PLC0415
 
@@ -55,7 +57,7 @@ def features(
         if meta is not None
         else {"backbone": model.config.to_dict()}
     )
-    result = extract_features(model, dm, out, views, seed, device, provenance)
+    result = extract_features(model, dm, out, views, seed, device, provenance, limit)
     return {"out": out, "feature_dim": result["feature_dim"], "splits": result["splits"]}
 
 

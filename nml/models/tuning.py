@@ -79,8 +79,8 @@ class DownstreamTuning(BackboneModule):
             and finetune, 0 for mlp; linear has none).
         views: Training views per sample (None: 1 unaugmented for linear, 2 augmented otherwise); the
             data module's own ``views`` / ``augment`` settings win.
-        optimizer: Optimizer callable (None: AdamW, lr 1e-2 linear / 1e-3 mlp, nmtune / 1e-4 finetune,
-            weight decay 1e-4).
+        optimizer: Optimizer callable (None: fused AdamW, lr 1e-2 linear / 1e-3 mlp, nmtune / 1e-4
+            finetune, weight decay 1e-4).
         lr_scheduler: Scheduler callable stepped every step (None: cosine per step, ``warmup``).
         warmup / min_lr_ratio / channels_last / compile: See :class:`~nml.models.common.BackboneModule`.
     """
@@ -294,7 +294,7 @@ def _frozen(backbone: Backbone) -> Backbone:
 def _default_optimizer(method: str) -> OptimizerCallable:
     lr = DEFAULT_LR[method]
 
-    def adamw(params):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=DEFAULT_WEIGHT_DECAY)
+    def adamw(params):  # fused: one kernel for all parameters (CPU and CUDA; 3-6x faster steps on CPU)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=DEFAULT_WEIGHT_DECAY, fused=True)
 
     return adamw

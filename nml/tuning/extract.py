@@ -18,9 +18,13 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def _extract(backbone: Backbone, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _extract(
+    backbone: Backbone, loader, device: torch.device, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     feats, labels, keys = [], [], []
     for batch in loader:
+        if limit is not None and len(keys) >= limit:
+            break
         valid = batch["valid"]
         if not valid.any():
             continue
@@ -30,7 +34,8 @@ def _extract(backbone: Backbone, loader, device: torch.device) -> tuple[np.ndarr
         feats.append(f.view(*lead, f.shape[-1]).cpu().numpy())
         labels.append(batch["clean_target"][valid].numpy())
         keys += [k for k, v in zip(batch["key"], valid.tolist(), strict=True) if v]
-    return np.concatenate(feats), np.concatenate(labels), keys
+    n = len(keys) if limit is None else min(limit, len(keys))
+    return np.concatenate(feats)[:n], np.concatenate(labels)[:n], keys[:n]
 
 
 def extract_features(
@@ -41,11 +46,13 @@ def extract_features(
     seed: int = 0,
     device: str | torch.device = "cpu",
     provenance: dict | None = None,
+    limit: int | None = None,
 ) -> dict:
     """Write every split of ``dm`` (a ShardDataModule) as frozen features under ``out``.
 
     All splits get the eval-transform features; with ``views`` K > 0 the training split also gets K
     augmented views per sample (seeded per (seed, sample, view)), for NMTune's two-view loss.
+    ``limit``: at most this many samples per split (the first, in shard order).
     """
     out = Path(out)
     device = torch.device(device)
@@ -62,11 +69,11 @@ def extract_features(
     for name, spec, extra in splits:
         t0 = time.perf_counter()
         if spec not in done:
-            done[spec] = _extract(backbone, dm.extraction_loader(spec), device)
+            done[spec] = _extract(backbone, dm.extraction_loader(spec), device, limit)
         x, y, keys = done[spec]
         views_arr = None
         if name == "train" and views > 0:
-            v, y2, keys2 = _extract(backbone, dm.extraction_loader(spec, views, seed), device)
+            v, y2, keys2 = _extract(backbone, dm.extraction_loader(spec, views, seed), device, limit)
             if keys2 != keys or not np.array_equal(y, y2):
                 raise RuntimeError(f"{spec}: the augmented pass read the samples in another order")
             views_arr = v
@@ -88,6 +95,7 @@ def extract_features(
         "std": list(dm.std) if dm.std is not None else None,
         "views": views,
         "seed": seed,
+        "limit": limit,
         "splits": info,
         "nml_version": __version__,
     }

@@ -26,7 +26,8 @@ def nmtune_regularizers(
     """The three NMTune regularisers (differentiable) for a batch of two views.
 
     Cost: the covariance term never forms the D x D matrix when D > 2B (its Frobenius norm equals
-    that of the 2B x 2B Gram of the centred rows), and ``svdvals`` runs on the 2B x D matrix.
+    that of the 2B x 2B Gram of the centred rows), and ``svdvals`` gets the tall orientation of the
+    2B x D matrix (same singular values; half the time of the wide one for D = 2048, 2B = 128).
     """
     if z1.ndim != 2 or z1.shape != z2.shape or z1.shape != f1.shape:
         raise ValueError(
@@ -47,7 +48,7 @@ def nmtune_regularizers(
     fro2 = gram.pow(2).sum() / (n - 1) ** 2  # ||cov||_F^2
     diag2 = (zc.pow(2).sum(0) / (n - 1)).pow(2).sum()  # sum of squared variances
     cov = (fro2 - diag2) / d
-    s = torch.linalg.svdvals(z)
+    s = torch.linalg.svdvals(z.T if n < d else z)  # LAPACK is ~2x faster on the tall orientation
     p = s / s.sum()
     svd = -p[: min(k, p.numel())].mean()
     return {"mse": mse, "cov": cov, "svd": svd}
