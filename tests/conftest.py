@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from lightning.pytorch import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,3 +107,15 @@ def init_gloo(rank: int, world: int, port: int) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+class LossRecorder(Callback):
+    """Records every training loss; stops the run after global step ``stop_at`` (resume tests)."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.losses, self.stop_at = [], stop_at
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+        if self.stop_at is not None and trainer.global_step >= self.stop_at:
+            trainer.should_stop = True

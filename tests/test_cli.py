@@ -136,7 +136,9 @@ def test_every_shipped_config_parses():
         parser = build_parser(["data", command])
         ns = parser.parse_args(["data", command, "--config", str(cfg)])
         assert ns["data"][command]["out"], cfg
-    assert {"pretrain_supervised.yaml", "pretrain_clip.yaml", "tune_nmtune.yaml"} <= {c.name for c in lightning}
+    assert {"pretrain_supervised.yaml", "pretrain_clip.yaml", "tune_nmtune.yaml"} <= {
+        c.name for c in lightning
+    }
     assert modules  # data-module configs (data/features.yaml) replace a tune config's data section
     runs = [["--config", str(c)] for c in lightning]
     runs += [["--config", "tune_nmtune.yaml", "--data", str(c)] for c in modules]

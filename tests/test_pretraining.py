@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PYTHON, REPO, nml_subprocess_env
-from lightning.pytorch import Callback, Trainer, seed_everything
+from conftest import PYTHON, REPO, LossRecorder, nml_subprocess_env
+from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from nml.data.modules import ClassificationShards, ImageTextShards
@@ -113,16 +113,6 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     assert backbone.eval().features(x).shape == (2, meta["feature_dim"])
 
 
-class _Losses(Callback):
-    def __init__(self, stop_at: int | None = None):
-        self.losses, self.stop_at = [], stop_at
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]))
-        if self.stop_at is not None and trainer.global_step >= self.stop_at:
-            trainer.should_stop = True
-
-
 def _run(kind: str, root: Path, out: Path, steps: int, stop_at=None, ckpt_path=None) -> list[float]:
     seed_everything(0)
     common = {"root": str(root), "batch_size": 16, "num_workers": 0, "seed": 1}
@@ -136,7 +126,7 @@ def _run(kind: str, root: Path, out: Path, steps: int, stop_at=None, ckpt_path=N
         model = ContrastivePretraining(
             "tiny", TINY_CLIP, optimizer=partial(torch.optim.AdamW, lr=1e-3), warmup=0.25
         )
-    losses = _Losses(stop_at)
+    losses = LossRecorder(stop_at)
     callbacks = [losses]
     if stop_at is not None:
         callbacks.append(ModelCheckpoint(dirpath=out, every_n_train_steps=stop_at, save_top_k=-1))
@@ -187,7 +177,7 @@ def test_ema_callback_mixup_and_channels_last_switches(tiny_benchmark, caplog):
         )
     assert "confound the label-noise" in caplog.text
     ema = EMAWeightAveraging(decay=0.5)
-    losses = _Losses()
+    losses = LossRecorder()
     Trainer(
         accelerator="cpu",
         max_steps=3,

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PYTHON, nml_subprocess_env
-from lightning.pytorch import Callback, Trainer, seed_everything
+from conftest import PYTHON, LossRecorder, nml_subprocess_env
+from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from nml.data.feature_cache import FeatureSplit, load_split
@@ -48,7 +48,9 @@ def exports(tmp_path_factory) -> dict[str, Path]:
 def feature_cache(tiny_benchmark, exports, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("features") / "clip"
     backbone, meta = load_export(exports["clip"])
-    dm = ClassificationShards(root=str(tiny_benchmark), task="mnist", mean=meta["mean"], std=meta["std"], **FAST)
+    dm = ClassificationShards(
+        root=str(tiny_benchmark), task="mnist", mean=meta["mean"], std=meta["std"], **FAST
+    )
     extract_features(backbone, dm, out, views=2, seed=0)
     return out
 
@@ -134,7 +136,9 @@ def test_nml_features_writes_every_split_deterministically(tiny_benchmark, expor
     assert not np.allclose(train.views[:, 0], train.features)
     # the features are the backbone's: recompute a few from the shards with the eval transform
     backbone, emeta = load_export(exports["clip"])
-    dm = ClassificationShards(root=str(tiny_benchmark), task="mnist", mean=emeta["mean"], std=emeta["std"], **FAST)
+    dm = ClassificationShards(
+        root=str(tiny_benchmark), task="mnist", mean=emeta["mean"], std=emeta["std"], **FAST
+    )
     batch = next(iter(dm.extraction_loader(dm.train_spec)))
     with torch.no_grad():
         f = backbone.eval().features(batch["image"][:4]).numpy()
@@ -225,23 +229,15 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-class _Losses(Callback):
-    def __init__(self, stop_at: int | None = None):
-        self.losses, self.stop_at = [], stop_at
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]))
-        if self.stop_at is not None and trainer.global_step >= self.stop_at:
-            trainer.should_stop = True
-
-
 def _tune(cache: Path, out: Path, steps: int, stop_at=None, ckpt_path=None) -> list[float]:
     seed_everything(0)
-    losses = _Losses(stop_at)
+    losses = LossRecorder(stop_at)
     callbacks = [losses]
     if stop_at is not None:
         callbacks.append(ModelCheckpoint(dirpath=out, every_n_train_steps=stop_at, save_top_k=-1))
-    trainer = _trainer(max_steps=steps, limit_val_batches=0, enable_checkpointing=stop_at is not None, callbacks=callbacks)
+    trainer = _trainer(
+        max_steps=steps, limit_val_batches=0, enable_checkpointing=stop_at is not None, callbacks=callbacks
+    )
     trainer.fit(DownstreamTuning("nmtune"), FeatureShards(str(cache), batch_size=16), ckpt_path=ckpt_path)
     return losses.losses
 
@@ -259,7 +255,12 @@ def test_feature_tuning_resumes_mid_epoch_to_the_same_losses(feature_cache, tmp_
 def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, exports, tmp_path):
     """As a user: `nml features`, then `nml fit` / `nml test` with a shipped tune config on the cache,
     and on images with the export."""
-    common = ["--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    common = [
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+    ]
     code = (
         "import sys\nfrom nml.cli import main\n"
         "for argv in sys.argv[1:]:\n"
@@ -279,7 +280,7 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
          "--data.root", str(tiny_benchmark), "--data.num_workers", "0", "--trainer.max_steps", "3",
          "--trainer.limit_val_batches", "1", *common],
     ]  # fmt: skip
-    for i, argv in enumerate(runs):
+    for argv in runs:
         if "LAST" in argv:
             argv[argv.index("LAST")] = str(next((tmp_path / "runs" / "tune_nmtune").rglob("last.ckpt")))
         r = subprocess.run([PYTHON, "-c", code, "\x1f".join(argv)], capture_output=True, text=True,

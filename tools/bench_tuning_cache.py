@@ -118,7 +118,9 @@ def run(name: str, methods: list[str], images: int, epochs: int, workers: int, r
         image_s = _fit(image_model, data(), epochs)
         torch.manual_seed(0)
         cached_dm = FeatureShards(train=str(tmp / "features" / "train"), num_classes=52, batch_size=64)
-        cached_s = _fit(DownstreamTuning(method, num_classes=52, feature_dim=train.shape[1]), cached_dm, epochs)
+        cached_s = _fit(
+            DownstreamTuning(method, num_classes=52, feature_dim=train.shape[1]), cached_dm, epochs
+        )
         row = {
             "backbone": name,
             "image_size": size,
@@ -205,7 +207,9 @@ def head_breakdown(dim: int, batch: int = 64, steps: int = 50) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backbones", nargs="+", default=["clip_tiny", "test_resnet", "resnet50"], choices=list(BACKBONES))
+    p.add_argument(
+        "--backbones", nargs="+", default=["clip_tiny", "test_resnet", "resnet50"], choices=list(BACKBONES)
+    )
     p.add_argument("--methods", nargs="+", default=["linear", "nmtune"])
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--epochs", type=int, default=3)
@@ -219,21 +223,30 @@ def main() -> None:
     from nml.data.modules import default_root
 
     root = args.root or default_root()
-    rows = [r for b in args.backbones for r in run(b, args.methods, args.images, args.epochs, args.num_workers, root)]
+    rows = [
+        r
+        for b in args.backbones
+        for r in run(b, args.methods, args.images, args.epochs, args.num_workers, root)
+    ]
     dims = sorted({r["feature_dim"] for r in rows})
     breakdown = [head_breakdown(d) for d in dims]
     for b in breakdown:
         print(json.dumps({"head_breakdown": b}), flush=True)
     w = sys.stderr.write
-    w(f"\n{'backbone':<12} {'px':>4} {'D':>5} {'method':<7} {'image s/ep':>10} {'cached s/ep':>11} {'speedup':>8}\n")
+    w(
+        f"\n{'backbone':<12} {'px':>4} {'D':>5} {'method':<7} {'image s/ep':>10} {'cached s/ep':>11} {'speedup':>8}\n"
+    )
     for r in rows:
         w(
             f"{r['backbone']:<12} {r['image_size']:>4} {r['feature_dim']:>5} {r['method']:<7} "
             f"{r['image_epoch_s']:>10.3f} {r['cached_epoch_s']:>11.4f} {r['speedup']:>7.1f}x\n"
         )
-    w("\ncached NMTune step, ms by stage (batch 64, plain loop, fused AdamW; optimizer_foreach_ms: unfused):\n")
+    w(
+        "\ncached NMTune step, ms by stage (batch 64, plain loop, fused AdamW; optimizer_foreach_ms: unfused):\n"
+    )
     for b in breakdown:
-        w("  D=%d: %s\n" % (b["feature_dim"], ", ".join(f"{k} {v}" for k, v in b.items() if k not in ("feature_dim", "batch"))))
+        stages = ", ".join(f"{k} {v}" for k, v in b.items() if k not in ("feature_dim", "batch"))
+        w(f"  D={b['feature_dim']}: {stages}\n")
 
 
 if __name__ == "__main__":

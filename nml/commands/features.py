@@ -53,7 +53,8 @@ def features(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     provenance = (
-        {k: meta.get(k) for k in ("backbone", "noise", "weights_sha256", "checkpoint")} | {"export": str(backbone)}
+        {k: meta.get(k) for k in ("backbone", "noise", "weights_sha256", "checkpoint")}
+        | {"export": str(backbone)}
         if meta is not None
         else {"backbone": model.config.to_dict()}
     )
@@ -69,7 +70,11 @@ def _data_module(data: str, root: str | None, batch_size: int, num_workers: int)
 
     if not data.endswith((".yaml", ".yml")):
         return ClassificationShards(
-            root=root, task=data, eval_batch_size=batch_size, num_workers=num_workers, persistent_workers=False
+            root=root,
+            task=data,
+            eval_batch_size=batch_size,
+            num_workers=num_workers,
+            persistent_workers=False,
         )
     import yaml  # noqa: PLC0415
     from jsonargparse import ArgumentParser  # noqa: PLC0415
@@ -82,7 +87,9 @@ def _data_module(data: str, root: str | None, batch_size: int, num_workers: int)
     section = yaml.safe_load(Path(path).read_text()) or {}
     section = section.get("data", section)
     if not isinstance(section, dict) or "class_path" not in section:
-        raise ValueError(f"{path}: expected a data module (class_path / init_args), or a config with a data: section")
+        raise ValueError(
+            f"{path}: expected a data module (class_path / init_args), or a config with a data: section"
+        )
     init = dict(section.get("init_args") or {})
     if root is not None:
         init["root"] = root
@@ -92,5 +99,7 @@ def _data_module(data: str, root: str | None, batch_size: int, num_workers: int)
     cfg = parser.parse_object({"data": {"class_path": section["class_path"], "init_args": init}})
     dm = parser.instantiate_classes(cfg).data
     if not isinstance(dm, ShardDataModule):
-        raise ValueError(f"{path}: nml features reads image shards; {type(dm).__name__} is not a ShardDataModule")
+        raise ValueError(
+            f"{path}: nml features reads image shards; {type(dm).__name__} is not a ShardDataModule"
+        )
     return dm

@@ -56,7 +56,9 @@ class FeatureSplit:
                 f"{where}: labels must be ({n},) integers to match the features, got "
                 f"shape {self.labels.shape} dtype {self.labels.dtype}"
             )
-        if self.views is not None and (self.views.ndim != 3 or self.views.shape[0] != n or self.views.shape[2] != self.dim):
+        if self.views is not None and (
+            self.views.ndim != 3 or self.views.shape[0] != n or self.views.shape[2] != self.dim
+        ):
             raise ValueError(f"{where}: views must be (N={n}, K, D={self.dim}), got shape {self.views.shape}")
         if n and self.labels.min() < 0:
             raise ValueError(f"{where}: negative label {int(self.labels.min())}")
@@ -84,7 +86,9 @@ def load_split(path: str | Path) -> FeatureSplit:
     if p.is_dir():
         for name in ("features.npy", "labels.npy"):
             if not (p / name).is_file():
-                raise FileNotFoundError(f"feature split {str(p)!r}: no {name} (expected features.npy + labels.npy)")
+                raise FileNotFoundError(
+                    f"feature split {str(p)!r}: no {name} (expected features.npy + labels.npy)"
+                )
         keys = (p / "keys.txt").read_text().splitlines() if (p / "keys.txt").is_file() else None
         views = _array(p / "views.npy") if (p / "views.npy").is_file() else None
         return FeatureSplit(_array(p / "features.npy"), _array(p / "labels.npy"), views, keys, str(p))
@@ -94,8 +98,12 @@ def load_split(path: str | Path) -> FeatureSplit:
         with np.load(p, allow_pickle=False) as z:
             missing = {"features", "labels"} - set(z.files)
             if missing:
-                raise ValueError(f"{p}: no array {sorted(missing)} (arrays: {z.files}); expected features and labels")
-            return FeatureSplit(z["features"], z["labels"], z["views"] if "views" in z.files else None, None, str(p))
+                raise ValueError(
+                    f"{p}: no array {sorted(missing)} (arrays: {z.files}); expected features and labels"
+                )
+            return FeatureSplit(
+                z["features"], z["labels"], z["views"] if "views" in z.files else None, None, str(p)
+            )
     return _load_feature_shards(str(path))
 
 

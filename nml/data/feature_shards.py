@@ -148,16 +148,25 @@ class FeatureLoader:
                 last = torch.arange(a, min(a + self.batch_size, hi))
                 yield self._batch(last, epoch)
             else:  # this rank's share is shorter: pad (ignored by the metrics)
-                yield self._batch(last if last is not None else torch.zeros(1, dtype=torch.long), epoch, False)
+                yield self._batch(
+                    last if last is not None else torch.zeros(1, dtype=torch.long), epoch, False
+                )
 
     # Lightning's stateful-loader protocol, as ShardLoader
     def state_dict(self) -> dict:
         epoch, done = self.progress_fn() if self.progress_fn is not None else (self._iter_epoch, self._done)
-        return {"epoch": int(epoch), "batches_done": int(done), "world_size": self.world_size, "seed": self.seed}
+        return {
+            "epoch": int(epoch),
+            "batches_done": int(done),
+            "world_size": self.world_size,
+            "seed": self.seed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("world_size", self.world_size) != self.world_size:
-            log.warning("resuming feature tuning on %d ranks, checkpoint had %s", self.world_size, state["world_size"])
+            log.warning(
+                "resuming feature tuning on %d ranks, checkpoint had %s", self.world_size, state["world_size"]
+            )
         self._resume = dict(state)
 
 

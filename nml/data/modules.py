@@ -223,7 +223,9 @@ class ShardDataModule(LightningDataModule):
             self.views = views
         if self.augment is None:
             self.augment = augment
-        log.info("training batches: %d view(s), %s", self.views, "augmented" if self.augment else "eval transform")
+        log.info(
+            "training batches: %d view(s), %s", self.views, "augmented" if self.augment else "eval transform"
+        )
 
     def match_preprocessing(self, image_size: int | None, mean, std, source: str) -> None:
         """Adopt a backbone's input size and normalisation where the config left them unset; warn
@@ -236,7 +238,13 @@ class ShardDataModule(LightningDataModule):
             if mine is None:
                 setattr(self, name, value)
             elif (mine if name == "image_size" else tuple(float(v) for v in mine)) != value:
-                log.warning("data.%s=%s differs from the %s the backbone %s was trained with", name, mine, value, source)
+                log.warning(
+                    "data.%s=%s differs from the %s the backbone %s was trained with",
+                    name,
+                    mine,
+                    value,
+                    source,
+                )
 
     # -- subclass hooks ------------------------------------------------------------------------
     def _check_noise_kind(self) -> None:

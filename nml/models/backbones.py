@@ -178,7 +178,9 @@ def load_export(path: str | Path) -> tuple[Backbone, dict]:
     return Backbone(config, model), meta
 
 
-def input_preprocessing(backbone: Backbone, meta: dict | None = None) -> tuple[int | None, list | None, list | None]:
+def input_preprocessing(
+    backbone: Backbone, meta: dict | None = None
+) -> tuple[int | None, list | None, list | None]:
     """(image size, mean, std) a backbone expects: an export's recorded training data, else the
     architecture's defaults (timm ``pretrained_cfg``; open_clip the OpenAI statistics)."""
     if meta is not None:
@@ -190,4 +192,8 @@ def input_preprocessing(backbone: Backbone, meta: dict | None = None) -> tuple[i
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # noqa: PLC0415
 
     size = backbone.model.visual.image_size
-    return (size[0] if isinstance(size, tuple | list) else size), list(OPENAI_DATASET_MEAN), list(OPENAI_DATASET_STD)
+    return (
+        (size[0] if isinstance(size, tuple | list) else size),
+        list(OPENAI_DATASET_MEAN),
+        list(OPENAI_DATASET_STD),
+    )

@@ -119,7 +119,9 @@ class DownstreamTuning(BackboneModule):
             raise ValueError(f"views: expected 1 or 2, got {views}")
         self.views = views or (1 if method == "linear" else 2)
         if method == "finetune" and backbone is None:
-            raise ValueError("method=finetune trains the encoder: give model.backbone (an export or a factory dict)")
+            raise ValueError(
+                "method=finetune trains the encoder: give model.backbone (an export or a factory dict)"
+            )
         self.export_meta: dict | None = None
         self._anchor: list[Backbone] = []  # finetune's frozen pre-trained copy (not a submodule)
         if backbone is not None:
@@ -177,13 +179,17 @@ class DownstreamTuning(BackboneModule):
                 "(features from another backbone?)"
             )
         if dm is not None and self.backbone is not None and hasattr(dm, "match_preprocessing"):
-            dm.match_preprocessing(*input_preprocessing(self.backbone, self.export_meta), source=self._backbone_name())
+            dm.match_preprocessing(
+                *input_preprocessing(self.backbone, self.export_meta), source=self._backbone_name()
+            )
         if stage == "fit" and dm is not None and hasattr(dm, "configure_views"):
             dm.configure_views(self.views, augment=self.views > 1 or self.method != "linear")
         self.record_data()
         self.provenance["method"] = self.method
         if self.export_meta is not None:
-            self.provenance["export"] = {k: self.export_meta.get(k) for k in ("backbone", "noise", "weights_sha256")}
+            self.provenance["export"] = {
+                k: self.export_meta.get(k) for k in ("backbone", "noise", "weights_sha256")
+            }
         self.prepare_model()
         if stage == "test":
             self.setup_test_suite()
@@ -207,7 +213,9 @@ class DownstreamTuning(BackboneModule):
         if inputs.ndim == 2:
             return inputs
         if self.backbone is None:
-            raise ValueError(f"DownstreamTuning without a backbone got images {tuple(inputs.shape)}, not features")
+            raise ValueError(
+                f"DownstreamTuning without a backbone got images {tuple(inputs.shape)}, not features"
+            )
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         if self.method == "finetune":

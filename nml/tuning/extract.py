@@ -80,7 +80,13 @@ def extract_features(
         split = FeatureSplit(x, y, views_arr, keys, f"{out / name}")
         write_split(out / name, split)
         seconds = time.perf_counter() - t0
-        info[name] = {"shards": spec, "samples": len(split), "views": split.num_views, "seconds": round(seconds, 2), **extra}
+        info[name] = {
+            "shards": spec,
+            "samples": len(split),
+            "views": split.num_views,
+            "seconds": round(seconds, 2),
+            **extra,
+        }
         log.info("%s: %d samples (%d augmented views) in %.1f s", name, len(split), split.num_views, seconds)
     meta = {
         "format": CACHE_FORMAT,
