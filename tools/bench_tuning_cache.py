@@ -84,9 +84,9 @@ def run(name: str, methods: list[str], images: int, epochs: int, workers: int, r
 
     from nml.data.feature_shards import FeatureShards
     from nml.data.modules import ClassificationShards
-    from nml.models.backbones import input_preprocessing
+    from nml.models.backbones import build_backbone, input_preprocessing
     from nml.models.export import write_export
-    from nml.models.tuning import DownstreamTuning, build_backbone
+    from nml.models.tuning import DownstreamTuning
     from nml.tuning.extract import extract_features
 
     for logger in ("lightning", "lightning.pytorch", "lightning.fabric"):  # after lightning's import

@@ -41,8 +41,7 @@ def features(
     """
     import torch  # noqa: PLC0415
 
-    from nml.models.backbones import input_preprocessing  # noqa: PLC0415
-    from nml.models.tuning import build_backbone  # noqa: PLC0415
+    from nml.models.backbones import build_backbone, input_preprocessing  # noqa: PLC0415
     from nml.tuning.extract import extract_features  # noqa: PLC0415
 
     if views < 0:

@@ -17,7 +17,6 @@ whose samples hold a 1-D ``.npy`` feature and a ``cls`` label). Arrays are loade
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import tarfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nml.data.features import npy_vector
 from nml.data.shards import expand_spec
 
 log = logging.getLogger(__name__)
@@ -135,12 +135,7 @@ def _take(sample: dict, url: str, feats: list, labels: list, keys: list) -> None
     where = f"{url}:{sample['__key__']}"
     if "npy" not in sample or "cls" not in sample:
         raise ValueError(f"{where}: a feature shard sample needs .npy and .cls members, got {sorted(sample)}")
-    try:
-        vec = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{where}.npy: not a plain .npy array ({e})") from None
-    if vec.ndim != 1:
-        raise ValueError(f"{where}.npy: expected a 1-D feature vector, got shape {vec.shape}")
+    vec = npy_vector(sample["npy"], f"{where}.npy")
     try:
         labels.append(int(sample["cls"].decode().strip()))
     except ValueError:

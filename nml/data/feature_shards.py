@@ -31,6 +31,7 @@ from lightning.pytorch import LightningDataModule
 
 from nml.data.feature_cache import FeatureSplit, load_split, read_cache_meta
 from nml.data.modules import EvalSet
+from nml.data.pipeline import fit_progress
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ class FeatureShards(LightningDataModule):
         return self.trainer.current_epoch if self.trainer is not None else 0
 
     def _progress(self) -> tuple[int, int]:
-        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return fit_progress(self.trainer)
 
     def train_dataloader(self) -> FeatureLoader:
         if not self.train_spec:

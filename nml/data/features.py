@@ -17,7 +17,8 @@ import numpy as np
 from nml.data.shards import expand_spec
 
 
-def _npy_member(data: bytes, where: str) -> np.ndarray:
+def npy_vector(data: bytes, where: str) -> np.ndarray:
+    """A 1-D feature vector from ``.npy`` bytes (never unpickled); errors name ``where``."""
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:
@@ -60,7 +61,7 @@ def iter_feature_chunks(path: str, key: str | None = None, chunk: int = 8192) ->
         with tarfile.open(url, "r|*") as tar:
             for m in tar:
                 if m.isreg() and m.name.endswith(".npy"):
-                    buf.append(_npy_member(tar.extractfile(m).read(), f"{url}:{m.name}"))
+                    buf.append(npy_vector(tar.extractfile(m).read(), f"{url}:{m.name}"))
                     if len(buf) >= chunk:
                         yield np.stack(buf)
                         buf = []

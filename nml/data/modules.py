@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +35,7 @@ from lightning.pytorch import LightningDataModule
 
 from nml.data.members import MemberSpec
 from nml.data.noise import LABEL_KINDS, NoiseConfig
-from nml.data.pipeline import ShardLoader, StreamConfig, collate
+from nml.data.pipeline import ShardLoader, StreamConfig, collate, fit_progress
 from nml.data.shards import info_classes, resolve_shards
 from nml.data.transforms import build_transform
 
@@ -303,18 +303,15 @@ class ShardDataModule(LightningDataModule):
     def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:
         """Every sample of ``spec`` once, in order, on one process: with the eval transform
         (``views=0``) or as ``views`` augmented views seeded per (seed, sample, view)."""
-        cfg = StreamConfig(
-            shards=resolve_shards(spec, self.root),
-            members=MemberSpec(self.image_keys, self.label_key, None),
-            mode="eval",
-            batch_size=self.eval_batch_size,
+        members = MemberSpec(self.image_keys, self.label_key, None)
+        cfg = replace(
+            self._stream(spec, "eval", members, collate=collate),
+            rank=0,
+            world_size=1,
             seed=seed,
-            num_workers=self.num_workers,
-            strict=self.strict,
             transform=self.transform(views > 0),
             views=max(views, 1),
             augment=views > 0,
-            collate=collate,
         )
         return self._loader(cfg, persistent=False)
 
@@ -327,8 +324,7 @@ class ShardDataModule(LightningDataModule):
         return self.trainer.current_epoch if self.trainer is not None else self._loaders["train"].epoch
 
     def _progress(self) -> tuple[int, int]:
-        loop = self.trainer.fit_loop
-        return self.trainer.current_epoch, loop.epoch_loop.batch_progress.current.processed
+        return fit_progress(self.trainer)
 
     def train_dataloader(self) -> ShardLoader:
         if not self.train_spec:

@@ -378,6 +378,11 @@ def collate(records: list[dict]) -> dict[str, Any]:
     return batch
 
 
+def fit_progress(trainer) -> tuple[int, int]:
+    """(epoch, training batches processed in it): what a loader's resume state records."""
+    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
 class ShardLoader(DataLoader):
     """DataLoader over a :class:`ShardStream` with an exact ``len``, eval padding and resume state.
 

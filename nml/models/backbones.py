@@ -197,3 +197,21 @@ def input_preprocessing(
         list(OPENAI_DATASET_MEAN),
         list(OPENAI_DATASET_STD),
     )
+
+
+def build_backbone(spec: str | dict) -> tuple[Backbone, dict | None]:
+    """A backbone from an export directory or a factory dict, plus the export's metadata."""
+    if isinstance(spec, str):
+        if not (Path(spec) / EXPORT_META).is_file():
+            raise FileNotFoundError(
+                f"backbone {spec!r}: not an nml export directory (no {EXPORT_META}); export a "
+                "checkpoint with `nml export`, or give {library, name, pretrained: <local weights>}"
+            )
+        return load_export(spec)
+    unknown = set(spec) - {"library", "name", "model_cfg", "pretrained", "kwargs"}
+    if unknown:
+        raise ValueError(
+            f"backbone: unknown keys {sorted(unknown)}; expected library, name, model_cfg, pretrained, kwargs"
+        )
+    spec = dict(spec)
+    return create_backbone(**{**spec.pop("kwargs", {}), **spec}, num_classes=0), None

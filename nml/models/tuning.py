@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -31,7 +30,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from nml.models.backbones import EXPORT_META, Backbone, create_backbone, input_preprocessing, load_export
+from nml.models.backbones import Backbone, build_backbone, input_preprocessing
 from nml.models.common import BackboneModule
 from nml.models.evaluation import batch_inputs
 from nml.tuning.nmtune import NMTuneHead, nmtune_regularizers
@@ -43,24 +42,6 @@ Method = Literal["linear", "mlp", "nmtune", "finetune"]
 DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3, "nmtune": 1e-3, "finetune": 1e-4}
 DEFAULT_WEIGHT_DECAY = 1e-4
 REGULARISER_DEFAULTS = {"mse": 1.0, "cov": 0.04, "svd": 0.001}
-
-
-def build_backbone(spec: str | dict) -> tuple[Backbone, dict | None]:
-    """A backbone from an export directory or a factory dict, plus the export's metadata."""
-    if isinstance(spec, str):
-        if not (Path(spec) / EXPORT_META).is_file():
-            raise FileNotFoundError(
-                f"model.backbone={spec!r}: not an nml export directory (no {EXPORT_META}); export a "
-                "checkpoint with `nml export`, or give {library, name, pretrained: <local weights>}"
-            )
-        return load_export(spec)
-    unknown = set(spec) - {"library", "name", "model_cfg", "pretrained", "kwargs"}
-    if unknown:
-        raise ValueError(
-            f"model.backbone: unknown keys {sorted(unknown)}; expected library, name, model_cfg, pretrained, kwargs"
-        )
-    spec = dict(spec)
-    return create_backbone(**{**spec.pop("kwargs", {}), **spec}, num_classes=0), None
 
 
 class DownstreamTuning(BackboneModule):
@@ -172,7 +153,7 @@ class DownstreamTuning(BackboneModule):
                     f"module when not given; got feature_dim={dim}, num_classes={n}"
                 )
             self._build_head(int(dim), int(n))
-        cached_dim = getattr(dm, "feature_dim", None) if hasattr(dm, "feature_dim") else None
+        cached_dim = getattr(dm, "feature_dim", None)
         if cached_dim is not None and int(cached_dim) != self.feature_dim:
             raise ValueError(
                 f"the data module's features have D={cached_dim}, but the head expects D={self.feature_dim} "
@@ -180,7 +161,7 @@ class DownstreamTuning(BackboneModule):
             )
         if dm is not None and self.backbone is not None and hasattr(dm, "match_preprocessing"):
             dm.match_preprocessing(
-                *input_preprocessing(self.backbone, self.export_meta), source=self._backbone_name()
+                *input_preprocessing(self.backbone, self.export_meta), source=self.backbone.config.name
             )
         if stage == "fit" and dm is not None and hasattr(dm, "configure_views"):
             dm.configure_views(self.views, augment=self.views > 1 or self.method != "linear")
@@ -193,9 +174,6 @@ class DownstreamTuning(BackboneModule):
         self.prepare_model()
         if stage == "test":
             self.setup_test_suite()
-
-    def _backbone_name(self) -> str:
-        return self.backbone.config.name
 
     def train(self, mode: bool = True):
         super().train(mode)
