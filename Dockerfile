@@ -5,7 +5,7 @@ FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
-COPY nml/data/debian-font-packages.txt /tmp/debian-font-packages.txt
+COPY nml/benchmark/debian-font-packages.txt /tmp/debian-font-packages.txt
 RUN apt-get update \
  && grep -v '^#' /tmp/debian-font-packages.txt | xargs apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/* /tmp/debian-font-packages.txt

@@ -1,17 +1,12 @@
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
-from lightning.pytorch import Callback
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
-    # nml.data.modules filters this at import (its loaders' lengths are exact by construction), but
+    # the nml entry point filters these (nml.cli.main.EXPECTED_WARNINGS), but
     # pytest restores the warning filters after every test
     config.addinivalue_line("filterwarnings", "ignore:Your `IterableDataset` has `__len__` defined")
     # nml.models.tuning: a frozen backbone stays in eval mode on purpose
@@ -21,101 +16,8 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory) -> Path:
     """The embedded benchmark at size=tiny with the fallback fonts, built once per session."""
-    from nml.data.embedded import build_embedded
+    from nml.benchmark.build import build_embedded
 
     out = tmp_path_factory.mktemp("embedded") / "tiny"
     build_embedded(out, seed=3, size="tiny", fonts="fallback", shard_size=16, num_workers=2, progress=False)
     return out
-
-
-def nml_subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-PYTHON = sys.executable
-
-
-def png_bytes(seed: int, size: int = 8) -> bytes:
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    arr = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_shards(
-    directory: Path,
-    sizes: list[int],
-    num_classes: int = 5,
-    prefix: str = "train",
-    captions: bool = True,
-    sizes_json: bool = True,
-    start: int = 0,
-) -> str:
-    """Tiny classification + caption shards with the given per-shard sizes; returns the spec.
-
-    Sample i (over all shards) has key ``<prefix>-<i>``, class ``i % num_classes`` and caption
-    ``caption <i>``; images are 8x8 random PNGs.
-    """
-    from nml.data.shard_writer import ShardWriter, write_index_files
-
-    directory.mkdir(parents=True, exist_ok=True)
-    written, i = [], start
-    for s, n in enumerate(sizes):
-        with ShardWriter(directory / f"{prefix}-{s:04d}-%d.tar", n) as w:
-            for _ in range(n):
-                sample = {"__key__": f"{prefix}-{i:06d}", "png": png_bytes(i), "cls": i % num_classes}
-                if captions:
-                    sample["txt"] = f"caption {i}"
-                w.write(sample)
-                i += 1
-        for path, count in w.shards:
-            target = directory / f"{prefix}-{s:04d}.tar"
-            Path(path).rename(target)
-            written.append((str(target), count))
-    if sizes_json:
-        write_index_files(
-            directory,
-            {prefix: written},
-            prefix,
-            {"num_classes": num_classes, "classes": [f"c{c}" for c in range(num_classes)]},
-        )
-    last = len(sizes) - 1
-    return str(directory / (f"{prefix}-{{0000..{last:04d}}}.tar" if last else f"{prefix}-0000.tar"))
-
-
-def spawn_gloo(fn, nprocs: int, *args) -> None:
-    """Run ``fn(rank, world, port, *args)`` in ``nprocs`` spawned processes (they init gloo themselves)."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(fn, args=(nprocs, port, *args), nprocs=nprocs, start_method="spawn")
-
-
-def init_gloo(rank: int, world: int, port: int) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-
-
-class LossRecorder(Callback):
-    """Records every training loss; stops the run after global step ``stop_at`` (resume tests)."""
-
-    def __init__(self, stop_at: int | None = None):
-        self.losses, self.stop_at = [], stop_at
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]))
-        if self.stop_at is not None and trainer.global_step >= self.stop_at:
-            trainer.should_stop = True

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nml.data.byod import ImageError, write_captions, write_imagefolder
+from nml.shards.byod import ImageError, write_captions, write_imagefolder
 
 
 def _img(path, seed, fmt):
@@ -111,7 +111,7 @@ def test_caption_table_names_missing_columns(tmp_path):
 
 
 def test_shard_writer_rejects_keys_with_dots(tmp_path):
-    from nml.data.shard_writer import ShardWriter
+    from nml.shards.writer import ShardWriter
 
     with ShardWriter(tmp_path / "x-%06d.tar") as w, pytest.raises(ValueError, match="first dot"):
         w.write({"__key__": "img.001", "png": b"x"})

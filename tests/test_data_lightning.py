@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_shards
+from helpers import write_shards
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from nml.data.modules import ClassificationShards, EvalSet
-from nml.data.noise import NoiseConfig
+from nml.data.modules import ClassificationShards
+from nml.noise.config import NoiseConfig
+from nml.shards.manifest import EvalSet
+
+pytestmark = pytest.mark.slow  # end-to-end runs, subprocesses and DDP
 
 UNEVEN = [7, 13, 3, 20, 9, 11, 5, 8]  # 76 training samples in 8 uneven shards
 
@@ -73,10 +76,9 @@ def _datamodule(tmp_path: Path, **kw) -> ClassificationShards:
         write_shards(tmp_path / "val", [9, 4], prefix="val")
     kw.setdefault("num_workers", 0)
     return ClassificationShards(
-        root=str(tmp_path),
-        train="train/train-{0000..0007}.tar",
-        val="val/val-{0000..0001}.tar",
-        test=[EvalSet("val_again", "val/val-{0000..0001}.tar", "ood")],
+        train=f"{tmp_path}/train/train-{{0000..0007}}.tar",
+        val=f"{tmp_path}/val/val-{{0000..0001}}.tar",
+        test=[EvalSet("val_again", f"{tmp_path}/val/val-{{0000..0001}}.tar", "ood")],
         batch_size=4,
         image_size=8,
         train_transform={"scale": [0.9, 1.0], "color_jitter": None},

@@ -7,10 +7,11 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import PYTHON, REPO, nml_subprocess_env
+from helpers import PYTHON, REPO, nml_subprocess_env
 
-from nml.data.modules import ClassificationShards, EvalSet, ImageTextShards
-from nml.data.noise import NoiseConfig
+from nml.data.modules import ClassificationShards, ImageTextShards
+from nml.noise.config import NoiseConfig
+from nml.shards.manifest import EvalSet
 
 
 def test_defaults_point_at_the_embedded_benchmark(tiny_benchmark, monkeypatch):
@@ -77,7 +78,7 @@ data:
     ns = parser.parse_args(["--config", str(cfg), "--data.noise.rate", "0.4"])
     dm = parser.instantiate_classes(ns).data
     assert dm.noise == NoiseConfig("pair", 0.4)
-    assert dm.test_sets == [EvalSet("mnist", "mnist/test-{000000..000003}.tar", "ood", 10)]
+    assert dm.test_sets == [EvalSet("mnist", "mnist/test-{000000..000003}.tar", "ood", 10)]  # as typed
 
 
 def _audit(*args: str) -> subprocess.CompletedProcess:
@@ -91,13 +92,12 @@ def _audit(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_audit_cli_same_json_for_any_workers(tiny_benchmark):
     spec = json.loads((tiny_benchmark / "manifest.json").read_text())["pretraining"]["train"]
     common = [
         "--shards",
-        spec,
-        "--root",
-        str(tiny_benchmark),
+        str(tiny_benchmark / spec),
         "--noise.kind",
         "symmetric",
         "--noise.rate",
@@ -113,14 +113,10 @@ def test_audit_cli_same_json_for_any_workers(tiny_benchmark):
     assert t.shape == (52, 52) and np.allclose(t.sum(1), 1, atol=1e-3)
     assert "realised noise rate" in r0.stderr
 
-    r = _audit(
-        "--shards", spec, "--root", str(tiny_benchmark), "--noise.kind", "caption_swap", "--noise.rate", "0.3"
-    )
+    r = _audit("--shards", str(tiny_benchmark / spec), "--noise.kind", "caption_swap", "--noise.rate", "0.3")
     report = json.loads(r.stdout)
     assert abs(report["realised_rate"] - 0.3) < 0.01 and report["self_swaps"] == 0
     assert report["mismatch_rate"] > 0.25
 
-    bad = _audit(
-        "--shards", spec, "--root", str(tiny_benchmark), "--noise.kind", "symmetric", "--noise.rate", "1.2"
-    )
+    bad = _audit("--shards", str(tiny_benchmark / spec), "--noise.kind", "symmetric", "--noise.rate", "1.2")
     assert bad.returncode != 0 and "noise.rate must be in [0, 1)" in bad.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nml.data.embedded import SIZES, build_embedded
+from nml.benchmark.build import SIZES, build_embedded
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -27,6 +27,7 @@ def _read(root: Path, spec: str) -> list[dict]:
     return list(wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()))
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_for_any_worker_count(tiny_benchmark, tmp_path):
     again = tmp_path / "again"
     build_embedded(again, seed=3, size="tiny", fonts="fallback", shard_size=16, num_workers=0, progress=False)
@@ -34,6 +35,7 @@ def test_same_seed_same_bytes_for_any_worker_count(tiny_benchmark, tmp_path):
     assert a == b and len(a) > 30
 
 
+@pytest.mark.slow
 def test_another_seed_gives_other_images(tiny_benchmark, tmp_path):
     other = tmp_path / "other"
     build_embedded(other, seed=4, size="tiny", fonts="fallback", shard_size=16, num_workers=0, progress=False)

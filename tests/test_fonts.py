@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nml.data import fonts
-from nml.data.charsets import AMBIGUOUS_GROUPS, GREEK, LETTERS_AND_DIGITS, glyph_classes
+from nml.benchmark import fonts
+from nml.benchmark.charsets import AMBIGUOUS_GROUPS, GREEK, LETTERS_AND_DIGITS, glyph_classes
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_handwriting_matching_ignores_spacing():
 
 
 def test_discover_rejects_unknown_font_set():
-    with pytest.raises(ValueError, match="auto|debian|fallback"):
+    with pytest.raises(ValueError, match=r"fonts: expected one of auto\|debian\|fallback, got 'system'"):
         fonts.discover_fonts("system")
 
 

@@ -28,22 +28,23 @@ def test_memorisation_metric_on_a_hand_built_batch():
 
 
 def test_timm_backbone_features_and_local_pretrained_weights(tmp_path):
-    b = create_backbone("timm", "test_resnet", num_classes=7)
+    b = create_backbone({"library": "timm", "name": "test_resnet"}, num_classes=7)
     x = torch.randn(3, 3, 32, 32)
-    assert b.features(x).shape == (3, b.feature_dim) and b(x).shape == (3, 7)
+    assert b.features(x).shape == (3, b.feature_dim) and b.logits(x).shape == (3, 7)
+    torch.testing.assert_close(b(x), b.features(x))  # calling a backbone means features()
     assert not any("fc" in k for k in b.encoder_state_dict())
     torch.save({"state_dict": b.model.state_dict()}, tmp_path / "w.pth")
-    b2 = create_backbone("timm", "test_resnet", num_classes=0, pretrained=str(tmp_path / "w.pth"))
+    b2 = create_backbone({"library": "timm", "name": "test_resnet"}, pretrained=str(tmp_path / "w.pth"))
     b.eval(), b2.eval()
     torch.testing.assert_close(b.features(x), b2.features(x))
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        create_backbone("timm", "test_resnet", pretrained=str(tmp_path / "missing.pth"))
+        create_backbone({"library": "timm", "name": "test_resnet"}, pretrained=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="timm has no model 'no_such_net'"):
-        create_backbone("timm", "no_such_net")
+        create_backbone({"library": "timm", "name": "no_such_net"})
 
 
 def test_open_clip_custom_config_features_are_unnormalised_image_embeddings():
-    b = create_backbone("open_clip", "tiny", model_cfg=TINY_CLIP)
+    b = create_backbone({"library": "open_clip", "name": "tiny", "model_cfg": TINY_CLIP})
     x = torch.randn(4, 3, 32, 32)
     f = b.features(x)
     assert f.shape == (4, 16) and b.feature_dim == 16
@@ -51,11 +52,15 @@ def test_open_clip_custom_config_features_are_unnormalised_image_embeddings():
         torch.nn.functional.normalize(f, dim=-1), b.model.encode_image(x, normalize=True)
     )
     with pytest.raises(ValueError, match="open_clip has no model"):
-        create_backbone("open_clip", "NoSuchCLIP")
+        create_backbone({"library": "open_clip", "name": "NoSuchCLIP"})
+    with pytest.raises(ValueError, match="has no classifier head"):
+        b.logits(x)
+    with pytest.raises(ValueError, match=r"unknown keys \['pretrianed'\]"):
+        create_backbone({"library": "open_clip", "name": "tiny", "pretrianed": "w.pt"})
 
 
 def test_no_weight_decay_on_1d_params_and_warmup_cosine():
-    b = create_backbone("open_clip", "tiny", model_cfg=TINY_CLIP)
+    b = create_backbone({"library": "open_clip", "name": "tiny", "model_cfg": TINY_CLIP})
     decay, no_decay = param_groups(b)
     assert all(p.ndim >= 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
     assert any(p is b.model.logit_scale for p in no_decay["params"])
@@ -74,7 +79,7 @@ def test_no_weight_decay_on_1d_params_and_warmup_cosine():
 
 def _clip_loss_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
-    from conftest import init_gloo
+    from helpers import init_gloo
 
     from nml.models.contrastive import clip_loss
 
@@ -93,8 +98,9 @@ def _clip_loss_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_clip_loss_under_two_process_gloo_equals_single_process(tmp_path):
-    from conftest import spawn_gloo
+    from helpers import spawn_gloo
 
     from nml.models.contrastive import clip_loss
 

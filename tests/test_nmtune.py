@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nml.tuning import NMTuneHead, nmtune_regularizers
+from nml.models.nmtune import NMTuneHead, nmtune_regularizers
 
 
 def _plain(z1, z2, f1, k=5):

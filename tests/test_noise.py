@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from nml.data.noise import NoiseConfig, NoiseModel, load_transition_matrix
+from nml.noise.config import NoiseConfig
+from nml.noise.models import NoiseModel, load_transition_matrix
 
 
 def _shards(n: int, per_shard: int = 500, num_classes: int = 10, captions: bool = False) -> list[list[dict]]:

@@ -12,17 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import png_bytes, write_shards
+from helpers import png_bytes, write_shards
 from torchvision.transforms import ToTensor
 
-from nml.data.members import MemberSpec, ShardFormatError
-from nml.data.noise import NoiseConfig
 from nml.data.pipeline import ShardLoader, StreamConfig
-from nml.data.shards import (
+from nml.noise.config import NoiseConfig
+from nml.shards.members import BadImage, MemberSpec, ShardFormatError
+from nml.shards.spec import (
     count_tar_samples,
     eval_assignment,
     eval_units,
     expand_spec,
+    rebase_spec,
     resolve_shards,
     train_assignment,
 )
@@ -30,10 +31,10 @@ from nml.data.shards import (
 UNEVEN = [7, 13, 3, 20, 9, 11]  # 63 samples
 
 
-def _cfg(spec, root=None, **kw) -> StreamConfig:
+def _cfg(spec, **kw) -> StreamConfig:
     kw.setdefault("members", MemberSpec(num_classes=5))
     kw.setdefault("transform", ToTensor())
-    return StreamConfig(shards=resolve_shards(spec, root), **kw)
+    return StreamConfig(shards=resolve_shards(spec), **kw)
 
 
 def _keys(loader) -> list[list[str]]:
@@ -41,11 +42,20 @@ def _keys(loader) -> list[list[str]]:
 
 
 # -- specs and sizes ---------------------------------------------------------------------------
-def test_spec_expansion_sources_and_missing_files(tmp_path):
+def test_spec_expansion_sources_and_missing_files(tmp_path, monkeypatch):
     a = write_shards(tmp_path / "a", [4, 4, 4])
     b = write_shards(tmp_path / "b", [5], prefix="extra")
-    sources = expand_spec("a/train-{0000..0002}.tar::b/extra-0000.tar", root=tmp_path)
+    sources = expand_spec(rebase_spec("a/train-{0000..0002}.tar::b/extra-0000.tar", tmp_path))
     assert [len(s) for s in sources] == [3, 1]
+    monkeypatch.chdir(tmp_path)  # a path you type is relative to the working directory
+    assert expand_spec("a/train-{0000..0002}.tar::b/extra-0000.tar") == [
+        ["a/train-0000.tar", "a/train-0001.tar", "a/train-0002.tar"],
+        ["b/extra-0000.tar"],
+    ]
+    assert (
+        rebase_spec("x/a.tar::/abs/b.tar::https://h/c.tar", "/root")
+        == "/root/x/a.tar::/abs/b.tar::https://h/c.tar"
+    )
     shards = resolve_shards(f"{a}::{b}")
     assert [s.size for s in shards] == [4, 4, 4, 5] and [s.source for s in shards] == [0, 0, 0, 1]
     with pytest.raises(FileNotFoundError, match=r"2 shard file\(s\) missing") as e:
@@ -69,7 +79,7 @@ def test_sizes_from_index_files_or_by_scanning(tmp_path, caplog):
 
 
 def test_train_shards_are_disjoint_and_cover_each_epoch():
-    from nml.data.shards import Shard
+    from nml.shards.spec import Shard
 
     shards = [Shard(f"s{i}", 10) for i in range(10)]
     for epoch in (0, 1):
@@ -82,7 +92,7 @@ def test_train_shards_are_disjoint_and_cover_each_epoch():
 
 
 def test_eval_units_read_every_sample_once_with_more_readers_than_shards():
-    from nml.data.shards import Shard
+    from nml.shards.spec import Shard
 
     shards = [Shard("a", 7), Shard("b", 2)]
     units = eval_units(shards, 6)
@@ -248,7 +258,7 @@ def test_undecodable_image_is_skipped_with_a_count_or_raises_in_strict(tmp_path,
         assert _read_all(spec) == ["a", "c"]
     assert "skipped undecodable image" in caplog.text and "'b'" in caplog.text
     assert "skipped 1 unreadable sample" in caplog.text
-    with pytest.raises(Exception, match="cannot decode image"):
+    with pytest.raises(BadImage, match="cannot decode image"):
         _read_all(spec, strict=True)
 
 
@@ -265,7 +275,7 @@ def test_corrupt_tar_is_skipped_with_a_count_or_raises_in_strict(tmp_path, caplo
     assert f"skipped {10 - len(keys)} unreadable sample(s)" in caplog.text
     assert "train-0001.tar" in caplog.text
     spec = good
-    with pytest.raises(Exception, match="train-0001.tar"):
+    with pytest.raises(ShardFormatError, match="train-0001.tar"):
         _read_all(spec, strict=True)
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nml.data.glyph_render import CORRUPTIONS, corrupt, render_glyph, sample_params
+from nml.benchmark.render import CORRUPTIONS, corrupt, render_glyph, sample_params
 
 
 @pytest.fixture(scope="module")
 def face():
-    from nml.data.fonts import fallback_font_files
+    from nml.benchmark.fonts import fallback_font_files
 
     return next(p for p, _ in fallback_font_files() if p.endswith("DejaVuSans.ttf"))
 

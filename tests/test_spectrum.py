@@ -9,9 +9,9 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import init_gloo, spawn_gloo
+from helpers import init_gloo, spawn_gloo
 
-from nml.cli import main
+from nml.cli.main import main
 from nml.metrics.spectrum import SpectrumAccumulator, spectrum_metrics
 
 
@@ -97,6 +97,7 @@ def _spectrum_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()  # a gloo group left open can abort at interpreter exit
 
 
+@pytest.mark.slow
 def test_invariant_to_the_number_of_ranks(tmp_path):
     spawn_gloo(_spectrum_worker, 2, str(tmp_path))
     ref = _reference(_features(500, 24), True, True)
@@ -139,6 +140,7 @@ def test_nml_spectrum_cli_on_npy_npz_and_feature_shards(tmp_path, capsys):
         main(["spectrum", "--features", str(tmp_path / "x.npz"), "--key", "nope"])
 
 
+@pytest.mark.slow
 def test_feature_spectrum_callback_matches_an_independent_computation(tiny_benchmark, tmp_path):
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.loggers import TensorBoardLogger

@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PYTHON, LossRecorder, nml_subprocess_env
+from helpers import PYTHON, LossRecorder, nml_subprocess_env
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from nml.data.feature_cache import FeatureSplit, load_split
-from nml.data.feature_shards import FeatureLoader, FeatureShards
 from nml.data.modules import ClassificationShards
-from nml.models.backbones import create_backbone, load_export
+from nml.features.cache import FeatureSplit, load_split
+from nml.features.datamodule import FeatureLoader, FeatureShards
+from nml.features.extract import extract_features
+from nml.models.backbones import create_backbone
 from nml.models.export import write_export
 from nml.models.tuning import DownstreamTuning
-from nml.tuning.extract import extract_features
 
 TINY_CLIP = {
     "embed_dim": 16,
@@ -39,15 +39,20 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     """A tiny open_clip export and a timm export with BatchNorm (random weights, seeded)."""
     root = tmp_path_factory.mktemp("exports")
     torch.manual_seed(0)
-    write_export(create_backbone("open_clip", "tiny", TINY_CLIP), root / "clip", data=DATA)
-    write_export(create_backbone("timm", "test_resnet"), root / "resnet", data=DATA)
+    write_export(
+        create_backbone({"library": "open_clip", "name": "tiny", "model_cfg": TINY_CLIP}),
+        root / "clip",
+        data=DATA,
+    )
+    write_export(create_backbone({"library": "timm", "name": "test_resnet"}), root / "resnet", data=DATA)
     return {"clip": root / "clip", "resnet": root / "resnet"}
 
 
 @pytest.fixture(scope="module")
 def feature_cache(tiny_benchmark, exports, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("features") / "clip"
-    backbone, meta = load_export(exports["clip"])
+    backbone = create_backbone(exports["clip"])
+    meta = backbone.export_meta
     dm = ClassificationShards(
         root=str(tiny_benchmark), task="mnist", mean=meta["mean"], std=meta["std"], **FAST
     )
@@ -70,6 +75,7 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", ["linear", "mlp", "nmtune", "finetune"])
+@pytest.mark.slow
 def test_each_method_trains_on_images_and_tests_id_and_ood(tiny_benchmark, exports, method):
     seed_everything(0)
     backbone = exports["resnet"]  # BatchNorm: its running statistics must not move unless fine-tuning
@@ -97,6 +103,7 @@ def test_each_method_trains_on_images_and_tests_id_and_ood(tiny_benchmark, expor
     )
 
 
+@pytest.mark.slow
 def test_finetune_keeps_the_pretrained_anchor_frozen_and_out_of_the_checkpoint(exports):
     model = DownstreamTuning("finetune", backbone=str(exports["clip"]), num_classes=4)
     assert all(p.requires_grad for p in model.backbone.parameters())
@@ -108,6 +115,7 @@ def test_finetune_keeps_the_pretrained_anchor_frozen_and_out_of_the_checkpoint(e
 
 
 @pytest.mark.parametrize("method", ["linear", "mlp", "nmtune"])
+@pytest.mark.slow
 def test_each_method_trains_on_cached_features_with_no_backbone(feature_cache, method):
     seed_everything(0)
     model = DownstreamTuning(method)
@@ -125,6 +133,7 @@ def test_each_method_trains_on_cached_features_with_no_backbone(feature_cache, m
     assert float(metrics["test/id/mnist/top1"]) == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_nml_features_writes_every_split_deterministically(tiny_benchmark, exports, feature_cache, tmp_path):
     meta = json.loads((feature_cache / "features.json").read_text())
     assert meta["format"] == "nml-features/1" and meta["feature_dim"] == 16 and meta["num_classes"] == 10
@@ -135,7 +144,8 @@ def test_nml_features_writes_every_split_deterministically(tiny_benchmark, expor
     assert not np.allclose(train.views[:, 0], train.views[:, 1])  # two different augmentations
     assert not np.allclose(train.views[:, 0], train.features)
     # the features are the backbone's: recompute a few from the shards with the eval transform
-    backbone, emeta = load_export(exports["clip"])
+    backbone = create_backbone(exports["clip"])
+    emeta = backbone.export_meta
     dm = ClassificationShards(
         root=str(tiny_benchmark), task="mnist", mean=emeta["mean"], std=emeta["std"], **FAST
     )
@@ -219,7 +229,7 @@ def test_other_feature_formats_and_bad_input(tmp_path):
         _trainer(max_steps=1).fit(DownstreamTuning("linear", feature_dim=8, num_classes=3), dm)
     with pytest.raises(ValueError, match="cross-entropy only"):
         DownstreamTuning("mlp", mse_weight=1.0)
-    with pytest.raises(ValueError, match="needs model.backbone|give model.backbone"):
+    with pytest.raises(ValueError, match="method=finetune trains the encoder: give model.backbone"):
         DownstreamTuning("finetune")
 
 
@@ -242,6 +252,7 @@ def _tune(cache: Path, out: Path, steps: int, stop_at=None, ckpt_path=None) -> l
     return losses.losses
 
 
+@pytest.mark.slow
 def test_feature_tuning_resumes_mid_epoch_to_the_same_losses(feature_cache, tmp_path):
     steps, stop = 9, 4  # the tiny mnist cache has 7 batches of 16 per epoch: 4 is mid-epoch
     reference = _tune(feature_cache, tmp_path, steps)
@@ -252,6 +263,7 @@ def test_feature_tuning_resumes_mid_epoch_to_the_same_losses(feature_cache, tmp_
     assert tail == pytest.approx(reference[stop:], rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, exports, tmp_path):
     """As a user: `nml features`, then `nml fit` / `nml test` with a shipped tune config on the cache,
     and on images with the export."""
@@ -262,7 +274,7 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
         str(tmp_path / "runs"),
     ]
     code = (
-        "import sys\nfrom nml.cli import main\n"
+        "import sys\nfrom nml.cli.main import main\n"
         "for argv in sys.argv[1:]:\n"
         "    args = argv.split('\\x1f')\n"
         "    print('@@', args[0], flush=True)\n"

@@ -20,9 +20,10 @@ import sys
 import time
 
 from nml.data.modules import ClassificationShards, ImageTextShards
-from nml.data.noise import NoiseConfig, NoiseModel
 from nml.data.pipeline import ShardLoader, StreamConfig
-from nml.data.shards import resolve_shards
+from nml.noise.config import NoiseConfig
+from nml.noise.models import NoiseModel
+from nml.shards.spec import resolve_shards
 
 SETTINGS = {
     "classification": (ClassificationShards, [NoiseConfig(), NoiseConfig("symmetric", 0.2)]),
@@ -47,7 +48,7 @@ def noise_stage_us(dm, noise: NoiseConfig, repeats: int) -> float:
     caption = isinstance(dm, ImageTextShards)
     members = dm.train_members()
     cfg = StreamConfig(
-        shards=resolve_shards(dm.train_spec, dm.root),
+        shards=resolve_shards(dm.train_spec),
         members=members,
         mode="eval",
         batch_size=None,

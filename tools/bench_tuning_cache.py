@@ -36,7 +36,7 @@ BACKBONES = {
 def _clip_cfg() -> dict:
     import yaml
 
-    from nml.cli import CONFIG_DIR
+    from nml.cli.main import CONFIG_DIR
 
     cfg = yaml.safe_load((CONFIG_DIR / "pretrain_clip.yaml").read_text())
     return cfg["model"]["init_args"]["model_cfg"]
@@ -82,20 +82,20 @@ def run(name: str, methods: list[str], images: int, epochs: int, workers: int, r
     import numpy as np
     import torch
 
-    from nml.data.feature_shards import FeatureShards
     from nml.data.modules import ClassificationShards
-    from nml.models.backbones import build_backbone, input_preprocessing
+    from nml.features.datamodule import FeatureShards
+    from nml.features.extract import extract_features
+    from nml.models.backbones import create_backbone
     from nml.models.export import write_export
     from nml.models.tuning import DownstreamTuning
-    from nml.tuning.extract import extract_features
 
     for logger in ("lightning", "lightning.pytorch", "lightning.fabric"):  # after lightning's import
         logging.getLogger(logger).setLevel(logging.WARNING)
     spec, size = BACKBONES[name]
     if spec["library"] == "open_clip":
         spec = {**spec, "model_cfg": _clip_cfg()}
-    backbone, _ = build_backbone(spec)
-    _, mean, std = input_preprocessing(backbone)
+    backbone = create_backbone(spec)
+    _, mean, std = backbone.preprocessing()
     tmp = Path(tempfile.mkdtemp(prefix=f"nml-bench-{name}-"))
     write_export(backbone, tmp / "export", data={"image_size": size, "mean": list(mean), "std": list(std)})
 
@@ -143,7 +143,7 @@ def head_breakdown(dim: int, batch: int = 64, steps: int = 50) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from nml.tuning.nmtune import NMTuneHead, nmtune_regularizers
+    from nml.models.nmtune import NMTuneHead, nmtune_regularizers
 
     torch.manual_seed(0)
     feats, labels = torch.randn(4096, 2, dim), torch.randint(0, 52, (4096,))
@@ -220,7 +220,7 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from nml.data.modules import default_root
+    from nml.shards.manifest import default_root
 
     root = args.root or default_root()
     rows = [

@@ -38,7 +38,7 @@ else
 fi
 
 if [ "${NML_FONTS:-debian}" != "skip" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  mapfile -t pkgs < <(grep -v '^#' "$ROOT/nml/data/debian-font-packages.txt" | sed '/^$/d')
+  mapfile -t pkgs < <(grep -v '^#' "$ROOT/nml/benchmark/debian-font-packages.txt" | sed '/^$/d')
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -q '^installed$' || missing+=("$p")

@@ -2,7 +2,7 @@
 
 Works with any LightningModule that has ``spectrum_features(inputs) -> (B, D)`` and
 ``feature_dim`` (the pre-training modules: the backbone's features; tuning modules: their
-transformed features) and a data module with ``test_sets`` and ``eval_loader(set)`` (nml's
+transformed features) and a data module that is an :class:`~nml.data.loading.EvalSuite` (nml's
 ClassificationShards / ImageTextShards / FeatureShards). Each rank streams its share of every set into a
 :class:`~nml.metrics.spectrum.SpectrumAccumulator`; one all-reduce per set at the end.
 
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
+from nml.data.loading import EvalSuite, batch_inputs, eval_suite
 from nml.metrics.spectrum import SpectrumAccumulator
-from nml.models.evaluation import batch_inputs
+from nml.shards.manifest import EvalSet
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,7 @@ class FeatureSpectrum(Callback):
             self.run(trainer, pl_module, "test")
 
     # -- the pass ------------------------------------------------------------------------------
-    def _sets(self, trainer) -> list:
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "test_sets"):
-            raise ValueError("FeatureSpectrum needs an nml data module (test_sets, eval_loader)")
+    def _sets(self, dm: EvalSuite) -> list[EvalSet]:
         sets = [s for s in dm.test_sets if self.sets is None or s.name in self.sets]
         missing = set(self.sets or []) - {s.name for s in dm.test_sets}
         if missing:
@@ -88,10 +86,11 @@ class FeatureSpectrum(Callback):
         was_training = pl_module.training
         pl_module.eval()
         out = {}
+        suite = eval_suite(trainer)
         try:
-            for s in self._sets(trainer):
+            for s in self._sets(suite):
                 acc = SpectrumAccumulator(self.normalize_rows, self.center)
-                for batch in trainer.datamodule.eval_loader(s):
+                for batch in suite.eval_loader(s):
                     valid = batch["valid"]
                     if valid.any():
                         inputs = batch_inputs(batch)[valid].to(pl_module.device)
@@ -140,10 +139,10 @@ class FeatureSpectrum(Callback):
 
 def spectrum_figure(singular_values: np.ndarray, name: str, when: str):
     """Normalised singular values (p_i) against their rank, log scale."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     p = singular_values / singular_values.sum()
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=100)

@@ -1,0 +1,1 @@
+"""Streaming data: the one WebDataset pipeline, resumable loaders, the shard DataModules."""

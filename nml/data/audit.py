@@ -12,9 +12,11 @@ from collections import Counter
 
 import numpy as np
 
-from nml.data.members import MemberSpec
-from nml.data.noise import NoiseConfig, load_transition_matrix
-from nml.data.shards import info_classes, resolve_shards
+from nml.noise.config import NoiseConfig
+from nml.noise.models import load_transition_matrix
+from nml.shards.manifest import info_classes
+from nml.shards.members import MemberSpec
+from nml.shards.spec import resolve_shards
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,6 @@ log = logging.getLogger(__name__)
 def audit_shards(
     shards: str,
     noise: NoiseConfig,
-    root: str | None = None,
     num_classes: int | None = None,
     image_keys: str = "jpg;png;jpeg;webp",
     label_key: str = "cls",
@@ -31,11 +32,11 @@ def audit_shards(
     num_workers: int = 0,
     strict: bool = False,
 ) -> dict:
-    from nml.data.pipeline import ShardLoader, StreamConfig  # noqa: PLC0415 (imports torch)
+    from nml.data.pipeline import ShardLoader, StreamConfig
 
     captions = noise.kind == "caption_swap"
     if not captions and num_classes is None:
-        classes = info_classes(shards, root)
+        classes = info_classes(shards)
         if classes is None:
             raise ValueError(
                 f"num_classes unknown for {shards!r}: no _info.json with 'classes' beside the shards; "
@@ -48,7 +49,7 @@ def audit_shards(
         else MemberSpec(image_keys, label_key, num_classes)
     )
     cfg = StreamConfig(
-        shards=resolve_shards(shards, root),
+        shards=resolve_shards(shards),
         members=members,
         mode="eval",
         batch_size=None,

@@ -6,7 +6,9 @@ tests on the held-out fonts (``id``) and their corruptions (``ood``); any other 
 benchmark's ``manifest.json`` (``greek``, ``print_to_mnist`` ...) selects that downstream task.
 A downstream task's test suite also holds the test sets of every other task trained on the same
 split (``glyphs_heldout``: the held-out fonts as ID plus their corruptions as OOD). Explicit
-``train`` / ``val`` / ``test`` specs override the task; relative paths resolve against ``root``. In YAML::
+``train`` / ``val`` / ``test`` specs override the task. Paths follow nml's one rule: relative to the
+working directory when you type them, relative to ``manifest.json`` for the task's own shards
+(:mod:`nml.shards.spec`). In YAML::
 
     data:
       class_path: nml.data.modules.ClassificationShards
@@ -22,85 +24,32 @@ Validation and test loaders evaluate every sample exactly once across ranks; bat
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 
-from nml.data.members import MemberSpec
-from nml.data.noise import LABEL_KINDS, NoiseConfig
-from nml.data.pipeline import ShardLoader, StreamConfig, collate, fit_progress
-from nml.data.shards import info_classes, resolve_shards
-from nml.data.transforms import build_transform
+from nml.data.loading import fit_progress
+from nml.data.pipeline import ShardLoader, StreamConfig, collate
+from nml.data.transforms import DEFAULT_IMAGE_SIZE, build_transform, default_normalization
+from nml.noise.config import LABEL_KINDS, NoiseConfig
+from nml.shards.manifest import (
+    MANIFEST,
+    EvalSet,
+    class_prompts,
+    default_root,
+    load_manifest,
+    prompt_fields,
+    read_info,
+    task_sets,
+)
+from nml.shards.members import MemberSpec
+from nml.shards.spec import resolve_shards
 
 log = logging.getLogger(__name__)
-# ShardLoader's length is exact by construction (equal batches per worker and rank).
-warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
-DEFAULT_ROOT = "data/embedded"
-DEFAULT_IMAGE_SIZE = 32
-
-
-@dataclass
-class EvalSet:
-    """A named evaluation set: ``group`` is ``id`` (same distribution as tuning) or ``ood``."""
-
-    name: str
-    shards: str
-    group: Literal["id", "ood"] = "id"
-    num_classes: int | None = None
-
-
-def default_root() -> str:
-    return os.environ.get("NML_DATA", DEFAULT_ROOT)
-
-
-def load_manifest(root: str | Path) -> dict:
-    path = Path(root) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no benchmark manifest at {str(path)!r}: build the embedded benchmark with "
-            f"`nml data embedded --out {root}` (or `bash tools/quickstart.sh`), point data.root at it "
-            "(or set $NML_DATA), or give data.train / data.val / data.test shard specs"
-        )
-    return json.loads(path.read_text())
-
-
-def task_sets(manifest: dict, task: str) -> dict[str, Any]:
-    """train / val / test sets and classes of a manifest task (``pretraining`` included)."""
-    datasets, tasks = manifest["datasets"], {t["name"]: t for t in manifest["tasks"]}
-    if task == "pretraining":
-        pre = manifest["pretraining"]
-        classes = datasets[pre["data"]]["classes"]
-        tests, seen = [], set()
-        for t in manifest["tasks"]:  # every test set over the pre-training classes
-            if datasets[t["data"]]["classes"] != classes:
-                continue
-            for name, spec in t["test"].items():
-                if spec not in seen:
-                    seen.add(spec)
-                    tests.append(EvalSet(name, spec, t["group"], len(classes)))
-        return {"train": pre["train"], "val": pre["val"], "test": tests, "classes": classes}
-    if task not in tasks:
-        raise ValueError(
-            f"task {task!r} is not in the benchmark manifest; expected pretraining or one of {sorted(tasks)}"
-        )
-    t = tasks[task]
-    classes = datasets[t["data"]]["classes"]
-    tests = [EvalSet(n, s, t["group"], t["num_classes"]) for n, s in t["test"].items()]
-    names = {s.name for s in tests}
-    for other in manifest["tasks"]:  # the other suites of a head trained on the same data (ID + OOD)
-        if other["name"] != task and other["train"] == t["train"]:
-            for n, spec in other["test"].items():
-                if n not in names:
-                    names.add(n)
-                    tests.append(EvalSet(n, spec, other["group"], other["num_classes"]))
-    return {"train": t["train"], "val": t["val"], "test": tests, "classes": classes}
 
 
 class ShardDataModule(LightningDataModule):
@@ -154,17 +103,21 @@ class ShardDataModule(LightningDataModule):
         self._check_noise_kind()
 
         self.classes: list[str] | None = None
+        self._info: dict | None = None  # the training data's _info.json (classes, prompts)
         if task is not None or train is None:
-            sets = task_sets(load_manifest(self.root), task or "pretraining")
+            sets = task_sets(load_manifest(self.root), task or "pretraining", self.root)
             train = train or sets["train"]
             val = val or sets["val"]
             test = test if test is not None else sets["test"]
             self.classes = sets["classes"]
         self.task = task or ("pretraining" if self.classes is not None else None)
         self.train_spec, self.val_spec = train, val
-        for spec in (train, val):  # class names from _info.json (zero-shot val may be labelled only)
-            if self.classes is None and spec:
-                self.classes = info_classes(spec, self.root)
+        for spec in (train, val):  # _info.json: class names, prompts (zero-shot val may be labelled only)
+            info = read_info(spec) if spec else None
+            if self._info is None and info is not None and info.get("classes"):
+                self._info = info
+        if self.classes is None and self._info is not None:
+            self.classes = [str(c) for c in self._info["classes"]]
         if num_classes is None and self.classes is not None:
             num_classes = len(self.classes)
         self.num_classes = num_classes
@@ -181,21 +134,14 @@ class ShardDataModule(LightningDataModule):
 
     def describe(self) -> dict:
         """What a model trained on this module saw (stored in checkpoints and exports)."""
-        import hashlib  # noqa: PLC0415
+        from nml.checksums import file_sha256
 
-        manifest = Path(self.root) / "manifest.json"
+        manifest = Path(self.root) / MANIFEST
         noise = self.noise.describe() | {
             "seed": self.noise.seed if self.noise.seed is not None else self.seed
         }
-        mean, std = self.mean, self.std
-        if mean is None or std is None:
-            if self.library == "timm":
-                from timm.data.constants import IMAGENET_DEFAULT_MEAN as m  # noqa: PLC0415
-                from timm.data.constants import IMAGENET_DEFAULT_STD as s
-            else:
-                from open_clip.constants import OPENAI_DATASET_MEAN as m  # noqa: PLC0415
-                from open_clip.constants import OPENAI_DATASET_STD as s
-            mean, std = mean or m, std or s
+        default_mean, default_std = default_normalization(self.library)
+        mean, std = self.mean or default_mean, self.std or default_std
         return {
             "datamodule": type(self).__name__,
             "root": str(self.root),
@@ -207,10 +153,10 @@ class ShardDataModule(LightningDataModule):
             "image_size": self.input_size,
             "mean": list(mean),
             "std": list(std),
-            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()
-            if manifest.is_file()
-            else None,
+            "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
         }
+
+    feature_dim = None  # batches hold images (TrainingData)
 
     @property
     def input_size(self) -> int:
@@ -270,7 +216,7 @@ class ShardDataModule(LightningDataModule):
     def _stream(self, spec: str, mode: str, members: MemberSpec, **kw) -> StreamConfig:
         train = mode == "train"
         return StreamConfig(
-            shards=resolve_shards(spec, self.root),
+            shards=resolve_shards(spec),
             members=members,
             mode=mode,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -354,12 +300,25 @@ class ShardDataModule(LightningDataModule):
     def set_num_classes(self, s: EvalSet) -> int | None:
         return s.num_classes or self.num_classes
 
+    def _set_info(self, s: EvalSet) -> tuple[list[str] | None, dict | None]:
+        """(class names, _info.json) of an evaluation set: its own _info.json, else the training
+        data's when the class count fits."""
+        info = read_info(s.shards)
+        if info is not None and isinstance(info.get("classes"), list):
+            return [str(c) for c in info["classes"]], info
+        if self.classes is not None and len(self.classes) == self.set_num_classes(s):
+            return self.classes, self._info
+        return None, None
+
     def set_classes(self, s: EvalSet) -> list[str] | None:
-        """Class names of an evaluation set: its _info.json, else the module's if the count fits."""
-        names = info_classes(s.shards, self.root)
-        if names is None and self.classes is not None and len(self.classes) == self.set_num_classes(s):
-            names = self.classes
-        return names
+        return self._set_info(s)[0]
+
+    def set_prompts(self, s: EvalSet | None, templates: list[str] | None = None) -> list[list[str]] | None:
+        classes, info = self._set_info(s) if s is not None else (self.classes, self._info)
+        if classes is None:
+            return None
+        data_templates, fields = prompt_fields(info, classes)
+        return class_prompts(templates or data_templates, fields)
 
     def _eval_loaders(self, sets: list[EvalSet], persistent: bool) -> list[ShardLoader]:
         return [self.eval_loader(s, persistent) for s in sets]
@@ -415,7 +374,7 @@ class ImageTextShards(ShardDataModule):
         return MemberSpec(self.image_keys, None, None, self.caption_key, require_caption=True)
 
     def train_collate(self):
-        import open_clip  # noqa: PLC0415
+        import open_clip
 
         return TextCollate(open_clip.get_tokenizer(self.tokenizer_name, context_length=self.context_length))
 

@@ -24,7 +24,6 @@ Per reader (global worker id ``rank * workers + worker``), a ``webdataset.DataPi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import multiprocessing as mp
@@ -39,9 +38,12 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
-from nml.data.members import BadImage, MemberSpec, ShardFormatError, decode_image, parse_sample
-from nml.data.noise import NoiseConfig, NoiseModel
-from nml.data.shards import EvalUnit, Shard, eval_assignment, eval_units, train_assignment
+from nml.data.loading import ResumableLoader
+from nml.noise.config import NoiseConfig
+from nml.noise.models import NoiseModel
+from nml.seeding import name_seed, named_rng
+from nml.shards.members import BadImage, MemberSpec, ShardFormatError, decode_image, parse_sample
+from nml.shards.spec import EvalUnit, Shard, eval_assignment, eval_units, train_assignment
 
 log = logging.getLogger(__name__)
 Mode = Literal["train", "eval"]
@@ -224,7 +226,7 @@ class ShardStream(wds.DataPipeline):
         cfg, ctx = self.cfg, self._ctx
         readers = cfg.world_size * cfg.workers
         if cfg.resampled:
-            rng = random.Random(f"nml-resample/{cfg.seed}/{ctx['epoch']}/{ctx['reader']}")
+            rng = named_rng("resample", cfg.seed, ctx["epoch"], ctx["reader"])
             by_source: dict[int, list[Shard]] = {}
             for s in cfg.shards:
                 by_source.setdefault(s.source, []).append(s)
@@ -237,7 +239,7 @@ class ShardStream(wds.DataPipeline):
         yield from mine
         for p in range(1, 2**62):  # cycle until with_epoch has its batches
             again = list(mine)
-            random.Random(f"nml-pass/{cfg.seed}/{ctx['epoch']}/{ctx['reader']}/{p}").shuffle(again)
+            named_rng("pass", cfg.seed, ctx["epoch"], ctx["reader"], p).shuffle(again)
             yield from again
 
     def _read(self, shard: Shard, slot: int = 0, slots: int = 1) -> Iterator[dict]:
@@ -301,7 +303,7 @@ class ShardStream(wds.DataPipeline):
 
     def _shuffle(self, src: Iterator[dict]) -> Iterator[dict]:
         cfg, ctx = self.cfg, self._ctx
-        rng = random.Random(f"nml-samples/{cfg.seed}/{ctx['epoch']}/{cfg.rank}/{ctx['reader']}")
+        rng = named_rng("samples", cfg.seed, ctx["epoch"], cfg.rank, ctx["reader"])
         if cfg.shuffle_buffer <= 1:
             return src
         return wds.shuffle(cfg.shuffle_buffer, max(1, cfg.shuffle_buffer // 10), rng=rng)(src)
@@ -352,7 +354,7 @@ def seeded_rng(name: str) -> Iterator[None]:
     """Seed python's and torch's global RNGs (what timm/torchvision transforms draw from) from
     ``name`` and restore them afterwards, so augmentations do not depend on workers or restarts and
     do not disturb the training process's RNG when the pipeline runs in it (``num_workers=0``)."""
-    seed = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+    seed = name_seed(name)
     py_state, torch_state = random.getstate(), torch.random.get_rng_state()
     random.seed(seed)
     torch.random.manual_seed(seed)
@@ -378,19 +380,9 @@ def collate(records: list[dict]) -> dict[str, Any]:
     return batch
 
 
-def fit_progress(trainer) -> tuple[int, int]:
-    """(epoch, training batches processed in it): what a loader's resume state records."""
-    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
-
-class ShardLoader(DataLoader):
-    """DataLoader over a :class:`ShardStream` with an exact ``len``, eval padding and resume state.
-
-    ``epoch_fn`` returns the current epoch when an iterator is created (the trainer's epoch in a
-    DataModule); ``progress_fn`` returns ``(epoch, batches_done)`` for checkpoints (the trainer's
-    processed-batch count, which accounts for Lightning's prefetching). Without them the loader
-    counts epochs (:meth:`set_epoch`) and yielded batches itself.
-    """
+class ShardLoader(ResumableLoader, DataLoader):
+    """DataLoader over a :class:`ShardStream` with an exact ``len``, eval padding and resume state
+    (:class:`~nml.data.loading.ResumableLoader`)."""
 
     def __init__(
         self,
@@ -402,10 +394,18 @@ class ShardLoader(DataLoader):
         prefetch_factor: int | None = None,
     ):
         self.cfg, self.shared = cfg, SharedState()
-        self.epoch_fn, self.progress_fn = epoch_fn, progress_fn
-        self.epoch, self._length = 0, cfg.length()
-        self._resume: dict | None = None
-        self._iter_epoch, self._done = 0, 0
+        self.init_resumable(
+            cfg.length(),
+            cfg.mode == "train",
+            epoch_fn,
+            progress_fn,
+            {
+                "world_size": cfg.world_size,
+                "num_workers": cfg.num_workers,
+                "batch_size": cfg.batch_size,
+                "seed": cfg.seed,
+            },
+        )
         super().__init__(
             ShardStream(cfg, self.shared),
             batch_size=None,
@@ -415,38 +415,11 @@ class ShardLoader(DataLoader):
             prefetch_factor=prefetch_factor if cfg.num_workers > 0 else None,
         )
 
-    def __len__(self) -> int:
-        return self._length
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def __iter__(self) -> Iterator:
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
-        skip = 0
-        if self._resume is not None and self.cfg.mode == "train":
-            if int(self._resume["epoch"]) == epoch:
-                skip = min(int(self._resume["batches_done"]), self._length)
-            self._resume = None
-        self._iter_epoch, self._done = epoch, skip
+        epoch, skip = self.begin_epoch()
         self.shared.set(epoch, skip)
         self.shared.pop_skipped()
-        yielded, last = skip, None
-        for batch in super().__iter__():
-            yielded += 1
-            self._done = yielded
-            last = batch
-            yield batch
-        if self.cfg.mode != "train" and yielded < self._length:
-            if last is None:
-                raise RuntimeError(
-                    f"rank {self.cfg.rank}: no evaluation samples to pad from ({len(self.cfg.shards)} shards)"
-                )
-            pad = dict(last)
-            pad["valid"] = torch.zeros_like(last["valid"])
-            for _ in range(self._length - yielded):
-                self._done += 1
-                yield pad
+        yield from self.counted(super().__iter__())
         skipped = self.shared.pop_skipped()
         if skipped:
             log.warning(
@@ -455,28 +428,9 @@ class ShardLoader(DataLoader):
                 skipped,
             )
 
-    # -- Lightning's stateful-loader protocol (rank 0's copy is saved: keep it rank-symmetric) ---
-    def state_dict(self) -> dict:
-        epoch, done = self.progress_fn() if self.progress_fn is not None else (self._iter_epoch, self._done)
-        return {
-            "epoch": int(epoch),
-            "batches_done": int(done),
-            "world_size": self.cfg.world_size,
-            "num_workers": self.cfg.num_workers,
-            "batch_size": self.cfg.batch_size,
-            "seed": self.cfg.seed,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        for k in ("world_size", "num_workers", "batch_size", "seed"):
-            if k in state and state[k] != getattr(self.cfg, k):
-                log.warning(
-                    "resuming with %s=%s but the checkpoint's loader had %s=%s: the data stream differs, "
-                    "the %d batches done are skipped but the sample order is not the interrupted one",
-                    k,
-                    getattr(self.cfg, k),
-                    k,
-                    state[k],
-                    state.get("batches_done", 0),
-                )
-        self._resume = dict(state)
+    def padding_batch(self, last: dict | None) -> dict:
+        if last is None:
+            raise RuntimeError(
+                f"rank {self.cfg.rank}: no evaluation samples to pad from ({len(self.cfg.shards)} shards)"
+            )
+        return super().padding_batch(last)

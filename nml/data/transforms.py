@@ -9,8 +9,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Literal
 
+DEFAULT_IMAGE_SIZE = 32  # the embedded benchmark's glyphs
 TIMM_TRAIN_DEFAULTS = {"hflip": 0.0, "scale": (0.6, 1.0), "ratio": (0.8, 1.25), "color_jitter": 0.2}
 TIMM_EVAL_DEFAULTS = {"crop_pct": 1.0}
+
+
+def default_normalization(
+    library: Literal["timm", "open_clip"],
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) when neither the data nor the backbone fixes them: timm's ImageNet statistics for
+    timm models, OpenAI's CLIP statistics for open_clip. The one place nml knows these defaults."""
+    if library == "timm":
+        from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+    if library == "open_clip":
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        return tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
+    raise ValueError(f"library: expected 'timm' or 'open_clip', got {library!r}")
 
 
 def build_transform(
@@ -24,9 +41,10 @@ def build_transform(
     """PIL image -> normalised tensor. ``overrides`` go to timm's ``create_transform`` or to
     open_clip's ``image_transform`` (its ``aug_cfg`` for training)."""
     overrides = dict(overrides or {})
+    default_mean, default_std = default_normalization(library)
+    mean, std = tuple(mean or default_mean), tuple(std or default_std)
     if library == "timm":
-        from timm.data import create_transform  # noqa: PLC0415
-        from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: PLC0415
+        from timm.data import create_transform
 
         kw = {**(TIMM_TRAIN_DEFAULTS if train else TIMM_EVAL_DEFAULTS), **overrides}
         for k in ("scale", "ratio"):
@@ -35,18 +53,18 @@ def build_transform(
         return create_transform(
             input_size=image_size,
             is_training=train,
-            mean=tuple(mean or IMAGENET_DEFAULT_MEAN),
-            std=tuple(std or IMAGENET_DEFAULT_STD),
+            mean=mean,
+            std=std,
             **kw,
         )
     if library == "open_clip":
-        from open_clip.transform import image_transform  # noqa: PLC0415
+        from open_clip.transform import image_transform
 
         return image_transform(
             image_size,
             is_train=train,
-            mean=tuple(mean) if mean else None,
-            std=tuple(std) if std else None,
+            mean=mean,
+            std=std,
             aug_cfg=overrides if train and overrides else None,
         )
     raise ValueError(f"transform library: expected 'timm' or 'open_clip', got {library!r}")

@@ -91,7 +91,7 @@ class SpectrumAccumulator:
         self.count += other.count
 
     def _all_reduce(self, dim: int | None) -> None:
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return

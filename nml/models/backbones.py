@@ -1,9 +1,11 @@
 """The one backbone factory: pre-training, tuning, feature extraction and spectra all build here.
 
-A backbone is a timm model (by name), an open_clip model (by name, or by a custom model-config dict
-so that tiny CPU towers work), or an nml export (``nml export``). Weights come only from local
-files (a state dict, a timm/open_clip checkpoint, or an nml export directory): nothing is fetched
-from a hub. :meth:`Backbone.features` is the feature extractor used everywhere later:
+:func:`create_backbone` is the one public builder. A backbone is a timm model (by name), an open_clip
+model (by name, or by a custom model-config dict so that tiny CPU towers work), or an nml export
+(``nml export``). Weights come only from local files (a state dict, a timm/open_clip checkpoint, or
+an nml export directory): nothing is fetched from a hub. Methods are named for what they return:
+:meth:`Backbone.features` (the feature extractor used everywhere later) and :meth:`Backbone.logits`
+(timm classifiers):
 
 * timm: pooled pre-logits (``forward_head(forward_features(x), pre_logits=True)``), D =
   ``head_hidden_size`` (or ``num_features``);
@@ -40,26 +42,58 @@ class BackboneConfig:
 
 
 class Backbone(nn.Module):
-    """A built model plus what nml needs to know about it: ``features(x) -> (B, D)``."""
+    """A built model plus what nml needs to know about it.
 
-    def __init__(self, config: BackboneConfig, model: nn.Module):
+    ``features(x) -> (B, D)`` (also what calling the module returns), ``logits(x) -> (B, C)`` for
+    timm models with a classifier, ``preprocessing()`` the input it expects, and ``export_meta``
+    (the ``encoder.json`` of an export it was loaded from, else None).
+    """
+
+    def __init__(self, config: BackboneConfig, model: nn.Module, export_meta: dict | None = None):
         super().__init__()
-        self.config, self.model = config, model
+        self.config, self.model, self.export_meta = config, model, export_meta
         if config.library == "timm":
             self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
         else:
             self.feature_dim = int(model.visual.output_dim)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D): timm pooled pre-logits; open_clip ``encode_image`` (unnormalised)."""
         if self.config.library == "timm":
             return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
         return self.model.encode_image(images, normalize=False)
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C) class logits of a timm model built with ``num_classes`` > 0."""
+        if self.config.library != "timm" or not self.config.num_classes:
+            raise ValueError(
+                f"backbone {self.config.name!r} has no classifier head (library {self.config.library}, "
+                f"num_classes {self.config.num_classes}): use features()"
+            )
+        return self.model(images)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """timm: class logits (needs a head); open_clip: the image features."""
-        if self.config.library == "timm":
-            return self.model(images)
         return self.features(images)
+
+    def preprocessing(self) -> tuple[int | None, list | None, list | None]:
+        """(image size, mean, std) the backbone expects: an export's recorded training data, else the
+        architecture's defaults (timm ``pretrained_cfg``; open_clip its image size and the OpenAI
+        statistics)."""
+        if self.export_meta is not None:
+            return (
+                self.export_meta.get("image_size"),
+                self.export_meta.get("mean"),
+                self.export_meta.get("std"),
+            )
+        if self.config.library == "timm":
+            cfg = getattr(self.model, "pretrained_cfg", {}) or {}
+            size = cfg.get("input_size")
+            return (size[-1] if size else None), cfg.get("mean"), cfg.get("std")
+        from nml.data.transforms import default_normalization
+
+        mean, std = default_normalization("open_clip")
+        size = self.model.visual.image_size
+        return (size[0] if isinstance(size, tuple | list) else size), list(mean), list(std)
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights without the timm classifier head (what ``nml export`` writes)."""
@@ -70,14 +104,60 @@ class Backbone(nn.Module):
         return state
 
 
+def create_backbone(
+    spec: str | Path | dict | BackboneConfig, num_classes: int = 0, pretrained: str | Path | None = None
+) -> Backbone:
+    """The one backbone factory.
+
+    Args:
+        spec: An ``nml export`` directory; a dict ``{library, name, model_cfg, pretrained, kwargs}``
+            (``kwargs`` go to ``timm.create_model`` / the open_clip model); or a
+            :class:`BackboneConfig` (random init, as stored in checkpoints).
+        num_classes: timm classifier head (0: features only). Not for exports, which are encoders.
+        pretrained: Initial weights: a local state dict, checkpoint or export directory (overrides a
+            ``pretrained`` key of the dict).
+    """
+    if isinstance(spec, str | Path):
+        if num_classes or pretrained:
+            raise ValueError(
+                f"backbone {str(spec)!r}: an export is an encoder; num_classes/pretrained do not apply"
+            )
+        return _load_export(Path(spec))
+    if isinstance(spec, BackboneConfig):
+        config = spec if not num_classes else BackboneConfig(**{**spec.to_dict(), "num_classes": num_classes})
+    elif isinstance(spec, dict):
+        unknown = set(spec) - {"library", "name", "model_cfg", "pretrained", "kwargs"}
+        if unknown:
+            raise ValueError(
+                f"backbone: unknown keys {sorted(unknown)}; expected library, name, model_cfg, pretrained, kwargs"
+            )
+        library, name, model_cfg = spec.get("library", "timm"), spec.get("name"), spec.get("model_cfg")
+        if model_cfg is not None and library != "open_clip":
+            raise ValueError("backbone: model_cfg is for open_clip custom models")
+        if not name and model_cfg is None:
+            raise ValueError(f"backbone: give a model name (library {library})")
+        config = BackboneConfig(
+            library, name or "custom", model_cfg, num_classes, dict(spec.get("kwargs") or {})
+        )
+        pretrained = pretrained or spec.get("pretrained")
+    else:
+        raise TypeError(
+            f"backbone: expected an export directory, a dict or a BackboneConfig, got {type(spec).__name__}"
+        )
+    model = _instantiate(config)
+    if pretrained:
+        _load_into(model, load_state(pretrained), str(pretrained))
+    return Backbone(config, model)
+
+
 def _classifier_names(model: nn.Module) -> list[str]:
     names = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
     return [names] if isinstance(names, str) else list(names)
 
 
-def _build(config: BackboneConfig) -> nn.Module:
+def _instantiate(config: BackboneConfig) -> nn.Module:
     if config.library == "timm":
-        import timm  # noqa: PLC0415
+        import timm
 
         if config.name not in timm.list_models(config.name):
             raise ValueError(f"backbone: timm has no model {config.name!r} (see timm.list_models())")
@@ -85,8 +165,8 @@ def _build(config: BackboneConfig) -> nn.Module:
             config.name, pretrained=False, num_classes=config.num_classes, **config.kwargs
         )
     if config.library == "open_clip":
-        import open_clip  # noqa: PLC0415
-        from open_clip.model import CLIP  # noqa: PLC0415
+        import open_clip
+        from open_clip.model import CLIP
 
         if config.model_cfg is not None:
             return CLIP(**config.model_cfg, **config.kwargs)
@@ -137,81 +217,22 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     )
 
 
-def create_backbone(
-    library: Literal["timm", "open_clip"] = "timm",
-    name: str = "test_resnet",
-    model_cfg: dict | None = None,
-    num_classes: int = 0,
-    pretrained: str | None = None,
-    **kwargs,
-) -> Backbone:
-    """Build a backbone; ``pretrained`` is a local file or an nml export directory."""
-    if model_cfg is not None and library != "open_clip":
-        raise ValueError("backbone: model_cfg is for open_clip custom models")
-    config = BackboneConfig(
-        library, name if model_cfg is None else name or "custom", model_cfg, num_classes, kwargs
-    )
-    model = _build(config)
-    if pretrained:
-        _load_into(model, load_state(pretrained), str(pretrained))
-    return Backbone(config, model)
-
-
-def load_export(path: str | Path) -> tuple[Backbone, dict]:
-    """A backbone and its metadata from an ``nml export`` directory."""
-    d = Path(path)
+def _load_export(d: Path) -> Backbone:
+    """A backbone from an ``nml export`` directory, its ``encoder.json`` as ``export_meta``."""
     meta_path = d / EXPORT_META
     if not meta_path.is_file():
         raise FileNotFoundError(
-            f"{str(d)!r} is not an nml export: no {EXPORT_META} (write one with `nml export`)"
+            f"backbone {str(d)!r}: not an nml export directory (no {EXPORT_META}); export a checkpoint "
+            "with `nml export`, or give {library, name, pretrained: <local weights>}"
         )
     meta = json.loads(meta_path.read_text())
     cfg = meta["backbone"]
     config = BackboneConfig(cfg["library"], cfg["name"], cfg.get("model_cfg"), 0, cfg.get("kwargs") or {})
-    model = _build(config)
+    model = _instantiate(config)
     state = load_state(d / EXPORT_WEIGHTS)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k.split(".")[0] not in _classifier_names(model)]:
         raise ValueError(
             f"{d}: weights do not fit {cfg['name']} (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    return Backbone(config, model), meta
-
-
-def input_preprocessing(
-    backbone: Backbone, meta: dict | None = None
-) -> tuple[int | None, list | None, list | None]:
-    """(image size, mean, std) a backbone expects: an export's recorded training data, else the
-    architecture's defaults (timm ``pretrained_cfg``; open_clip the OpenAI statistics)."""
-    if meta is not None:
-        return meta.get("image_size"), meta.get("mean"), meta.get("std")
-    if backbone.config.library == "timm":
-        cfg = getattr(backbone.model, "pretrained_cfg", {}) or {}
-        size = cfg.get("input_size")
-        return (size[-1] if size else None), cfg.get("mean"), cfg.get("std")
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # noqa: PLC0415
-
-    size = backbone.model.visual.image_size
-    return (
-        (size[0] if isinstance(size, tuple | list) else size),
-        list(OPENAI_DATASET_MEAN),
-        list(OPENAI_DATASET_STD),
-    )
-
-
-def build_backbone(spec: str | dict) -> tuple[Backbone, dict | None]:
-    """A backbone from an export directory or a factory dict, plus the export's metadata."""
-    if isinstance(spec, str):
-        if not (Path(spec) / EXPORT_META).is_file():
-            raise FileNotFoundError(
-                f"backbone {spec!r}: not an nml export directory (no {EXPORT_META}); export a "
-                "checkpoint with `nml export`, or give {library, name, pretrained: <local weights>}"
-            )
-        return load_export(spec)
-    unknown = set(spec) - {"library", "name", "model_cfg", "pretrained", "kwargs"}
-    if unknown:
-        raise ValueError(
-            f"backbone: unknown keys {sorted(unknown)}; expected library, name, model_cfg, pretrained, kwargs"
-        )
-    spec = dict(spec)
-    return create_backbone(**{**spec.pop("kwargs", {}), **spec}, num_classes=0), None
+    return Backbone(config, model, meta)

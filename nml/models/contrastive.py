@@ -8,9 +8,12 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
+from nml.data.loading import EvalSuite, eval_suite
+from nml.data.modules import ImageTextShards
 from nml.models.backbones import create_backbone
-from nml.models.common import BackboneModule
-from nml.models.zeroshot import GLYPH_TEMPLATES, class_prompts, zeroshot_classifier
+from nml.models.base import BackboneModule
+from nml.models.zeroshot import zeroshot_classifier
+from nml.shards.manifest import EvalSet
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -18,7 +21,7 @@ MAX_LOGIT_SCALE = math.log(100.0)
 def clip_loss(rank: int, world_size: int):
     """The CLIP loss that scales: each rank scores its own rows against the gathered batch (local
     loss) with gradients flowing through the gather; targets are offset by ``rank * local batch``."""
-    from open_clip.loss import ClipLoss  # noqa: PLC0415
+    from open_clip.loss import ClipLoss
 
     return ClipLoss(
         local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world_size
@@ -31,7 +34,7 @@ class ContrastivePretraining(BackboneModule):
     Logs ``train/loss``, ``train/logit_scale`` (the temperature's inverse, ``exp``),
     ``train/retrieval_clean`` and ``train/retrieval_noisy`` (in-batch image->text top-1 on intact and
     on swapped pairs; on swapped pairs it measures how far the model fits the wrong captions), and
-    ``val/zeroshot_top1`` on labelled validation shards, classifying with class-name prompts.
+    ``val/zeroshot_top1`` on labelled validation shards, classifying with the data's class prompts.
 
     Args:
         model: open_clip model name (``RN50``, ``ViT-B-16`` ...), or a name for ``model_cfg``.
@@ -39,12 +42,16 @@ class ContrastivePretraining(BackboneModule):
         pretrained: Initial weights: a local file or an nml export directory (never a download).
         tokenizer: open_clip model name whose tokenizer builds the zero-shot prompts; must match
             the data module's.
-        zeroshot_templates: Prompt templates with ``{name}`` (e.g. "uppercase A") and ``{ch}``.
+        zeroshot_templates: Prompt templates filled with the data's per-class fields (``{name}``, and
+            ``{ch}`` on the glyph benchmark); None: the data's own templates (``_info.json``
+            ``prompts``), else ``"a photo of a {name}."``.
         num_classes: Classes of the labelled validation data (``nml fit`` links it from
             ``data.num_classes``, as for SupervisedPretraining); recorded, not needed: the zero-shot
             heads are built from the data module's class names.
         (optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile: see BackboneModule)
     """
+
+    val_metric = "val/zeroshot_top1"
 
     def __init__(
         self,
@@ -63,10 +70,11 @@ class ContrastivePretraining(BackboneModule):
     ):
         super().__init__(optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.backbone = create_backbone("open_clip", model, model_cfg=model_cfg, pretrained=pretrained)
-        self.templates = tuple(zeroshot_templates or GLYPH_TEMPLATES)
+        self.backbone = create_backbone(
+            {"library": "open_clip", "name": model, "model_cfg": model_cfg}, pretrained=pretrained
+        )
+        self.templates = list(zeroshot_templates) if zeroshot_templates else None
         self.loss_fn = None
-        self.val_top1: MulticlassAccuracy | None = None
         self._classifier: torch.Tensor | None = None
 
     @property
@@ -75,46 +83,47 @@ class ContrastivePretraining(BackboneModule):
 
     def setup(self, stage: str) -> None:
         self.loss_fn = clip_loss(self.trainer.global_rank, self.trainer.world_size)
-        dm = getattr(self.trainer, "datamodule", None)
-        ctx = getattr(dm, "context_length", None)
-        if ctx is not None and ctx != self.clip.context_length:
+        dm = self.data
+        if isinstance(dm, ImageTextShards) and dm.context_length not in (None, self.clip.context_length):
             raise ValueError(
-                f"data.context_length={ctx} but the model's text tower takes {self.clip.context_length} tokens: "
-                "set them equal"
+                f"data.context_length={dm.context_length} but the model's text tower takes "
+                f"{self.clip.context_length} tokens: set them equal"
             )
-        classes = getattr(dm, "classes", None)
-        if classes:
-            self.val_top1 = MulticlassAccuracy(len(classes), average="micro").to(self.device)
+        if dm is not None and dm.classes:
+            self.val_top1 = MulticlassAccuracy(len(dm.classes), average="micro").to(self.device)
         self.record_data()
         self.prepare_model()
         if stage == "test":
             self.setup_test_suite()
 
-    # -- zero-shot test sets -------------------------------------------------------------------
-    def can_test(self, set_index: int) -> bool:
-        return self.trainer.datamodule.set_classes(self.test_sets[set_index]) is not None
-
     def _tokenizer(self):
-        import open_clip  # noqa: PLC0415
+        import open_clip
 
         return open_clip.get_tokenizer(self.hparams.tokenizer, context_length=self.clip.context_length)
 
+    def _classifier_for(self, suite: EvalSuite, s: EvalSet | None) -> torch.Tensor:
+        """The zero-shot head of set ``s`` (None: the training data's classes), from the data's prompts."""
+        prompts = suite.set_prompts(s, self.templates)
+        return zeroshot_classifier(self.clip, self._tokenizer(), prompts, self.device)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(self.model_input(images), normalize=True)
+
+    # -- zero-shot test sets -------------------------------------------------------------------
+    def can_test(self, suite: EvalSuite, set_index: int) -> bool:
+        return suite.set_classes(self.test_sets[set_index]) is not None
+
     def on_test_epoch_start(self) -> None:
-        dm, tok = self.trainer.datamodule, self._tokenizer()
+        suite = eval_suite(self.trainer)
         self._test_classifiers = {
-            i: zeroshot_classifier(
-                self.clip, tok, class_prompts(dm.set_classes(s), self.templates), self.device
-            )
-            for i, s in enumerate(self.test_sets)
-            if i not in self._skipped
+            i: self._classifier_for(suite, s) for i, s in enumerate(self.test_sets) if i not in self._skipped
         }
 
     def test_logits(self, images: torch.Tensor, set_index: int) -> torch.Tensor:
-        image = self.clip.encode_image(self.images({"image": images}), normalize=True)
-        return image @ self._test_classifiers[set_index]
+        return self.encode_images(images) @ self._test_classifiers[set_index]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        image = self.clip.encode_image(self.images(batch), normalize=True)
+        image = self.encode_images(batch["image"])
         text = self.clip.encode_text(batch["text"], normalize=True)
         scale = self.clip.logit_scale.exp()
         loss = self.loss_fn(image, text, scale)
@@ -136,22 +145,13 @@ class ContrastivePretraining(BackboneModule):
 
     # -- zero-shot validation ------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        dm = self.data
         self._classifier = None
-        dm = getattr(self.trainer, "datamodule", None)
-        if self.val_top1 is None or not getattr(dm, "classes", None):
-            return
-        self._classifier = zeroshot_classifier(
-            self.clip, self._tokenizer(), class_prompts(dm.classes, self.templates), self.device
-        )
+        if self.val_top1 is not None and dm is not None and dm.classes:
+            self._classifier = self._classifier_for(dm, None)
 
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        valid = batch["valid"]
-        if self._classifier is None or not valid.any():
-            return
-        image = self.clip.encode_image(self.images(batch)[valid], normalize=True)
-        self.val_top1.update((image @ self._classifier).argmax(1), batch["clean_target"][valid])
+    def validating(self) -> bool:
+        return self._classifier is not None
 
-    def on_validation_epoch_end(self) -> None:
-        if self._classifier is not None:
-            self.log("val/zeroshot_top1", self.val_top1.compute(), prog_bar=True)
-            self.val_top1.reset()
+    def val_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_images(images) @ self._classifier

@@ -9,7 +9,7 @@ import torch
 
 from nml import __version__
 from nml.checksums import file_sha256
-from nml.models.backbones import EXPORT_META, EXPORT_WEIGHTS, Backbone, BackboneConfig, _build
+from nml.models.backbones import EXPORT_META, EXPORT_WEIGHTS, Backbone, BackboneConfig, create_backbone
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
@@ -24,17 +24,16 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
             f"{ckpt}: not an nml pre-training checkpoint (no 'nml' provenance entry); "
             "export checkpoints written by SupervisedPretraining or ContrastivePretraining"
         )
-    config = BackboneConfig(**info["backbone"])
-    model = _build(config)
+    backbone = create_backbone(BackboneConfig(**info["backbone"]))
     prefix = "backbone.model."
     weights = {
         k[len(prefix) :].replace("_orig_mod.", ""): v
         for k, v in state["state_dict"].items()
         if k.startswith(prefix)
     }
-    model.load_state_dict(weights)
+    backbone.model.load_state_dict(weights)
     return write_export(
-        Backbone(config, model),
+        backbone,
         out,
         data=info.get("data") or {},
         pretraining_classes=hp.get("num_classes"),

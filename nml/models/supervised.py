@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from nml.metrics.noisy import noise_split_counts
 from nml.models.backbones import create_backbone
-from nml.models.common import BackboneModule
+from nml.models.base import BackboneModule
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,13 @@ class SupervisedPretraining(BackboneModule):
         hp = self.hparams
         self.hparams["num_classes"] = num_classes
         self.backbone = create_backbone(
-            "timm", hp.model, num_classes=num_classes, pretrained=hp.pretrained, **(hp.model_kwargs or {})
+            {"library": "timm", "name": hp.model, "kwargs": hp.model_kwargs or {}},
+            num_classes=num_classes,
+            pretrained=hp.pretrained,
         )
         self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
         if hp.mixup or hp.cutmix:
-            from timm.data import Mixup  # noqa: PLC0415
+            from timm.data import Mixup
 
             self.mixup_fn = Mixup(
                 mixup_alpha=hp.mixup,
@@ -86,10 +88,10 @@ class SupervisedPretraining(BackboneModule):
 
     def setup(self, stage: str) -> None:
         if self.backbone is None:
-            dm = getattr(self.trainer, "datamodule", None)
-            if dm is None or getattr(dm, "num_classes", None) is None:
+            dm = self.data
+            if dm is None or dm.num_classes is None:
                 raise ValueError("SupervisedPretraining: num_classes not given and the data module has none")
-            from lightning.pytorch.callbacks import WeightAveraging  # noqa: PLC0415
+            from lightning.pytorch.callbacks import WeightAveraging
 
             if any(isinstance(c, WeightAveraging) for c in self.trainer.callbacks):
                 raise ValueError(
@@ -102,26 +104,24 @@ class SupervisedPretraining(BackboneModule):
         if stage == "test":
             self.setup_test_suite()
 
-    def can_test(self, set_index: int) -> bool:
-        n = self.trainer.datamodule.set_num_classes(self.test_sets[set_index])
-        return n == self.hparams.num_classes
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits."""
+        return self.backbone.logits(self.model_input(images))
+
+    def val_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self(images)
 
     def test_logits(self, images: torch.Tensor, set_index: int) -> torch.Tensor:
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.backbone(images)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
+        return self(images)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x, y = self.images(batch), batch["target"]
+        x, y = batch["image"], batch["target"]
         if self.mixup_fn is not None:
             x, soft = self.mixup_fn(x, y)
-            logits = self.backbone(x)
+            logits = self(x)
             loss = torch.sum(-soft * F.log_softmax(logits, dim=-1), dim=-1).mean()
         else:
-            logits = self.backbone(x)
+            logits = self(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         n = len(y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
@@ -132,13 +132,3 @@ class SupervisedPretraining(BackboneModule):
         self.log_fraction("train/noise_rate", c["noisy_total"], n)
         self.log_lr()
         return loss
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        valid = batch["valid"]
-        if valid.any():
-            logits = self.backbone(self.images(batch)[valid])
-            self.val_top1.update(logits.argmax(1), batch["clean_target"][valid])
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("val/top1", self.val_top1.compute(), prog_bar=True)  # states all-reduced once
-        self.val_top1.reset()

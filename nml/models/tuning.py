@@ -8,7 +8,7 @@ tunes on cached features (``FeatureShards``): the black-box path for embedding A
 * ``linear``: a linear head on the frozen feature f; one unaugmented view (the reference protocol).
 * ``mlp``: the NMTune head (``z = f + s * h(f)``, linear classifier on z), cross-entropy only.
 * ``nmtune``: the same head, two augmented views, ``CE(both views) + 1.0 * mse + 0.04 * cov +
-  0.001 * svd`` (:func:`nml.tuning.nmtune_regularizers`; ``../shared/reference/method.md`` §3).
+  0.001 * svd`` (:func:`nml.models.nmtune.nmtune_regularizers`; Chen et al., ICLR 2024).
 * ``finetune``: the whole encoder trains, a linear head on its output, and the regularisers act on
   the encoder output ``z``; the MSE anchor ``f1`` is the *pre-trained* encoder's feature of view 1
   (a frozen copy, kept out of the checkpoint).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import warnings
 from typing import Literal
 
 import torch
@@ -30,14 +29,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from nml.models.backbones import Backbone, build_backbone, input_preprocessing
-from nml.models.common import BackboneModule
-from nml.models.evaluation import batch_inputs
-from nml.tuning.nmtune import NMTuneHead, nmtune_regularizers
+from nml.data.loading import batch_inputs
+from nml.models.backbones import Backbone, create_backbone
+from nml.models.base import BackboneModule
+from nml.models.nmtune import NMTuneHead, nmtune_regularizers
 
 log = logging.getLogger(__name__)
-# the frozen backbone is in eval mode on purpose (BatchNorm statistics must not move)
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 Method = Literal["linear", "mlp", "nmtune", "finetune"]
 DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3, "nmtune": 1e-3, "finetune": 1e-4}
 DEFAULT_WEIGHT_DECAY = 1e-4
@@ -63,7 +60,7 @@ class DownstreamTuning(BackboneModule):
         optimizer: Optimizer callable (None: fused AdamW, lr 1e-2 linear / 1e-3 mlp, nmtune / 1e-4
             finetune, weight decay 1e-4).
         lr_scheduler: Scheduler callable stepped every step (None: cosine per step, ``warmup``).
-        warmup / min_lr_ratio / channels_last / compile: See :class:`~nml.models.common.BackboneModule`.
+        warmup / min_lr_ratio / channels_last / compile: See :class:`~nml.models.base.BackboneModule`.
     """
 
     def __init__(
@@ -106,7 +103,8 @@ class DownstreamTuning(BackboneModule):
         self.export_meta: dict | None = None
         self._anchor: list[Backbone] = []  # finetune's frozen pre-trained copy (not a submodule)
         if backbone is not None:
-            self.backbone, self.export_meta = build_backbone(backbone)
+            self.backbone = create_backbone(backbone)
+            self.export_meta = self.backbone.export_meta
             if method == "finetune":
                 if self.weights["mse"]:
                     self._anchor.append(_frozen(copy.deepcopy(self.backbone)))
@@ -142,28 +140,26 @@ class DownstreamTuning(BackboneModule):
         self.train_top1 = MulticlassAccuracy(num_classes, average="micro")
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
+        dm = self.data
         if self.head is None:
             dim = self.backbone.feature_dim if self.backbone is not None else None
-            dim = dim or self.hparams.feature_dim or getattr(dm, "feature_dim", None)
-            n = self.hparams.num_classes or getattr(dm, "num_classes", None)
+            dim = dim or self.hparams.feature_dim or (dm.feature_dim if dm is not None else None)
+            n = self.hparams.num_classes or (dm.num_classes if dm is not None else None)
             if dim is None or n is None:
                 raise ValueError(
                     "DownstreamTuning: feature_dim (without a backbone) and num_classes come from the data "
                     f"module when not given; got feature_dim={dim}, num_classes={n}"
                 )
             self._build_head(int(dim), int(n))
-        cached_dim = getattr(dm, "feature_dim", None)
+        cached_dim = dm.feature_dim if dm is not None else None
         if cached_dim is not None and int(cached_dim) != self.feature_dim:
             raise ValueError(
                 f"the data module's features have D={cached_dim}, but the head expects D={self.feature_dim} "
                 "(features from another backbone?)"
             )
-        if dm is not None and self.backbone is not None and hasattr(dm, "match_preprocessing"):
-            dm.match_preprocessing(
-                *input_preprocessing(self.backbone, self.export_meta), source=self.backbone.config.name
-            )
-        if stage == "fit" and dm is not None and hasattr(dm, "configure_views"):
+        if dm is not None and self.backbone is not None:
+            dm.match_preprocessing(*self.backbone.preprocessing(), source=self.backbone.config.name)
+        if stage == "fit" and dm is not None:
             dm.configure_views(self.views, augment=self.views > 1 or self.method != "linear")
         self.record_data()
         self.provenance["method"] = self.method
@@ -194,8 +190,7 @@ class DownstreamTuning(BackboneModule):
             raise ValueError(
                 f"DownstreamTuning without a backbone got images {tuple(inputs.shape)}, not features"
             )
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs = self.model_input(inputs)
         if self.method == "finetune":
             return self.backbone.features(inputs)
         with torch.no_grad():
@@ -252,19 +247,8 @@ class DownstreamTuning(BackboneModule):
         self.log_lr()
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        valid = batch["valid"]
-        if valid.any():
-            logits = self(batch_inputs(batch)[valid])
-            self.val_top1.update(logits.argmax(1), batch["clean_target"][valid])
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("val/top1", self.val_top1.compute(), prog_bar=True)
-        self.val_top1.reset()
-
-    def can_test(self, set_index: int) -> bool:
-        n = self.trainer.datamodule.set_num_classes(self.test_sets[set_index])
-        return n == self.hparams.num_classes
+    def val_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self(inputs)
 
     def test_logits(self, inputs: torch.Tensor, set_index: int) -> torch.Tensor:
         return self(inputs)

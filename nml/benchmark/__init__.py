@@ -1,0 +1,1 @@
+"""The embedded glyph benchmark, built only from data that ships in installed packages. Torch-free."""

@@ -1,0 +1,54 @@
+"""``TestReport``: after ``nml test``, a table of the ID/OOD metrics and ``metrics.json``.
+
+The table (one row per test set, then the group means) goes to the log on stderr; ``metrics.json``
+(``{"ckpt_path", "metrics"}``) is written next to the tested checkpoint (else into the log dir).
+The ``nml test`` command adds this callback when a config does not list it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from lightning.pytorch import Callback
+
+log = logging.getLogger(__name__)
+
+
+def test_metrics(trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("test/")}
+
+
+def format_test_table(metrics: dict[str, float]) -> str:
+    """A plain-text table: one row per test set, then one per group mean."""
+    rows = []
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 4 and parts[3] == "top1":
+            rows.append((parts[1], parts[2], value))
+    means = [(k.split("/")[1], v) for k, v in metrics.items() if k.endswith("/mean_top1")]
+    width = max([len(n) for _, n, _ in rows] + [len("dataset")])
+    lines = [f"{'group':<6} {'dataset':<{width}} {'top1':>7}", "-" * (width + 15)]
+    lines += [f"{g:<6} {n:<{width}} {100 * v:>6.2f}%" for g, n, v in rows]
+    lines += ["-" * (width + 15)] + [f"{g:<6} {'mean':<{width}} {100 * v:>6.2f}%" for g, v in means]
+    return "\n".join(lines)
+
+
+class TestReport(Callback):
+    """Writes ``metrics.json`` and logs the metrics table when a test run ends (global rank 0)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self) -> None:
+        self.report: dict | None = None
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        ckpt = trainer.ckpt_path
+        directory = Path(ckpt).parent if ckpt and Path(ckpt).is_file() else Path(trainer.log_dir or ".")
+        self.report = {"ckpt_path": ckpt, "metrics": test_metrics(trainer)}
+        if trainer.is_global_zero:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "metrics.json").write_text(json.dumps(self.report, indent=1) + "\n")
+            log.info("test metrics:\n%s", format_test_table(self.report["metrics"]))
+            log.info("wrote %s", directory / "metrics.json")

@@ -1,0 +1,1 @@
+"""The ``nml`` command: ``main`` (the entry point), ``lightning`` (LightningCLI) and ``commands``."""

@@ -1,0 +1,5 @@
+import sys
+
+from nml.cli.main import main
+
+sys.exit(main())

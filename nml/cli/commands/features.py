@@ -1,0 +1,105 @@
+"""``nml features``. Imports stay inside the function: this module is read for --help."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("nml.features")
+
+
+def features(
+    backbone: str | dict,
+    out: str,
+    data: str = "glyphs_heldout",
+    root: str | None = None,
+    views: int = 0,
+    batch_size: int = 256,
+    num_workers: int = 2,
+    seed: int = 0,
+    device: str = "auto",
+    limit: int | None = None,
+) -> dict:
+    """Extract frozen features of a downstream task's splits into a feature cache for FeatureShards.
+
+    Writes ``OUT/features.json`` and, per split (``train``, ``val``, ``test/<name>``),
+    ``features.npy`` (N, D; eval transform), ``labels.npy``, ``keys.txt`` and, for the training split
+    with ``--views K``, ``views.npy`` (N, K, D; augmented views). Tune on it with
+    ``nml fit --config tune_nmtune.yaml --data data/features.yaml --data.init_args.root OUT``.
+
+    Args:
+        backbone: An ``nml export`` directory, or a factory dict (JSON) {library, name, pretrained}.
+        out: Output directory.
+        data: A task of the benchmark at ``root`` (``glyphs_heldout``, ``mnist`` ...), or a YAML file
+            with a data module (a tune config's ``data:`` section, or class_path / init_args).
+        root: Benchmark directory for a task name (default: $NML_DATA or data/embedded).
+        views: Augmented views of the training split to store (0: eval transform only).
+        batch_size: Images per forward pass.
+        num_workers: Data loading workers.
+        seed: Seeds the augmented views.
+        device: ``cpu``, ``cuda``, ``cuda:1`` ... or ``auto``.
+        limit: At most this many samples per split (the first in shard order; default: all).
+    """
+    import torch
+
+    from nml.features.extract import extract_features
+    from nml.models.backbones import create_backbone
+
+    if views < 0:
+        raise ValueError(f"--views: expected >= 0, got {views}")
+    model = create_backbone(backbone)
+    meta = model.export_meta
+    dm = _data_module(data, root, batch_size, num_workers)
+    dm.match_preprocessing(*model.preprocessing(), source=model.config.name)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    provenance = (
+        {k: meta.get(k) for k in ("backbone", "noise", "weights_sha256", "checkpoint")}
+        | {"export": str(backbone)}
+        if meta is not None
+        else {"backbone": model.config.to_dict()}
+    )
+    result = extract_features(model, dm, out, views, seed, device, provenance, limit)
+    return {"out": out, "feature_dim": result["feature_dim"], "splits": result["splits"]}
+
+
+def _data_module(data: str, root: str | None, batch_size: int, num_workers: int):
+    """A ShardDataModule from a task name or a YAML with a data module."""
+    from pathlib import Path
+
+    from nml.data.modules import ClassificationShards, ShardDataModule
+
+    if not data.endswith((".yaml", ".yml")):
+        return ClassificationShards(
+            root=root,
+            task=data,
+            eval_batch_size=batch_size,
+            num_workers=num_workers,
+            persistent_workers=False,
+        )
+    import yaml
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    from nml.cli.main import resolve_config
+
+    path = resolve_config(data)
+    log.info("data module from %s", Path(path).resolve())
+    section = yaml.safe_load(Path(path).read_text()) or {}
+    section = section.get("data", section)
+    if not isinstance(section, dict) or "class_path" not in section:
+        raise ValueError(
+            f"{path}: expected a data module (class_path / init_args), or a config with a data: section"
+        )
+    init = dict(section.get("init_args") or {})
+    if root is not None:
+        init["root"] = root
+    init.update(eval_batch_size=batch_size, num_workers=num_workers, persistent_workers=False)
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    cfg = parser.parse_object({"data": {"class_path": section["class_path"], "init_args": init}})
+    dm = parser.instantiate_classes(cfg).data
+    if not isinstance(dm, ShardDataModule):
+        raise ValueError(
+            f"{path}: nml features reads image shards; {type(dm).__name__} is not a ShardDataModule"
+        )
+    return dm

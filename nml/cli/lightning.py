@@ -1,0 +1,58 @@
+"""LightningCLI entry for ``nml fit | validate | test | predict`` (subclass mode for model and data).
+
+Any ``LightningModule`` / ``LightningDataModule`` importable by class path can be named in a config
+(``model.class_path``, ``data.class_path``); nml's own modules and callbacks are used by their
+short names once imported. Configs are saved next to the logs, overwriting on re-runs.
+
+``nml test`` adds :class:`~nml.callbacks.test_report.TestReport` (table on stderr, ``metrics.json``
+next to the checkpoint) and prints the same metrics as JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+# imported so that configs can name nml's classes by their short names
+import nml.callbacks.spectrum
+import nml.data.modules
+import nml.features.datamodule
+import nml.models.contrastive
+import nml.models.supervised
+import nml.models.tuning  # noqa: F401
+from nml.callbacks.test_report import TestReport
+
+
+class NMLCLI(LightningCLI):
+    """LightningCLI with nml's defaults and the ``nml test`` report."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def before_test(self) -> None:
+        self.config_init[self.subcommand]["verbose"] = (
+            False  # our table instead of Lightning's (stdout is JSON)
+        )
+        if not any(isinstance(c, TestReport) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(TestReport())
+
+    def after_test(self) -> None:
+        report = next(c for c in self.trainer.callbacks if isinstance(c, TestReport)).report
+        if self.trainer.is_global_zero and report is not None:
+            json.dump(report, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+
+
+def run_lightning(argv: Sequence[str]) -> NMLCLI:
+    return NMLCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=list(argv),
+    )

@@ -1,0 +1,187 @@
+"""The ``nml`` command.
+
+``nml fit | validate | test | predict`` go to LightningCLI (subclass mode for model and data);
+everything else is a typed function exposed through jsonargparse, listed in ``COMMANDS``. Heavy
+imports (torch, lightning) happen only inside the command that needs them, so ``nml --help`` and
+``nml data --help`` stay fast.
+
+``--config NAME`` accepts a bare file name: when ``NAME`` is not a file in the working directory,
+it resolves to the configs shipped inside the package (``nml/configs``); so do ``.yaml`` values of
+``--data`` / ``--model`` / ``--trainer`` (``--data data/features.yaml``). The file used is logged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "Train a model (LightningCLI): nml fit --config pretrain_clip.yaml",
+    "validate": "Run one validation epoch (LightningCLI)",
+    "test": "Evaluate on the test suites (LightningCLI): nml test --config C --ckpt_path P",
+    "predict": "Run prediction (LightningCLI)",
+}
+
+# Plain subcommands: name -> "module:function", or group -> {name: "module:function"}. Each
+# function's signature and docstring become its options and help; the modules stay light (heavy
+# imports live inside the functions).
+COMMANDS: dict[str, str | dict[str, str]] = {
+    "data": {
+        "embedded": "nml.cli.commands.data:embedded",
+        "write": "nml.cli.commands.data:write",
+        "audit": "nml.cli.commands.data:audit",
+    },
+    "export": "nml.cli.commands.models:export",
+    "features": "nml.cli.commands.features:features",
+    "spectrum": "nml.cli.commands.spectrum:spectrum",
+}
+GROUP_HELP = {"data": "Build, write and inspect WebDataset shards"}
+
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
+log = logging.getLogger("nml")
+
+
+# Warnings that are expected by design, silenced here (the entry point), never at library import:
+# ShardLoader/FeatureLoader lengths are exact by construction; a frozen backbone stays in eval mode
+# on purpose (BatchNorm statistics must not move).
+EXPECTED_WARNINGS = (
+    r"Your `IterableDataset` has `__len__` defined",
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_nml", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[nml %(levelname)s] %(message)s"))
+        handler._nml = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def resolve_config(name: str) -> Path:
+    """A ``--config`` value as a path: the file itself if it exists, else a shipped config."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    candidates = [CONFIG_DIR / name] if (CONFIG_DIR / name).is_file() else sorted(CONFIG_DIR.rglob(p.name))
+    if len(candidates) == 1:
+        return candidates[0]
+    shipped = sorted(str(c.relative_to(CONFIG_DIR)) for c in CONFIG_DIR.rglob("*.yaml"))
+    if not candidates:
+        raise SystemExit(
+            f"nml: config {name!r} is neither a file here nor a shipped config; shipped: {', '.join(shipped)}"
+        )
+    raise SystemExit(
+        f"nml: config {name!r} is ambiguous among shipped configs: {', '.join(map(str, candidates))}"
+    )
+
+
+CONFIG_OPTIONS = ("--config", "--data", "--model", "--trainer")
+
+
+def _is_config_value(option: str, value: str) -> bool:
+    return option == "--config" or value.endswith((".yaml", ".yml"))
+
+
+def resolve_config_args(argv: Sequence[str]) -> list[str]:
+    """Rewrite ``--config X`` (and ``--data X.yaml``, ``--model X.yaml``, ``--trainer X.yaml``, in
+    both ``--opt X`` and ``--opt=X`` forms) so that bare names find the shipped configs."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in CONFIG_OPTIONS and i + 1 < len(argv) and _is_config_value(a, argv[i + 1]):
+            path = resolve_config(argv[i + 1])
+            log.info("using %s %s", a.lstrip("-"), path.resolve())
+            out += [a, str(path)]
+            i += 2
+            continue
+        option, _, value = a.partition("=")
+        if option in CONFIG_OPTIONS and value and _is_config_value(option, value):
+            path = resolve_config(value)
+            log.info("using %s %s", option.lstrip("-"), path.resolve())
+            out.append(f"{option}={path}")
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
+def _load(target: str) -> Callable:
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def build_parser(argv: Sequence[str] = ()):
+    """The jsonargparse parser. Only the function parsers on ``argv``'s path are built in full."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from nml import __version__
+
+    parser = ArgumentParser(
+        prog="nml", description="Noisy Model Learning with PyTorch Lightning", default_env=False
+    )
+    parser.add_argument("--version", action="version", version=f"nml {__version__}")
+    sub = parser.add_subcommands(required=True, dest="command")
+    for name, help_ in LIGHTNING_SUBCOMMANDS.items():
+        sub.add_subcommand(name, ArgumentParser(description=help_), help=help_)
+
+    def function_parser(path: list[str], target: str) -> ArgumentParser:
+        fn = _load(target)  # command modules import nothing heavy at module level
+        fp = ArgumentParser(
+            prog=f"nml {' '.join(path)}", description=(fn.__doc__ or "").strip().split("\n\n")[0]
+        )
+        if list(argv[: len(path)]) == path:  # only the invoked command is built in full
+            fp.add_argument("--config", action=ActionConfigFile, help="YAML with these options")
+            fp.add_function_arguments(fn, as_group=False)
+        return fp
+
+    for group, commands in COMMANDS.items():
+        if isinstance(commands, str):
+            fp = function_parser([group], commands)
+            sub.add_subcommand(group, fp, help=fp.description.split("\n")[0])
+            continue
+        gp = ArgumentParser(description=GROUP_HELP.get(group, ""))
+        sub.add_subcommand(group, gp, help=GROUP_HELP.get(group, ""))
+        gsub = gp.add_subcommands(required=True, dest="subcommand")
+        for cmd, target in commands.items():
+            fp = function_parser([group, cmd], target)
+            gsub.add_subcommand(cmd, fp, help=fp.description.split("\n")[0])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    for message in EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    argv = resolve_config_args(argv)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        from nml.cli.lightning import run_lightning
+
+        run_lightning(argv)
+        return 0
+    parser = build_parser(argv)
+    cfg = parser.instantiate_classes(parser.parse_args(argv))  # dataclass options -> instances
+    group = cfg.command
+    if isinstance(COMMANDS[group], str):
+        fn, args = _load(COMMANDS[group]), cfg[group]
+    else:
+        cmd = cfg[group].subcommand
+        fn, args = _load(COMMANDS[group][cmd]), cfg[group][cmd]
+    kwargs = {k: v for k, v in args.items(branches=True) if k not in ("config", "__path__")}
+    result = fn(**kwargs)
+    if result is not None:
+        json.dump(result, sys.stdout, indent=1, ensure_ascii=False)
+        sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

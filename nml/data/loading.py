@@ -1,0 +1,206 @@
+"""The seams between data and everything that consumes it.
+
+* :class:`ResumableLoader` -- the one implementation of Lightning's stateful-loader protocol, shared
+  by the shard loader (:class:`nml.data.pipeline.ShardLoader`) and the feature-cache loader
+  (:class:`nml.features.datamodule.FeatureLoader`): an exact ``len``, the epoch read when an
+  iterator is created, a rank-symmetric state ``{epoch, batches_done}`` over a deterministic stream
+  (so mid-epoch resume replays nothing and skips nothing), and evaluation padding: every rank yields
+  the same number of batches, the extra ones with an all-False ``valid`` mask.
+* :class:`EvalSuite` -- what evaluation, spectra and feature extraction need from a data module:
+  named validation / test sets, a loader per set, their label spaces and class names.
+  :class:`TrainingData` adds what the training modules ask of it. nml's shard modules and
+  :class:`~nml.features.datamodule.FeatureShards` implement both; consumers get the data module
+  through :func:`eval_suite` / :func:`training_data`, which name what is missing instead of
+  probing attributes.
+* The batch contract: every batch is a dict with ``valid`` (bool, padding rows False) and, for
+  classification, ``target`` (possibly noisy), ``clean_target`` and ``is_noisy``; inputs are
+  ``image`` (images) or ``feature`` (cached features) -- :func:`batch_inputs`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from nml.shards.manifest import EvalSet
+
+log = logging.getLogger(__name__)
+
+
+def batch_inputs(batch: dict) -> torch.Tensor:
+    """What a model consumes from a batch: cached ``feature`` rows, else ``image``."""
+    return batch["feature"] if "feature" in batch else batch["image"]
+
+
+def fit_progress(trainer) -> tuple[int, int]:
+    """(epoch, training batches processed in it): what a loader's resume state records."""
+    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+class ResumableLoader:
+    """Mixin: exact length, epoch, resume state and evaluation padding (see the module docstring).
+
+    A subclass calls :meth:`init_resumable` in ``__init__`` and, in ``__iter__``, gets
+    ``(epoch, batches to skip)`` from :meth:`begin_epoch`, then yields its (remaining) batches
+    through :meth:`counted`. ``epoch_fn`` returns the trainer's epoch when an iterator is created;
+    ``progress_fn`` returns ``(epoch, batches_done)`` for checkpoints (the trainer's processed-batch
+    count, which accounts for Lightning's prefetching). Without them the loader counts epochs
+    (:meth:`set_epoch`) and yielded batches itself.
+    """
+
+    def init_resumable(
+        self,
+        length: int,
+        train: bool,
+        epoch_fn: Callable[[], int] | None,
+        progress_fn: Callable[[], tuple[int, int]] | None,
+        settings: dict[str, Any],
+    ) -> None:
+        """``settings``: what the stream depends on besides the epoch (world size, workers, batch
+        size, seed), saved with the state so that a resume under other settings is reported."""
+        self._length, self.train = int(length), train
+        self.epoch_fn, self.progress_fn, self.settings = epoch_fn, progress_fn, dict(settings)
+        self.epoch, self._resume = 0, None
+        self._iter_epoch, self._done = 0, 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def begin_epoch(self) -> tuple[int, int]:
+        """(epoch, batches already done in it): a restored state applies to its own epoch only."""
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        skip = 0
+        if self._resume is not None and self.train:
+            if int(self._resume["epoch"]) == epoch:
+                skip = min(int(self._resume["batches_done"]), self._length)
+            self._resume = None
+        self._iter_epoch, self._done = epoch, skip
+        return epoch, skip
+
+    def counted(self, batches: Iterable[dict]) -> Iterator[dict]:
+        """Yield ``batches`` counting them; evaluation is padded to ``len`` with ``valid`` False."""
+        last = None
+        for batch in batches:
+            self._done += 1
+            last = batch
+            yield batch
+        if not self.train:
+            while self._done < self._length:
+                pad = self.padding_batch(last)
+                self._done += 1
+                yield pad
+
+    def padding_batch(self, last: dict | None) -> dict:
+        """A batch that counts for nothing: ``last`` with its ``valid`` mask all False."""
+        if last is None:
+            raise RuntimeError(f"{type(self).__name__}: no evaluation samples on this rank to pad from")
+        pad = dict(last)
+        pad["valid"] = torch.zeros_like(last["valid"])
+        return pad
+
+    # -- Lightning's stateful-loader protocol (rank 0's copy is saved: keep it rank-symmetric) ------
+    def state_dict(self) -> dict:
+        epoch, done = self.progress_fn() if self.progress_fn is not None else (self._iter_epoch, self._done)
+        return {"epoch": int(epoch), "batches_done": int(done), **self.settings}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, mine in self.settings.items():
+            if k in state and state[k] != mine:
+                log.warning(
+                    "resuming with %s=%s but the checkpoint's loader had %s=%s: the data stream differs, "
+                    "the %d batches done are skipped but the sample order is not the interrupted one",
+                    k,
+                    mine,
+                    k,
+                    state[k],
+                    state.get("batches_done", 0),
+                )
+        self._resume = dict(state)
+
+
+@runtime_checkable
+class EvalSuite(Protocol):
+    """What evaluation (ID/OOD test suites), spectra and feature extraction need from a data module."""
+
+    num_classes: int | None
+    classes: list[str] | None
+    val_sets: list[EvalSet]
+    test_sets: list[EvalSet]
+
+    def eval_loader(self, s: EvalSet, persistent: bool = False) -> Iterable[dict]:
+        """Every sample of ``s`` once across ranks, in batches with a ``valid`` mask."""
+        ...
+
+    def set_num_classes(self, s: EvalSet) -> int | None:
+        """Size of the label space of ``s`` (None: unknown)."""
+        ...
+
+    def set_classes(self, s: EvalSet) -> list[str] | None:
+        """Class names of ``s`` (None: unknown; zero-shot classification needs them)."""
+        ...
+
+    def set_prompts(self, s: EvalSet | None, templates: list[str] | None = None) -> list[list[str]] | None:
+        """Zero-shot prompts per class of ``s`` (None: the training data's classes): the data's own
+        templates and per-class fields (``_info.json``), ``templates`` instead of the data's if given;
+        None when the classes are unknown."""
+        ...
+
+    def describe(self) -> dict:
+        """What a model trained on this data saw (kept in checkpoints and exports)."""
+        ...
+
+
+@runtime_checkable
+class TrainingData(EvalSuite, Protocol):
+    """What nml's LightningModules ask of the data module they train on."""
+
+    feature_dim: int | None  # D of cached features; None when batches hold images
+
+    def configure_views(self, views: int, augment: bool) -> None:
+        """Training batches with ``views`` views per sample, augmented or with the eval transform
+        (settings given explicitly in the data config win)."""
+        ...
+
+    def match_preprocessing(self, image_size: int | None, mean, std, source: str) -> None:
+        """Adopt a backbone's input size and normalisation where the config left them unset."""
+        ...
+
+
+def eval_suite(trainer) -> EvalSuite:
+    """The trainer's data module as an :class:`EvalSuite`, or an error naming what it lacks."""
+    return _checked(trainer, EvalSuite)
+
+
+def training_data(trainer) -> TrainingData | None:
+    """The trainer's data module as :class:`TrainingData`; None when the trainer has none (a module
+    driven by hand); an error naming what is missing for any other data module."""
+    if getattr(trainer, "datamodule", None) is None:
+        return None
+    return _checked(trainer, TrainingData)
+
+
+def _protocol_members(protocol: type) -> set[str]:
+    names: set[str] = set()
+    for base in protocol.__mro__:
+        if base.__module__ == __name__:
+            names |= set(getattr(base, "__annotations__", {}))
+            names |= {k for k, v in vars(base).items() if callable(v) and not k.startswith("_")}
+    return names
+
+
+def _checked(trainer, protocol: type) -> Any:
+    dm = getattr(trainer, "datamodule", None)
+    if isinstance(dm, protocol):
+        return dm
+    members = [m for m in _protocol_members(protocol) if not hasattr(dm, m)] if dm is not None else []
+    raise TypeError(
+        f"nml needs a data module implementing {protocol.__name__} (nml's ClassificationShards, "
+        f"ImageTextShards or FeatureShards); got {type(dm).__name__}"
+        + (f", which lacks {sorted(members)}" if members else "")
+    )

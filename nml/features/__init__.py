@@ -1,0 +1,1 @@
+"""Frozen features: extraction, the on-disk cache, and a DataModule that tunes on it."""

@@ -1,0 +1,111 @@
+"""Frozen-feature extraction into a feature cache (``nml features``), read back by FeatureShards."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nml import __version__
+from nml.data.modules import ShardDataModule
+from nml.features.cache import CACHE_FORMAT, CACHE_META, FeatureSplit, write_split
+from nml.models.backbones import Backbone
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def _extract(
+    backbone: Backbone, loader, device: torch.device, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    feats, labels, keys = [], [], []
+    for batch in loader:
+        if limit is not None and len(keys) >= limit:
+            break
+        valid = batch["valid"]
+        if not valid.any():
+            continue
+        x = batch["image"][valid].to(device, non_blocking=True)
+        lead = x.shape[:-3]  # (B,) or (B, K)
+        f = backbone.features(x.flatten(0, len(lead) - 1)).float()
+        feats.append(f.view(*lead, f.shape[-1]).cpu().numpy())
+        labels.append(batch["clean_target"][valid].numpy())
+        keys += [k for k, v in zip(batch["key"], valid.tolist(), strict=True) if v]
+    n = len(keys) if limit is None else min(limit, len(keys))
+    return np.concatenate(feats)[:n], np.concatenate(labels)[:n], keys[:n]
+
+
+def extract_features(
+    backbone: Backbone,
+    dm: ShardDataModule,
+    out: str | Path,
+    views: int = 0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    provenance: dict | None = None,
+    limit: int | None = None,
+) -> dict:
+    """Write every split of ``dm`` (a ShardDataModule) as frozen features under ``out``.
+
+    All splits get the eval-transform features; with ``views`` K > 0 the training split also gets K
+    augmented views per sample (seeded per (seed, sample, view)), for NMTune's two-view loss.
+    ``limit``: at most this many samples per split (the first, in shard order).
+    """
+    out = Path(out)
+    device = torch.device(device)
+    backbone = backbone.to(device).eval()
+    splits: list[tuple[str, str, dict]] = []
+    if dm.train_spec:
+        splits.append(("train", dm.train_spec, {}))
+    if dm.val_spec:
+        splits.append(("val", dm.val_spec, {}))
+    for s in dm.test_sets:
+        splits.append((f"test/{s.name}", s.shards, {"group": s.group, "num_classes": dm.set_num_classes(s)}))
+    done: dict[str, tuple] = {}
+    info: dict[str, dict] = {}
+    for name, spec, extra in splits:
+        t0 = time.perf_counter()
+        if spec not in done:
+            done[spec] = _extract(backbone, dm.extraction_loader(spec), device, limit)
+        x, y, keys = done[spec]
+        views_arr = None
+        if name == "train" and views > 0:
+            v, y2, keys2 = _extract(backbone, dm.extraction_loader(spec, views, seed), device, limit)
+            if keys2 != keys or not np.array_equal(y, y2):
+                raise RuntimeError(f"{spec}: the augmented pass read the samples in another order")
+            views_arr = v
+        split = FeatureSplit(x, y, views_arr, keys, f"{out / name}")
+        write_split(out / name, split)
+        seconds = time.perf_counter() - t0
+        info[name] = {
+            "shards": spec,
+            "samples": len(split),
+            "views": split.num_views,
+            "seconds": round(seconds, 2),
+            **extra,
+        }
+        log.info("%s: %d samples (%d augmented views) in %.1f s", name, len(split), split.num_views, seconds)
+    meta = {
+        "format": CACHE_FORMAT,
+        "feature_dim": backbone.feature_dim,
+        "backbone": provenance or {"backbone": backbone.config.to_dict()},
+        "task": dm.task,
+        "root": str(dm.root),
+        "classes": dm.classes,
+        "num_classes": dm.num_classes,
+        "image_size": dm.input_size,
+        "mean": list(dm.mean) if dm.mean is not None else None,
+        "std": list(dm.std) if dm.std is not None else None,
+        "views": views,
+        "seed": seed,
+        "limit": limit,
+        "splits": info,
+        "nml_version": __version__,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CACHE_META).write_text(json.dumps(meta, indent=1) + "\n")
+    return meta

@@ -1,0 +1,204 @@
+"""``BackboneModule``: what nml's LightningModules (pre-training and tuning) share.
+
+* Optimiser and schedule (:mod:`nml.models.optim`), GPU switches (channels-last, ``torch.compile``),
+  throughput and lr logs.
+* The record of the backbone and data a model was trained on, kept in the checkpoint under
+  ``"nml"`` (not in ``hyper_parameters``, which LightningCLI feeds back into ``__init__``).
+* Validation: ``val/top1`` (or the subclass's ``val_metric``) of :meth:`val_logits` against clean
+  labels, one torchmetrics object, its states reduced across ranks once at epoch end.
+* ID/OOD evaluation on the data module's named test sets (:class:`~nml.data.loading.EvalSuite`):
+  one accuracy per set, logged as ``test/<group>/<name>/top1`` plus ``test/<group>/mean_top1``
+  (unweighted mean over the group's sets). Padding rows (``valid`` False) are ignored, so counts are
+  exact under DDP. Sets the model cannot classify (:meth:`can_test`) are skipped on every rank alike.
+
+A subclass sets ``self.backbone`` (a :class:`~nml.models.backbones.Backbone`, or None for tuning on
+cached features) and implements :meth:`val_logits` / :meth:`test_logits`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from nml.data.loading import EvalSuite, batch_inputs, eval_suite, training_data
+from nml.models.backbones import Backbone
+from nml.models.optim import param_groups, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+class BackboneModule(LightningModule):
+    """Base class (see the module docstring).
+
+    Args:
+        optimizer: Optimizer class or callable taking parameter groups; 1-D parameters (biases,
+            norms, logit_scale) get no weight decay.
+        lr_scheduler: Scheduler callable (stepped every optimizer step); None: linear warmup then
+            cosine to ``min_lr_ratio`` over the whole run.
+        warmup: Warmup of the default schedule: a fraction of the steps (< 1) or a step count.
+        min_lr_ratio: Final learning rate of the default schedule, relative to the initial one.
+        channels_last: Use the channels-last memory format (faster convolutions on GPU).
+        compile: ``torch.compile`` the model (GPU; slow to start on CPU).
+    """
+
+    val_metric = "val/top1"
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        warmup: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.optimizer_fn, self.lr_scheduler_fn = optimizer, lr_scheduler
+        self.warmup, self.min_lr_ratio = warmup, min_lr_ratio
+        self.channels_last, self.compile_model = channels_last, compile
+        self.backbone: Backbone | None = None
+        self.val_top1: MulticlassAccuracy | None = None
+        self._t_batch: float | None = None
+        self.provenance: dict = {}
+
+    # -- setup ---------------------------------------------------------------------------------
+    @property
+    def data(self):
+        """The trainer's data module as :class:`~nml.data.loading.TrainingData` (None without one)."""
+        return training_data(self.trainer) if self._trainer is not None else None
+
+    def record_data(self) -> None:
+        """Keep what the model was trained on in the checkpoint (read by ``nml export``)."""
+        dm = self.data
+        if dm is not None and self.trainer.state.fn == "fit":
+            self.provenance["data"] = dm.describe()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.backbone is not None:
+            self.provenance["backbone"] = self.backbone.config.to_dict()
+        checkpoint["nml"] = dict(self.provenance)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.provenance = {**checkpoint.get("nml", {}), **self.provenance}
+
+    def prepare_model(self) -> None:
+        """GPU switches, applied at the end of ``setup()`` (not ``configure_model``, which weight
+        averaging callbacks do not support)."""
+        if self.backbone is None:
+            return
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if self.compile_model and not hasattr(self.backbone.model, "_orig_mod"):
+            self.backbone.model = torch.compile(self.backbone.model)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.feature_dim
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the memory format the model runs in (channels-last when asked; features as they are)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def spectrum_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The features FeatureSpectrum analyses: the backbone's (pooled pre-logits / image embedding)."""
+        return self.backbone.features(self.model_input(inputs))
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_fn(param_groups(self))
+        if self.lr_scheduler_fn is not None:
+            scheduler = self.lr_scheduler_fn(optimizer)
+        else:
+            scheduler = warmup_cosine(
+                optimizer, self.trainer.estimated_stepping_batches, self.warmup, self.min_lr_ratio
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- logs ----------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._t_batch is not None and batch_idx > 0:
+            n = len(batch["valid"]) * self.trainer.world_size
+            self.log("train/samples_per_s", n / max(now - self._t_batch, 1e-9), on_step=True, on_epoch=False)
+        self._t_batch = now
+
+    def on_train_epoch_start(self) -> None:
+        self._t_batch = None
+
+    def log_lr(self) -> None:
+        opt = self.optimizers()
+        opt = opt.optimizer if hasattr(opt, "optimizer") else opt
+        self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def log_fraction(self, name: str, numerator: int, denominator: int) -> None:
+        """A per-step fraction whose epoch value is the exact mean over the epoch's samples."""
+        if denominator > 0:
+            self.log(name, numerator / denominator, on_step=True, on_epoch=True, batch_size=denominator)
+
+    # -- validation ----------------------------------------------------------------------------
+    def val_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of validation inputs (images or cached features)."""
+        raise NotImplementedError
+
+    def validating(self) -> bool:
+        """Whether this validation epoch measures anything (the same on every rank)."""
+        return self.val_top1 is not None
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        valid = batch["valid"]
+        if self.validating() and valid.any():
+            logits = self.val_logits(batch_inputs(batch)[valid])
+            self.val_top1.update(logits.argmax(1), batch["clean_target"][valid])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.validating():
+            self.log(self.val_metric, self.val_top1.compute(), prog_bar=True)  # states all-reduced once
+            self.val_top1.reset()
+
+    # -- ID/OOD test suites --------------------------------------------------------------------
+    def can_test(self, suite: EvalSuite, set_index: int) -> bool:
+        """Whether the model can classify test set ``set_index`` (default: a classifier whose
+        class count equals the set's)."""
+        return suite.set_num_classes(self.test_sets[set_index]) == self.hparams.get("num_classes")
+
+    def test_logits(self, inputs: torch.Tensor, set_index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def setup_test_suite(self) -> None:
+        suite = eval_suite(self.trainer)
+        self.test_sets = list(suite.test_sets)
+        metrics = []
+        for s in self.test_sets:
+            n = suite.set_num_classes(s)
+            if n is None:
+                raise ValueError(f"test set {s.name!r}: number of classes unknown (set num_classes)")
+            metrics.append(MulticlassAccuracy(n, average="micro"))
+        self.test_top1 = nn.ModuleList(metrics).to(self.device)
+        self._skipped = {i for i in range(len(self.test_sets)) if not self.can_test(suite, i)}
+        for i in sorted(self._skipped):
+            log.warning("test set %r skipped: the model cannot classify its labels", self.test_sets[i].name)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        valid = batch["valid"]
+        if not valid.any() or dataloader_idx in self._skipped:
+            return
+        logits = self.test_logits(batch_inputs(batch)[valid], dataloader_idx)
+        self.test_top1[dataloader_idx].update(logits.argmax(1), batch["clean_target"][valid])
+
+    def on_test_epoch_end(self) -> None:
+        groups: dict[str, list[torch.Tensor]] = {}
+        for i, (s, metric) in enumerate(zip(self.test_sets, self.test_top1, strict=True)):
+            if i in self._skipped:
+                continue
+            value = metric.compute()
+            metric.reset()
+            self.log(f"test/{s.group}/{s.name}/top1", value, add_dataloader_idx=False)
+            groups.setdefault(s.group, []).append(value)
+        for group, values in groups.items():
+            self.log(f"test/{group}/mean_top1", torch.stack(values).mean(), add_dataloader_idx=False)

@@ -1,0 +1,1 @@
+"""Label and caption noise, fixed per sample. Torch-free."""

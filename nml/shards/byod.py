@@ -1,0 +1,184 @@
+"""Bring your own data: ImageFolder trees and caption tables to WebDataset shards.
+
+* ``write_imagefolder``: ``root/<class>/<image>`` -> timm-style classification shards
+  (``jpg`` + ``cls`` + ``json``) with ``_info.json`` (class names) and ``sizes.json``.
+* ``write_captions``: a CSV/TSV of (image path, caption) -> img2dataset-style image-text shards
+  (``jpg`` + ``txt`` + ``json``) with ``sizes.json`` and ``_info.json``.
+
+Keys are sequential numbers (never dots); the original path is kept in the ``json`` member.
+Missing or unreadable images are skipped with a warning and counted, or raise with ``strict``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from nml.shards.writer import ShardWriter, shard_spec, write_index_files
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class ImageError(RuntimeError):
+    pass
+
+
+def jpeg_bytes(path: Path, quality: int = 95) -> bytes:
+    """The image as JPEG bytes: JPEG files verbatim (after a full decode check), others re-encoded."""
+    if not path.is_file():
+        raise ImageError(f"{path}: file not found")
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.format == "JPEG" and im.mode in ("RGB", "L"):
+                return data
+            im = im.convert("RGB") if im.mode not in ("RGB", "L") else im
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=quality)
+            return buf.getvalue()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: cannot decode image ({e})") from e
+
+
+def _write(samples, out: Path, prefix: str, shard_size: int, strict: bool, progress: bool, total: int):
+    from tqdm import tqdm
+
+    skipped: list[str] = []
+    with ShardWriter(out / f"{prefix}-%06d.tar", shard_size) as w:
+        index = 0
+        for path, fields in tqdm(
+            samples,
+            total=total,
+            desc=f"nml data write {prefix}",
+            unit="img",
+            disable=not progress,
+            file=sys.stderr,
+            mininterval=1.0,
+        ):
+            try:
+                jpg = jpeg_bytes(path)
+            except ImageError as e:
+                if strict:
+                    raise ImageError(
+                        f"{e} (--strict: stopping; without it the image is skipped and counted)"
+                    ) from e
+                log.warning("skipping %s", e)
+                skipped.append(str(path))
+                continue
+            w.write({"__key__": f"{index:09d}", "jpg": jpg, **fields})
+            index += 1
+    if skipped:
+        log.warning(
+            "skipped %d of %d images (missing or unreadable); first: %s", len(skipped), total, skipped[0]
+        )
+    if not w.shards:
+        raise ImageError(f"no readable images: all {total} were skipped")
+    return w.shards, skipped
+
+
+def write_imagefolder(
+    root: str | Path,
+    out: str | Path,
+    shard_size: int = 1000,
+    prefix: str = "train",
+    seed: int | None = 0,
+    strict: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write an ImageFolder tree as classification shards; classes are the sorted folder names.
+
+    Samples are written in a seeded random order (``seed=None`` keeps (class, file) order) so that
+    shards mix classes, as streaming with a bounded shuffle buffer needs.
+    """
+    root, out = Path(root), Path(out)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise SystemExit(
+            f"nml data write: {root} is not an ImageFolder tree (expected root/<class>/<image> folders)"
+        )
+    items = [
+        (p, c)
+        for c, name in enumerate(classes)
+        for p in sorted((root / name).rglob("*"))
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not items:
+        raise SystemExit(f"nml data write: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    if seed is not None:
+        items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+    samples = (
+        (p, {"cls": c, "json": {"path": str(p.relative_to(root)), "class_name": classes[c]}})
+        for p, c in items
+    )
+    shards, skipped = _write(samples, out, prefix, shard_size, strict, progress, len(items))
+    write_index_files(out, {prefix: shards}, root.name, {"num_classes": len(classes), "classes": classes})
+    return _summary(out, prefix, shards, skipped, num_classes=len(classes))
+
+
+def write_captions(
+    table: str | Path,
+    out: str | Path,
+    shard_size: int = 1000,
+    prefix: str = "train",
+    image_column: str = "image",
+    caption_column: str = "caption",
+    strict: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write a CSV/TSV of (image path, caption) as image-text shards; paths are relative to the table."""
+    table, out = Path(table), Path(out)
+    delimiter = "\t" if table.suffix.lower() in (".tsv", ".tab") else ","
+    with open(table, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        columns = reader.fieldnames or []
+        for col in (image_column, caption_column):
+            if col not in columns:
+                raise SystemExit(
+                    f"nml data write: {table} has no column {col!r} (columns: {columns}); "
+                    "set --image_column / --caption_column"
+                )
+        rows = list(reader)
+    empty = [i + 2 for i, r in enumerate(rows) if not (r[caption_column] or "").strip()]
+    if empty:
+        msg = f"{table}: {len(empty)} rows with an empty caption (first at line {empty[0]})"
+        if strict:
+            raise SystemExit(f"nml data write: {msg}")
+        log.warning("skipping %s", msg)
+    rows = [r for r in rows if (r[caption_column] or "").strip()]
+    base = table.parent
+    samples = (
+        (
+            base / r[image_column],
+            {
+                "txt": r[caption_column].strip(),
+                "json": {
+                    **{k: v for k, v in r.items() if k != caption_column},
+                    "caption": r[caption_column].strip(),
+                },
+            },
+        )
+        for r in rows
+    )
+    shards, skipped = _write(samples, out, prefix, shard_size, strict, progress, len(rows))
+    write_index_files(out, {prefix: shards}, table.stem)
+    return _summary(out, prefix, shards, skipped, skipped_empty_captions=len(empty))
+
+
+def _summary(out: Path, prefix: str, shards, skipped, **extra) -> dict:
+    return {
+        "out": str(out),
+        "shards": shard_spec(shards),
+        "num_shards": len(shards),
+        "samples": sum(n for _, n in shards),
+        "skipped": len(skipped),
+        **extra,
+    }

@@ -1,0 +1,158 @@
+"""The benchmark manifest and the ``_info.json`` beside shards: one schema, read and written here.
+
+``manifest.json`` (written by ``nml data embedded``) names datasets (splits as shard specs, classes),
+the pre-training corpus and the downstream tasks (train / val / test sets and their group: ``id``
+when train and test share a distribution, ``ood`` when they do not). Shard specs inside it are
+relative to the manifest's directory; :func:`task_sets` returns them rebased onto it, so callers
+never join paths themselves (see the path rule in :mod:`nml.shards.spec`).
+
+``_info.json`` (timm style, beside a dataset's shards) holds ``classes`` (or only
+``num_classes``), the shard sizes, and optionally ``prompts``: what a CLIP model needs for zero-shot
+classification, so that models need no knowledge of the data::
+
+    "prompts": {"templates": ["a printed {name}", ...],
+                "classes": [[{"name": "digit 0", "ch": "0"}, {"name": "uppercase O", "ch": "O"}], ...]}
+
+Each class lists the fields its members fill the templates with; the class's prompts are every
+template formatted with every member. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from nml.shards.spec import local_directory, rebase_spec
+
+MANIFEST = "manifest.json"
+INFO = "_info.json"
+DEFAULT_ROOT = "data/embedded"
+# Zero-shot prompts when the data has class names but no prompts of its own (CLIP's plainest template).
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {name}.",)
+
+
+@dataclass
+class EvalSet:
+    """A named evaluation set: ``group`` is ``id`` (same distribution as tuning) or ``ood``."""
+
+    name: str
+    shards: str
+    group: Literal["id", "ood"] = "id"
+    num_classes: int | None = None
+
+
+def default_root() -> str:
+    """Where the benchmark lives unless ``data.root`` says otherwise: ``$NML_DATA`` or data/embedded."""
+    return os.environ.get("NML_DATA", DEFAULT_ROOT)
+
+
+def load_manifest(root: str | Path) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no benchmark manifest at {str(path)!r}: build the embedded benchmark with "
+            f"`nml data embedded --out {root}` (or `bash tools/quickstart.sh`), point data.root at it "
+            "(or set $NML_DATA), or give data.train / data.val / data.test shard specs"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_manifest(root: str | Path, manifest: dict) -> Path:
+    path = Path(root) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
+def task_names(manifest: dict) -> list[str]:
+    return ["pretraining", *(t["name"] for t in manifest["tasks"])]
+
+
+def task_sets(manifest: dict, task: str, root: str | Path) -> dict[str, Any]:
+    """train / val / test sets and classes of a manifest task (``pretraining`` included); shard
+    specs rebased onto ``root`` (the manifest's directory).
+
+    A downstream task's test suite also holds the test sets of every other task trained on the same
+    split (ID + OOD suites of one head); pre-training gets every test set over its classes."""
+    datasets, tasks = manifest["datasets"], {t["name"]: t for t in manifest["tasks"]}
+
+    def rebased(spec: str) -> str:
+        return rebase_spec(spec, root)
+
+    if task == "pretraining":
+        pre = manifest["pretraining"]
+        classes = datasets[pre["data"]]["classes"]
+        tests, seen = [], set()
+        for t in manifest["tasks"]:
+            if datasets[t["data"]]["classes"] != classes:
+                continue
+            for name, spec in t["test"].items():
+                if spec not in seen:
+                    seen.add(spec)
+                    tests.append(EvalSet(name, rebased(spec), t["group"], len(classes)))
+        return {"train": rebased(pre["train"]), "val": rebased(pre["val"]), "test": tests, "classes": classes}
+    if task not in tasks:
+        raise ValueError(
+            f"task {task!r} is not in the benchmark manifest; expected one of {task_names(manifest)}"
+        )
+    t = tasks[task]
+    classes = datasets[t["data"]]["classes"]
+    tests = [EvalSet(n, rebased(s), t["group"], t["num_classes"]) for n, s in t["test"].items()]
+    names = {s.name for s in tests}
+    for other in manifest["tasks"]:
+        if other["name"] != task and other["train"] == t["train"]:
+            for n, spec in other["test"].items():
+                if n not in names:
+                    names.add(n)
+                    tests.append(EvalSet(n, rebased(spec), other["group"], other["num_classes"]))
+    return {"train": rebased(t["train"]), "val": rebased(t["val"]), "test": tests, "classes": classes}
+
+
+# -- _info.json -------------------------------------------------------------------------------------
+def read_info(spec: str) -> dict | None:
+    """The ``_info.json`` beside the first shard of ``spec`` (a dict), or None if there is none."""
+    directory = local_directory(spec)
+    info = directory / INFO if directory is not None else None
+    if info is None or not info.is_file():
+        return None
+    try:
+        data = json.loads(info.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{info}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{info}: not a timm _info.json (expected a JSON object)")
+    return data
+
+
+def info_classes(spec: str) -> list[str] | None:
+    """Class names from the ``_info.json`` beside the shards of ``spec``, if it lists them."""
+    classes = (read_info(spec) or {}).get("classes")
+    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
+def prompt_fields(info: dict | None, classes: list[str]) -> tuple[tuple[str, ...], list[list[dict]]]:
+    """(templates, per-class template fields) for zero-shot prompts: the data's own ``prompts`` when
+    ``info`` has them for these classes, else :data:`DEFAULT_TEMPLATES` with each class name."""
+    prompts = (info or {}).get("prompts")
+    if isinstance(prompts, dict) and len(prompts.get("classes") or []) == len(classes):
+        return tuple(prompts["templates"]), [list(c) for c in prompts["classes"]]
+    return DEFAULT_TEMPLATES, [[{"name": c}] for c in classes]
+
+
+def class_prompts(templates: tuple[str, ...] | list[str], fields: list[list[dict]]) -> list[list[str]]:
+    """Prompts per class: every template filled with every member's fields."""
+    out = []
+    for c, members in enumerate(fields):
+        try:
+            out.append([t.format(**f) for t in templates for f in members])
+        except (KeyError, IndexError) as e:
+            raise ValueError(
+                f"zero-shot prompt templates {list(templates)} use a field {e} that class {c} does not have "
+                f"(its fields: {sorted({k for f in members for k in f})})"
+            ) from None
+    return out

@@ -1,0 +1,129 @@
+"""Which members of a WebDataset sample nml reads, and how (never by unpickling).
+
+Only image (``jpg;png;jpeg;webp`` or as configured), ``cls`` (an integer), text (``txt``) and
+``json`` members are ever parsed; every other member (``.pth``, ``.pyd``, ``.pickle`` ...) is
+dropped unread. Format errors (a dotted key, a missing member, a label that is not an integer in
+``[0, num_classes)``) raise :class:`ShardFormatError` naming the shard and sample; an undecodable
+image is reported separately (:class:`BadImage`) so the pipeline can skip and count it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+
+class ShardFormatError(ValueError):
+    """A sample that does not match what the pipeline was told to read."""
+
+
+class BadImage(ValueError):
+    """An image member that PIL cannot decode."""
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """What to read from each sample.
+
+    Args:
+        image_keys: Image member extensions to try, in order, ';'-separated.
+        label_key: Member with the integer class (None: no labels).
+        num_classes: Labels must be in [0, num_classes) (None: unchecked).
+        caption_key: Member with the caption: an extension (``txt``) or ``json:<field>`` (None: none).
+        require_caption: Missing captions are an error (else the sample has no caption).
+    """
+
+    image_keys: str = "jpg;png;jpeg;webp"
+    label_key: str | None = "cls"
+    num_classes: int | None = None
+    caption_key: str | None = None
+    require_caption: bool = False
+
+    @property
+    def image_exts(self) -> list[str]:
+        return [e.strip().lower() for e in self.image_keys.split(";") if e.strip()]
+
+
+def _where(raw: dict) -> str:
+    return f"shard {raw.get('__url__', '?')!r}, sample {raw.get('__key__', '?')!r}"
+
+
+def parse_sample(raw: dict, spec: MemberSpec, index: int) -> dict:
+    """The record nml works with: key, url, index in shard, image bytes, clean label, caption."""
+    dotted = [k for k in raw if not k.startswith("__") and "." in k]
+    if dotted:
+        raise ShardFormatError(
+            f"{_where(raw)}: member {raw['__key__']}.{dotted[0]} suggests a sample key with a dot "
+            f"({raw['__key__']}.{dotted[0].rsplit('.', 1)[0]!r}); webdataset splits names at the first "
+            "dot, so keys must not contain dots (rewrite the shards, e.g. with `nml data write`)"
+        )
+    rec = {"__key__": raw["__key__"], "__url__": raw.get("__url__", ""), "__index__": index}
+    for ext in spec.image_exts:
+        if ext in raw:
+            rec["image"] = raw[ext]
+            break
+    else:
+        members = sorted(k for k in raw if not k.startswith("__"))
+        raise ShardFormatError(
+            f"{_where(raw)}: no image member (looked for {spec.image_keys!r}; found {members})"
+        )
+    if spec.label_key is not None:
+        rec["cls"] = parse_label(raw, spec)
+    if spec.caption_key is not None:
+        cap = parse_caption(raw, spec.caption_key)
+        if cap is None and spec.require_caption:
+            members = sorted(k for k in raw if not k.startswith("__"))
+            raise ShardFormatError(f"{_where(raw)}: missing caption {spec.caption_key!r} (found {members})")
+        if cap is not None:
+            rec["caption"] = cap
+    return rec
+
+
+def parse_label(raw: dict, spec: MemberSpec) -> int:
+    if spec.label_key not in raw:
+        members = sorted(k for k in raw if not k.startswith("__"))
+        raise ShardFormatError(f"{_where(raw)}: missing label member {spec.label_key!r} (found {members})")
+    value = raw[spec.label_key]
+    text = value.decode("utf-8", "replace").strip() if isinstance(value, bytes) else str(value).strip()
+    try:
+        c = int(text)
+    except ValueError:
+        raise ShardFormatError(
+            f"{_where(raw)}: .{spec.label_key} must be an integer class index, got {text[:40]!r}"
+        ) from None
+    if c < 0 or (spec.num_classes is not None and c >= spec.num_classes):
+        raise ShardFormatError(
+            f"{_where(raw)}: .{spec.label_key} = {c} is outside [0, {spec.num_classes}) "
+            "(num_classes comes from the data module / _info.json)"
+        )
+    return c
+
+
+def parse_caption(raw: dict, caption_key: str) -> str | None:
+    if caption_key.startswith("json:"):
+        field = caption_key[5:]
+        if "json" not in raw:
+            return None
+        try:
+            meta = json.loads(raw["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ShardFormatError(f"{_where(raw)}: .json member is not valid JSON ({e})") from None
+        value = meta.get(field) if isinstance(meta, dict) else None
+        return value if isinstance(value, str) and value.strip() else None
+    if caption_key not in raw:
+        return None
+    text = raw[caption_key].decode("utf-8", "replace").strip()
+    return text or None
+
+
+def decode_image(data: bytes, where: str = ""):
+    """PIL RGB image from encoded bytes; :class:`BadImage` if it cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise BadImage(f"{where}: cannot decode image ({type(e).__name__}: {e})") from None

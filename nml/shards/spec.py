@@ -1,0 +1,212 @@
+"""Shard specs, shard sizes and which reader gets which shard.
+
+A spec is one or more sources joined by ``::``, each a brace pattern
+(``glyphs/train-{000000..000020}.tar``). URLs (``http://``, ``s3://``, ``pipe:``...) are passed to
+webdataset's ``gopen`` as they are.
+
+The path rule (one for every path option of nml): a path you type, on the command line or in a
+config, is relative to the working directory; a path stored inside a file nml wrote (the shard
+specs of ``manifest.json``, the splits of ``features.json``) is relative to that file's directory
+and is rebased onto it when read (:func:`rebase_spec`).
+
+Sizes come from ``sizes.json`` (open_clip: basename -> count) or ``_info.json`` (timm: splits with
+filenames and shard lengths) beside the shards; local shards without either are counted by
+scanning their tar headers (logged).
+
+Readers are identified by a global worker id ``rank * num_workers + worker``. Training splits whole
+shards, shuffled by ``(seed, epoch)``, round-robin over readers; evaluation splits ``(shard, slot)``
+units so that every sample is read by exactly one reader even with fewer shards than readers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tarfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import braceexpand
+
+from nml.seeding import named_rng
+
+log = logging.getLogger(__name__)
+_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
+@dataclass(frozen=True)
+class Shard:
+    url: str  # local path or URL, as given to gopen
+    size: int  # samples in the shard
+    source: int = 0  # index of the '::' source it came from
+
+
+def is_local(url: str) -> bool:
+    return not _URL_RE.match(url) or url.startswith("file:")
+
+
+def _local_path(url: str) -> Path:
+    return Path(url[5:] if url.startswith("file:") else url)
+
+
+def rebase_spec(spec: str, base: str | Path) -> str:
+    """``spec`` with each relative local source joined onto ``base`` (URLs and absolute paths kept)."""
+    parts = []
+    for part in str(spec).split("::"):
+        part = part.strip()
+        if is_local(part) and not _local_path(part).is_absolute():
+            part = str(Path(base) / _local_path(part))
+        parts.append(part)
+    return "::".join(parts)
+
+
+def local_directory(spec: str) -> Path | None:
+    """The directory of the first source of ``spec`` if it is local (where its index files live)."""
+    first = str(spec).split("::")[0].strip()
+    return _local_path(first).parent if is_local(first) else None
+
+
+def expand_spec(spec: str) -> list[list[str]]:
+    """The shard URLs of each ``::``-separated source of ``spec``; local shards must exist."""
+    if spec is None or not str(spec).strip():
+        raise ValueError("empty shard spec: expected e.g. 'glyphs/train-{000000..000020}.tar'")
+    sources, missing = [], []
+    for part in str(spec).split("::"):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"shard spec {spec!r} has an empty source between '::' separators")
+        urls = []
+        for url in braceexpand.braceexpand(part):
+            if is_local(url):
+                p = _local_path(url)
+                if not p.is_file():
+                    missing.append(str(p))
+                url = str(p)
+            urls.append(url)
+        sources.append(urls)
+    if missing:
+        shown = "\n  ".join(missing[:10]) + (
+            f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        )
+        raise FileNotFoundError(
+            f"shard spec {spec!r}: {len(missing)} shard file(s) missing (relative paths are relative to the "
+            f"working directory, {str(Path.cwd())!r}):\n  {shown}"
+        )
+    return sources
+
+
+def _index_sizes(directory: str) -> dict[str, int]:
+    """Basename -> sample count from ``sizes.json`` or ``_info.json`` in ``directory`` (may be empty)."""
+    stamps = tuple(
+        (p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+        for p in (Path(directory) / "_info.json", Path(directory) / "sizes.json")
+    )
+    return _read_index_sizes(directory, stamps)
+
+
+@lru_cache(maxsize=256)
+def _read_index_sizes(directory: str, stamps: tuple) -> dict[str, int]:
+    d = Path(directory)
+    sizes: dict[str, int] = {}
+    info = d / "_info.json"
+    if info.is_file():
+        try:
+            for split in json.loads(info.read_text()).get("splits", {}).values():
+                sizes.update(zip(split.get("filenames", []), split.get("shard_lengths", []), strict=False))
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ValueError(f"{info}: not a timm _info.json ({e})") from e
+    sj = d / "sizes.json"
+    if sj.is_file():
+        try:
+            sizes.update({k: int(v) for k, v in json.loads(sj.read_text()).items()})
+        except (json.JSONDecodeError, AttributeError, ValueError) as e:
+            raise ValueError(f"{sj}: expected a JSON object of shard basename -> sample count ({e})") from e
+    return sizes
+
+
+def count_tar_samples(path: str | Path) -> int:
+    """Samples (distinct keys, as webdataset groups them) in a local tar, reading headers only."""
+    keys, last = 0, None
+    with tarfile.open(path, "r") as tar:
+        for m in tar:
+            if not m.isreg() or "/" not in m.name and m.name.startswith("__"):
+                continue
+            base = Path(m.name).name.split(".", 1)[0]
+            key = str(Path(m.name).parent / base)
+            if key != last:
+                keys, last = keys + 1, key
+    return keys
+
+
+def shard_sizes(urls: list[str]) -> list[int]:
+    """Sample counts of ``urls``: from index files beside them, else by scanning local tars."""
+    out, scanned = [], 0
+    for url in urls:
+        directory, name = url.rsplit("/", 1) if "/" in url else (".", url)
+        size = _index_sizes(directory).get(name) if is_local(url) else None
+        if size is None and is_local(url):
+            size, scanned = count_tar_samples(_local_path(url)), scanned + 1
+        if size is None:
+            raise ValueError(
+                f"size of shard {url!r} unknown: put a sizes.json (basename -> count) beside the shards "
+                "or give the number of samples explicitly"
+            )
+        out.append(int(size))
+    if scanned:
+        log.info("counted the samples of %d shard(s) by scanning (no sizes.json/_info.json entry)", scanned)
+    return out
+
+
+def resolve_shards(spec: str, need_sizes: bool = True) -> list[Shard]:
+    """The shards of ``spec`` with their sample counts and source index."""
+    sources = expand_spec(spec)
+    shards = []
+    for i, urls in enumerate(sources):
+        sizes = shard_sizes(urls) if need_sizes else [0] * len(urls)
+        shards += [Shard(u, n, i) for u, n in zip(urls, sizes, strict=True)]
+    return shards
+
+
+# -- who reads what ------------------------------------------------------------------------------
+def epoch_shard_order(shards: list[Shard], seed: int, epoch: int) -> list[Shard]:
+    """All shards, shuffled by (seed, epoch): the same order on every rank and worker."""
+    order = list(shards)
+    named_rng("shards", seed, epoch).shuffle(order)
+    return order
+
+
+def train_assignment(
+    shards: list[Shard], seed: int, epoch: int, reader: int, num_readers: int
+) -> list[Shard]:
+    """The shards global reader ``reader`` of ``num_readers`` trains on in ``epoch`` (disjoint, covering)."""
+    return epoch_shard_order(shards, seed, epoch)[reader::num_readers]
+
+
+@dataclass(frozen=True)
+class EvalUnit:
+    shard: Shard
+    slot: int  # read samples with index % slots == slot
+    slots: int
+
+    @property
+    def size(self) -> int:
+        return len(range(self.slot, self.shard.size, self.slots))
+
+
+def eval_units(shards: list[Shard], num_readers: int) -> list[EvalUnit]:
+    """(shard, slot) units: shards split into enough slots that every reader has work when possible."""
+    slots = max(1, -(-num_readers // max(1, len(shards))))
+    return [EvalUnit(s, j, slots) for s in shards for j in range(slots)]
+
+
+def eval_assignment(units: list[EvalUnit], reader: int, num_readers: int) -> list[EvalUnit]:
+    """Units of one reader, balanced greedily by sample count (deterministic, disjoint, covering)."""
+    loads = [0] * num_readers
+    mine: list[list[EvalUnit]] = [[] for _ in range(num_readers)]
+    for i, u in sorted(enumerate(units), key=lambda t: (-t[1].size, t[0])):
+        r = min(range(num_readers), key=lambda k: (loads[k], k))
+        loads[r] += u.size
+        mine[r].append((i, u))
+    return [u for _, u in sorted(mine[reader], key=lambda t: t[0])]

@@ -1,0 +1,72 @@
+"""The layout's promises: imports point down the layers, the bottom layers import no torch, and
+library modules change no global state at import."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+
+from helpers import PYTHON, REPO, nml_subprocess_env
+
+NML = REPO / "nml"
+
+
+def _check_layers():
+    spec = importlib.util.spec_from_file_location("check_layers", REPO / "tools" / "check_layers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_no_import_points_up_a_layer():
+    check = _check_layers()
+    assert check.violations() == []
+    assert check.main() == 0  # also: every package of nml/ has a layer
+
+
+def test_the_checker_catches_an_upward_import(tmp_path):
+    check = _check_layers()
+    pkg = tmp_path / "nml"
+    for name, body in {
+        "shards": "from nml.models.base import BackboneModule\n",
+        "models": "",
+        "cli": "",
+    }.items():
+        (pkg / name).mkdir(parents=True)
+        (pkg / name / "x.py").write_text(body)
+    (pkg / "models" / "y.py").write_text("def f():\n    from ..cli import x\n")
+    found = check.violations(pkg)
+    assert len(found) == 2
+    assert "shards (layer 1) imports nml.models.base (layer 3)" in found[0]
+    assert "models (layer 3) imports nml.cli (layer 5)" in found[1]
+
+
+def test_shards_noise_and_benchmark_import_no_torch():
+    modules = sorted(
+        ".".join(p.relative_to(REPO).with_suffix("").parts)
+        for pkg in ("shards", "noise", "benchmark")
+        for p in (NML / pkg).glob("*.py")
+    )
+    modules += ["nml.seeding", "nml.checksums"]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}:\n    importlib.import_module(m)\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'webdataset', 'timm', 'open_clip') if m in sys.modules))"
+    )
+    r = subprocess.run(
+        [PYTHON, "-c", code], capture_output=True, text=True, env=nml_subprocess_env(), cwd=REPO
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    assert len(modules) >= 14
+
+
+def test_library_modules_set_no_warning_filters_at_import():
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in NML.rglob("*.py")
+        if p.parent.name != "cli"
+        for line in p.read_text().splitlines()
+        if line.startswith("warnings.filterwarnings") or line.startswith("warnings.simplefilter")
+    ]
+    assert offenders == []

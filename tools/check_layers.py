@@ -1,0 +1,101 @@
+"""Check that nml's imports point only down the layers of docs/architecture.md.
+
+    python tools/check_layers.py        # prints each upward import; exit 1 if there is one
+
+Layers, bottom to top (a module may import its own package and any package of a lower layer):
+
+    0  nml (root modules: seeding, checksums, __init__)
+    1  shards, noise, metrics            torch-free except metrics
+    2  benchmark, data                   benchmark torch-free
+    3  models
+    4  features, callbacks
+    5  cli
+    6  study
+
+Imports inside functions count too (a lazy import is still a dependency).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "nml"
+LAYERS: dict[str, int] = {
+    "": 0,
+    "shards": 1,
+    "noise": 1,
+    "metrics": 1,
+    "benchmark": 2,
+    "data": 2,
+    "models": 3,
+    "features": 4,
+    "callbacks": 4,
+    "cli": 5,
+    "study": 6,
+}
+TORCH_FREE = ("shards", "noise", "benchmark")
+
+
+def package_of(module: str) -> str:
+    """``nml.shards.spec`` -> ``shards``; ``nml.seeding`` / ``nml`` -> ``""`` (the root layer)."""
+    parts = module.split(".")
+    if len(parts) >= 2 and (ROOT / parts[1]).is_dir():
+        return parts[1]
+    return ""
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, imported module) of every ``nml`` import in a file, relative imports resolved."""
+    tree = ast.parse(path.read_text(), str(path))
+    module = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "nml"]
+        elif isinstance(node, ast.ImportFrom):
+            name = node.module or ""
+            if node.level:
+                base = module.split(".")[
+                    : -node.level if path.name != "__init__.py" else len(module.split("."))
+                ]
+                name = ".".join([*base, name] if name else base)
+            if name.split(".")[0] == "nml":
+                out.append((node.lineno, name))
+    return out
+
+
+def violations(root: Path = ROOT) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
+        mine = package_of(module)
+        for line, target in imports_of(path):
+            theirs = package_of(target)
+            if theirs != mine and LAYERS[theirs] >= LAYERS[mine]:
+                found.append(
+                    f"{path.relative_to(root.parent)}:{line}: {mine or 'nml'} (layer {LAYERS[mine]}) imports "
+                    f"{target} (layer {LAYERS[theirs]})"
+                )
+    return found
+
+
+def main() -> int:
+    unknown = sorted(
+        p.name
+        for p in ROOT.iterdir()
+        if p.is_dir() and p.name not in LAYERS and p.name not in ("configs", "__pycache__")
+    )
+    if unknown:
+        print(f"packages with no layer in tools/check_layers.py: {unknown}", file=sys.stderr)
+        return 1
+    found = violations()
+    for v in found:
+        print(v)
+    print(f"{len(found)} upward import(s) in {ROOT}", file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
