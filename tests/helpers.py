@@ -9,6 +9,12 @@ from pathlib import Path
 from lightning.pytorch import Callback
 
 REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden" / "pretraining_losses.json"
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 def nml_subprocess_env() -> dict[str, str]:
@@ -102,3 +108,50 @@ class LossRecorder(Callback):
         self.losses.append(float(outputs["loss"]))
         if self.stop_at is not None and trainer.global_step >= self.stop_at:
             trainer.should_stop = True
+
+
+def train_tiny(
+    kind: str, root: Path, out: Path, steps: int, stop_at=None, ckpt_path=None, accelerator: str = "cpu"
+) -> list[float]:
+    """The golden-loss run: ``steps`` steps of the tiny supervised or CLIP model on the tiny
+    benchmark (noise 0.3), checkpointing every ``stop_at`` steps; returns the per-step losses."""
+    from functools import partial
+
+    import torch
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from nml.data.modules import ClassificationShards, ImageTextShards
+    from nml.models.contrastive import ContrastivePretraining
+    from nml.models.supervised import SupervisedPretraining
+    from nml.noise.config import NoiseConfig
+
+    seed_everything(0)
+    common = {"root": str(root), "batch_size": 16, "num_workers": 0, "seed": 1}
+    if kind == "supervised":
+        dm = ClassificationShards(noise=NoiseConfig("symmetric", 0.3), **common)
+        model = SupervisedPretraining(
+            "test_resnet", optimizer=partial(torch.optim.AdamW, lr=3e-3), warmup=0.25
+        )
+    else:
+        dm = ImageTextShards(noise=NoiseConfig("caption_swap", 0.3), context_length=16, **common)
+        model = ContrastivePretraining(
+            "tiny", TINY_CLIP, optimizer=partial(torch.optim.AdamW, lr=1e-3), warmup=0.25
+        )
+    losses = LossRecorder(stop_at)
+    callbacks = [losses]
+    if stop_at is not None:
+        callbacks.append(ModelCheckpoint(dirpath=out, every_n_train_steps=stop_at, save_top_k=-1))
+    trainer = Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=stop_at is not None,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
+    return losses.losses

@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import PYTHON, REPO, nml_subprocess_env
 
 from nml.cli.main import CONFIG_DIR, build_parser, main, resolve_config
@@ -70,6 +71,7 @@ def test_bare_config_names_resolve_to_shipped_configs(tmp_path, monkeypatch, cap
         resolve_config("nope.yaml")
 
 
+@pytest.mark.slow
 def test_data_embedded_from_a_bare_config_name_prints_json(tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.chdir(tmp_path)
     assert (
@@ -155,3 +157,7 @@ def test_shipped_config_parses(cfg, capsys):
         main(["fit", *args, "--print_config"])
     printed = capsys.readouterr().out
     assert e.value.code in (0, None) and "class_path" in printed
+    checkpoints = [c["init_args"] for c in yaml.safe_load(printed)["trainer"].get("callbacks") or []
+                   if c["class_path"].endswith("ModelCheckpoint")]  # fmt: skip
+    if any(c.get("monitor") for c in checkpoints):  # a monitored best-* needs an unconditional last.ckpt
+        assert any(not c.get("monitor") and c.get("save_last") for c in checkpoints), cfg

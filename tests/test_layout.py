@@ -36,9 +36,10 @@ def test_the_checker_catches_an_upward_import(tmp_path):
         (pkg / name / "x.py").write_text(body)
     (pkg / "models" / "y.py").write_text("def f():\n    from ..cli import x\n")
     found = check.violations(pkg)
-    assert len(found) == 2
-    assert "shards (layer 1) imports nml.models.base (layer 3)" in found[0]
-    assert "models (layer 3) imports nml.cli (layer 5)" in found[1]
+    assert found == [
+        "nml/models/y.py:2: models (layer 3) imports nml.cli (layer 5)",
+        "nml/shards/x.py:1: shards (layer 1) imports nml.models.base (layer 3)",
+    ]
 
 
 def test_shards_noise_and_benchmark_import_no_torch():

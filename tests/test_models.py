@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import TINY_CLIP
 
 from nml.metrics.noisy import noise_split_counts
 from nml.models.backbones import create_backbone
 from nml.models.optim import param_groups, warmup_cosine
-
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 def test_memorisation_metric_on_a_hand_built_batch():

@@ -5,30 +5,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import PYTHON, REPO, LossRecorder, nml_subprocess_env
+from helpers import GOLDEN, PYTHON, REPO, LossRecorder, nml_subprocess_env, train_tiny
 from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
 
-from nml.data.modules import ClassificationShards, ImageTextShards
+from nml.data.modules import ClassificationShards
 from nml.models.backbones import create_backbone
-from nml.models.contrastive import ContrastivePretraining
 from nml.models.supervised import SupervisedPretraining
-from nml.noise.config import NoiseConfig
 
 pytestmark = pytest.mark.slow  # end-to-end runs, subprocesses and DDP
-
-GOLDEN = Path(__file__).parent / "golden" / "pretraining_losses.json"
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 def _event_accumulator(log_dir: Path):
@@ -116,41 +105,10 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     assert backbone.eval().features(x).shape == (2, meta["feature_dim"])
 
 
-def _run(kind: str, root: Path, out: Path, steps: int, stop_at=None, ckpt_path=None) -> list[float]:
-    seed_everything(0)
-    common = {"root": str(root), "batch_size": 16, "num_workers": 0, "seed": 1}
-    if kind == "supervised":
-        dm = ClassificationShards(noise=NoiseConfig("symmetric", 0.3), **common)
-        model = SupervisedPretraining(
-            "test_resnet", optimizer=partial(torch.optim.AdamW, lr=3e-3), warmup=0.25
-        )
-    else:
-        dm = ImageTextShards(noise=NoiseConfig("caption_swap", 0.3), context_length=16, **common)
-        model = ContrastivePretraining(
-            "tiny", TINY_CLIP, optimizer=partial(torch.optim.AdamW, lr=1e-3), warmup=0.25
-        )
-    losses = LossRecorder(stop_at)
-    callbacks = [losses]
-    if stop_at is not None:
-        callbacks.append(ModelCheckpoint(dirpath=out, every_n_train_steps=stop_at, save_top_k=-1))
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=stop_at is not None,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
-    trainer.fit(model, dm, ckpt_path=ckpt_path)
-    return losses.losses
-
-
 @pytest.mark.parametrize("kind", ["supervised", "clip"])
 def test_golden_losses_and_resume_reproduces_the_tail(tiny_benchmark, tmp_path, kind):
     steps, stop = 8, 5  # 5 is mid-epoch: the tiny corpus has 312 samples = 20 batches of 16
-    reference = _run(kind, tiny_benchmark, tmp_path, steps)
+    reference = train_tiny(kind, tiny_benchmark, tmp_path, steps)
     assert len(reference) == steps
     if os.environ.get("NML_UPDATE_GOLDEN"):
         golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
@@ -166,11 +124,11 @@ def test_golden_losses_and_resume_reproduces_the_tail(tiny_benchmark, tmp_path, 
     # CPUs with other vector units may round differently: a tolerance, not bit equality
     assert reference == pytest.approx(golden[kind], rel=2e-4)
 
-    head = _run(kind, tiny_benchmark, tmp_path / "ckpt", steps, stop_at=stop)
+    head = train_tiny(kind, tiny_benchmark, tmp_path / "ckpt", steps, stop_at=stop)
     assert head == reference[:stop]
     ckpt = next((tmp_path / "ckpt").glob("*.ckpt"))
     assert torch.load(ckpt, weights_only=True)["global_step"] == stop  # weights-only loadable
-    tail = _run(kind, tiny_benchmark, tmp_path / "ckpt2", steps, ckpt_path=str(ckpt))
+    tail = train_tiny(kind, tiny_benchmark, tmp_path / "ckpt2", steps, ckpt_path=str(ckpt))
     assert tail == pytest.approx(reference[stop:], rel=1e-6)
 
 

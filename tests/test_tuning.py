@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import PYTHON, LossRecorder, nml_subprocess_env
+from helpers import PYTHON, TINY_CLIP, LossRecorder, nml_subprocess_env
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -25,11 +25,6 @@ from nml.models.backbones import create_backbone
 from nml.models.export import write_export
 from nml.models.tuning import DownstreamTuning
 
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 DATA = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "noise": {"kind": "none"}}
 FAST = {"num_workers": 0, "batch_size": 16, "eval_batch_size": 64}
 
@@ -310,3 +305,22 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
     spectra = list((tmp_path / "runs" / "tune_nmtune").rglob("spectrum/glyphs_heldout_fit_end.npz"))
     assert spectra and float(np.load(spectra[0])["samples"]) == 156
     assert list((tmp_path / "runs" / "tune_linear").rglob("last.ckpt"))
+
+
+@pytest.mark.slow
+def test_last_ckpt_is_the_last_epoch_when_validation_stops_improving(feature_cache, tmp_path, monkeypatch):
+    """With lr 0 validation never improves after epoch 0: last.ckpt must still hold the final epoch and
+    step (the shipped configs once kept the best epoch there), and the best one is named best-*."""
+    from nml.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", "tune_linear.yaml", "--data", "data/features.yaml", "--data.init_args.root",
+          str(feature_cache), "--model.init_args.backbone", "null", "--model.init_args.optimizer", "torch.optim.SGD",
+          "--model.init_args.optimizer.lr", "0.0", "--trainer.max_epochs", "3", "--trainer.enable_progress_bar",
+          "false"])  # fmt: skip
+    checkpoints = next(tmp_path.rglob("checkpoints"))
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    best = list(checkpoints.glob("best-*.ckpt"))
+    steps_per_epoch = last["global_step"] // 3
+    assert last["epoch"] == 2 and last["global_step"] == 3 * steps_per_epoch > 0
+    assert len(best) == 1 and best[0].name.startswith("best-epoch=0-")

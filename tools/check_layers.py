@@ -38,18 +38,18 @@ LAYERS: dict[str, int] = {
 TORCH_FREE = ("shards", "noise", "benchmark")
 
 
-def package_of(module: str) -> str:
+def package_of(module: str, root: Path = ROOT) -> str:
     """``nml.shards.spec`` -> ``shards``; ``nml.seeding`` / ``nml`` -> ``""`` (the root layer)."""
     parts = module.split(".")
-    if len(parts) >= 2 and (ROOT / parts[1]).is_dir():
+    if len(parts) >= 2 and (root / parts[1]).is_dir():
         return parts[1]
     return ""
 
 
-def imports_of(path: Path) -> list[tuple[int, str]]:
+def imports_of(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
     """(line, imported module) of every ``nml`` import in a file, relative imports resolved."""
     tree = ast.parse(path.read_text(), str(path))
-    module = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts)
+    module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -70,9 +70,9 @@ def violations(root: Path = ROOT) -> list[str]:
     found = []
     for path in sorted(root.rglob("*.py")):
         module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
-        mine = package_of(module)
-        for line, target in imports_of(path):
-            theirs = package_of(target)
+        mine = package_of(module, root)
+        for line, target in imports_of(path, root):
+            theirs = package_of(target, root)
             if theirs != mine and LAYERS[theirs] >= LAYERS[mine]:
                 found.append(
                     f"{path.relative_to(root.parent)}:{line}: {mine or 'nml'} (layer {LAYERS[mine]}) imports "

@@ -30,7 +30,8 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
   log "dependencies installed in $((SECONDS - t0)) s"
 else
-  here="$("$VENV/bin/python" -c 'import nml, os; print(os.path.dirname(os.path.dirname(nml.__file__)))' 2>/dev/null || true)"
+  # from / so that the working directory's nml (a checkout) cannot shadow the installed one
+  here="$(cd / && "$VENV/bin/python" -c 'import nml, os; print(os.path.dirname(os.path.dirname(nml.__file__)))' 2>/dev/null || true)"
   if [ "$here" != "$ROOT" ]; then
     log "linking nml to this checkout ($ROOT)"
     "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT"

@@ -35,11 +35,6 @@ def glyph_classes() -> list[str]:
     return classes
 
 
-def char_classes(chars: str) -> list[str]:
-    """One class per character (the label space of the digit, Greek and symbol tasks)."""
-    return list(chars)
-
-
 def char_name(ch: str) -> str:
     """Human name of a character for captions and class names: 'digit 7', 'uppercase A' ..."""
     if ch.isdigit():

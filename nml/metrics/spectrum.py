@@ -79,17 +79,6 @@ class SpectrumAccumulator:
         self.colsum += x.sum(0)
         self.count += x.shape[0]
 
-    def merge(self, other: SpectrumAccumulator) -> None:
-        """Add another accumulator's state (e.g. from another process or file)."""
-        if other.gram is None:
-            return
-        if self.gram is None:
-            self.gram, self.colsum = other.gram.clone(), other.colsum.clone()
-        else:
-            self.gram += other.gram.to(self.gram.device)
-            self.colsum += other.colsum.to(self.colsum.device)
-        self.count += other.count
-
     def _all_reduce(self, dim: int | None) -> None:
         import torch.distributed as dist
 
