@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import GOLDEN, TINY_CLIP, train_tiny
+from helpers import TINY_CLIP, train_tiny
 
 from nml.cli.main import main
 
@@ -71,12 +71,16 @@ def test_shipped_pretraining_config_bf16_on_cuda_and_tests_like_the_cpu(
 
 
 @pytest.mark.parametrize("kind", ["supervised", "clip"])
-def test_golden_losses_on_cuda(tiny_benchmark, tmp_path, kind, monkeypatch):
-    torch.backends.cudnn.allow_tf32 = False  # compare full fp32 to the CPU's golden values
-    torch.backends.cuda.matmul.allow_tf32 = False
-    losses = train_tiny(kind, tiny_benchmark, tmp_path, 8, accelerator="gpu")
-    golden = json.loads(GOLDEN.read_text())[kind]
-    assert losses == pytest.approx(golden, rel=2e-3)
+def test_golden_run_on_cuda_matches_the_cpu(tiny_benchmark, tmp_path, kind, monkeypatch):
+    """The golden-loss run on CUDA (full fp32) against the same run on this machine's CPU. Not against
+    tests/golden/ itself: those were written with this repo's pinned torch/torchvision, and another
+    torchvision draws other augmentations (seen: first-step losses 0.35 % apart on an H200 image
+    with torch 2.11, before any CUDA arithmetic)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    cpu = train_tiny(kind, tiny_benchmark, tmp_path / "cpu", 8, accelerator="cpu")
+    gpu = train_tiny(kind, tiny_benchmark, tmp_path / "gpu", 8, accelerator="gpu")
+    assert gpu == pytest.approx(cpu, rel=1e-3)
 
 
 @pytest.mark.parametrize("method", ["linear", "nmtune"])
