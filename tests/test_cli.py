@@ -145,6 +145,10 @@ def test_shipped_config_parses(cfg, capsys):
     """Each shipped YAML parses in process against what consumes it: configs/data/{embedded,write,audit}*
     against `nml data <command>`; data-module files (class_path) as `--data` of a tune config; all
     others against LightningCLI (`nml fit --print_config` parses and links without instantiating)."""
+    if cfg.name.startswith("study_"):  # `nml study` options
+        ns = build_parser(["study"]).parse_args(["study", "--config", str(cfg)])
+        assert ns["study"]["name"] and ns["study"]["tasks"] and ns["study"]["grid"]["noise_rates"]
+        return
     if cfg.parent.name == "data" and "class_path" not in cfg.read_text():
         command = next(c for c in ("embedded", "write", "audit") if cfg.stem.startswith(c))
         ns = build_parser(["data", command]).parse_args(["data", command, "--config", str(cfg)])

@@ -325,3 +325,48 @@ def test_batches_carry_clean_targets_and_noise_flags(tmp_path):
     assert b["is_noisy"].dtype == torch.bool and int(b["is_noisy"].sum()) == 16
     flipped = b["target"][b["is_noisy"]]
     assert torch.equal(flipped, (b["clean_target"][b["is_noisy"]] + 1) % 5)
+
+
+def test_augmentation_seeding_touches_only_the_cpu_generator(tmp_path, monkeypatch):
+    """Per-sample seeding (reproducible augmentations) must not call torch.manual_seed: with a CUDA
+    build it queues a lazy seed of every CUDA device (~4 ms per sample in a process without CUDA, and
+    on a GPU it would reseed the training's CUDA RNG). The process's RNG states are left as found."""
+    import random
+
+    import torch
+    from torchvision import transforms
+
+    from nml.data.pipeline import seeded_rng
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("per-sample seeding reached torch.manual_seed / CUDA seeding")
+
+    for target in ("manual_seed", "random.manual_seed", "cuda.manual_seed", "cuda.manual_seed_all"):
+        module, _, name = f"torch.{target}".rpartition(".")
+        monkeypatch.setattr(f"{module}.{name}", refuse)
+    spec = write_shards(tmp_path / "s", [8, 8])
+    augment = transforms.Compose([transforms.RandomResizedCrop(8, scale=(0.5, 1.0)), transforms.ToTensor()])
+    py_state = random.getstate()
+    batches = [b["image"] for b in ShardLoader(_cfg(spec, batch_size=4, transform=augment, seed=3))]
+    again = [b["image"] for b in ShardLoader(_cfg(spec, batch_size=4, transform=augment, seed=3))]
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))  # same seed, same crops
+    assert random.getstate() == py_state  # (the DataLoader itself draws a base seed from torch's RNG)
+    state = torch.random.get_rng_state()
+    with seeded_rng("x"):
+        first = torch.rand(3)
+    with seeded_rng("x"):
+        assert torch.equal(torch.rand(3), first)
+    assert torch.equal(torch.random.get_rng_state(), state) and random.getstate() == py_state
+
+
+def test_no_per_sample_seeding_when_augmentation_is_off(tiny_benchmark, monkeypatch):
+    import nml.data.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "seeded_rng", lambda name: calls.append(name))
+    from nml.data.modules import ClassificationShards
+
+    dm = ClassificationShards(root=str(tiny_benchmark), batch_size=16, num_workers=0, augment=False)
+    dm.setup("fit")
+    next(iter(dm.train_dataloader()))
+    assert calls == []  # augment: false trains on the eval transform: nothing to seed

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up (or reuse) the environment, then run the main job on the embedded default data:
-# build the embedded benchmark (no downloads; skipped when it is already there) and pre-train the
-# supervised model on it. Extra arguments go to `nml fit`, e.g. --data.noise.rate 0.3.
+# Set up (or reuse) the environment, then run the main job on the embedded default data: the
+# quickstart study (builds the embedded benchmark first when it is missing; no downloads).
+# Extra arguments go to `nml study`, e.g. --grid.seeds '[0]' or --dry_run.
 #   NML_DATA  benchmark directory (default: data/embedded in this checkout)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,4 +12,4 @@ export NML_DATA="${NML_DATA:-data/embedded}"
 if [ ! -f "$NML_DATA/manifest.json" ]; then
   "$VENV/bin/nml" data embedded --config data/embedded.yaml --out "$NML_DATA"
 fi
-"$VENV/bin/nml" fit --config pretrain_supervised.yaml "$@"
+"$VENV/bin/nml" study --config study_quickstart.yaml "$@"

@@ -39,6 +39,9 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "export": "nml.cli.commands.models:export",
     "features": "nml.cli.commands.features:features",
     "spectrum": "nml.cli.commands.spectrum:spectrum",
+    # the study sits above the CLI (it drives `nml fit` / `nml features` itself): named, not imported
+    "study": "nml.study.command:study",
+    "report": "nml.study.command:report",
 }
 GROUP_HELP = {"data": "Build, write and inspect WebDataset shards"}
 

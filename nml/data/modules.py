@@ -75,6 +75,7 @@ class ShardDataModule(LightningDataModule):
         resampled: bool = False,
         weights: list[float] | None = None,
         train_samples: int | None = None,
+        train_shards: int | None = None,
         shuffle_buffer: int = 1000,
         image_size: int | None = None,
         mean: tuple[float, float, float] | None = None,
@@ -96,6 +97,9 @@ class ShardDataModule(LightningDataModule):
         )
         self.seed, self.noise = seed, noise or NoiseConfig()
         self.resampled, self.weights, self.train_samples = resampled, weights, train_samples
+        if train_shards is not None and train_shards < 1:
+            raise ValueError(f"train_shards: expected >= 1 (the first N training shards), got {train_shards}")
+        self.train_shards = train_shards
         self.shuffle_buffer, self.image_size, self.mean, self.std = shuffle_buffer, image_size, mean, std
         self.train_transform, self.image_keys, self.label_key = train_transform, image_keys, label_key
         self.views, self.augment = views, augment
@@ -147,6 +151,7 @@ class ShardDataModule(LightningDataModule):
             "root": str(self.root),
             "task": self.task,
             "train": self.train_spec,
+            "train_shards": self.train_shards,
             "num_classes": self.num_classes,
             "noise": noise,
             "seed": self.seed,
@@ -215,8 +220,13 @@ class ShardDataModule(LightningDataModule):
 
     def _stream(self, spec: str, mode: str, members: MemberSpec, **kw) -> StreamConfig:
         train = mode == "train"
+        shards = resolve_shards(spec)
+        if train and self.train_shards is not None:
+            if self.train_shards > len(shards):
+                raise ValueError(f"train_shards={self.train_shards}, but {spec!r} has only {len(shards)} shards")
+            shards = shards[: self.train_shards]
         return StreamConfig(
-            shards=resolve_shards(spec),
+            shards=shards,
             members=members,
             mode=mode,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -232,6 +242,7 @@ class ShardDataModule(LightningDataModule):
             strict=self.strict,
             transform=self.transform(train and self.augment is not False),
             views=(self.views or 1) if train else 1,
+            augment=self.augment if train else None,
             **kw,
         )
 

@@ -159,6 +159,8 @@ def _instantiate(config: BackboneConfig) -> nn.Module:
     if config.library == "timm":
         import timm
 
+        import nml.models.flat_cnn  # noqa: F401  (registers nml_flat_cnn with timm)
+
         if config.name not in timm.list_models(config.name):
             raise ValueError(f"backbone: timm has no model {config.name!r} (see timm.list_models())")
         return timm.create_model(

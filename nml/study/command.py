@@ -1,0 +1,164 @@
+"""``nml study`` and ``nml report``. Light at import (read for ``--help``): torch loads in the stages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from nml.study.config import DEFAULT_RECIPES, Benchmark, Features, Grid, Recipe, TaskPlan, Tuning, validate
+
+log = logging.getLogger("nml.study")
+IDENTITY = "study.json"
+
+
+def study(
+    name: str = "study",
+    grid: Grid | None = None,
+    tasks: dict[str, TaskPlan] | None = None,
+    pretrain: dict[str, Recipe] | None = None,
+    benchmark: Benchmark | None = None,
+    features: Features | None = None,
+    tuning: Tuning | None = None,
+    out: str | None = None,
+    dry_run: bool = False,
+) -> dict:
+    """Run the noisy-model-learning study: pre-train -> export -> features -> tune -> test -> spectra.
+
+    A grid of objective x noise rate x pre-training seed (plus a random-init floor per objective);
+    per cell, frozen features of every task, tuned with each task's methods on the cached features
+    and tested on the task's ID/OOD suite; spectra of the frozen features on every test set. Every
+    stage is cached by a hash of its settings and inputs: an interrupted study resumes, a changed
+    setting re-runs only what depends on it. Writes results.csv, memorisation.csv, report.md, PNG
+    figures and one TensorBoard root (OUT/tensorboard) with a run per stage.
+
+    Args:
+        name: The study's name: a study directory belongs to one name (another is refused).
+        grid: Objectives, noise rates, seeds, random-init floor.
+        tasks: Downstream tasks of the benchmark, each with its tuning methods and test sets.
+        pretrain: A recipe (nml fit config + options) per objective.
+        benchmark: The embedded benchmark (built first when missing).
+        features: Feature extraction settings.
+        tuning: Tuning settings (epochs, seeds, batch size).
+        out: Study directory (default: runs/study/<name>).
+        dry_run: Print the plan (cells, stages, what is cached, estimated time) and stop.
+    """
+    import time
+
+    from nml.shards.manifest import default_root
+    from nml.study.plan import build_plan, estimated_seconds
+
+    grid, benchmark = grid or Grid(), benchmark or Benchmark()
+    features, tuning = features or Features(), tuning or Tuning()
+    recipes = {**DEFAULT_RECIPES, **(pretrain or {})}
+    tasks = tasks or {}
+    out_dir = Path(out or f"runs/study/{name}")
+    root = str(Path(benchmark.root or default_root()).resolve())
+    manifest = Path(root) / "manifest.json"
+    _check_identity(out_dir, name)
+    task_names = _task_names(manifest)
+    validate(grid, recipes, tasks, task_names if task_names is not None else list(tasks))
+    if not manifest.is_file():
+        if dry_run:
+            log.info("the benchmark at %s is missing: a run builds it first (%s)", root, benchmark.size)
+        else:
+            _build_benchmark(root, benchmark)
+            validate(grid, recipes, tasks, _task_names(manifest))
+    from nml.checksums import file_sha256
+
+    sha = file_sha256(manifest) if manifest.is_file() else "to-be-built"
+    plan = build_plan(grid, recipes, tasks, features, tuning, root, sha)
+    summary = {
+        "name": name,
+        "out": str(out_dir),
+        "benchmark": root,
+        "cells": [c.label for c in plan.cells],
+        "stages": len(plan.stages),
+        "cached": sum(1 for s in plan.stages if s.done(out_dir) is not None),
+        **estimated_seconds(plan, out_dir),
+    }
+    if dry_run:
+        for s in plan.stages:
+            state = "cached" if s.done(out_dir) is not None else "to run"
+            sys.stderr.write(f"[study] {s.kind:<11} {s.label:<48} {s.key}  {state}\n")
+        return summary
+    from nml.study.report import build_report
+    from nml.study.results import write_results
+    from nml.study.runner import StudyFailed, execute
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"grid": asdict(grid), "tasks": {k: asdict(v) for k, v in tasks.items()},
+                "pretrain": {k: asdict(v) for k, v in recipes.items()}, "benchmark": asdict(benchmark),
+                "features": asdict(features), "tuning": asdict(tuning)}  # fmt: skip
+    (out_dir / IDENTITY).write_text(json.dumps({"name": name, "settings": settings}, indent=1) + "\n")
+    t0 = time.perf_counter()
+    try:
+        counts = execute(plan, out_dir, root)
+    except StudyFailed as e:
+        raise SystemExit(f"nml study: {e}") from None
+    write_results(plan, out_dir, tasks)
+    report = build_report(
+        out_dir, title=name, extra=_header(name, settings, time.perf_counter() - t0, counts)
+    )
+    return {**summary, **counts, "seconds": round(time.perf_counter() - t0, 1), "results": str(out_dir / "results.csv"),
+            "report": report["report"], "claims": report["claims"]}  # fmt: skip
+
+
+def report(study_dir: str) -> dict:
+    """Rebuild report.md and the figures of a study directory from its results.csv.
+
+    Args:
+        study_dir: A directory written by ``nml study``.
+    """
+    from nml.study.report import build_report
+
+    ident = Path(study_dir) / IDENTITY
+    name = json.loads(ident.read_text())["name"] if ident.is_file() else Path(study_dir).name
+    return build_report(study_dir, title=name)
+
+
+def _check_identity(out: Path, name: str) -> None:
+    ident = out / IDENTITY
+    if ident.is_file():
+        theirs = json.loads(ident.read_text()).get("name")
+        if theirs != name:
+            raise SystemExit(
+                f"nml study: {str(out)!r} holds the study {theirs!r}, not {name!r}: give another --out "
+                "(or the same name to resume / update that study)"
+            )
+
+
+def _task_names(manifest: Path) -> list[str] | None:
+    if not manifest.is_file():
+        return None
+    from nml.shards.manifest import load_manifest, task_names
+
+    return [t for t in task_names(load_manifest(manifest.parent)) if t != "pretraining"]
+
+
+def _build_benchmark(root: str, b: Benchmark) -> None:
+    from nml.benchmark.build import build_embedded
+
+    log.info("[study] building the benchmark (%s) at %s", b.size, root)
+    build_embedded(root, seed=b.seed, size=b.size, fonts=b.fonts, progress=sys.stderr.isatty())
+
+
+def _header(name: str, settings: dict, seconds: float, counts: dict) -> str:
+    g = settings["grid"]
+    return (
+        f"Study `{name}`: objectives {g['objectives']}, noise rates {g['noise_rates']}, pre-training seeds "
+        f"{g['seeds']}{', plus a random-init floor' if g['random_init'] else ''}; tasks "
+        + ", ".join(f"{k} ({'/'.join(v['methods'])})" for k, v in settings["tasks"].items())
+        + "; tuning "
+        f"{settings['tuning']['epochs']} epochs x seeds {settings['tuning']['seeds']} on cached features "
+        f"(the last epoch is reported). This run: {counts['ran']} stages ran, {counts['cached']} cached, "
+        f"{seconds / 60:.1f} min. Pre-training recipes: "
+        + "; ".join(
+            f"{k}: `{v['config']}` {' '.join(v['args'])}".strip()
+            for k, v in settings["pretrain"].items()
+            if k in g["objectives"]
+        )
+        + "."
+    )

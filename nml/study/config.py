@@ -1,0 +1,148 @@
+"""What a study is: the grid, the recipes, the tasks and methods. Torch-free (read for ``--help``).
+
+A study YAML fills the options of ``nml study`` (``nml study --config study_quickstart.yaml``), so
+every setting can also be overridden on the command line (``--grid.seeds [0]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Objective = Literal["supervised", "clip"]
+Method = Literal["linear", "mlp", "nmtune"]
+OBJECTIVES = ("supervised", "clip")
+METHODS = ("linear", "mlp", "nmtune")
+
+
+@dataclass
+class Grid:
+    """The cells: objective x noise rate x pre-training seed, plus a random-init floor per objective.
+
+    Args:
+        objectives: supervised (timm, label noise) and/or clip (open_clip, caption swap).
+        noise_rates: Noise rates gamma in [0, 1); include 0 for the clean row.
+        seeds: Pre-training seeds (model init, data order and the noise draw).
+        random_init: Add an untrained backbone per objective (the floor; the first seed's init).
+    """
+
+    objectives: list[Objective] = field(default_factory=lambda: ["supervised"])
+    noise_rates: list[float] = field(default_factory=lambda: [0.0, 0.3])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    random_init: bool = True
+
+
+@dataclass
+class Recipe:
+    """How one objective pre-trains: an ``nml fit`` config and extra options for it.
+
+    Args:
+        config: A LightningCLI config (a path, or a bare name of a shipped config).
+        args: Extra ``nml fit`` options, e.g. ["--trainer.max_epochs", "5"].
+    """
+
+    config: str
+    args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskPlan:
+    """One downstream task of the benchmark (tuned on its train split, tested on its suite).
+
+    Args:
+        methods: Tuning methods on the frozen features: linear, mlp, nmtune.
+        test_sets: The test sets of its suite to report (default: all of them).
+    """
+
+    methods: list[Method] = field(default_factory=lambda: ["linear"])
+    test_sets: list[str] | None = None
+
+
+@dataclass
+class Benchmark:
+    """The embedded benchmark the study runs on (built first when it is missing).
+
+    Args:
+        root: Its directory (default: $NML_DATA or data/embedded).
+        size: small, full or tiny (built only when missing).
+        seed: Seed of a build.
+        fonts: auto, debian or fallback.
+    """
+
+    root: str | None = None
+    size: Literal["tiny", "small", "full"] = "small"
+    seed: int = 0
+    fonts: Literal["auto", "debian", "fallback"] = "auto"
+
+
+@dataclass
+class Features:
+    """Frozen-feature extraction per (cell, task).
+
+    Args:
+        views: Augmented views of the training split stored for NMTune (0: none).
+        batch_size: Images per forward pass.
+        num_workers: Data loading workers.
+        limit: At most this many samples per split (default: all).
+    """
+
+    views: int = 2
+    batch_size: int = 256
+    num_workers: int = 2
+    limit: int | None = None
+
+
+@dataclass
+class Tuning:
+    """Tuning on the cached features (cheap: several seeds are affordable).
+
+    Args:
+        epochs: Epochs per run (the last epoch is reported).
+        seeds: Tuning seeds per (cell, task, method); results are their mean.
+        batch_size: Training batch size.
+        view_noise: NMTune without stored views: std of Gaussian noise on the second view.
+    """
+
+    epochs: int = 30
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_size: int = 64
+    view_noise: float = 0.0
+
+
+DEFAULT_RECIPES = {
+    "supervised": Recipe("pretrain_supervised_study.yaml"),
+    "clip": Recipe("pretrain_clip.yaml", ["--trainer.max_epochs", "25"]),
+}
+
+
+def validate(
+    grid: Grid, recipes: dict[str, Recipe], tasks: dict[str, TaskPlan], task_names: list[str]
+) -> None:
+    """Every error a study config can have, raised before any work starts."""
+    if not grid.objectives or not grid.noise_rates or not grid.seeds:
+        raise ValueError(
+            f"the grid has no cells: objectives={grid.objectives}, noise_rates={grid.noise_rates}, "
+            f"seeds={grid.seeds} (each needs at least one value)"
+        )
+    for o in grid.objectives:
+        if o not in OBJECTIVES:
+            raise ValueError(f"grid.objectives: unknown objective {o!r}; expected one of {list(OBJECTIVES)}")
+        if o not in recipes:
+            raise ValueError(f"pretrain: no recipe for objective {o!r} (have {sorted(recipes)})")
+    for r in grid.noise_rates:
+        if not (0.0 <= float(r) < 1.0):
+            raise ValueError(f"grid.noise_rates: {r} is outside [0, 1)")
+    if len(set(grid.noise_rates)) != len(grid.noise_rates) or len(set(grid.seeds)) != len(grid.seeds):
+        raise ValueError(f"grid: repeated noise rates or seeds ({grid.noise_rates}, {grid.seeds})")
+    if not tasks:
+        raise ValueError("tasks: the study has no downstream task")
+    for name, plan in tasks.items():
+        if name not in task_names:
+            raise ValueError(f"tasks: unknown task {name!r}; the benchmark has {task_names}")
+        if not plan.methods:
+            raise ValueError(f"tasks.{name}.methods: no tuning method")
+        for m in plan.methods:
+            if m not in METHODS:
+                raise ValueError(
+                    f"tasks.{name}.methods: unknown method {m!r}; expected one of {list(METHODS)}"
+                )

@@ -1,0 +1,146 @@
+"""The stage graph of a study, keyed by content hashes (what makes it resumable and incremental).
+
+Stages, per cell (objective, noise rate, seed) and per downstream task::
+
+    pretrain (or random_init)  ->  features (+ spectra of the frozen features)  ->  tune (x method x seed)
+
+Each stage's key is a hash of everything its output depends on: its own settings, the text of the
+recipe's config file, the benchmark manifest, and the keys of the stages it reads. Its output lives
+in ``OUT/stages/<kind>/<label>-<key>``; a finished stage has a ``done.json``. A re-run skips every
+finished stage; a changed setting changes the keys of the stages that depend on it and only those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nml.study.config import Features, Grid, Recipe, TaskPlan, Tuning
+
+# Rough CPU seconds per stage kind, used by --dry_run until this study directory has timings.
+DEFAULT_SECONDS = {"benchmark": 120.0, "pretrain": 90.0, "random_init": 5.0, "features": 10.0, "tune": 4.0}
+
+
+def content_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Stage:
+    kind: str  # benchmark | pretrain | random_init | features | tune
+    label: str
+    params: dict
+    deps: list[Stage] = field(default_factory=list)
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = content_hash(
+            {"kind": self.kind, "params": self.params, "deps": [d.key for d in self.deps]}
+        )
+
+    def directory(self, out: Path) -> Path:
+        return out / "stages" / self.kind / f"{self.label}-{self.key}"
+
+    def done(self, out: Path) -> dict | None:
+        path = self.directory(out) / "done.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dataclass
+class Cell:
+    objective: str
+    noise_rate: float | None  # None: random init
+    seed: int
+
+    @property
+    def init(self) -> str:
+        return "random" if self.noise_rate is None else "pretrained"
+
+    @property
+    def label(self) -> str:
+        if self.noise_rate is None:
+            return f"{self.objective}-random-s{self.seed}"
+        return f"{self.objective}-g{self.noise_rate:g}-s{self.seed}"
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    stages: list[Stage]  # in dependency order
+    backbone: dict[str, Stage]  # cell label -> its pretrain / random_init stage
+    features: dict[tuple[str, str], Stage]  # (cell label, task) -> features stage
+    tunes: dict[tuple[str, str, str], list[Stage]]  # (cell label, task, method) -> one per tuning seed
+
+
+def recipe_text(config: str) -> str:
+    """The recipe config's text (its content, not its path, is part of the pretraining key)."""
+    from nml.cli.main import resolve_config
+
+    return resolve_config(config).read_text()
+
+
+def build_plan(
+    grid: Grid,
+    recipes: dict[str, Recipe],
+    tasks: dict[str, TaskPlan],
+    features: Features,
+    tuning: Tuning,
+    benchmark_root: str,
+    manifest_sha256: str,
+) -> Plan:
+    cells = [Cell(o, float(g), s) for o in grid.objectives for g in grid.noise_rates for s in grid.seeds]
+    if grid.random_init:
+        cells += [Cell(o, None, grid.seeds[0]) for o in grid.objectives]  # the floor: one untrained backbone
+    stages: list[Stage] = []
+    backbone, feats, tunes = {}, {}, {}
+    texts = {o: recipe_text(recipes[o].config) for o in grid.objectives}
+    for cell in cells:
+        recipe = recipes[cell.objective]
+        params = {
+            "objective": cell.objective,
+            "seed": cell.seed,
+            "config": recipe.config,
+            "config_text": texts[cell.objective],
+            "args": list(recipe.args),
+            "benchmark": manifest_sha256,
+        }
+        if cell.noise_rate is None:
+            b = Stage("random_init", cell.label, params)
+        else:
+            b = Stage("pretrain", cell.label, params | {"noise_rate": cell.noise_rate})
+        backbone[cell.label] = b
+        stages.append(b)
+        for task, plan in tasks.items():
+            f = Stage("features", f"{cell.label}-{task}", {"task": task, **asdict(features)}, [b])
+            feats[(cell.label, task)] = f
+            stages.append(f)
+            for method in plan.methods:
+                runs = []
+                for t in tuning.seeds:
+                    p = {"method": method, "seed": t, "epochs": tuning.epochs, "batch_size": tuning.batch_size,
+                         "view_noise": tuning.view_noise}  # fmt: skip
+                    runs.append(Stage("tune", f"{cell.label}-{task}-{method}-t{t}", p, [f]))
+                tunes[(cell.label, task, method)] = runs
+                stages += runs
+    return Plan(cells, stages, backbone, feats, tunes)
+
+
+def estimated_seconds(plan: Plan, out: Path) -> dict:
+    """Seconds still to run, per stage kind: the mean of this directory's finished stages of the kind
+    (from their done.json), else :data:`DEFAULT_SECONDS`."""
+    seen: dict[str, list[float]] = {}
+    for done in (out / "stages").glob("*/*/done.json") if (out / "stages").is_dir() else []:
+        seen.setdefault(done.parent.parent.name, []).append(json.loads(done.read_text()).get("seconds", 0.0))
+    per_kind = {k: (sum(v) / len(v) if (v := seen.get(k)) else DEFAULT_SECONDS[k]) for k in DEFAULT_SECONDS}
+    todo: dict[str, int] = {}
+    for s in plan.stages:
+        if s.done(out) is None:
+            todo[s.kind] = todo.get(s.kind, 0) + 1
+    return {
+        "stages_to_run": todo,
+        "seconds_per_stage": {k: round(v, 1) for k, v in per_kind.items()},
+        "estimated_seconds": round(sum(per_kind[k] * n for k, n in todo.items()), 0),
+        "from": "this study's finished stages" if seen else "defaults (no stage has run here yet)",
+    }

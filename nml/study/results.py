@@ -1,0 +1,108 @@
+"""The study's tidy outputs, assembled from the finished stages.
+
+* ``results.csv``: one row per objective x init x noise rate x seed x method x task x test set:
+  top-1 (mean over tuning seeds, in %), the test set's group (id/ood), the spectrum of the frozen
+  features on it (SVE, LSVR, p1, effective rank), and the pre-training run's final training metrics
+  (``memorised`` and ``acc_noisy`` for supervised, ``retrieval_noisy`` / ``retrieval_clean`` for CLIP).
+* ``memorisation.csv``: the training metrics of every pre-training run per epoch.
+* ``singular_values.npz``: the spectrum of every (cell, test set), keys ``<cell>/<task>/<test set>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+
+from nml.study.plan import Plan
+
+COLUMNS = [
+    "objective", "init", "noise_rate", "seed", "method", "task", "test_set", "group", "top1", "top1_tune_sd",
+    "tune_seeds", "sve", "lsvr", "p1", "effective_rank", "memorised", "acc_noisy", "retrieval_noisy",
+    "retrieval_clean", "pretrain_epochs",
+]  # fmt: skip
+TRAIN_COLUMNS = ("memorised", "acc_noisy", "retrieval_noisy", "retrieval_clean")
+
+
+def collect(plan: Plan, out: Path, tasks: dict) -> list[dict]:
+    rows = []
+    for cell in plan.cells:
+        b = plan.backbone[cell.label].done(out)
+        final = b.get("final", {})
+        for task, task_plan in tasks.items():
+            f = plan.features[(cell.label, task)].done(out)
+            for method in task_plan.methods:
+                runs = [s.done(out) for s in plan.tunes[(cell.label, task, method)]]
+                for key in sorted(runs[0]["test"]):
+                    parts = key.split("/")
+                    if len(parts) != 4 or parts[3] != "top1":
+                        continue
+                    group, name = parts[1], parts[2]
+                    if task_plan.test_sets is not None and name not in task_plan.test_sets:
+                        continue
+                    values = [100.0 * r["test"][key] for r in runs]
+                    spectrum = f["spectra"].get(name, {})
+                    rows.append({
+                        "objective": cell.objective, "init": cell.init,
+                        "noise_rate": "" if cell.noise_rate is None else cell.noise_rate, "seed": cell.seed,
+                        "method": method, "task": task, "test_set": name, "group": group,
+                        "top1": round(statistics.fmean(values), 4),
+                        "top1_tune_sd": round(statistics.stdev(values), 4) if len(values) > 1 else "",
+                        "tune_seeds": len(values),
+                        **{k: round(spectrum[k], 6) if k in spectrum else "" for k in ("sve", "lsvr", "p1", "effective_rank")},
+                        **{k: round(100.0 * final[f"train/{k}"], 4) if f"train/{k}" in final else "" for k in TRAIN_COLUMNS},
+                        "pretrain_epochs": len(b.get("epochs", [])),
+                    })  # fmt: skip
+    return rows
+
+
+def write_results(plan: Plan, out: Path, tasks: dict) -> Path:
+    import numpy as np
+
+    rows = collect(plan, out, tasks)
+    path = out / "results.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    curves = []
+    for cell in plan.cells:
+        for e in plan.backbone[cell.label].done(out).get("epochs", []):
+            curves.append(
+                {"objective": cell.objective, "noise_rate": cell.noise_rate, "seed": cell.seed, **e}
+            )
+    keys = sorted({k for c in curves for k in c} - {"objective", "noise_rate", "seed", "epoch"})
+    with open(out / "memorisation.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["objective", "noise_rate", "seed", "epoch", *keys])
+        w.writeheader()
+        w.writerows(curves)
+    values = {}
+    for (label, task), stage in plan.features.items():
+        with np.load(stage.directory(out) / "singular_values.npz") as z:
+            values.update({f"{label}/{task}/{name}": z[name] for name in z.files})
+    np.savez(out / "singular_values.npz", **values)
+    return path
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """results.csv with numbers parsed (empty cells become None)."""
+    out = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            parsed = {}
+            for k, v in row.items():
+                if k in ("objective", "init", "method", "task", "test_set", "group"):
+                    parsed[k] = v
+                elif v == "":
+                    parsed[k] = None
+                else:
+                    x = float(v)
+                    parsed[k] = (
+                        int(x) if k in ("seed", "tune_seeds", "pretrain_epochs") and math.isfinite(x) else x
+                    )
+            out.append(parsed)
+    missing = set(COLUMNS) - set(out[0]) if out else set()
+    if missing:
+        raise ValueError(f"{path}: not a study results.csv (missing columns {sorted(missing)})")
+    return out

@@ -1,0 +1,164 @@
+"""``nml study`` and ``nml report``: tables and verdicts on hand-written results, bad configs refused
+before any work, and a tiny study end to end (rows, caching, incremental re-runs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from nml.study.command import report, study
+from nml.study.config import Grid, Recipe, TaskPlan, Tuning
+from nml.study.report import claims, group_means, interval
+from nml.study.results import COLUMNS, read_results
+
+# -- nml report on hand-written results --------------------------------------------------------------
+# supervised, gamma 0 and 0.3, 3 seeds; linear and nmtune; one ID and one OOD test set.
+ID = {(0.0, s): v for s, v in enumerate([90.0, 91.0, 92.0])} | {
+    (0.3, s): v for s, v in enumerate([91.0, 92.0, 92.0])
+}
+OOD = {(0.0, s): v for s, v in enumerate([60.0, 62.0, 64.0])} | {
+    (0.3, s): v for s, v in enumerate([57.0, 58.0, 59.0])
+}
+SVE = {0.0: [4.0, 4.1, 4.2], 0.3: [4.5, 4.5, 4.6]}
+
+
+def _write(path, with_random=True) -> None:
+    rows = []
+    for g in (0.0, 0.3):
+        for s in range(3):
+            for method, bonus in (("linear", 0.0), ("nmtune", 1.0 + s)):
+                for group, name, value in (("id", "held", ID[(g, s)]), ("ood", "shift", OOD[(g, s)])):
+                    rows.append({"objective": "supervised", "init": "pretrained", "noise_rate": g, "seed": s,
+                                 "method": method, "task": "t", "test_set": name, "group": group, "top1": value + bonus,
+                                 "tune_seeds": 1, "sve": SVE[g][s], "lsvr": 3.0 + g, "p1": 0.05, "effective_rank": 60,
+                                 "memorised": 95.0 if g else "", "acc_noisy": 3.0 if g else "", "pretrain_epochs": 20})  # fmt: skip
+    if with_random:
+        rows.append({"objective": "supervised", "init": "random", "noise_rate": "", "seed": 0, "method": "linear",
+                     "task": "t", "test_set": "held", "group": "id", "top1": 50.0, "tune_seeds": 1, "sve": 5.0,
+                     "lsvr": 2.0, "p1": 0.1, "effective_rank": 90, "pretrain_epochs": 0})  # fmt: skip
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, COLUMNS, restval="")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_interval_is_a_paired_t_interval():
+    m, lo, hi, n = interval([-3.0, -4.0, -5.0])  # sd 1, t(0.975, 2) = 4.3027
+    assert (m, n) == (-4.0, 3) and lo == pytest.approx(-4 - 4.3027 / math.sqrt(3), abs=1e-3)
+    assert hi == pytest.approx(-4 + 4.3027 / math.sqrt(3), abs=1e-3)
+    assert math.isnan(interval([1.0])[1])
+
+
+def test_report_tables_and_verdicts_from_a_hand_written_results_csv(tmp_path):
+    _write(tmp_path / "results.csv")
+    rows = read_results(tmp_path / "results.csv")
+    means = group_means(rows)
+    assert means[("supervised", "pretrained", 0.3, 1, "nmtune", "ood")] == 58.0 + 2.0
+    found = {c["claim"]: c for c in claims(rows)}
+    ood = found["OOD falls with noise (LP): OOD(0.3) - OOD(0)"]  # diffs -3, -4, -5
+    assert ood["mean"] == pytest.approx(-4.0) and ood["verdict"] == "holds" and ood["n"] == 3
+    sve = found["noise raises SVE (ID sets, frozen features): SVE(0.3) - SVE(0)"]  # diffs 0.5, 0.4, 0.4
+    assert sve["mean"] == pytest.approx(0.4333, abs=1e-4) and sve["verdict"] == "holds"
+    lp = found["NMTune beats LP on OOD (paired over noise rates x seeds)"]  # bonus 1, 2, 3 at both rates
+    assert lp["mean"] == pytest.approx(2.0) and lp["n"] == 6 and lp["verdict"] == "holds"
+    assert (
+        found["NMTune's gain over LP is larger on OOD than on ID"]["verdict"] == "does not hold"
+    )  # equal gains
+    assert found["slight noise (5-10 %) does not hurt or slightly helps ID (LP)"]["verdict"].startswith(
+        "not measured"
+    )
+    assert "NMTune beats MLP on ID (paired over noise rates x seeds)" in found  # reported as not measured
+
+    r = report(str(tmp_path))
+    text = (tmp_path / "report.md").read_text()
+    assert (
+        "| 0 | 91.00 ± 1.00 | 62.00 ± 2.00 | 93.00 ± 2.00 | 64.00 ± 3.00 |" in text
+    )  # linear ID/OOD, nmtune ID/OOD
+    assert "| 0.3 | 91.67 ± 0.58 | 58.00 ± 1.00 |" in text
+    assert "| random init | 50.00 | - |" in text
+    assert "**holds**" in text and "-4.000 pt [-6.484, -1.516] | 3 | **holds**" in text
+    for fig in ("accuracy_vs_noise_supervised.png", "spectrum_vs_noise_supervised.png"):
+        assert fig in r["figures"] and (tmp_path / fig).stat().st_size > 1000
+
+
+def test_report_refuses_what_is_not_a_study(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.csv' not found: run `nml study` first"):
+        report(str(tmp_path))
+    (tmp_path / "results.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a study results.csv"):
+        report(str(tmp_path))
+
+
+# -- bad configs: clear errors before any work ---------------------------------------------------------
+def test_bad_study_configs_fail_before_any_work(tiny_benchmark, tmp_path):
+    from nml.study.config import Benchmark
+
+    common = {"benchmark": Benchmark(root=str(tiny_benchmark)), "out": str(tmp_path / "s"), "dry_run": True}
+    ok = {"print_to_mnist": TaskPlan(["linear"])}
+    cases = [
+        ({"tasks": {"no_such_task": TaskPlan()}}, "unknown task 'no_such_task'"),
+        ({"tasks": {"print_to_mnist": TaskPlan(["svm"])}}, "unknown method 'svm'"),
+        ({"tasks": ok, "grid": Grid(objectives=["moco"])}, "unknown objective 'moco'"),
+        ({"tasks": ok, "grid": Grid(noise_rates=[0.0, 1.0])}, r"1.0 is outside \[0, 1\)"),
+        ({"tasks": ok, "grid": Grid(seeds=[])}, "the grid has no cells"),
+        ({"tasks": {}}, "the study has no downstream task"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            study(**common, **kw)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.json").write_text(json.dumps({"name": "other"}))
+    with pytest.raises(SystemExit, match="holds the study 'other', not 'study'"):
+        study(**common, tasks=ok)
+    assert not (tmp_path / "s" / "stages").exists()
+
+
+# -- a tiny study end to end ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, monkeypatch):
+    from nml.study.config import Benchmark, Features
+
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--data.init_args.train_shards", "4",
+            "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    kw = {
+        "name": "tiny",
+        "grid": Grid(["supervised"], [0.0, 0.3], [0], random_init=True),
+        "tasks": {"print_to_mnist": TaskPlan(["linear"]), "mnist": TaskPlan(["linear", "nmtune"])},
+        "pretrain": {"supervised": Recipe("pretrain_supervised_study.yaml", tiny)},
+        "benchmark": Benchmark(root=str(tiny_benchmark)),
+        "features": Features(views=2, batch_size=64, num_workers=0),
+        "tuning": Tuning(epochs=2, seeds=[0], batch_size=16),
+        "out": str(tmp_path / "study"),
+    }
+    first = study(**kw)
+    # 3 cells (gamma 0, 0.3, random) x {print_to_mnist: 1 test set x linear, mnist: 2 test sets x 2 methods}
+    rows = read_results(tmp_path / "study" / "results.csv")
+    assert len(rows) == 3 * (1 + 2 * 2)
+    assert {(r["init"], r["noise_rate"]) for r in rows} == {
+        ("pretrained", 0.0),
+        ("pretrained", 0.3),
+        ("random", None),
+    }
+    assert {(r["task"], r["test_set"], r["group"]) for r in rows} == {
+        ("print_to_mnist", "print_to_mnist", "ood"), ("mnist", "mnist", "id"),
+        ("mnist", "mnist_to_handwriting_font", "ood")}  # fmt: skip
+    assert all(0 <= r["top1"] <= 100 and r["sve"] > 0 for r in rows)
+    assert all(r["memorised"] is not None for r in rows if r["noise_rate"] == 0.3)
+    assert first["ran"] == 3 + 3 * 2 + 3 * 3 and first["cached"] == 0
+    out = tmp_path / "study"
+    assert (out / "report.md").is_file() and (out / "memorisation.csv").is_file()
+    assert list((out / "tensorboard" / "pretrain").iterdir()) and list(
+        (out / "tensorboard" / "tune").iterdir()
+    )
+
+    again = study(**kw)  # every stage cached: no work
+    assert again["ran"] == 0 and again["cached"] == first["ran"]
+    assert read_results(out / "results.csv") == rows
+
+    kw["tuning"] = Tuning(epochs=3, seeds=[0], batch_size=16)  # a tuning setting: only tuning re-runs
+    changed = study(**kw)
+    assert changed["ran"] == 3 * 3 and changed["cached"] == 3 + 3 * 2
