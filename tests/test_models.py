@@ -115,3 +115,20 @@ def test_clip_loss_under_two_process_gloo_equals_single_process(tmp_path):
         torch.testing.assert_close(ranks[r]["correct"][2] / 2, txt.grad[r * 4 : r * 4 + 4])
     buggy = (ranks[0]["no_rank_offset"][0] + ranks[1]["no_rank_offset"][0]) / 2
     assert abs(float(buggy) - float(loss.detach())) > 0.1  # without the rank offset rank 1 learns wrong pairs
+
+
+@pytest.mark.slow
+def test_bench_gpu_step_runs_on_the_cpu_with_stand_in_models():
+    import json
+    import subprocess
+
+    from helpers import PYTHON, REPO, nml_subprocess_env
+
+    r = subprocess.run(
+        [PYTHON, "tools/bench_gpu_step.py", "--cases", "resnet50,clip-vit-b-32", "--warmup", "1", "--steps", "2"],
+        capture_output=True, text=True, env=nml_subprocess_env(), cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [row["case"] for row in rows] == ["resnet50", "clip-vit-b-32"]
+    assert all(row["bare_samples_per_s"] > 0 and row["nml_samples_per_s"] > 0 for row in rows)

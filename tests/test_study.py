@@ -162,3 +162,13 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
     kw["tuning"] = Tuning(epochs=3, seeds=[0], batch_size=16)  # a tuning setting: only tuning re-runs
     changed = study(**kw)
     assert changed["ran"] == 3 * 3 and changed["cached"] == 3 + 3 * 2
+
+    kw["tuning"], kw["out"] = Tuning(epochs=2, seeds=[0], batch_size=16), str(tmp_path / "again")
+    study(**kw)  # from scratch in another directory: the same seed gives the same numbers
+    for a, b in zip(rows, read_results(tmp_path / "again" / "results.csv"), strict=True):
+        assert {k: v for k, v in a.items() if not isinstance(v, float)} == {
+            k: v for k, v in b.items() if not isinstance(v, float)
+        }
+        assert [v for v in a.values() if isinstance(v, float)] == pytest.approx(
+            [v for v in b.values() if isinstance(v, float)], rel=1e-4, abs=1e-6
+        )

@@ -116,6 +116,18 @@ def resolve_config_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
+FLAGS = ("--dry_run",)  # boolean options that may be given bare (`--dry_run` = `--dry_run true`)
+
+
+def expand_flags(argv: Sequence[str]) -> list[str]:
+    out = []
+    for i, a in enumerate(argv):
+        out.append(a)
+        if a in FLAGS and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            out.append("true")
+    return out
+
+
 def _load(target: str) -> Callable:
     module, fn = target.split(":")
     return getattr(importlib.import_module(module), fn)
@@ -164,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    argv = resolve_config_args(argv)
+    argv = expand_flags(resolve_config_args(argv))
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         from nml.cli.lightning import run_lightning
 

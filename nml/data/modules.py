@@ -223,7 +223,9 @@ class ShardDataModule(LightningDataModule):
         shards = resolve_shards(spec)
         if train and self.train_shards is not None:
             if self.train_shards > len(shards):
-                raise ValueError(f"train_shards={self.train_shards}, but {spec!r} has only {len(shards)} shards")
+                raise ValueError(
+                    f"train_shards={self.train_shards}, but {spec!r} has only {len(shards)} shards"
+                )
             shards = shards[: self.train_shards]
         return StreamConfig(
             shards=shards,

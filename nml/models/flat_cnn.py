@@ -16,7 +16,6 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-
 TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_strict")
 
 
@@ -43,7 +42,12 @@ class FlatCNN(nn.Module):
         blocks, c_in = [], in_chans
         for i in range(stages):
             c_out = width * 2**i
-            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c_in = c_out
         self.features_net = nn.Sequential(*blocks)
         side = img_size // 2**stages

@@ -113,7 +113,8 @@ def build_plan(
         backbone[cell.label] = b
         stages.append(b)
         for task, plan in tasks.items():
-            f = Stage("features", f"{cell.label}-{task}", {"task": task, **asdict(features)}, [b])
+            p = {"task": task, "test_sets": plan.test_sets, **asdict(features)}
+            f = Stage("features", f"{cell.label}-{task}", p, [b])
             feats[(cell.label, task)] = f
             stages.append(f)
             for method in plan.methods:
@@ -127,20 +128,34 @@ def build_plan(
     return Plan(cells, stages, backbone, feats, tunes)
 
 
+def _timing_key(kind: str, params: dict) -> str:
+    """Stages whose cost differs: pre-training per objective, tuning per method."""
+    detail = params.get("objective") if kind in ("pretrain", "random_init") else params.get("method")
+    return f"{kind}/{detail}" if detail else kind
+
+
 def estimated_seconds(plan: Plan, out: Path) -> dict:
-    """Seconds still to run, per stage kind: the mean of this directory's finished stages of the kind
-    (from their done.json), else :data:`DEFAULT_SECONDS`."""
+    """Seconds still to run: each stage to run costs the mean of this directory's finished stages of
+    its kind (per objective for pre-training, per method for tuning; from their done.json and
+    stage.json), else :data:`DEFAULT_SECONDS`."""
     seen: dict[str, list[float]] = {}
     for done in (out / "stages").glob("*/*/done.json") if (out / "stages").is_dir() else []:
-        seen.setdefault(done.parent.parent.name, []).append(json.loads(done.read_text()).get("seconds", 0.0))
-    per_kind = {k: (sum(v) / len(v) if (v := seen.get(k)) else DEFAULT_SECONDS[k]) for k in DEFAULT_SECONDS}
+        meta = done.parent / "stage.json"
+        params = json.loads(meta.read_text()).get("params", {}) if meta.is_file() else {}
+        seconds = json.loads(done.read_text()).get("seconds", 0.0)
+        for key in {done.parent.parent.name, _timing_key(done.parent.parent.name, params)}:
+            seen.setdefault(key, []).append(seconds)
+    mean = {k: sum(v) / len(v) for k, v in seen.items()}
     todo: dict[str, int] = {}
+    total = 0.0
     for s in plan.stages:
         if s.done(out) is None:
-            todo[s.kind] = todo.get(s.kind, 0) + 1
+            key = _timing_key(s.kind, s.params)
+            todo[key] = todo.get(key, 0) + 1
+            total += mean.get(key, mean.get(s.kind, DEFAULT_SECONDS[s.kind]))
     return {
         "stages_to_run": todo,
-        "seconds_per_stage": {k: round(v, 1) for k, v in per_kind.items()},
-        "estimated_seconds": round(sum(per_kind[k] * n for k, n in todo.items()), 0),
+        "seconds_per_stage": {k: round(v, 1) for k, v in sorted(mean.items())} or DEFAULT_SECONDS,
+        "estimated_seconds": round(total, 0),
         "from": "this study's finished stages" if seen else "defaults (no stage has run here yet)",
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 from lightning.pytorch import Callback
@@ -37,15 +38,19 @@ def _recipe_cli(params: dict, root: str, extra: list[str]):
 
     args = ["--config", params["config"], "--seed_everything", str(params["seed"]), "--data.init_args.root", root,
             "--data.init_args.seed", str(params["seed"]), *extra, *params["args"]]  # fmt: skip
-    return NMLCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=None,
-        run=False,
-        args=resolve_config_args(args),
-    )
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the study's own argv is not the recipe's
+    try:
+        return NMLCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=None,
+            run=False,
+            args=resolve_config_args(args),
+        )
+    finally:
+        sys.argv = argv
 
 
 class EpochMetrics(Callback):
@@ -79,7 +84,7 @@ def pretrain(params: dict, directory: Path, out: Path, root: str) -> dict:
     trainer.callbacks.append(recorder)
     trainer.fit(cli.model, cli.datamodule)
     final = directory / "final.ckpt"
-    trainer.save_checkpoint(final)  # the final epoch's weights, whatever the checkpoint callbacks kept
+    trainer.save_checkpoint(final, weights_only=False)  # the final epoch's weights, whatever the checkpoint callbacks kept
     meta = export_checkpoint(final, directory / "export")
     final.unlink()  # the export (and the run's own checkpoints in TensorBoard's directory) remain
     last = recorder.epochs[-1] if recorder.epochs else {}
@@ -130,6 +135,7 @@ def features(params: dict, backbone: dict, directory: Path, root: str) -> dict:
         num_workers=params["num_workers"],
         seed=0,
         limit=params["limit"],
+        test_sets=params.get("test_sets"),
     )
     spectra, values = {}, {}
     for split, info in read_cache_meta(cache)["splits"].items():

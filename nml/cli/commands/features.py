@@ -18,6 +18,7 @@ def features(
     seed: int = 0,
     device: str = "auto",
     limit: int | None = None,
+    test_sets: list[str] | None = None,
 ) -> dict:
     """Extract frozen features of a downstream task's splits into a feature cache for FeatureShards.
 
@@ -38,6 +39,7 @@ def features(
         seed: Seeds the augmented views.
         device: ``cpu``, ``cuda``, ``cuda:1`` ... or ``auto``.
         limit: At most this many samples per split (the first in shard order; default: all).
+        test_sets: Only these test sets of the task's suite (default: all of them).
     """
     import torch
 
@@ -49,6 +51,12 @@ def features(
     model = create_backbone(backbone)
     meta = model.export_meta
     dm = _data_module(data, root, batch_size, num_workers)
+    if test_sets is not None:
+        have = [s.name for s in dm.test_sets]
+        unknown = sorted(set(test_sets) - set(have))
+        if unknown:
+            raise ValueError(f"--test_sets: {unknown} not in the test suite of {data!r}: {have}")
+        dm.test_sets = [s for s in dm.test_sets if s.name in test_sets]
     dm.match_preprocessing(*model.preprocessing(), source=model.config.name)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
