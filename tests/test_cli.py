@@ -26,7 +26,7 @@ def _run(*code_or_args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def test_help_is_lazy_and_lists_subcommands():
     code = (
         "import sys\nfrom nml.cli.main import main\n"
-        "for argv in (['--help'], ['data', '--help'], ['data', 'embedded', '--help'], ['data', 'write', '--help'], ['data', 'audit', '--help'], ['features', '--help']):\n"
+        "for argv in (['--help'], ['data', '--help'], ['data', 'embedded', '--help'], ['data', 'write', '--help'], ['data', 'audit', '--help'], ['features', '--help'], ['study', '--help'], ['report', '--help']):\n"
         "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
         "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'webdataset', 'timm', 'open_clip') if m in sys.modules))"
     )
@@ -49,6 +49,8 @@ def test_help_is_lazy_and_lists_subcommands():
         "features",
         "--views",
         "--backbone",
+        "study",
+        "report",
     ):
         assert word in r.stdout
     assert "HEAVY []" in r.stdout

@@ -72,6 +72,9 @@ def test_report_tables_and_verdicts_from_a_hand_written_results_csv(tmp_path):
     )
     assert "NMTune beats MLP on ID (paired over noise rates x seeds)" in found  # reported as not measured
 
+    from nml.cli.main import main
+
+    assert main(["report", str(tmp_path)]) == 0  # `nml report DIR`
     r = report(str(tmp_path))
     text = (tmp_path / "report.md").read_text()
     assert (

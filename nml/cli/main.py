@@ -117,11 +117,15 @@ def resolve_config_args(argv: Sequence[str]) -> list[str]:
 
 
 FLAGS = ("--dry_run",)  # boolean options that may be given bare (`--dry_run` = `--dry_run true`)
+POSITIONAL = {"report": "--study_dir"}  # `nml report DIR` = `nml report --study_dir DIR`
 
 
 def expand_flags(argv: Sequence[str]) -> list[str]:
+    """Bare boolean flags get ``true``; a command's positional argument gets its option name."""
     out = []
     for i, a in enumerate(argv):
+        if i == 1 and argv[0] in POSITIONAL and not a.startswith("-"):
+            out.append(POSITIONAL[argv[0]])
         out.append(a)
         if a in FLAGS and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
             out.append("true")

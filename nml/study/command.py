@@ -99,9 +99,10 @@ def study(
     except StudyFailed as e:
         raise SystemExit(f"nml study: {e}") from None
     write_results(plan, out_dir, tasks)
-    report = build_report(
-        out_dir, title=name, extra=_header(name, settings, time.perf_counter() - t0, counts)
-    )
+    header = _header(name, settings, time.perf_counter() - t0, counts)
+    identity = {"name": name, "settings": settings, "header": header}
+    (out_dir / IDENTITY).write_text(json.dumps(identity, indent=1) + "\n")
+    report = build_report(out_dir, title=name, extra=header)
     return {**summary, **counts, "seconds": round(time.perf_counter() - t0, 1), "results": str(out_dir / "results.csv"),
             "report": report["report"], "claims": report["claims"]}  # fmt: skip
 
@@ -115,8 +116,8 @@ def report(study_dir: str) -> dict:
     from nml.study.report import build_report
 
     ident = Path(study_dir) / IDENTITY
-    name = json.loads(ident.read_text())["name"] if ident.is_file() else Path(study_dir).name
-    return build_report(study_dir, title=name)
+    meta = json.loads(ident.read_text()) if ident.is_file() else {}
+    return build_report(study_dir, title=meta.get("name", Path(study_dir).name), extra=meta.get("header", ""))
 
 
 def _check_identity(out: Path, name: str) -> None:

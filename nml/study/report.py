@@ -255,6 +255,33 @@ def claims_table(found: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _style(ax, xlabel: str, ylabel: str, title: str | None, legend: int = 8) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend)
+
+
+def _save(fig, out: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out / name)
+    plt.close(fig)
+    return name
+
+
+def _series(ax, noises: list[float], ys: list[list[float]], label: str) -> None:
+    """Mean +- sd over seeds against the noise rate (in %), where there are values."""
+    keep = [i for i, y in enumerate(ys) if y]
+    if keep:
+        means = [statistics.fmean(ys[i]) for i in keep]
+        sds = [statistics.stdev(ys[i]) if len(ys[i]) > 1 else 0 for i in keep]
+        ax.errorbar([100 * noises[i] for i in keep], means, yerr=sds, marker="o", capsize=3, label=label)
+
+
 def figures(rows: list[dict], out: Path) -> list[str]:
     import matplotlib
 
@@ -284,10 +311,7 @@ def figures(rows: list[dict], out: Path) -> list[str]:
                     ]
                     for g in noises
                 ]
-                keep = [i for i, y in enumerate(ys) if y]
-                if keep:
-                    ax.errorbar([100 * noises[i] for i in keep], [statistics.fmean(ys[i]) for i in keep],
-                                yerr=[statistics.stdev(ys[i]) if len(ys[i]) > 1 else 0 for i in keep], marker="o", capsize=3, label=m)  # fmt: skip
+                _series(ax, noises, ys, m)
                 floor = [
                     v for k, v in means.items() if k[:2] == (obj, "random") and k[4] == m and k[5] == group
                 ]
@@ -298,36 +322,24 @@ def figures(rows: list[dict], out: Path) -> list[str]:
                         lw=1,
                         color=ax.lines[-1].get_color() if ax.lines else "gray",
                     )
-            ax.set_xlabel("pre-training noise rate (%)")
-            ax.set_ylabel(f"{group.upper()} mean top-1 (%)")
-            ax.set_title(f"{obj}: {group.upper()} (dotted: random init)", fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        name = f"accuracy_vs_noise_{obj}.png"
-        fig.savefig(out / name)
-        plt.close(fig)
-        made.append(name)
+            _style(
+                ax,
+                "pre-training noise rate (%)",
+                f"{group.upper()} mean top-1 (%)",
+                f"{obj}: {group.upper()} (dotted: random init)",
+                legend=8,
+            )
+        made.append(_save(fig, out, f"accuracy_vs_noise_{obj}.png"))
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=110)
         for ax, metric in zip(axes, ("sve", "lsvr"), strict=True):
             for group in ("id", "ood"):
                 sm = spectrum_means(rows, metric, group)
                 ys = [[v for k, v in sm.items() if k[:3] == (obj, "pretrained", g)] for g in noises]
-                keep = [i for i, y in enumerate(ys) if y]
-                if keep:
-                    ax.errorbar([100 * noises[i] for i in keep], [statistics.fmean(ys[i]) for i in keep],
-                                yerr=[statistics.stdev(ys[i]) if len(ys[i]) > 1 else 0 for i in keep], marker="o", capsize=3, label=group.upper())  # fmt: skip
-            ax.set_xlabel("pre-training noise rate (%)")
-            ax.set_ylabel(metric.upper())
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+                _series(ax, noises, ys, group.upper())
+            _style(ax, "pre-training noise rate (%)", metric.upper(), None, legend=8)
         fig.suptitle(f"{obj}: spectrum of the frozen features", fontsize=9)
-        fig.tight_layout()
-        name = f"spectrum_vs_noise_{obj}.png"
-        fig.savefig(out / name)
-        plt.close(fig)
-        made.append(name)
+        made.append(_save(fig, out, f"spectrum_vs_noise_{obj}.png"))
 
     sv = out / "singular_values.npz"
     if sv.is_file():
@@ -355,16 +367,10 @@ def figures(rows: list[dict], out: Path) -> list[str]:
                         lw=1.2,
                         label=cell.split("-", 1)[1].rsplit("-s", 1)[0],
                     )
-                ax.set_xlabel("rank i")
-                ax.set_ylabel("p_i = s_i / sum s")
-                ax.set_title(f"{obj}: spectra on {test_set} (first seed)", fontsize=9)
-                ax.grid(alpha=0.3)
-                ax.legend(fontsize=7)
-                fig.tight_layout()
-                name = f"spectra_{obj}.png"
-                fig.savefig(out / name)
-                plt.close(fig)
-                made.append(name)
+                _style(
+                    ax, "rank i", "p_i = s_i / sum s", f"{obj}: spectra on {test_set} (first seed)", legend=7
+                )
+                made.append(_save(fig, out, f"spectra_{obj}.png"))
 
     mem = out / "memorisation.csv"
     if mem.is_file():
@@ -388,16 +394,14 @@ def figures(rows: list[dict], out: Path) -> list[str]:
                        if c["objective"] == obj and c["noise_rate"] == g and c["seed"] == s and c.get(metric)]  # fmt: skip
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker=".", label=f"gamma {float(g):g}, seed {s}")
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(f"{metric.split('/')[1]} (%)")
-            ax.set_title(f"{obj}: flipped samples fitted to their noisy label", fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            name = f"memorisation_{obj}.png"
-            fig.savefig(out / name)
-            plt.close(fig)
-            made.append(name)
+            _style(
+                ax,
+                "epoch",
+                f"{metric.split('/')[1]} (%)",
+                f"{obj}: flipped samples fitted to their noisy label",
+                legend=7,
+            )
+            made.append(_save(fig, out, f"memorisation_{obj}.png"))
     return made
 
 

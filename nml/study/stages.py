@@ -84,7 +84,9 @@ def pretrain(params: dict, directory: Path, out: Path, root: str) -> dict:
     trainer.callbacks.append(recorder)
     trainer.fit(cli.model, cli.datamodule)
     final = directory / "final.ckpt"
-    trainer.save_checkpoint(final, weights_only=False)  # the final epoch's weights, whatever the checkpoint callbacks kept
+    trainer.save_checkpoint(
+        final, weights_only=False
+    )  # the final epoch's weights, whatever the checkpoint callbacks kept
     meta = export_checkpoint(final, directory / "export")
     final.unlink()  # the export (and the run's own checkpoints in TensorBoard's directory) remain
     last = recorder.epochs[-1] if recorder.epochs else {}
