@@ -81,6 +81,13 @@ def test_pretraining_samples_have_image_class_caption_and_metadata(tiny_benchmar
     assert [int(s["cls"]) for s in samples[:104]] == list(range(52)) * 2
 
 
+def test_the_known_task_table_is_what_a_build_writes(tiny_benchmark):
+    from nml.benchmark.plan import TASK_NAMES
+
+    manifest = json.loads((tiny_benchmark / "manifest.json").read_text())
+    assert [t["name"] for t in manifest["tasks"]] == list(TASK_NAMES)
+
+
 def test_tasks_reference_written_shards_with_groups(tiny_benchmark):
     manifest = json.loads((tiny_benchmark / "manifest.json").read_text())
     tasks = {t["name"]: t for t in manifest["tasks"]}

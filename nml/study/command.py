@@ -59,7 +59,11 @@ def study(
     manifest = Path(root) / "manifest.json"
     _check_identity(out_dir, name)
     task_names = _task_names(manifest)
-    validate(grid, recipes, tasks, task_names if task_names is not None else list(tasks))
+    if task_names is None:  # the embedded benchmark, to be built: its task table is known
+        from nml.benchmark.plan import TASK_NAMES
+
+        task_names = list(TASK_NAMES)
+    validate(grid, recipes, tasks, task_names)
     if not manifest.is_file():
         if dry_run:
             log.info("the benchmark at %s is missing: a run builds it first (%s)", root, benchmark.size)
