@@ -104,8 +104,7 @@ def random_init(params: dict, directory: Path, out: Path, root: str) -> dict:
     from nml.models.export import write_export
 
     cli = _recipe_cli(params, root, [])
-    module, dm = cli.model, cli.datamodule
-    module.trainer = None  # never attached: setup() is not needed for the backbone of these modules
+    module, dm = cli.model, cli.datamodule  # built, never trained: the seeded initial weights
     if module.backbone is None:
         raise ValueError(
             f"{params['config']}: the model builds its backbone only in setup(); give num_classes"
