@@ -120,3 +120,21 @@ def test_audit_cli_same_json_for_any_workers(tiny_benchmark):
 
     bad = _audit("--shards", str(tiny_benchmark / spec), "--noise.kind", "symmetric", "--noise.rate", "1.2")
     assert bad.returncode != 0 and "noise.rate must be in [0, 1)" in bad.stderr
+
+
+def test_zero_shot_prompts_come_from_the_data(tiny_benchmark, tmp_path):
+    """The benchmark's _info.json carries its templates and per-class fields (models know no charset);
+    data with class names only gets CLIP's plainest template."""
+    from helpers import write_shards
+
+    dm = ImageTextShards(root=str(tiny_benchmark), num_workers=0)
+    prompts = dm.set_prompts(None)
+    assert len(prompts) == len(dm.classes) == 52 and dm.classes[0] == "0/O/o"
+    assert prompts[0][:3] == ["the digit 0", "the uppercase O", "the lowercase o"]
+    assert "an image of the character 'O'" in prompts[0] and len(prompts[0]) == 4 * 3
+    assert dm.set_prompts(None, ["a {name}"])[0] == ["a digit 0", "a uppercase O", "a lowercase o"]
+    with pytest.raises(ValueError, match=r"use a field 'ch' that class 0 does not have"):
+        plain = write_shards(tmp_path / "plain", [6], num_classes=3)
+        ClassificationShards(train=plain, val=plain, num_workers=0).set_prompts(None, ["the {ch}"])
+    plain_dm = ClassificationShards(train=plain, val=plain, num_workers=0)
+    assert plain_dm.set_prompts(None) == [["a photo of a c0."], ["a photo of a c1."], ["a photo of a c2."]]

@@ -94,6 +94,7 @@ def pretrain(params: dict, directory: Path, out: Path, root: str) -> dict:
         "export": str(directory / "export"),
         "epochs": recorder.epochs,
         "final": {k: v for k, v in last.items() if k != "epoch"},
+        "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
         "global_step": trainer.global_step,
         "epoch": trainer.current_epoch,
         "feature_dim": meta["feature_dim"],
