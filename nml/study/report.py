@@ -209,8 +209,16 @@ def tables(rows: list[dict]) -> str:
             f"### {obj}: spectrum of the frozen features (mean over the ID / OOD test sets) and memorisation",
             "",
         ]
+        fitted = (("memorised", "memorised (%)"), ("acc_noisy", "acc. on flipped (%)"))
+        if obj == "clip":  # CLIP's counterpart: in-batch retrieval on swapped / intact pairs
+            fitted = (
+                ("retrieval_noisy", "retrieval on swapped pairs (%)"),
+                ("retrieval_clean", "retrieval on intact pairs (%)"),
+            )
         lines += [
-            "| gamma | SVE (ID) | LSVR (ID) | SVE (OOD) | LSVR (OOD) | effective rank (ID) | memorised (%) | acc. on flipped (%) |"
+            "| gamma | SVE (ID) | LSVR (ID) | SVE (OOD) | LSVR (OOD) | effective rank (ID) | "
+            + " | ".join(title for _, title in fitted)
+            + " |"
         ]
         lines += ["|---|---|---|---|---|---|---|---|"]
         for g in noises:
@@ -227,11 +235,12 @@ def tables(rows: list[dict]) -> str:
                     v for k, v in spectrum_means(rows, metric, group).items() if k[:3] == (obj, init, g)
                 ]
             mem = {c: sorted({(r["seed"], r[c]) for r in rows if r["objective"] == obj and r["noise_rate"] == g and r["init"] == init and r[c] is not None})
-                   for c in ("memorised", "acc_noisy")}  # fmt: skip
+                   for c, _ in fitted}  # fmt: skip
             lines.append(
                 f"| {_noise_label(g)} | {_fmt(spec[('sve', 'id')], 3)} | {_fmt(spec[('lsvr', 'id')], 3)} | "
                 f"{_fmt(spec[('sve', 'ood')], 3)} | {_fmt(spec[('lsvr', 'ood')], 3)} | {_fmt(spec[('effective_rank', 'id')], 1)} | "
-                f"{_fmt([v for _, v in mem['memorised']], 1)} | {_fmt([v for _, v in mem['acc_noisy']], 1)} |"
+                + " | ".join(_fmt([v for _, v in mem[c]], 1) for c, _ in fitted)
+                + " |"
             )
         lines.append("")
     return "\n".join(lines)
