@@ -120,3 +120,13 @@ def test_caption_swap_never_self_and_donor_in_same_block():
 def test_no_noise_passes_labels_through():
     out = _apply(NoiseModel(NoiseConfig("symmetric", 0.0), 10), _shards(100))
     assert all(r["target"] == r["cls"] and not r["is_noisy"] for r in out.values())
+
+
+def test_a_transition_matrix_with_a_nan_is_refused(tmp_path):
+    import numpy as np
+
+    m = np.eye(3) * 0.8 + 0.1
+    m[0, 1] = np.nan
+    np.save(tmp_path / "t.npy", m)
+    with pytest.raises(ValueError, match=r"entry \[0, 1\] = nan is not a finite number"):
+        load_transition_matrix(tmp_path / "t.npy", 3)

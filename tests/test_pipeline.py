@@ -370,3 +370,17 @@ def test_no_per_sample_seeding_when_augmentation_is_off(tiny_benchmark, monkeypa
     dm.setup("fit")
     next(iter(dm.train_dataloader()))
     assert calls == []  # augment: false trains on the eval transform: nothing to seed
+
+
+def test_audit_of_a_truncated_shard_with_a_size_index_counts_what_it_read(tmp_path, caplog):
+    """Records (batch_size None) are never padded: a short read is counted and reported, not a
+    KeyError on the padding path."""
+    from nml.data.audit import audit_shards
+
+    spec = write_shards(tmp_path / "d", [4, 6])
+    bad = tmp_path / "d" / "train-0001.tar"
+    bad.write_bytes(bad.read_bytes()[: int(bad.stat().st_size * 0.4)])
+    with caplog.at_level(logging.WARNING):
+        report = audit_shards(spec, NoiseConfig("symmetric", 0.2))
+    assert 4 <= report["samples"] < 10
+    assert f"skipped {10 - report['samples']} unreadable sample(s)" in caplog.text

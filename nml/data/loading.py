@@ -93,11 +93,14 @@ class ResumableLoader:
         if not self.train:
             while self._done < self._length:
                 pad = self.padding_batch(last)
+                if pad is None:  # records, not batches: nothing to keep ranks in step
+                    return
                 self._done += 1
                 yield pad
 
-    def padding_batch(self, last: dict | None) -> dict:
-        """A batch that counts for nothing: ``last`` with its ``valid`` mask all False."""
+    def padding_batch(self, last: dict | None) -> dict | None:
+        """A batch that counts for nothing: ``last`` with its ``valid`` mask all False (None: the
+        loader yields single records, which are never padded)."""
         if last is None:
             raise RuntimeError(f"{type(self).__name__}: no evaluation samples on this rank to pad from")
         pad = dict(last)

@@ -429,7 +429,11 @@ class ShardLoader(ResumableLoader, DataLoader):
                 skipped,
             )
 
-    def padding_batch(self, last: dict | None) -> dict:
+    def padding_batch(self, last: dict | None) -> dict | None:
+        if (
+            self.cfg.batch_size is None
+        ):  # single records (nml data audit): a short read is counted, not padded
+            return None
         if last is None:
             raise RuntimeError(
                 f"rank {self.cfg.rank}: no evaluation samples to pad from ({len(self.cfg.shards)} shards)"

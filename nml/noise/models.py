@@ -63,6 +63,9 @@ def load_transition_matrix(path: str | Path, num_classes: int) -> np.ndarray:
             f"noise.matrix {str(p)!r}: expected a {num_classes} x {num_classes} matrix (one row per class), "
             f"got shape {m.shape}"
         )
+    if not np.isfinite(m).all():
+        r, c = np.argwhere(~np.isfinite(m))[0]
+        raise ValueError(f"noise.matrix {str(p)!r}: entry [{r}, {c}] = {m[r, c]} is not a finite number")
     if (m < 0).any():
         r, c = np.argwhere(m < 0)[0]
         raise ValueError(f"noise.matrix {str(p)!r}: entry [{r}, {c}] = {m[r, c]} is negative")
