@@ -79,6 +79,15 @@ def test_imagefolder_rejects_a_flat_folder(tmp_path):
         write_imagefolder(tmp_path, tmp_path / "out", progress=False)
 
 
+def test_imagefolder_refuses_an_empty_class_folder(tmp_path):
+    (tmp_path / "tree" / "cat").mkdir(parents=True)
+    _img(tmp_path / "tree" / "cat" / "a.png", 0, "PNG")
+    (tmp_path / "tree" / "aardvark").mkdir()  # sorts first: it would silently become class 0
+    with pytest.raises(SystemExit, match=r"class folder\(s\) \['aardvark'\] under .* hold no images"):
+        write_imagefolder(tmp_path / "tree", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_caption_table_round_trip(tmp_path, caplog):
     (tmp_path / "imgs").mkdir()
     rows = ["image\tcaption\tsource"]

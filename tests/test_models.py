@@ -132,3 +132,15 @@ def test_bench_gpu_step_runs_on_the_cpu_with_stand_in_models():
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert [row["case"] for row in rows] == ["resnet50", "clip-vit-b-32"]
     assert all(row["bare_samples_per_s"] > 0 and row["nml_samples_per_s"] > 0 for row in rows)
+
+
+def test_a_broken_checkpoint_is_named_in_the_error(tmp_path):
+    from nml.models.export import export_checkpoint
+
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "text.ckpt").write_text("not a checkpoint\n" * 10)
+    for name in ("empty.ckpt", "text.ckpt"):
+        with pytest.raises(ValueError, match=rf"'{tmp_path / name}' is not a readable PyTorch checkpoint"):
+            export_checkpoint(tmp_path / name, tmp_path / "out")
+        with pytest.raises(ValueError, match="is not a readable PyTorch checkpoint"):
+            create_backbone({"library": "timm", "name": "test_resnet"}, pretrained=str(tmp_path / name))

@@ -181,6 +181,19 @@ def _instantiate(config: BackboneConfig) -> nn.Module:
     raise ValueError(f"backbone library: expected 'timm' or 'open_clip', got {config.library!r}")
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)`` (never unpickles code) with an error that names the file."""
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise ValueError(
+            f"{str(path)!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200] or 'empty'})"
+        ) from None
+
+
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a local file (``weights_only``: never unpickles code)."""
     p = Path(path)
@@ -191,7 +204,7 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
             f"pretrained weights {str(path)!r} not found: give a local state dict, checkpoint or nml export "
             "directory (nml never downloads weights)"
         )
-    state = torch.load(p, map_location="cpu", weights_only=True)
+    state = read_checkpoint(p)
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -9,14 +9,21 @@ import torch
 
 from nml import __version__
 from nml.checksums import file_sha256
-from nml.models.backbones import EXPORT_META, EXPORT_WEIGHTS, Backbone, BackboneConfig, create_backbone
+from nml.models.backbones import (
+    EXPORT_META,
+    EXPORT_WEIGHTS,
+    Backbone,
+    BackboneConfig,
+    create_backbone,
+    read_checkpoint,
+)
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {str(ckpt)!r} not found")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = read_checkpoint(ckpt)
     hp = state.get("hyper_parameters") or {}
     info = state.get("nml") or {}
     if "backbone" not in info or "state_dict" not in state:

@@ -113,6 +113,12 @@ def write_imagefolder(
     ]
     if not items:
         raise SystemExit(f"nml data write: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    empty = [name for c, name in enumerate(classes) if not any(i == c for _, i in items)]
+    if empty:  # as torchvision's ImageFolder: an empty class would still take a label (and flipped labels)
+        raise SystemExit(
+            f"nml data write: class folder(s) {empty} under {root} hold no images ({', '.join(IMAGE_SUFFIXES)}); "
+            "remove them or add images"
+        )
     if seed is not None:
         items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
     samples = (
