@@ -111,7 +111,14 @@ class LossRecorder(Callback):
 
 
 def train_tiny(
-    kind: str, root: Path, out: Path, steps: int, stop_at=None, ckpt_path=None, accelerator: str = "cpu"
+    kind: str,
+    root: Path,
+    out: Path,
+    steps: int,
+    stop_at=None,
+    ckpt_path=None,
+    accelerator: str = "cpu",
+    max_epochs: int | None = None,
 ) -> list[float]:
     """The golden-loss run: ``steps`` steps of the tiny supervised or CLIP model on the tiny
     benchmark (noise 0.3), checkpointing every ``stop_at`` steps; returns the per-step losses."""
@@ -145,7 +152,8 @@ def train_tiny(
     trainer = Trainer(
         accelerator=accelerator,
         devices=1,
-        max_steps=steps,
+        max_steps=steps if max_epochs is None else -1,
+        max_epochs=max_epochs,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=stop_at is not None,

@@ -106,6 +106,19 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
 
 
 @pytest.mark.parametrize("kind", ["supervised", "clip"])
+def test_resume_under_max_epochs_continues_the_interrupted_epoch(tiny_benchmark, tmp_path, kind):
+    """Bounded by max_epochs (as the shipped configs are), a checkpoint taken mid-epoch resumes the
+    epoch where it stopped: the same per-step losses as the uninterrupted run. (Before the fix the
+    loader's state was never applied and the epoch restarted at batch 0.)"""
+    reference = train_tiny(kind, tiny_benchmark, tmp_path / "a", 0, max_epochs=2)  # 2 x 20 batches
+    head = train_tiny(kind, tiny_benchmark, tmp_path / "b", 0, stop_at=25, max_epochs=2)  # epoch 1, batch 5
+    assert head == reference[:25]
+    ckpt = next((tmp_path / "b").glob("*.ckpt"))
+    tail = train_tiny(kind, tiny_benchmark, tmp_path / "c", 0, ckpt_path=str(ckpt), max_epochs=2)
+    assert tail == pytest.approx(reference[25:], rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["supervised", "clip"])
 def test_golden_losses_and_resume_reproduces_the_tail(tiny_benchmark, tmp_path, kind):
     steps, stop = 8, 5  # 5 is mid-epoch: the tiny corpus has 312 samples = 20 batches of 16
     reference = train_tiny(kind, tiny_benchmark, tmp_path, steps)

@@ -234,14 +234,15 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _tune(cache: Path, out: Path, steps: int, stop_at=None, ckpt_path=None) -> list[float]:
+def _tune(cache: Path, out: Path, steps: int, stop_at=None, ckpt_path=None, max_epochs=None) -> list[float]:
     seed_everything(0)
     losses = LossRecorder(stop_at)
     callbacks = [losses]
     if stop_at is not None:
         callbacks.append(ModelCheckpoint(dirpath=out, every_n_train_steps=stop_at, save_top_k=-1))
+    bound = {"max_steps": steps} if max_epochs is None else {"max_steps": -1, "max_epochs": max_epochs}
     trainer = _trainer(
-        max_steps=steps, limit_val_batches=0, enable_checkpointing=stop_at is not None, callbacks=callbacks
+        **bound, limit_val_batches=0, enable_checkpointing=stop_at is not None, callbacks=callbacks
     )
     trainer.fit(DownstreamTuning("nmtune"), FeatureShards(str(cache), batch_size=16), ckpt_path=ckpt_path)
     return losses.losses
@@ -256,6 +257,16 @@ def test_feature_tuning_resumes_mid_epoch_to_the_same_losses(feature_cache, tmp_
     assert head == reference[:stop]
     tail = _tune(feature_cache, tmp_path, steps, ckpt_path=next((tmp_path / "ckpt").glob("*.ckpt")))
     assert tail == pytest.approx(reference[stop:], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_feature_tuning_resumes_mid_epoch_under_max_epochs(feature_cache, tmp_path):
+    """The shipped configs bound runs by max_epochs: the resumed epoch continues, it does not restart."""
+    reference = _tune(feature_cache, tmp_path, 0, max_epochs=2)  # 2 x 7 batches
+    head = _tune(feature_cache, tmp_path / "ckpt", 0, stop_at=10, max_epochs=2)  # epoch 1, batch 3
+    assert head == reference[:10]
+    tail = _tune(feature_cache, tmp_path, 0, ckpt_path=next((tmp_path / "ckpt").glob("*.ckpt")), max_epochs=2)
+    assert tail == pytest.approx(reference[10:], rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.slow

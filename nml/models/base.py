@@ -120,6 +120,14 @@ class BackboneModule(LightningModule):
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        # Lightning applies a checkpoint's train-loader state at the end of fit_loop.setup_data().
+        # configure_optimizers() asks for estimated_stepping_batches, which under max_epochs runs
+        # setup_data() *before* the checkpoint is restored; the later call returns early and the
+        # state was never applied (a mid-epoch resume replayed the epoch). Apply it here, once: the
+        # epoch's iterator is created after this hook.
+        self.trainer.fit_loop._load_combined_loader_states()
+
     # -- logs ----------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx) -> None:
         now = time.perf_counter()
