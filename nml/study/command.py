@@ -73,7 +73,7 @@ def study(
     from nml.checksums import file_sha256
 
     sha = file_sha256(manifest) if manifest.is_file() else "to-be-built"
-    plan = build_plan(grid, recipes, tasks, features, tuning, root, sha)
+    plan = build_plan(grid, recipes, tasks, features, tuning, sha)
     summary = {
         "name": name,
         "out": str(out_dir),

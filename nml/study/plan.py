@@ -87,7 +87,6 @@ def build_plan(
     tasks: dict[str, TaskPlan],
     features: Features,
     tuning: Tuning,
-    benchmark_root: str,
     manifest_sha256: str,
 ) -> Plan:
     cells = [Cell(o, float(g), s) for o in grid.objectives for g in grid.noise_rates for s in grid.seeds]

@@ -38,7 +38,7 @@ def run_stage(stage: Stage, out: Path, root: str) -> dict:
     if stage.kind == "pretrain":
         return stages.pretrain(stage.params, directory, out, root)
     if stage.kind == "random_init":
-        return stages.random_init(stage.params, directory, out, root)
+        return stages.random_init(stage.params, directory, root)
     if stage.kind == "features":
         return stages.features(stage.params, inputs[0], directory, root)
     if stage.kind == "tune":

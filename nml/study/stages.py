@@ -101,7 +101,7 @@ def pretrain(params: dict, directory: Path, out: Path, root: str) -> dict:
     }
 
 
-def random_init(params: dict, directory: Path, out: Path, root: str) -> dict:
+def random_init(params: dict, directory: Path, root: str) -> dict:
     from nml.models.export import write_export
 
     cli = _recipe_cli(params, root, [])
