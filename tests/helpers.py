@@ -119,6 +119,7 @@ def train_tiny(
     ckpt_path=None,
     accelerator: str = "cpu",
     max_epochs: int | None = None,
+    num_workers: int = 0,
 ) -> list[float]:
     """The golden-loss run: ``steps`` steps of the tiny supervised or CLIP model on the tiny
     benchmark (noise 0.3), checkpointing every ``stop_at`` steps; returns the per-step losses."""
@@ -134,7 +135,7 @@ def train_tiny(
     from nml.noise.config import NoiseConfig
 
     seed_everything(0)
-    common = {"root": str(root), "batch_size": 16, "num_workers": 0, "seed": 1}
+    common = {"root": str(root), "batch_size": 16, "num_workers": num_workers, "seed": 1}
     if kind == "supervised":
         dm = ClassificationShards(noise=NoiseConfig("symmetric", 0.3), **common)
         model = SupervisedPretraining(
@@ -152,7 +153,7 @@ def train_tiny(
     trainer = Trainer(
         accelerator=accelerator,
         devices=1,
-        max_steps=steps if max_epochs is None else -1,
+        max_steps=steps if steps else -1,  # with max_epochs too: both bounds
         max_epochs=max_epochs,
         limit_val_batches=0,
         logger=False,

@@ -124,3 +124,69 @@ def test_shard_writer_rejects_keys_with_dots(tmp_path):
 
     with ShardWriter(tmp_path / "x-%06d.tar") as w, pytest.raises(ValueError, match="first dot"):
         w.write({"__key__": "img.001", "png": b"x"})
+
+
+def test_high_bit_depth_images_are_scaled_by_their_range_or_refused(tmp_path):
+    """16-bit PNGs and 32-bit integer / float TIFFs keep their brightness (PIL's convert clips them)."""
+    root = tmp_path / "folder" / "a"
+    root.mkdir(parents=True)
+    ramp = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(root / "u16.png")
+    Image.fromarray((ramp * 65535).astype(np.int32)).save(root / "i32.tif")
+    Image.fromarray(ramp.astype(np.float32)).save(root / "f32.tif")
+    Image.fromarray((ramp * 255).astype(np.uint8)).save(root / "u8.png")
+    res = write_imagefolder(tmp_path / "folder", tmp_path / "out", seed=None, progress=False)
+    assert res["samples"] == 4 and res["skipped"] == 0
+    means = {
+        json.loads(s["json"])["path"]: np.asarray(Image.open(io.BytesIO(s["jpg"]))).mean()
+        for s in _read(tmp_path / "out", res["shards"])
+    }
+    for name in ("a/u16.png", "a/i32.tif", "a/f32.tif"):
+        assert means[name] == pytest.approx(means["a/u8.png"], abs=2), means
+    Image.fromarray((ramp * 1000 - 5).astype(np.float32)).save(root / "hdr.tif")  # no known range
+    with pytest.raises(ImageError, match=r"hdr.tif: 'F' image with values in \[-5, 995\]"):
+        write_imagefolder(tmp_path / "folder", tmp_path / "out2", strict=True, progress=False)
+
+
+def test_decompression_bomb_is_skipped_and_named(tmp_path, caplog, monkeypatch):
+    from nml.shards.members import BadImage, decode_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 200 MP image, scaled down
+    big = tmp_path / "folder" / "a" / "big.png"
+    big.parent.mkdir(parents=True)
+    Image.new("RGB", (100, 100)).save(big)
+    _img(big.parent / "small.png", 0, "PNG")
+    res = write_imagefolder(tmp_path / "folder", tmp_path / "out", progress=False)
+    assert res["samples"] == 1 and res["skipped"] == 1 and "big.png" in caplog.text
+    with pytest.raises(BadImage, match="shard x, sample big.*DecompressionBombError"):
+        decode_image(big.read_bytes(), "shard x, sample big")
+
+
+def test_caption_tables_bom_latin1_and_archives(tmp_path):
+    from nml.cli.commands.data import write
+
+    (tmp_path / "imgs").mkdir()
+    _img(tmp_path / "imgs" / "0.png", 0, "PNG")
+    (tmp_path / "bom.csv").write_bytes("image,caption\nimgs/0.png,a café\n".encode("utf-8-sig"))
+    res = write_captions(tmp_path / "bom.csv", tmp_path / "out", progress=False)
+    assert res["samples"] == 1 and _read(tmp_path / "out", res["shards"])[0]["txt"].decode() == "a café"
+    (tmp_path / "latin.csv").write_bytes("image,caption\nimgs/0.png,a café\n".encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"latin.csv is not UTF-8 text \(byte 0xe9"):
+        write_captions(tmp_path / "latin.csv", tmp_path / "out2", progress=False)
+    with pytest.raises(SystemExit, match=r"train-000000.tar' is an archive"):
+        write(str(tmp_path / "out" / "train-000000.tar"), str(tmp_path / "out3"))
+
+
+def test_output_directory_is_refused_unless_overwrite_and_a_stop_leaves_no_shards(imagefolder, tmp_path):
+    out = tmp_path / "shards"
+    write_imagefolder(imagefolder, out, shard_size=5, progress=False)
+    with pytest.raises(SystemExit, match=r"output directory .* is not empty .*--overwrite"):
+        write_imagefolder(imagefolder, out, shard_size=5, progress=False)
+    res = write_imagefolder(imagefolder, out, shard_size=20, progress=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["_info.json", "sizes.json", "train-000000.tar"]
+    assert res["num_shards"] == 1
+    with pytest.raises(ImageError, match="--strict: stopping"):  # broken.jpg comes after some shards
+        write_imagefolder(
+            imagefolder, tmp_path / "strict", shard_size=1, strict=True, progress=False, seed=None
+        )
+    assert list((tmp_path / "strict").iterdir()) == []  # no complete or partial shard left

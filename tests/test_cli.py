@@ -167,3 +167,41 @@ def test_shipped_config_parses(cfg, capsys):
                    if c["class_path"].endswith("ModelCheckpoint")]  # fmt: skip
     if any(c.get("monitor") for c in checkpoints):  # a monitored best-* needs an unconditional last.ckpt
         assert any(not c.get("monitor") and c.get("save_last") for c in checkpoints), cfg
+
+
+def test_errors_are_one_line_naming_the_input_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("NML_DEBUG", raising=False)
+    assert main(["data", "audit", "--shards", str(tmp_path / "nothere-{0..1}.tar")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("nml: error: FileNotFoundError: shard spec") and "nothere-0.tar" in err[0]
+    assert len(err) == 2 and "--debug" in err[1]
+    assert main(["data", "audit", "--shards", "x.tar", "--bogus", "1"]) == 1
+    assert "nml: error: unrecognized arguments: --bogus 1" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        main(["data", "audit", "--shards", str(tmp_path / "nothere.tar"), "--debug"])
+    monkeypatch.setenv("NML_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["data", "audit", "--shards", str(tmp_path / "nothere.tar")])
+
+
+@pytest.mark.slow
+def test_lightning_errors_are_one_line_bad_options_and_broken_checkpoints(tmp_path):
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "text.ckpt").write_text("e" * 101)
+    cases = {
+        ("--model.init_args.method", "bogus"): "--model.method: Expected a typing.Literal['linear', 'mlp', "
+        "'nmtune', 'finetune']. Got value: bogus",
+        (
+            "--ckpt_path",
+            str(tmp_path / "empty.ckpt"),
+        ): f"'{tmp_path / 'empty.ckpt'}' is not a PyTorch checkpoint (0 bytes, empty)",
+        (
+            "--ckpt_path",
+            str(tmp_path / "text.ckpt"),
+        ): "text.ckpt' is not a PyTorch checkpoint (101 bytes, starts with b'eeeeeeee')",
+    }
+    for args, message in cases.items():
+        r = _run("-m", "nml.cli", "test", "--config", "tune_linear.yaml", *args)
+        assert r.returncode == 1, r.stderr[-2000:]
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("nml: ")]
+        assert message in lines[0] and len(r.stderr.splitlines()) <= 4, r.stderr[-2000:]

@@ -26,7 +26,7 @@ pytestmark = [
 
 def _fit_and_test(config: str, root: Path, tmp_path: Path, extra: list[str], capsys) -> tuple[Path, dict]:
     common = ["--config", config, "--data.root", str(root), "--data.num_workers", "2"]
-    main(
+    assert 0 == main(
         ["fit", *common, "--data.batch_size", "32", "--trainer.accelerator", "gpu",
          "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
          "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
@@ -41,7 +41,7 @@ def _fit_and_test(config: str, root: Path, tmp_path: Path, extra: list[str], cap
     capsys.readouterr()
     results = {}
     for accelerator in ("gpu", "cpu"):
-        main(["test", *common, "--trainer.accelerator", accelerator, "--trainer.enable_progress_bar", "false",
+        assert main(["test", *common, "--trainer.accelerator", accelerator, "--trainer.enable_progress_bar", "false",
               "--ckpt_path", str(ckpt)])  # fmt: skip
         results[accelerator] = json.loads(capsys.readouterr().out)["metrics"]
     return ckpt, results

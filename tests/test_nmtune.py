@@ -59,3 +59,23 @@ def test_head_is_the_reference_architecture():
     assert z.shape == (5, 8) and logits.shape == (5, 3)
     head.eval()
     torch.testing.assert_close(head.transform(f), f + head.scale * head.h(f))
+
+
+def test_classifier_initialisation_is_the_papers_by_default_or_torchs():
+    from nml.models.tuning import DownstreamTuning
+
+    torch.manual_seed(0)
+    d = 512
+    paper = NMTuneHead(dim=d, num_classes=100).classifier
+    bound = (6 / d) ** 0.5  # the authors' kaiming-uniform bound, zero bias
+    assert torch.equal(paper.bias.detach(), torch.zeros(100))
+    assert paper.weight.abs().max() <= bound and paper.weight.abs().max() > 0.95 * bound
+    torch_default = NMTuneHead(dim=d, num_classes=100, head_init="torch").classifier
+    assert torch_default.weight.abs().max() <= (1 / d) ** 0.5 and torch_default.bias.abs().sum() > 0
+    linear = DownstreamTuning("linear", num_classes=10, feature_dim=d)
+    assert linear.hparams.head_init == "paper" and torch.equal(linear.head.bias.detach(), torch.zeros(10))
+    assert (
+        DownstreamTuning("linear", num_classes=10, feature_dim=d, head_init="torch").head.bias.abs().sum() > 0
+    )
+    with pytest.raises(ValueError, match="head_init: expected 'paper' or 'torch', got 'xavier'"):
+        NMTuneHead(dim=4, num_classes=2, head_init="xavier")

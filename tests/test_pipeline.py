@@ -25,7 +25,7 @@ from nml.shards.spec import (
     expand_spec,
     rebase_spec,
     resolve_shards,
-    train_assignment,
+    train_plan,
 )
 
 UNEVEN = [7, 13, 3, 20, 9, 11]  # 63 samples
@@ -78,17 +78,66 @@ def test_sizes_from_index_files_or_by_scanning(tmp_path, caplog):
     assert count_tar_samples(tmp_path / "s" / "train-0001.tar") == 6
 
 
-def test_train_shards_are_disjoint_and_cover_each_epoch():
+def test_train_plan_cuts_one_pass_into_spans_of_equal_batches_per_rank():
     from nml.shards.spec import Shard
 
-    shards = [Shard(f"s{i}", 10) for i in range(10)]
+    shards = [Shard("a", 100), Shard("b", 37), Shard("c", 5)]
     for epoch in (0, 1):
-        parts = [train_assignment(shards, 0, epoch, r, 4) for r in range(4)]
-        flat = [s.url for p in parts for s in p]
-        assert sorted(flat) == sorted(s.url for s in shards)
-    e0 = [s.url for s in train_assignment(shards, 0, 0, 0, 1)]
-    e1 = [s.url for s in train_assignment(shards, 0, 1, 0, 1)]
-    assert e0 != e1 and e0 == [s.url for s in train_assignment(shards, 0, 0, 0, 1)]
+        plans = train_plan(shards, 0, epoch, world_size=2, workers=2, batch_size=8)
+        read = Counter((sp.shard.url, i) for p in plans for sp in p.spans for i in range(sp.start, sp.stop))
+        assert len(read) == 142 and set(read.values()) == {1}  # every sample once
+        per_rank = [sum(p.batches for p in plans[r * 2 : r * 2 + 2]) for r in range(2)]
+        assert per_rank == [9, 9]  # ceil(142 / (8 * 2))
+        padding = [p.batches * 8 - p.samples for p in plans]
+        assert sum(padding) == 9 * 8 * 2 - 142 and max(padding) - min(padding) <= 1
+    e0 = train_plan(shards, 0, 0, 1, 1, 8)[0].spans
+    assert (
+        e0 != train_plan(shards, 0, 1, 1, 1, 8)[0].spans and e0 == train_plan(shards, 0, 0, 1, 1, 8)[0].spans
+    )
+    tiny = train_plan([Shard("x", 1)], 0, 0, world_size=3, workers=1, batch_size=4)
+    assert [p.samples for p in tiny] == [1, 0, 0] and all(p.batches == 1 and p.fallback for p in tiny[1:])
+
+
+def _coverage(spec, world, workers, batch, epochs=2, **kw):
+    from nml.data.audit import audit_stream
+
+    return audit_stream(
+        spec, batch, num_classes=5, world_size=world, num_workers=workers, epochs=epochs, **kw
+    )
+
+
+@pytest.mark.parametrize("sizes", [[100, 37, 5], UNEVEN, [1], [3, 3]])
+def test_every_training_sample_is_seen_once_per_epoch_plus_counted_padding(tmp_path, sizes):
+    spec = write_shards(tmp_path / "d", sizes)
+    n = sum(sizes)
+    for world in (1, 2, 3):
+        for workers in (0, 1, 2):
+            for batch in (4, 16):
+                report = _coverage(spec, world, workers, batch, shuffle_buffer=8)
+                per_rank = -(-n // (batch * world))
+                for e in report["epochs"]:
+                    where = f"sizes={sizes} world={world} workers={workers} batch={batch} epoch={e['epoch']}"
+                    assert e["batches_per_rank"] == [per_rank] * world and e["short_batches"] == 0, where
+                    assert e["unique"] == n and e["never_seen"] == 0, where
+                    assert e["padding"] == per_rank * batch * world - n < batch * world, where
+                    assert e["samples_yielded"] == n + e["padding"], where
+                    assert e["seen_more_than_once"] <= e["padding"], where
+
+
+def test_stream_audit_and_a_real_two_worker_loader_agree(tmp_path):
+    spec = write_shards(tmp_path / "d", [100, 37, 5])
+    report = _coverage(spec, 1, 2, 16, epochs=1)
+    loader = ShardLoader(_cfg(spec, batch_size=16, num_workers=2))
+    keys = Counter(k for b in _keys(loader) for k in b)
+    assert len(loader) == 9 == report["epochs"][0]["batches_per_rank"][0]
+    assert len(keys) == 142 and sum(keys.values()) == 144 == report["epochs"][0]["samples_yielded"]
+
+
+def test_resampled_epochs_draw_shards_with_replacement(tmp_path):
+    spec = write_shards(tmp_path / "d", [10, 10, 10])
+    report = _coverage(spec, 2, 1, 5, epochs=1, resampled=True, num_samples=40)
+    e = report["epochs"][0]
+    assert e["batches_per_rank"] == [4, 4] and e["samples_yielded"] == 40 and e["padding"] == 0
 
 
 def test_eval_units_read_every_sample_once_with_more_readers_than_shards():
@@ -146,19 +195,15 @@ def test_every_rank_yields_the_same_number_of_full_batches(tmp_path):
             batches = _keys(loader)
             assert len(batches) == len(loader) and all(len(b) == 5 for b in batches)
             counts.append(len(batches))
-        # ceil(63 / (5 * 2)) = 7 global batches, rounded up to a multiple of the workers
-        assert counts[0] == counts[1] == (7 if workers == 0 else 8)
+        assert counts[0] == counts[1] == 7  # ceil(63 / (5 * 2)), for any number of workers
 
 
-def test_too_few_shards_for_readers_suggests_fixes(tmp_path):
+def test_more_readers_than_shards_share_the_shards(tmp_path):
     spec = write_shards(tmp_path / "d", [5, 5, 5])
-    with pytest.raises(
-        ValueError, match=r"3 training shard\(s\) for 2 rank\(s\) x 2 worker\(s\) = 4 readers"
-    ) as e:
-        _cfg(spec, num_workers=2, world_size=2)
-    assert "resampled: true" in str(e.value) and "fewer" in str(e.value)
-    loader = ShardLoader(_cfg(spec, batch_size=4, num_workers=2, world_size=2, resampled=True))
+    loader = ShardLoader(_cfg(spec, batch_size=4, num_workers=2, world_size=2, rank=1))
     assert len(_keys(loader)) == len(loader) == 2
+    with pytest.raises(ValueError, match=r"train_samples=99: expected 1\.\.15.*resampled: true"):
+        _cfg(spec, num_samples=99)
 
 
 def test_resampled_sources_follow_weights(tmp_path):
@@ -188,6 +233,19 @@ def test_eval_counts_every_sample_once_with_padding(tmp_path, world, workers):
             valid_keys += [k for k, v in zip(b["key"], b["valid"], strict=True) if v]
     assert len(set(lengths)) == 1
     assert sorted(valid_keys) == [f"train-{i:06d}" for i in range(16)]
+
+
+def test_a_rank_with_no_evaluation_samples_gets_an_all_padding_batch(tmp_path):
+    spec = write_shards(tmp_path / "d", [2])  # 2 samples, 3 ranks
+    valid = []
+    for rank in range(3):
+        loader = ShardLoader(_cfg(spec, mode="eval", batch_size=4, rank=rank, world_size=3))
+        batches = list(loader)
+        assert len(batches) == len(loader) == 1
+        valid += [k for b in batches for k, v in zip(b["key"], b["valid"], strict=True) if v]
+        if rank == 2:
+            assert not batches[0]["valid"].any() and batches[0]["image"].shape[1:] == (3, 8, 8)
+    assert sorted(valid) == ["train-000000", "train-000001"]
 
 
 # -- resume ------------------------------------------------------------------------------------
@@ -384,3 +442,36 @@ def test_audit_of_a_truncated_shard_with_a_size_index_counts_what_it_read(tmp_pa
         report = audit_shards(spec, NoiseConfig("symmetric", 0.2))
     assert 4 <= report["samples"] < 10
     assert f"skipped {10 - report['samples']} unreadable sample(s)" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["cut_in_member", "empty", "random_bytes", "truncated_tgz"])
+def test_corrupt_tar_without_a_size_index_is_counted_named_and_skipped(tmp_path, caplog, damage):
+    import gzip
+    import os
+
+    from nml.data.audit import audit_shards, audit_stream
+    from nml.shards.spec import UnreadableShard
+
+    write_shards(tmp_path / "d", [6, 6, 6], sizes_json=False)
+    bad = tmp_path / "d" / "train-0001.tar"
+    data = bad.read_bytes()
+    if damage == "cut_in_member":
+        bad.write_bytes(data[: int(len(data) * 0.55) // 512 * 512 - 400])  # inside a member's data
+    elif damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "random_bytes":
+        bad.write_bytes(os.urandom(4000))
+    else:
+        bad.unlink()
+        bad = bad.with_suffix(".tgz")
+        bad.write_bytes(gzip.compress(data)[:-300])
+    spec = "{" + ",".join(str(p) for p in sorted((tmp_path / "d").iterdir())) + "}"
+    with caplog.at_level(logging.WARNING):
+        report = audit_shards(spec, NoiseConfig("symmetric", 0.2), num_classes=5)
+        stream = audit_stream(spec, 4, num_classes=5, num_workers=0)
+    assert bad.name in caplog.text and "not a readable tar" in caplog.text
+    assert 12 <= report["samples"] < 18
+    e = stream["epochs"][0]
+    assert e["never_seen"] == 0 and e["unique"] >= 12 and stream["samples_in_data"] < 18
+    with pytest.raises(UnreadableShard, match=bad.name):
+        audit_shards(spec, NoiseConfig(), num_classes=5, strict=True)

@@ -105,16 +105,24 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     assert backbone.eval().features(x).shape == (2, meta["feature_dim"])
 
 
-@pytest.mark.parametrize("kind", ["supervised", "clip"])
-def test_resume_under_max_epochs_continues_the_interrupted_epoch(tiny_benchmark, tmp_path, kind):
-    """Bounded by max_epochs (as the shipped configs are), a checkpoint taken mid-epoch resumes the
-    epoch where it stopped: the same per-step losses as the uninterrupted run. (Before the fix the
-    loader's state was never applied and the epoch restarted at batch 0.)"""
-    reference = train_tiny(kind, tiny_benchmark, tmp_path / "a", 0, max_epochs=2)  # 2 x 20 batches
-    head = train_tiny(kind, tiny_benchmark, tmp_path / "b", 0, stop_at=25, max_epochs=2)  # epoch 1, batch 5
+@pytest.mark.parametrize(
+    "kind,workers,steps",
+    [("supervised", 0, 0), ("clip", 0, 0), ("supervised", 2, 36), ("clip", 2, 0)],
+)
+def test_resume_under_max_epochs_continues_the_interrupted_epoch(
+    tiny_benchmark, tmp_path, kind, workers, steps
+):
+    """Bounded by max_epochs (as the shipped configs are; ``steps``: max_steps too, both bounds), with
+    0 or 2 loader workers, a checkpoint taken mid-epoch resumes the epoch where it stopped: the same
+    per-step losses as the uninterrupted run. (Before the fix the loader's state was never applied
+    and the epoch restarted at batch 0.)"""
+    run = {"max_epochs": 2, "num_workers": workers}
+    reference = train_tiny(kind, tiny_benchmark, tmp_path / "a", steps, **run)  # 2 x 20 batches (or 36)
+    assert len(reference) == (steps or 40)
+    head = train_tiny(kind, tiny_benchmark, tmp_path / "b", steps, stop_at=25, **run)  # epoch 1, batch 5
     assert head == reference[:25]
     ckpt = next((tmp_path / "b").glob("*.ckpt"))
-    tail = train_tiny(kind, tiny_benchmark, tmp_path / "c", 0, ckpt_path=str(ckpt), max_epochs=2)
+    tail = train_tiny(kind, tiny_benchmark, tmp_path / "c", steps, ckpt_path=str(ckpt), **run)
     assert tail == pytest.approx(reference[25:], rel=1e-6)
 
 

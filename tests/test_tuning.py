@@ -325,7 +325,7 @@ def test_last_ckpt_is_the_last_epoch_when_validation_stops_improving(feature_cac
     from nml.cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", "tune_linear.yaml", "--data", "data/features.yaml", "--data.init_args.root",
+    assert main(["fit", "--config", "tune_linear.yaml", "--data", "data/features.yaml", "--data.init_args.root",
           str(feature_cache), "--model.init_args.backbone", "null", "--model.init_args.optimizer", "torch.optim.SGD",
           "--model.init_args.optimizer.lr", "0.0", "--trainer.max_epochs", "3", "--trainer.enable_progress_bar",
           "false"])  # fmt: skip

@@ -25,6 +25,7 @@ import nml.models.contrastive
 import nml.models.supervised
 import nml.models.tuning  # noqa: F401
 from nml.callbacks.test_report import TestReport
+from nml.models.backbones import check_checkpoint_file
 
 
 class NMLCLI(LightningCLI):
@@ -47,12 +48,39 @@ class NMLCLI(LightningCLI):
             sys.stdout.write("\n")
 
 
+CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's special --ckpt_path values
+
+
+def check_ckpt_args(argv: Sequence[str]) -> None:
+    """A ``--ckpt_path`` file that is missing or not a checkpoint is named before anything is built."""
+    for i, a in enumerate(argv):
+        option, eq, value = a.partition("=")
+        if option != "--ckpt_path":
+            continue
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        if (
+            value
+            and value not in CKPT_KEYWORDS
+            and value.lower() not in ("null", "none")
+            and "://" not in value
+        ):
+            check_checkpoint_file(value)
+
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
 def run_lightning(argv: Sequence[str]) -> NMLCLI:
+    check_ckpt_args(argv)
     return NMLCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "exit_on_error": False,
+            **{c: {"exit_on_error": False} for c in LIGHTNING_SUBCOMMANDS},
+        },
         args=list(argv),
     )

@@ -12,10 +12,14 @@ it resolves to the configs shipped inside the package (``nml/configs``); so do `
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import logging
+import os
+import re
 import sys
+import tarfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,6 +59,7 @@ log = logging.getLogger("nml")
 EXPECTED_WARNINGS = (
     r"Your `IterableDataset` has `__len__` defined",
     r"Found \d+ module\(s\) in eval mode at the start of training",
+    r"LightningCLI's args parameter is intended to run from within Python",  # nml passes its argv on
 )
 
 
@@ -144,7 +149,10 @@ def build_parser(argv: Sequence[str] = ()):
     from nml import __version__
 
     parser = ArgumentParser(
-        prog="nml", description="Noisy Model Learning with PyTorch Lightning", default_env=False
+        prog="nml",
+        description="Noisy Model Learning with PyTorch Lightning",
+        default_env=False,
+        exit_on_error=False,  # errors reach main(): one line, not a usage dump
     )
     parser.add_argument("--version", action="version", version=f"nml {__version__}")
     sub = parser.add_subcommands(required=True, dest="command")
@@ -154,7 +162,9 @@ def build_parser(argv: Sequence[str] = ()):
     def function_parser(path: list[str], target: str) -> ArgumentParser:
         fn = _load(target)  # command modules import nothing heavy at module level
         fp = ArgumentParser(
-            prog=f"nml {' '.join(path)}", description=(fn.__doc__ or "").strip().split("\n\n")[0]
+            prog=f"nml {' '.join(path)}",
+            description=(fn.__doc__ or "").strip().split("\n\n")[0],
+            exit_on_error=False,
         )
         if list(argv[: len(path)]) == path:  # only the invoked command is built in full
             fp.add_argument("--config", action=ActionConfigFile, help="YAML with these options")
@@ -175,9 +185,57 @@ def build_parser(argv: Sequence[str] = ()):
     return parser
 
 
+# Errors that describe bad input (files, options, data): one line on stderr, exit status 1; the
+# traceback with --debug or NML_DEBUG=1. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (
+    argparse.ArgumentError,
+    ValueError,
+    TypeError,
+    KeyError,
+    OSError,
+    EOFError,
+    RuntimeError,
+    tarfile.TarError,
+)
+_PARSER_KEY = re.compile(r'^Parser key "([^"]+)":?$')
+_UNION_NOISE = ("Does not validate", "Subtypes:", "Errors:", "- Problem with given class_path", "Given value")
+
+
+def error_line(e: BaseException) -> str:
+    """The message of ``e`` on one line. A jsonargparse union dump (every type it tried, 60-115
+    lines) becomes the dotted option and the first reason (``model.method: Expected a ...``)."""
+    text = str(e).strip() or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    keys, reason = [], ""
+    for ln in lines:
+        m = _PARSER_KEY.match(ln)
+        if m:
+            keys.append(m.group(1))
+        elif not ln.startswith(_UNION_NOISE):
+            reason = ln.removeprefix("- ")
+            break
+    if keys and reason:
+        return f"--{'.'.join(keys)}: {reason}"
+    name = "" if isinstance(e, argparse.ArgumentError) else f"{type(e).__name__}: "
+    return f"{name}{lines[0]}" + (" [...]" if len(lines) > 1 else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("NML_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     setup_logging()
+    try:
+        return _main(argv)
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        print(f"nml: error: {error_line(e)}", file=sys.stderr)
+        print("nml: the full traceback: add --debug (or set NML_DEBUG=1)", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     argv = expand_flags(resolve_config_args(argv))

@@ -1,7 +1,10 @@
-"""``nml data audit``: read shards through the training pipeline's noise stage and report it.
+"""``nml data audit``: read shards through the training pipeline and report what it yields.
 
-The report is computed from the set of (key, clean, noisy) triples, sorted by key, so it is the
-same for any number of workers; images are not decoded.
+* :func:`audit_shards`: the noise. The report is computed from the set of (key, clean, noisy)
+  triples, sorted by key, so it is the same for any number of workers; images are not decoded.
+* :func:`audit_stream`: the training stream's coverage. Every simulated rank and worker reads its
+  part of each epoch exactly as ``nml fit`` would (images not decoded) and the report counts, per
+  epoch, the samples yielded, unique, never seen, seen more than once, and padding.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
@@ -16,9 +20,120 @@ from nml.noise.config import NoiseConfig
 from nml.noise.models import load_transition_matrix
 from nml.shards.manifest import info_classes
 from nml.shards.members import MemberSpec
-from nml.shards.spec import resolve_shards
+from nml.shards.spec import expand_spec, resolve_shards
 
 log = logging.getLogger(__name__)
+
+
+def _members(
+    shards: str,
+    noise: NoiseConfig,
+    num_classes: int | None,
+    image_keys: str,
+    label_key: str,
+    caption_key: str,
+) -> MemberSpec:
+    expand_spec(shards)  # a missing shard is named before anything else is asked of the data
+    if noise.kind == "caption_swap":
+        return MemberSpec(image_keys, None, None, caption_key, require_caption=True)
+    if num_classes is None:
+        classes = info_classes(shards)
+        if classes is None:
+            raise ValueError(
+                f"num_classes unknown for {shards!r}: no _info.json with 'classes' beside the shards; "
+                "pass --num_classes"
+            )
+        num_classes = len(classes)
+    return MemberSpec(image_keys, label_key, num_classes)
+
+
+def record_ids(records: list[dict]) -> list[tuple[str, str, bool]]:
+    """Collate for the stream audit: (shard, key, is a padding repeat) per record."""
+    return [(r["__url__"], r["__key__"], bool(r.get("__repeat__"))) for r in records]
+
+
+def audit_stream(
+    shards: str,
+    batch_size: int,
+    noise: NoiseConfig | None = None,
+    num_classes: int | None = None,
+    world_size: int = 1,
+    num_workers: int = 0,
+    epochs: int = 1,
+    seed: int = 0,
+    resampled: bool = False,
+    num_samples: int | None = None,
+    shuffle_buffer: int = 1000,
+    image_keys: str = "jpg;png;jpeg;webp",
+    label_key: str = "cls",
+    caption_key: str = "txt",
+    strict: bool = False,
+) -> dict:
+    """Coverage of the training stream per epoch, for every simulated rank and worker."""
+    from nml.data.pipeline import ShardStream, SharedState, StreamConfig
+
+    noise = noise or NoiseConfig()
+    if world_size < 1 or epochs < 1:
+        raise ValueError(f"world_size and epochs must be >= 1, got {world_size} and {epochs}")
+    base = StreamConfig(
+        shards=resolve_shards(shards, strict=strict),
+        members=_members(shards, noise, num_classes, image_keys, label_key, caption_key),
+        mode="train",
+        batch_size=batch_size,
+        seed=seed,
+        world_size=world_size,
+        num_workers=num_workers,
+        noise=noise,
+        resampled=resampled,
+        num_samples=num_samples,
+        shuffle_buffer=shuffle_buffer,
+        strict=strict,
+        decode=False,
+        collate=record_ids,
+    )
+    data = base.total_samples
+    report: dict = {
+        "shards": shards,
+        "num_shards": len(base.shards),
+        "samples_in_data": data,
+        "batch_size": batch_size,
+        "world_size": world_size,
+        "num_workers": num_workers,
+        "resampled": resampled,
+        "epochs": [],
+    }
+    for epoch in range(epochs):
+        seen: Counter = Counter()
+        batches, yielded, padding, short, skipped = [], 0, 0, 0, 0
+        for rank in range(world_size):
+            state = SharedState()
+            state.set(epoch, 0)
+            cfg = replace(base, rank=rank)
+            n = 0
+            for slot in range(base.workers):
+                for batch in ShardStream(cfg, state, slot=slot):
+                    n += 1
+                    short += len(batch) < batch_size
+                    for url, key, repeat in batch:
+                        yielded += 1
+                        padding += repeat
+                        seen[(url, key)] += 1
+            batches.append(n)
+            skipped += state.pop_counts()["skipped"]
+        report["epochs"].append(
+            {
+                "epoch": epoch,
+                "batches_per_rank": batches,
+                "short_batches": short,
+                "samples_yielded": yielded,
+                "unique": len(seen),
+                "never_seen": max(data - len(seen), 0),
+                "seen_more_than_once": sum(1 for c in seen.values() if c > 1),
+                "padding": padding,
+                "skipped": skipped,
+            }
+        )
+    return report
 
 
 def audit_shards(
@@ -35,21 +150,10 @@ def audit_shards(
     from nml.data.pipeline import ShardLoader, StreamConfig
 
     captions = noise.kind == "caption_swap"
-    if not captions and num_classes is None:
-        classes = info_classes(shards)
-        if classes is None:
-            raise ValueError(
-                f"num_classes unknown for {shards!r}: no _info.json with 'classes' beside the shards; "
-                "pass --num_classes"
-            )
-        num_classes = len(classes)
-    members = (
-        MemberSpec(image_keys, None, None, caption_key, require_caption=True)
-        if captions
-        else MemberSpec(image_keys, label_key, num_classes)
-    )
+    members = _members(shards, noise, num_classes, image_keys, label_key, caption_key)
+    num_classes = members.num_classes
     cfg = StreamConfig(
-        shards=resolve_shards(shards),
+        shards=resolve_shards(shards, strict=strict),
         members=members,
         mode="eval",
         batch_size=None,

@@ -98,6 +98,11 @@ class ResumableLoader:
                 self._done += 1
                 yield pad
 
+    def epoch_counts(self) -> dict[str, int]:
+        """Per-epoch counts of samples skipped as unreadable and repeated as padding (logged as
+        ``data/<name>``) since the last call; none for a loader that neither skips nor pads."""
+        return {}
+
     def padding_batch(self, last: dict | None) -> dict | None:
         """A batch that counts for nothing: ``last`` with its ``valid`` mask all False (None: the
         loader yields single records, which are never padded)."""

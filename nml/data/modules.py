@@ -220,7 +220,7 @@ class ShardDataModule(LightningDataModule):
 
     def _stream(self, spec: str, mode: str, members: MemberSpec, **kw) -> StreamConfig:
         train = mode == "train"
-        shards = resolve_shards(spec)
+        shards = resolve_shards(spec, strict=self.strict)
         if train and self.train_shards is not None:
             if self.train_shards > len(shards):
                 raise ValueError(

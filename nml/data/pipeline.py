@@ -2,15 +2,17 @@
 
 Per reader (global worker id ``rank * workers + worker``), a ``webdataset.DataPipeline`` of::
 
-    shards for this reader  ->  tar -> parse members -> NOISE (per shard, pre-shuffle)
-    -> sample shuffle seeded by (seed, epoch, rank, worker)  -> resume skip
-    -> decode + transform  -> batch  -> with_epoch(batches per reader)
+    this reader's spans of shards  ->  tar -> parse members -> NOISE (per shard, pre-shuffle)
+    -> sample shuffle seeded by (seed, epoch, rank, worker), drained at the end of the pass
+    -> repeats up to the reader's full batches  -> resume skip  -> decode + transform  -> batch
 
-* Training: shards are shuffled by (seed, epoch) and dealt round-robin to readers (or drawn with
-  replacement, ``resampled``). A reader cycles through its shards until it has produced exactly
-  ``batches_per_reader`` full batches, so every rank yields the same number of batches
-  (``ceil(samples / (batch * world))`` rounded up to a multiple of the workers): uneven batch
-  counts hang DDP.
+* Training: an epoch is exactly one pass over the training samples plus counted padding. The shards,
+  shuffled by (seed, epoch), are laid end to end and cut into one span per reader sized by sample
+  count (:func:`~nml.shards.spec.train_plan`), so that every rank yields the same number of full
+  batches, ``ceil(samples / (batch * world))`` (uneven batch counts hang DDP); the last batches are
+  filled with the fewest repeats of the reader's own first samples, counted as padding. Samples
+  lost to unreadable data are replaced the same way (counted as skipped and as padding).
+  ``resampled``: shards are drawn with replacement, ``num_samples`` per epoch, no pass structure.
 * Evaluation: every sample is read exactly once across all ranks and workers, in order, with a
   partial last batch; the loader pads each rank to the same number of batches with copies whose
   ``valid`` mask is all False (no per-step collectives needed; reduce counts at epoch end).
@@ -30,7 +32,7 @@ import multiprocessing as mp
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -43,7 +45,16 @@ from nml.noise.config import NoiseConfig
 from nml.noise.models import NoiseModel
 from nml.seeding import name_seed, named_rng
 from nml.shards.members import BadImage, MemberSpec, ShardFormatError, decode_image, parse_sample
-from nml.shards.spec import EvalUnit, Shard, eval_assignment, eval_units, train_assignment
+from nml.shards.spec import (
+    EvalUnit,
+    ReaderPlan,
+    Shard,
+    eval_assignment,
+    eval_units,
+    rank_batches,
+    train_plan,
+    worker_batches,
+)
 
 log = logging.getLogger(__name__)
 Mode = Literal["train", "eval"]
@@ -51,10 +62,11 @@ MAX_WARNINGS = 5
 
 
 class SharedState:
-    """Epoch, resume offset and a skipped-sample counter in shared memory (seen by all workers)."""
+    """Epoch, resume offset and per-epoch counters of skipped and padding samples in shared memory
+    (seen by all workers)."""
 
     def __init__(self) -> None:
-        self._v = mp.Array("q", 3)  # epoch, skip (batches), skipped samples
+        self._v = mp.Array("q", 4)  # epoch, skip (batches), skipped samples, padding samples
 
     def set(self, epoch: int, skip: int) -> None:
         with self._v.get_lock():
@@ -67,10 +79,16 @@ class SharedState:
         with self._v.get_lock():
             self._v[2] += n
 
-    def pop_skipped(self) -> int:
+    def add_padding(self, n: int) -> None:
         with self._v.get_lock():
-            n, self._v[2] = int(self._v[2]), 0
-        return n
+            self._v[3] += n
+
+    def pop_counts(self) -> dict[str, int]:
+        """``{skipped, padding}`` since the last call (then reset)."""
+        with self._v.get_lock():
+            out = {"skipped": int(self._v[2]), "padding": int(self._v[3])}
+            self._v[2], self._v[3] = 0, 0
+        return out
 
 
 @dataclass
@@ -88,7 +106,7 @@ class StreamConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     resampled: bool = False
     weights: list[float] | None = None  # per '::' source, resampled mode only
-    num_samples: int | None = None  # training epoch size (default: all samples)
+    num_samples: int | None = None  # training epoch size (default: all samples; resampled: required)
     shuffle_buffer: int = 1000
     strict: bool = False
     decode: bool = True
@@ -112,14 +130,18 @@ class StreamConfig:
             raise ValueError(f"views must be >= 1, got {self.views}")
         if not (0 <= self.rank < self.world_size):
             raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
-        readers = self.world_size * self.workers
-        if self.mode == "train" and not self.resampled and len(self.shards) < readers:
-            raise ValueError(
-                f"{len(self.shards)} training shard(s) for {self.world_size} rank(s) x {self.workers} "
-                f"worker(s) = {readers} readers: every reader needs at least one shard. Use fewer "
-                "num_workers, set resampled: true (shards drawn with replacement), or write more, "
-                "smaller shards (`nml data write --shard_size`)"
-            )
+        if self.mode == "train" and self.batch_size is not None:
+            if self.total_samples < 1 and not self.resampled:
+                raise ValueError("the training shards hold no samples (sizes.json says 0)")
+            if self.num_samples is not None and not (
+                0 < self.num_samples <= (self.total_samples if not self.resampled else self.num_samples)
+            ):
+                raise ValueError(
+                    f"train_samples={self.num_samples}: expected 1..{self.total_samples} (the samples in the "
+                    "training shards); an epoch of more than one pass needs resampled: true"
+                )
+            if self.resampled and self.num_samples is None and self.total_samples < 1:
+                raise ValueError("resampled: true needs train_samples (samples per epoch) or a size index")
         if self.weights is not None:
             if not self.resampled:
                 raise ValueError("source weights need resampled: true (sampling shards with replacement)")
@@ -137,13 +159,24 @@ class StreamConfig:
     def total_samples(self) -> int:
         return sum(s.size for s in self.shards)
 
-    def batches_per_reader(self) -> int:
-        """Training: full batches each reader yields per epoch (equal on all ranks and workers)."""
-        n = self.num_samples if self.num_samples is not None else self.total_samples
-        if n < 1:
-            raise ValueError("the training shards hold no samples (sizes.json says 0)")
-        global_batches = math.ceil(n / (self.batch_size * self.world_size))
-        return math.ceil(global_batches / self.workers)
+    @property
+    def epoch_samples(self) -> int:
+        """Training samples per epoch (one pass, or ``num_samples``)."""
+        return self.num_samples if self.num_samples is not None else self.total_samples
+
+    def rank_batches(self) -> int:
+        """Training: full batches every rank yields per epoch."""
+        return rank_batches(self.epoch_samples, self.batch_size, self.world_size)
+
+    def reader_batches(self, slot: int) -> int:
+        """Training: full batches worker ``slot`` of a rank yields per epoch."""
+        return worker_batches(self.rank_batches(), self.workers, slot)
+
+    def plan(self, epoch: int) -> list[ReaderPlan]:
+        """Training without resampling: every reader's part of ``epoch``."""
+        return train_plan(
+            self.shards, self.seed, epoch, self.world_size, self.workers, self.batch_size, self.num_samples
+        )
 
     def eval_units_of(self, reader: int) -> list[EvalUnit]:
         readers = self.world_size * self.workers
@@ -158,7 +191,7 @@ class StreamConfig:
     def length(self) -> int:
         """Batches (records if batch_size is None) the loader of ``rank`` yields per epoch."""
         if self.mode == "train":
-            return self.batches_per_reader() * self.workers
+            return self.rank_batches()
         return max(self.eval_batches_of_rank(r) for r in range(self.world_size))
 
 
@@ -181,14 +214,18 @@ class _TarErrors:
 class ShardStream(wds.DataPipeline):
     """The pipeline of one reader, built per iteration from the shared epoch and resume offset."""
 
-    def __init__(self, cfg: StreamConfig, state: SharedState | None = None):
+    def __init__(self, cfg: StreamConfig, state: SharedState | None = None, slot: int | None = None):
+        """``slot``: play DataLoader worker ``slot`` of ``cfg.num_workers`` in this process."""
         super().__init__()
-        self.cfg, self.state = cfg, state or SharedState()
+        self.cfg, self.state, self.slot = cfg, state or SharedState(), slot
         self.noise = NoiseModel(cfg.noise, cfg.members.num_classes, cfg.seed)
         self._ctx: dict[str, int] = {}
+        self._plan: ReaderPlan | None = None  # training without resampling: this reader's epoch
+        self._pool: list[dict] = []  # the reader's first records: where padding repeats come from
+        self._warned = 0
         self.pipeline = [self._samples]
         if cfg.mode == "train":
-            self.pipeline.append(self._shuffle)
+            self.pipeline += [self._shuffle, self._pad]
         self.pipeline += [self._skip, self._decode]
         if cfg.batch_size is not None:
             self.pipeline.append(
@@ -199,7 +236,10 @@ class ShardStream(wds.DataPipeline):
     def context(self) -> dict[str, int]:
         """(epoch, reader, number of the batches this reader still owes) for this iteration."""
         info = get_worker_info()
-        workers, slot = (info.num_workers, info.id) if info is not None else (1, 0)
+        if info is not None:
+            workers, slot = info.num_workers, info.id
+        else:  # the main process: one reader, or worker ``slot`` played in-process (audits, tests)
+            workers, slot = (self.cfg.workers, self.slot) if self.slot is not None else (1, 0)
         if workers != self.cfg.workers:
             raise RuntimeError(f"stream built for {self.cfg.workers} worker(s) but run by {workers}")
         epoch, skip = self.state.get()
@@ -207,13 +247,17 @@ class ShardStream(wds.DataPipeline):
             skip = 0
         logical = (slot + skip) % workers  # rotation: the next batch comes from the right worker
         done = (skip - logical + workers - 1) // workers if skip > logical else 0
-        return {"epoch": epoch, "reader": self.cfg.rank * workers + logical, "done": done}
+        return {"epoch": epoch, "reader": self.cfg.rank * workers + logical, "slot": logical, "done": done}
 
     def __iter__(self) -> Iterator:
         self._ctx = self.context()
-        if self.cfg.mode == "train" and self.cfg.batch_size is not None:
-            remaining = self.cfg.batches_per_reader() - self._ctx["done"]
-            if remaining <= 0:  # resumed at the very end of the epoch
+        cfg = self.cfg
+        self._plan, self._pool, self._warned = None, [], 0
+        if cfg.mode == "train" and cfg.batch_size is not None:
+            if not cfg.resampled:
+                self._plan = cfg.plan(self._ctx["epoch"])[self._ctx["reader"]]
+            remaining = cfg.reader_batches(self._ctx["slot"]) - self._ctx["done"]
+            if remaining <= 0:  # resumed at the very end of the epoch, or a worker with no batches
                 return iter(())
             self.with_epoch(nbatches=remaining)
         return super().__iter__()
@@ -222,43 +266,45 @@ class ShardStream(wds.DataPipeline):
         return f"rank {self.cfg.rank} reader {self._ctx.get('reader')}"
 
     # -- stages --------------------------------------------------------------------------------
-    def _train_shards(self) -> Iterator[Shard]:
+    def _resampled_shards(self) -> Iterator[Shard]:
         cfg, ctx = self.cfg, self._ctx
-        readers = cfg.world_size * cfg.workers
-        if cfg.resampled:
-            rng = named_rng("resample", cfg.seed, ctx["epoch"], ctx["reader"])
-            by_source: dict[int, list[Shard]] = {}
-            for s in cfg.shards:
-                by_source.setdefault(s.source, []).append(s)
-            sources = sorted(by_source)
-            w = cfg.weights or [len(by_source[i]) for i in sources]
-            while True:
-                src = rng.choices(sources, weights=w)[0]
-                yield rng.choice(by_source[src])
-        mine = train_assignment(cfg.shards, cfg.seed, ctx["epoch"], ctx["reader"], readers)
-        yield from mine
-        for p in range(1, 2**62):  # cycle until with_epoch has its batches
-            again = list(mine)
-            named_rng("pass", cfg.seed, ctx["epoch"], ctx["reader"], p).shuffle(again)
-            yield from again
+        rng = named_rng("resample", cfg.seed, ctx["epoch"], ctx["reader"])
+        by_source: dict[int, list[Shard]] = {}
+        for s in cfg.shards:
+            by_source.setdefault(s.source, []).append(s)
+        sources = sorted(by_source)
+        w = cfg.weights or [len(by_source[i]) for i in sources]
+        while True:
+            src = rng.choices(sources, weights=w)[0]
+            yield rng.choice(by_source[src])
 
-    def _read(self, shard: Shard, slot: int = 0, slots: int = 1) -> Iterator[dict]:
+    def _read(
+        self, shard: Shard, slot: int = 0, slots: int = 1, start: int = 0, stop: int | None = None
+    ) -> Iterator[dict]:
+        """Samples of ``shard`` with index in ``[start, stop)`` and ``index % slots == slot``."""
         errors = _TarErrors(self.cfg, self.state, self._where())
         opened = list(url_opener([{"url": shard.url}], handler=errors))
         if not opened:
             return
         try:
             raw = group_by_keys(tar_file_expander(opened, handler=errors), handler=errors)
-            for rec in self.noise.apply(self._parse(raw, errors, shard)):
-                if rec["__index__"] % slots == slot:
+            for rec in self.noise.apply(self._parse(raw, errors, shard, stop)):
+                i = rec["__index__"]
+                if stop is not None and i >= stop:
+                    break
+                if i >= start and i % slots == slot:
                     yield rec
         finally:
             opened[0]["stream"].close()
 
-    def _parse(self, raw: Iterator[dict], errors: _TarErrors, shard: Shard) -> Iterator[dict]:
+    def _parse(
+        self, raw: Iterator[dict], errors: _TarErrors, shard: Shard, stop: int | None = None
+    ) -> Iterator[dict]:
         """Parse the samples of one shard; a truncated shard (Python's tarfile reads it as a short
-        archive whose last sample lacks members) is reported and counted like a corrupt member."""
+        archive whose last sample lacks members) is reported and counted like a corrupt member.
+        ``stop``: a reader of the first ``stop`` samples only counts what is missing among them."""
         n, pending = 0, None
+        expected = shard.size if stop is None else min(stop, shard.size)
         for r in raw:
             if pending is not None:  # a bad sample followed by more: the data is wrong
                 raise pending
@@ -278,18 +324,21 @@ class ShardStream(wds.DataPipeline):
                 raise ShardFormatError(f"{pending} (or the shard is truncated)")
             errors(
                 ShardFormatError(f"{shard.url}: truncated after {n - 1} of {shard.size} samples ({pending})"),
-                shard.size - n + 1,
+                max(expected - n + 1, 0),
             )
-        elif shard.size and n < shard.size and not errors.count:
+        elif shard.size and n < expected and not errors.count:
             errors(
                 ShardFormatError(f"{shard.url}: read {n} samples, but the size index says {shard.size}"),
-                shard.size - n,
+                expected - n,
             )
 
     def _samples(self) -> Iterator[dict]:
-        if self.cfg.mode == "train":
+        if self._plan is not None:
+            for span in self._plan.spans:
+                yield from self._read(span.shard, start=span.start, stop=span.stop)
+        elif self.cfg.mode == "train":
             empty_run = 0
-            for shard in self._train_shards():
+            for shard in self._resampled_shards():
                 n = 0
                 for rec in self._read(shard):
                     n += 1
@@ -308,6 +357,33 @@ class ShardStream(wds.DataPipeline):
             return src
         return wds.shuffle(cfg.shuffle_buffer, max(1, cfg.shuffle_buffer // 10), rng=rng)(src)
 
+    def _pad(self, src: Iterator[dict]) -> Iterator[dict]:
+        """Pass the reader's samples through, keeping its first batch as the padding pool; after the
+        pass, repeat from the pool up to the reader's full batches (counted as padding)."""
+        plan, size = self._plan, self.cfg.batch_size
+        if plan is None:  # resampled, or unbatched records
+            yield from src
+            return
+        n = 0
+        for rec in src:
+            if len(self._pool) < size:
+                self._pool.append(dict(rec))
+            n += 1
+            yield rec
+        missing = plan.batches * size - n
+        if missing <= 0:
+            return
+        if not self._pool:
+            for span in plan.fallback:
+                self._pool += [dict(r) for r in self._read(span.shard, start=span.start, stop=span.stop)]
+        if not self._pool:
+            raise RuntimeError(
+                f"{self._where()}: no readable training samples to fill its {plan.batches} batches"
+            )
+        self.state.add_padding(missing)
+        for i in range(missing):
+            yield {**self._pool[i % len(self._pool)], "__repeat__": True}
+
     def _skip(self, src: Iterator[dict]) -> Iterator[dict]:
         n = self._ctx["done"] * (self.cfg.batch_size or 1)
         for rec in src:
@@ -317,36 +393,56 @@ class ShardStream(wds.DataPipeline):
             yield rec
 
     def _decode(self, src: Iterator[dict]) -> Iterator[dict]:
-        cfg = self.cfg
-        warned = 0
+        n = 0
         for rec in src:
-            if cfg.decode:
-                where = f"shard {rec['__url__']!r}, sample {rec['__key__']!r}"
-                try:
-                    img = decode_image(rec.pop("image"), where)
-                except BadImage:
-                    if cfg.strict:
-                        raise
-                    self.state.add_skipped()
-                    warned += 1
-                    if warned <= MAX_WARNINGS:
-                        log.warning("%s: skipped undecodable image in %s", self._where(), where)
-                    continue
-                if cfg.transform is None:
-                    rec["image"] = img
-                elif cfg.seeded:  # random augmentation, reproducible per (seed, epoch, sample, view)
-                    name = f"{cfg.seed}/{self._ctx['epoch']}/{rec['__key__']}"
-                    views = []
-                    for v in range(cfg.views):
-                        with seeded_rng(f"{name}/{v}" if v else name):
-                            views.append(cfg.transform(img))
-                    rec["image"] = views[0] if cfg.views == 1 else torch.stack(views)
-                else:
-                    image = cfg.transform(img)
-                    rec["image"] = image if cfg.views == 1 else image.expand(cfg.views, *image.shape)
-            else:
-                rec.pop("image", None)
-            yield rec
+            out = self._decode_one(rec)
+            if out is not None:
+                n += 1
+                yield out
+        if self._plan is None:
+            return
+        missing = (self._plan.batches - self._ctx["done"]) * self.cfg.batch_size - n
+        if missing <= 0:
+            return
+        # undecodable images: fill the batches with decoded repeats of the pool (counted as padding)
+        self.state.add_padding(missing)
+        decodable = [r for r in self._pool if self._decode_one({**r}, count=False) is not None]
+        if not decodable:
+            raise RuntimeError(f"{self._where()}: no decodable training images to fill its batches")
+        for k in range(missing):
+            yield self._decode_one({**decodable[k % len(decodable)], "__repeat__": True}, count=False)
+
+    def _decode_one(self, rec: dict, count: bool = True) -> dict | None:
+        """``rec`` with its image decoded and transformed; None (counted, warned) if undecodable."""
+        cfg = self.cfg
+        if not cfg.decode:
+            rec.pop("image", None)
+            return rec
+        where = f"shard {rec['__url__']!r}, sample {rec['__key__']!r}"
+        try:
+            img = decode_image(rec.pop("image"), where)
+        except BadImage:
+            if cfg.strict:
+                raise
+            if count:
+                self.state.add_skipped()
+                self._warned += 1
+                if self._warned <= MAX_WARNINGS:
+                    log.warning("%s: skipped undecodable image in %s", self._where(), where)
+            return None
+        if cfg.transform is None:
+            rec["image"] = img
+        elif cfg.seeded:  # random augmentation, reproducible per (seed, epoch, sample, view)
+            name = f"{cfg.seed}/{self._ctx['epoch']}/{rec['__key__']}"
+            views = []
+            for v in range(cfg.views):
+                with seeded_rng(f"{name}/{v}" if v else name):
+                    views.append(cfg.transform(img))
+            rec["image"] = views[0] if cfg.views == 1 else torch.stack(views)
+        else:
+            image = cfg.transform(img)
+            rec["image"] = image if cfg.views == 1 else image.expand(cfg.views, *image.shape)
+        return rec
 
 
 @contextmanager
@@ -419,23 +515,27 @@ class ShardLoader(ResumableLoader, DataLoader):
     def __iter__(self) -> Iterator:
         epoch, skip = self.begin_epoch()
         self.shared.set(epoch, skip)
-        self.shared.pop_skipped()
+        self.shared.pop_counts()
         yield from self.counted(super().__iter__())
-        skipped = self.shared.pop_skipped()
-        if skipped:
+        self.epoch_counts()  # iterated to the end (plain Python); under Lightning the module asks
+
+    def epoch_counts(self) -> dict[str, int]:
+        """Skipped and padding samples of this rank since the last call, logged when any were skipped."""
+        counts = self.shared.pop_counts()
+        if counts["skipped"]:
             log.warning(
                 "rank %d: skipped %d unreadable sample(s) or tar member(s) this epoch (strict: raise instead)",
                 self.cfg.rank,
-                skipped,
+                counts["skipped"],
             )
+        return counts
 
     def padding_batch(self, last: dict | None) -> dict | None:
-        if (
-            self.cfg.batch_size is None
-        ):  # single records (nml data audit): a short read is counted, not padded
+        if self.cfg.batch_size is None:  # single records (nml data audit): a short read is counted
             return None
-        if last is None:
-            raise RuntimeError(
-                f"rank {self.cfg.rank}: no evaluation samples to pad from ({len(self.cfg.shards)} shards)"
-            )
+        if last is None:  # this rank had nothing to read: pad with a sample of the set, masked out
+            first = replace(self.cfg, rank=0, world_size=1, num_workers=0, batch_size=1)
+            last = next(iter(ShardStream(first)), None)
+            if last is None:
+                raise RuntimeError(f"no readable evaluation samples in {len(self.cfg.shards)} shard(s)")
         return super().padding_batch(last)

@@ -194,6 +194,23 @@ def read_checkpoint(path: str | Path) -> dict:
         ) from None
 
 
+def check_checkpoint_file(path: str | Path) -> None:
+    """Fail early, naming ``path``, when it is not a checkpoint ``torch.save`` / Lightning could have
+    written (a zip archive): before a run spends minutes setting up to load it."""
+    import zipfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
+    if not zipfile.is_zipfile(p):
+        size = p.stat().st_size
+        raise ValueError(
+            f"{str(path)!r} is not a PyTorch checkpoint ({size} bytes, "
+            + ("empty" if size == 0 else f"starts with {p.open('rb').read(8)!r}")
+            + "): expected a .ckpt/.pt file written by Lightning or torch.save"
+        )
+
+
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a local file (``weights_only``: never unpickles code)."""
     p = Path(path)

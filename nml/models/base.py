@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from nml.data.loading import EvalSuite, batch_inputs, eval_suite, training_data
+from nml.data.loading import EvalSuite, ResumableLoader, batch_inputs, eval_suite, training_data
 from nml.models.backbones import Backbone
 from nml.models.optim import param_groups, warmup_cosine
 
@@ -138,6 +138,13 @@ class BackboneModule(LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._t_batch = None
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's skipped (unreadable) and padding (repeated) samples, summed over ranks."""
+        loader = self.trainer.train_dataloader
+        if isinstance(loader, ResumableLoader):
+            for name, n in loader.epoch_counts().items():
+                self.log(f"data/{name}", float(n), reduce_fx="sum", sync_dist=True)
 
     def log_lr(self) -> None:
         opt = self.optimizers()

@@ -32,7 +32,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from nml.data.loading import batch_inputs
 from nml.models.backbones import Backbone, create_backbone
 from nml.models.base import BackboneModule
-from nml.models.nmtune import NMTuneHead, nmtune_regularizers
+from nml.models.nmtune import HeadInit, NMTuneHead, init_classifier, nmtune_regularizers
 
 log = logging.getLogger(__name__)
 Method = Literal["linear", "mlp", "nmtune", "finetune"]
@@ -52,6 +52,8 @@ class DownstreamTuning(BackboneModule):
         feature_dim: D of cached features (default: the data module's).
         ratio / layers / residual / scale_init: The NMTune head (hidden width ratio * D, hidden blocks,
             ``z = f + s * h(f)`` or ``s * h(f)``, initial s).
+        head_init: The linear classifier's initialisation: ``paper`` (the NMTune authors':
+            kaiming-uniform, bound sqrt(6/D), zero bias) or ``torch`` (``nn.Linear``'s default).
         k: Top-k of the SVD regulariser.
         mse_weight / cov_weight / svd_weight: Regulariser weights (None: 1.0 / 0.04 / 0.001 for nmtune
             and finetune, 0 for mlp; linear has none).
@@ -73,6 +75,7 @@ class DownstreamTuning(BackboneModule):
         layers: int = 1,
         residual: bool = True,
         scale_init: float = 1.0,
+        head_init: HeadInit = "paper",
         k: int = 5,
         mse_weight: float | None = None,
         cov_weight: float | None = None,
@@ -133,9 +136,11 @@ class DownstreamTuning(BackboneModule):
         hp = self.hparams
         hp["feature_dim"], hp["num_classes"] = dim, num_classes
         if self.method in ("mlp", "nmtune"):
-            self.head = NMTuneHead(dim, num_classes, hp.ratio, hp.layers, hp.residual, hp.scale_init)
+            self.head = NMTuneHead(
+                dim, num_classes, hp.ratio, hp.layers, hp.residual, hp.scale_init, hp.head_init
+            )
         else:
-            self.head = nn.Linear(dim, num_classes)
+            self.head = init_classifier(nn.Linear(dim, num_classes), hp.head_init)
         self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
         self.train_top1 = MulticlassAccuracy(num_classes, average="micro")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from nml.shards.members import BadImage, to_8bit
 from nml.shards.writer import ShardWriter, shard_spec, write_index_files
 
 log = logging.getLogger(__name__)
@@ -41,19 +42,57 @@ def jpeg_bytes(path: Path, quality: int = 95) -> bytes:
             im.load()
             if im.format == "JPEG" and im.mode in ("RGB", "L"):
                 return data
+            im = to_8bit(im, str(path))
             im = im.convert("RGB") if im.mode not in ("RGB", "L") else im
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=quality)
             return buf.getvalue()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: cannot decode image ({e})") from e
+    except BadImage as e:
+        raise ImageError(str(e)) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
+def prepare_output(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output directory (stale shards would read as duplicates) unless
+    ``overwrite``, which removes the shards and index files nml writes there."""
+    existing = sorted(out.iterdir()) if out.is_dir() else []
+    if not existing:
+        return
+    if not overwrite:
+        shown = ", ".join(p.name for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
+        raise SystemExit(
+            f"nml data write: output directory {str(out)!r} is not empty ({shown}); choose an empty one "
+            "or pass --overwrite to replace the shards written there"
+        )
+    ours = [p for p in existing if p.suffix in (".tar", ".partial") or p.name in ("sizes.json", "_info.json")]
+    for p in ours:
+        p.unlink()
+    log.info("--overwrite: removed %d shard/index file(s) from %s", len(ours), out)
 
 
 def _write(samples, out: Path, prefix: str, shard_size: int, strict: bool, progress: bool, total: int):
+    skipped: list[str] = []
+    w = ShardWriter(out / f"{prefix}-%06d.tar", shard_size)
+    try:
+        _write_samples(w, samples, strict, progress, total, prefix, skipped)
+    except BaseException:  # a --strict stop, a crash, Ctrl-C: no partial dataset is left behind
+        for path, _ in w.shards:
+            Path(path).unlink(missing_ok=True)
+        raise
+    if skipped:
+        log.warning(
+            "skipped %d of %d images (missing or unreadable); first: %s", len(skipped), total, skipped[0]
+        )
+    if not w.shards:
+        raise ImageError(f"no readable images: all {total} were skipped")
+    return w.shards, skipped
+
+
+def _write_samples(w: ShardWriter, samples, strict: bool, progress: bool, total: int, prefix: str, skipped):
     from tqdm import tqdm
 
-    skipped: list[str] = []
-    with ShardWriter(out / f"{prefix}-%06d.tar", shard_size) as w:
+    with w:
         index = 0
         for path, fields in tqdm(
             samples,
@@ -76,13 +115,6 @@ def _write(samples, out: Path, prefix: str, shard_size: int, strict: bool, progr
                 continue
             w.write({"__key__": f"{index:09d}", "jpg": jpg, **fields})
             index += 1
-    if skipped:
-        log.warning(
-            "skipped %d of %d images (missing or unreadable); first: %s", len(skipped), total, skipped[0]
-        )
-    if not w.shards:
-        raise ImageError(f"no readable images: all {total} were skipped")
-    return w.shards, skipped
 
 
 def write_imagefolder(
@@ -93,6 +125,7 @@ def write_imagefolder(
     seed: int | None = 0,
     strict: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Write an ImageFolder tree as classification shards; classes are the sorted folder names.
 
@@ -119,6 +152,7 @@ def write_imagefolder(
             f"nml data write: class folder(s) {empty} under {root} hold no images ({', '.join(IMAGE_SUFFIXES)}); "
             "remove them or add images"
         )
+    prepare_output(out, overwrite)
     if seed is not None:
         items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
     samples = (
@@ -139,20 +173,32 @@ def write_captions(
     caption_column: str = "caption",
     strict: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Write a CSV/TSV of (image path, caption) as image-text shards; paths are relative to the table."""
+    """Write a CSV/TSV of (image path, caption) as image-text shards; paths are relative to the table.
+    The table is UTF-8 text (a byte-order mark, as spreadsheet programs write, is accepted)."""
     table, out = Path(table), Path(out)
     delimiter = "\t" if table.suffix.lower() in (".tsv", ".tab") else ","
-    with open(table, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        columns = reader.fieldnames or []
-        for col in (image_column, caption_column):
-            if col not in columns:
-                raise SystemExit(
-                    f"nml data write: {table} has no column {col!r} (columns: {columns}); "
-                    "set --image_column / --caption_column"
-                )
-        rows = list(reader)
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            columns = reader.fieldnames or []
+            for col in (image_column, caption_column):
+                if col not in columns:
+                    raise SystemExit(
+                        f"nml data write: {table} has no column {col!r} (columns: {columns}); "
+                        "set --image_column / --caption_column"
+                    )
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise SystemExit(
+            f"nml data write: {table} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+            "--source takes an ImageFolder directory or a UTF-8 CSV/TSV table of (image path, caption); "
+            "re-save the table as UTF-8"
+        ) from None
+    except csv.Error as e:
+        raise SystemExit(f"nml data write: {table} is not a CSV/TSV table ({e})") from None
+    prepare_output(out, overwrite)
     empty = [i + 2 for i, r in enumerate(rows) if not (r[caption_column] or "").strip()]
     if empty:
         msg = f"{table}: {len(empty)} rows with an empty caption (first at line {empty[0]})"

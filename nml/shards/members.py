@@ -117,13 +117,45 @@ def parse_caption(raw: dict, caption_key: str) -> str | None:
     return text or None
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def to_8bit(img, where: str = ""):
+    """A 16-bit, 32-bit integer or float single-channel PIL image as 8-bit ``L``, scaled by the
+    range of its type (16-bit: /257; 32-bit integers within 0..255 or 0..65535; floats in [0, 1] or
+    [0, 255]); PIL's own conversion clips them (near-white or black images). Values outside those
+    ranges raise :class:`BadImage` naming ``where``. Other modes are returned unchanged."""
+    if img.mode not in HIGH_DEPTH_MODES:
+        return img
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(img, dtype=np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if img.mode.startswith("I;16"):
+        scale = 257.0
+    elif not np.isfinite(a).all() or lo < 0:
+        scale = None
+    elif img.mode == "I":
+        scale = 1.0 if hi <= 255 else 257.0 if hi <= 65535 else None
+    else:
+        scale = 1 / 255 if hi <= 1.0 else 1.0 if hi <= 255 else None
+    if scale is None:
+        raise BadImage(
+            f"{where}: {img.mode!r} image with values in [{lo:g}, {hi:g}]: expected 0..65535 (integers) or "
+            "[0, 1] / [0, 255] (floats); convert it to 8 or 16 bits first"
+        )
+    return Image.fromarray(np.clip(np.rint(a / scale), 0, 255).astype(np.uint8), "L")
+
+
 def decode_image(data: bytes, where: str = ""):
-    """PIL RGB image from encoded bytes; :class:`BadImage` if it cannot be decoded."""
+    """PIL RGB image from encoded bytes (high bit depths scaled, :func:`to_8bit`); :class:`BadImage`
+    if it cannot be decoded or is too large (PIL's decompression-bomb limit)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            return to_8bit(img, where).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadImage(f"{where}: cannot decode image ({type(e).__name__}: {e})") from None

@@ -13,9 +13,10 @@ Sizes come from ``sizes.json`` (open_clip: basename -> count) or ``_info.json`` 
 filenames and shard lengths) beside the shards; local shards without either are counted by
 scanning their tar headers (logged).
 
-Readers are identified by a global worker id ``rank * num_workers + worker``. Training splits whole
-shards, shuffled by ``(seed, epoch)``, round-robin over readers; evaluation splits ``(shard, slot)``
-units so that every sample is read by exactly one reader even with fewer shards than readers.
+Readers are identified by a global worker id ``rank * num_workers + worker``. Training cuts the
+shards, shuffled by ``(seed, epoch)`` and laid end to end, into one contiguous span per reader, sized
+by sample count (:func:`train_plan`); evaluation splits ``(shard, slot)`` units so that every sample
+is read by exactly one reader even with fewer shards than readers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import logging
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -91,8 +93,8 @@ def expand_spec(spec: str) -> list[list[str]]:
             f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
         )
         raise FileNotFoundError(
-            f"shard spec {spec!r}: {len(missing)} shard file(s) missing (relative paths are relative to the "
-            f"working directory, {str(Path.cwd())!r}):\n  {shown}"
+            f"shard spec {spec!r}: {len(missing)} shard file(s) missing, first {missing[0]!r} (relative "
+            f"paths are relative to the working directory, {str(Path.cwd())!r}):\n  {shown}"
         )
     return sources
 
@@ -126,28 +128,55 @@ def _read_index_sizes(directory: str, stamps: tuple) -> dict[str, int]:
     return sizes
 
 
+class UnreadableShard(ValueError):
+    """A shard whose tar structure cannot be read to the end (``samples``: the readable ones)."""
+
+    def __init__(self, message: str, samples: int):
+        super().__init__(message)
+        self.samples = samples
+
+
 def count_tar_samples(path: str | Path) -> int:
-    """Samples (distinct keys, as webdataset groups them) in a local tar, reading headers only."""
+    """Samples (distinct keys, as webdataset groups them) in a local tar, reading headers only.
+    A tar that breaks off raises :class:`UnreadableShard` naming it, with the samples before the
+    break (the last one, possibly incomplete, not counted)."""
     keys, last = 0, None
-    with tarfile.open(path, "r") as tar:
-        for m in tar:
-            if not m.isreg() or "/" not in m.name and m.name.startswith("__"):
-                continue
-            base = Path(m.name).name.split(".", 1)[0]
-            key = str(Path(m.name).parent / base)
-            if key != last:
-                keys, last = keys + 1, key
+    try:
+        with tarfile.open(path, "r") as tar:
+            for m in tar:
+                if not m.isreg() or "/" not in m.name and m.name.startswith("__"):
+                    continue
+                base = Path(m.name).name.split(".", 1)[0]
+                key = str(Path(m.name).parent / base)
+                if key != last:
+                    keys, last = keys + 1, key
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        readable = max(keys - 1, 0)
+        raise UnreadableShard(
+            f"shard {str(path)!r} is not a readable tar ({type(e).__name__}: {e or 'empty'}); "
+            f"{readable} complete sample(s) before the break",
+            readable,
+        ) from e
     return keys
 
 
-def shard_sizes(urls: list[str]) -> list[int]:
-    """Sample counts of ``urls``: from index files beside them, else by scanning local tars."""
-    out, scanned = [], 0
+def shard_sizes(urls: list[str], strict: bool = False) -> list[int]:
+    """Sample counts of ``urls``: from index files beside them, else by scanning local tars. A
+    corrupt tar counts its readable samples, with a warning naming it (``strict``: an error)."""
+    out, scanned, broken = [], 0, 0
     for url in urls:
         directory, name = url.rsplit("/", 1) if "/" in url else (".", url)
         size = _index_sizes(directory).get(name) if is_local(url) else None
         if size is None and is_local(url):
-            size, scanned = count_tar_samples(_local_path(url)), scanned + 1
+            scanned += 1
+            try:
+                size = count_tar_samples(_local_path(url))
+            except UnreadableShard as e:
+                if strict:
+                    raise
+                broken += 1
+                log.warning("%s: counted as %d (strict: raise instead)", e, e.samples)
+                size = e.samples
         if size is None:
             raise ValueError(
                 f"size of shard {url!r} unknown: put a sizes.json (basename -> count) beside the shards "
@@ -155,16 +184,21 @@ def shard_sizes(urls: list[str]) -> list[int]:
             )
         out.append(int(size))
     if scanned:
-        log.info("counted the samples of %d shard(s) by scanning (no sizes.json/_info.json entry)", scanned)
+        log.info(
+            "counted the samples of %d shard(s) by scanning (no sizes.json/_info.json entry)%s",
+            scanned,
+            f"; {broken} of them unreadable in part" if broken else "",
+        )
     return out
 
 
-def resolve_shards(spec: str, need_sizes: bool = True) -> list[Shard]:
-    """The shards of ``spec`` with their sample counts and source index."""
+def resolve_shards(spec: str, need_sizes: bool = True, strict: bool = False) -> list[Shard]:
+    """The shards of ``spec`` with their sample counts and source index (``strict``: a corrupt
+    shard is an error, not a warning)."""
     sources = expand_spec(spec)
     shards = []
     for i, urls in enumerate(sources):
-        sizes = shard_sizes(urls) if need_sizes else [0] * len(urls)
+        sizes = shard_sizes(urls, strict) if need_sizes else [0] * len(urls)
         shards += [Shard(u, n, i) for u, n in zip(urls, sizes, strict=True)]
     return shards
 
@@ -177,11 +211,91 @@ def epoch_shard_order(shards: list[Shard], seed: int, epoch: int) -> list[Shard]
     return order
 
 
-def train_assignment(
-    shards: list[Shard], seed: int, epoch: int, reader: int, num_readers: int
-) -> list[Shard]:
-    """The shards global reader ``reader`` of ``num_readers`` trains on in ``epoch`` (disjoint, covering)."""
-    return epoch_shard_order(shards, seed, epoch)[reader::num_readers]
+@dataclass(frozen=True)
+class Span:
+    """Samples ``[start, stop)`` of a shard, in shard order."""
+
+    shard: Shard
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class ReaderPlan:
+    """What one training reader yields in one epoch: its ``spans`` of the pass (disjoint from every
+    other reader's), then repeats up to ``batches`` full batches. A reader whose share of the pass is
+    empty repeats ``fallback`` (the first samples of the pass)."""
+
+    spans: tuple[Span, ...]
+    batches: int
+    fallback: tuple[Span, ...] = ()
+
+    @property
+    def samples(self) -> int:
+        return sum(s.size for s in self.spans)
+
+
+def rank_batches(samples: int, batch_size: int, world_size: int) -> int:
+    """Full batches every rank yields in one pass over ``samples`` (the fewest that cover them)."""
+    return -(-samples // (batch_size * world_size))
+
+
+def worker_batches(batches: int, workers: int, slot: int) -> int:
+    """The share of a rank's ``batches`` that worker ``slot`` yields (DataLoader round-robin order)."""
+    return batches // workers + (slot < batches % workers)
+
+
+def train_plan(
+    shards: list[Shard],
+    seed: int,
+    epoch: int,
+    world_size: int,
+    workers: int,
+    batch_size: int,
+    num_samples: int | None = None,
+) -> list[ReaderPlan]:
+    """Every reader's part of one training epoch (index: ``rank * workers + worker``).
+
+    The shards, shuffled by (seed, epoch), are laid end to end and the first ``num_samples`` (all by
+    default) cut into contiguous spans, one per reader, sized so that each rank yields
+    :func:`rank_batches` full batches: every sample once, plus the fewest repeats that fill the last
+    batches (spread evenly over the readers; a shard may be split between readers)."""
+    total = sum(s.size for s in shards)
+    n = total if num_samples is None else int(num_samples)
+    if not 0 < n <= total:
+        raise ValueError(f"training epoch of {n} samples from shards holding {total}: expected 1..{total}")
+    per_rank = rank_batches(n, batch_size, world_size)
+    batches = [worker_batches(per_rank, workers, r % workers) for r in range(world_size * workers)]
+    active = [r for r, b in enumerate(batches) if b]
+    padding = sum(batches) * batch_size - n
+    share = [0] * len(batches)
+    for i, r in enumerate(active):
+        share[r] = batches[r] * batch_size - (
+            padding // len(active) + (i >= len(active) - padding % len(active))
+        )
+    order = epoch_shard_order(shards, seed, epoch)
+
+    def cut(start: int, size: int) -> tuple[Span, ...]:
+        spans, offset = [], 0
+        for s in order:
+            lo, hi = max(start, offset), min(start + size, offset + s.size)
+            if lo < hi:
+                spans.append(Span(s, lo - offset, hi - offset))
+            offset += s.size
+            if offset >= start + size:
+                break
+        return tuple(spans)
+
+    plans, start = [], 0
+    for r, b in enumerate(batches):
+        fallback = cut(0, min(n, b * batch_size)) if b and share[r] <= 0 else ()
+        plans.append(ReaderPlan(cut(start, max(share[r], 0)), b, fallback))
+        start += max(share[r], 0)
+    return plans
 
 
 @dataclass(frozen=True)

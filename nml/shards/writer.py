@@ -45,6 +45,9 @@ class ShardWriter:
 
     ``pattern`` is a path with one ``%06d``-style field, e.g. ``out/train-%06d.tar``. A new shard
     starts every ``max_count`` samples. ``shards`` lists ``(path, count)`` of what was written.
+    Each shard is written under a temporary name (``<path>.partial``) and renamed when complete, so
+    a reader never sees a half-written shard; leaving the ``with`` block by an exception removes
+    the partial one.
     """
 
     def __init__(self, pattern: str | Path, max_count: int = 1000):
@@ -80,14 +83,20 @@ class ShardWriter:
     def _next_shard(self) -> None:
         self._close_tar()
         path = self.pattern % len(self.shards)
-        self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(path + ".partial", "w", format=tarfile.USTAR_FORMAT)
         self._count = 0
         self.shards.append((path, 0))
 
-    def _close_tar(self) -> None:
+    def _close_tar(self, complete: bool = True) -> None:
         if self._tar is not None:
             self._tar.close()
             self._tar = None
+            path = self.shards[-1][0]
+            if complete:
+                Path(path + ".partial").replace(path)
+            else:
+                Path(path + ".partial").unlink(missing_ok=True)
+                self.shards.pop()
 
     def close(self) -> list[tuple[str, int]]:
         self._close_tar()
@@ -96,8 +105,8 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self._close_tar(complete=exc_type is None)
 
 
 def shard_spec(shards: list[tuple[str, int]], root: str | Path | None = None) -> str:

@@ -67,6 +67,7 @@ def write(
     strict: bool = False,
     seed: int | None = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Write your own data as WebDataset shards (timm- or img2dataset-style).
 
@@ -85,6 +86,7 @@ def write(
         strict: Fail on the first missing or unreadable image instead of skipping it (skips are counted).
         seed: ImageFolder: seed of the order samples are written in (null: sorted order).
         progress: Show a progress bar on stderr.
+        overwrite: Replace the shards and index files in a non-empty --out (default: refuse it).
     """
     from pathlib import Path
 
@@ -93,8 +95,20 @@ def write(
     src = Path(source)
     if not src.exists():
         raise SystemExit(f"nml data write: source {source!r} does not exist")
+    if src.is_file() and src.suffix.lower() in (".tar", ".tgz", ".gz", ".zip", ".npz", ".pt"):
+        raise SystemExit(
+            f"nml data write: source {source!r} is an archive, not a caption table: --source takes an "
+            "ImageFolder directory or a UTF-8 CSV/TSV of (image path, caption); shards are read as they are "
+            "(--data.train / --data.val)"
+        )
     fmt = format if format != "auto" else ("imagefolder" if src.is_dir() else "captions")
-    common = {"shard_size": shard_size, "prefix": prefix or "train", "strict": strict, "progress": progress}
+    common = {
+        "shard_size": shard_size,
+        "prefix": prefix or "train",
+        "strict": strict,
+        "progress": progress,
+        "overwrite": overwrite,
+    }
     if fmt == "imagefolder":
         return write_imagefolder(src, out, seed=seed, **common)
     return write_captions(src, out, image_column=image_column, caption_column=caption_column, **common)
@@ -110,12 +124,21 @@ def audit(
     seed: int = 0,
     num_workers: int = 0,
     strict: bool = False,
+    stream: Literal["noise", "train"] = "noise",
+    batch_size: int = 64,
+    world_size: int = 1,
+    epochs: int = 1,
+    resampled: bool = False,
+    train_samples: int | None = None,
+    shuffle_buffer: int = 1000,
 ) -> dict:
-    """Read shards through the training pipeline's noise stage and report the noise as JSON.
+    """Read shards through the training pipeline and report, as JSON, its noise or its coverage.
 
-    Prints the number of samples, the realised noise rate, the per-class transition matrix
-    (labels) or the caption mismatch rate (caption_swap), and a checksum of the noisy labels. The
-    output is the same for any --num_workers. Images are not decoded.
+    ``--stream noise`` (default): the number of samples, the realised noise rate, the per-class
+    transition matrix (labels) or the caption mismatch rate (caption_swap), and a checksum of the
+    noisy labels; the same for any --num_workers. ``--stream train``: the training stream read
+    exactly as ``nml fit`` would for every simulated rank and worker; per epoch, the samples in the
+    data, yielded, unique, never seen, seen more than once, and padding. Images are not decoded.
 
     Args:
         shards: Shard spec: brace patterns, several sources joined by '::' (relative to the working directory).
@@ -127,12 +150,49 @@ def audit(
         seed: Data seed; the noise seed when noise.seed is not set.
         num_workers: DataLoader workers reading the shards (the result does not depend on it).
         strict: Raise on unreadable data instead of skipping and counting it.
+        stream: What to audit: the noise, or the training stream's coverage per epoch.
+        batch_size: --stream train: the training batch size (per rank).
+        world_size: --stream train: ranks to simulate (nodes x devices).
+        epochs: --stream train: epochs to read.
+        resampled: --stream train: shards drawn with replacement (as data.resampled).
+        train_samples: --stream train: samples per epoch (as data.train_samples).
+        shuffle_buffer: --stream train: the sample shuffle buffer (as data.shuffle_buffer).
     """
     import time
 
-    from nml.data.audit import audit_shards
+    from nml.data.audit import audit_shards, audit_stream
 
     t0 = time.perf_counter()
+    if stream == "train":
+        report = audit_stream(
+            shards,
+            batch_size,
+            noise,
+            num_classes=num_classes,
+            world_size=world_size,
+            num_workers=num_workers,
+            epochs=epochs,
+            seed=seed,
+            resampled=resampled,
+            num_samples=train_samples,
+            shuffle_buffer=shuffle_buffer,
+            image_keys=image_keys,
+            label_key=label_key,
+            caption_key=caption_key,
+            strict=strict,
+        )
+        for e in report["epochs"]:
+            log.info(
+                "epoch %d: %d of %d samples seen, %d never, %d more than once, %d padding (%.1f s)",
+                e["epoch"],
+                e["unique"],
+                report["samples_in_data"],
+                e["never_seen"],
+                e["seen_more_than_once"],
+                e["padding"],
+                time.perf_counter() - t0,
+            )
+        return report
     report = audit_shards(
         shards,
         noise or NoiseConfig(),
