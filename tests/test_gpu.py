@@ -41,7 +41,7 @@ def _fit_and_test(config: str, root: Path, tmp_path: Path, extra: list[str], cap
     capsys.readouterr()
     results = {}
     for accelerator in ("gpu", "cpu"):
-        assert main(["test", *common, "--trainer.accelerator", accelerator, "--trainer.enable_progress_bar", "false",
+        assert 0 == main(["test", *common, "--trainer.accelerator", accelerator, "--trainer.enable_progress_bar", "false",
               "--ckpt_path", str(ckpt)])  # fmt: skip
         results[accelerator] = json.loads(capsys.readouterr().out)["metrics"]
     return ckpt, results

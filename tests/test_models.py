@@ -18,7 +18,7 @@ def test_memorisation_metric_on_a_hand_built_batch():
     preds = torch.tensor(
         [0, 1, 5, 9, 4, 1]
     )  # 2 of 3 clean right; on flipped: 1 memorised, 1 clean, 1 neither
-    c = noise_split_counts(preds, target, clean, noisy)
+    c = {k: int(v) for k, v in noise_split_counts(preds, target, clean, noisy).items()}
     assert c == {"clean_correct": 2, "clean_total": 3, "noisy_correct": 1, "memorised": 1, "noisy_total": 3}
 
 
@@ -59,6 +59,12 @@ def test_no_weight_decay_on_1d_params_and_warmup_cosine():
     decay, no_decay = param_groups(b)
     assert all(p.ndim >= 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
     assert any(p is b.model.logit_scale for p in no_decay["params"])
+    vit = create_backbone({"library": "timm", "name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32}})
+    decay, no_decay = param_groups(vit)
+    exempt = {id(p) for p in no_decay["params"]}
+    assert id(vit.model.pos_embed) in exempt and id(vit.model.cls_token) in exempt  # no_weight_decay()
+    assert vit.model.pos_embed.ndim == 3 and all(p.ndim >= 2 for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(vit.parameters()))
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = warmup_cosine(opt, total_steps=100, warmup=0.1, min_lr_ratio=0.1)
     lrs = []
@@ -144,3 +150,104 @@ def test_a_broken_checkpoint_is_named_in_the_error(tmp_path):
             export_checkpoint(tmp_path / name, tmp_path / "out")
         with pytest.raises(ValueError, match="is not a readable PyTorch checkpoint"):
             create_backbone({"library": "timm", "name": "test_resnet"}, pretrained=str(tmp_path / name))
+
+
+class NoHostReads:
+    """Fails on any read of a tensor's value by the host (what syncs a GPU): ``item``, ``bool``,
+    ``int``, ``float``, ``tolist``, ``numpy``, ``cpu`` (function level), and the aten ops that copy a
+    value out (``_local_scalar_dense``, ``equal``, ``is_nonzero``) at dispatch level."""
+
+    FUNCTIONS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
+    OPS = ("_local_scalar_dense", "equal", "is_nonzero")
+
+    def __enter__(self):
+        from torch.overrides import TorchFunctionMode
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        functions = {getattr(torch.Tensor, name) for name in self.FUNCTIONS}
+        ops = self.OPS
+        self.reads: list[str] = []
+        reads = self.reads
+
+        class Functions(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                if func in functions:
+                    reads.append(func.__name__)
+                return func(*args, **(kwargs or {}))
+
+        class Dispatch(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.__name__.split(".")[0] in ops:
+                    reads.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        self._modes = [Functions(), Dispatch()]
+        for m in self._modes:
+            m.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for m in reversed(self._modes):
+            m.__exit__(*exc)
+
+
+def test_the_host_read_guard_catches_each_kind_of_read():
+    x = torch.ones(3)
+    for read in (lambda: x.sum().item(), lambda: bool(x.any()), lambda: int(x.sum()), lambda: x.tolist()):
+        with NoHostReads() as guard:
+            read()
+        assert guard.reads, read
+    with NoHostReads() as guard:
+        (x * 2).sum()
+    assert guard.reads == []
+
+
+def _training_step_reads(module, datamodule) -> list[str]:
+    from lightning.pytorch import Trainer
+
+    reads: list[str] = []
+    step = module.training_step
+
+    def guarded(*args, **kwargs):
+        with NoHostReads() as guard:
+            out = step(*args, **kwargs)
+        reads.extend(guard.reads)
+        return out
+
+    module.training_step = guarded
+    Trainer(
+        accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    ).fit(module, datamodule)  # fmt: skip
+    return reads
+
+
+@pytest.mark.parametrize("kind", ["supervised", "clip", "linear", "nmtune"])
+def test_training_steps_never_read_tensors_on_the_host(tiny_benchmark, tmp_path, kind):
+    """What only a GPU measures (a step that waits for the device), guarded on the CPU: the step of
+    every module keeps its counts and metrics on the device."""
+    import numpy as np
+
+    from nml.data.modules import ClassificationShards, ImageTextShards
+    from nml.features.datamodule import FeatureShards
+    from nml.models.contrastive import ContrastivePretraining
+    from nml.models.supervised import SupervisedPretraining
+    from nml.models.tuning import DownstreamTuning
+    from nml.noise.config import NoiseConfig
+
+    common = {"root": str(tiny_benchmark), "batch_size": 8, "num_workers": 0}
+    if kind == "supervised":
+        module = SupervisedPretraining("test_resnet")
+        dm = ClassificationShards(noise=NoiseConfig("symmetric", 0.3), **common)
+    elif kind == "clip":
+        module = ContrastivePretraining("tiny", TINY_CLIP)
+        dm = ImageTextShards(noise=NoiseConfig("caption_swap", 0.3), context_length=16, **common)
+    else:
+        for split in ("train", "val"):
+            (tmp_path / split).mkdir()
+            rng = np.random.default_rng(0)
+            np.save(tmp_path / split / "features.npy", rng.normal(size=(32, 12)).astype(np.float32))
+            np.save(tmp_path / split / "labels.npy", rng.integers(0, 4, 32))
+        module = DownstreamTuning(kind)
+        dm = FeatureShards(train=str(tmp_path / "train"), val=str(tmp_path / "val"), batch_size=8)
+    assert _training_step_reads(module, dm) == []

@@ -284,7 +284,7 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
         "for argv in sys.argv[1:]:\n"
         "    args = argv.split('\\x1f')\n"
         "    print('@@', args[0], flush=True)\n"
-        "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, e\n"
+        "    try:\n        assert main(args) == 0, args[0]\n    except SystemExit as e:\n        assert not e.code, e\n"
     )
     cache = tmp_path / "features"
     runs = [
@@ -325,7 +325,7 @@ def test_last_ckpt_is_the_last_epoch_when_validation_stops_improving(feature_cac
     from nml.cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", "--config", "tune_linear.yaml", "--data", "data/features.yaml", "--data.init_args.root",
+    assert 0 == main(["fit", "--config", "tune_linear.yaml", "--data", "data/features.yaml", "--data.init_args.root",
           str(feature_cache), "--model.init_args.backbone", "null", "--model.init_args.optimizer", "torch.optim.SGD",
           "--model.init_args.optimizer.lr", "0.0", "--trainer.max_epochs", "3", "--trainer.enable_progress_bar",
           "false"])  # fmt: skip

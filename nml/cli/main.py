@@ -211,11 +211,13 @@ def error_line(e: BaseException) -> str:
         m = _PARSER_KEY.match(ln)
         if m:
             keys.append(m.group(1))
-        elif not ln.startswith(_UNION_NOISE):
+        elif not ln.startswith(_UNION_NOISE) and "<class 'NoneType'>" not in ln:
             reason = ln.removeprefix("- ")
             break
     if keys and reason:
         return f"--{'.'.join(keys)}: {reason}"
+    if lines[0].startswith(_UNION_NOISE) and reason:  # a union that failed when instantiated
+        return reason
     name = "" if isinstance(e, argparse.ArgumentError) else f"{type(e).__name__}: "
     return f"{name}{lines[0]}" + (" [...]" if len(lines) > 1 else "")
 

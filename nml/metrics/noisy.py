@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
+from torchmetrics import Metric
 
 
 def noise_split_counts(
     preds: torch.Tensor, target: torch.Tensor, clean_target: torch.Tensor, is_noisy: torch.Tensor
-) -> dict[str, int]:
-    """Counts for one batch.
+) -> dict[str, torch.Tensor]:
+    """Counts for one batch, as 0-d tensors on the batch's device (no host sync).
 
     * ``clean_correct / clean_total``: accuracy on samples whose label was not corrupted;
     * ``noisy_correct / noisy_total``: on corrupted samples, predictions equal to the *clean* label;
@@ -17,9 +18,29 @@ def noise_split_counts(
     noisy = is_noisy.bool()
     clean = ~noisy
     return {
-        "clean_correct": int((preds[clean] == clean_target[clean]).sum()),
-        "clean_total": int(clean.sum()),
-        "noisy_correct": int((preds[noisy] == clean_target[noisy]).sum()),
-        "memorised": int((preds[noisy] == target[noisy]).sum()),
-        "noisy_total": int(noisy.sum()),
+        "clean_correct": ((preds == clean_target) & clean).sum(),
+        "clean_total": clean.sum(),
+        "noisy_correct": ((preds == clean_target) & noisy).sum(),
+        "memorised": ((preds == target) & noisy).sum(),
+        "noisy_total": noisy.sum(),
     }
+
+
+class Fraction(Metric):
+    """``sum(numerator) / sum(denominator)`` over an epoch, kept on the device and summed over
+    ranks once at ``compute`` (exact, unlike a mean of per-batch fractions); NaN when the
+    denominator is 0 (e.g. accuracy on noisy samples of clean data)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("numerator", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("denominator", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, numerator: torch.Tensor, denominator: torch.Tensor) -> None:
+        self.numerator += numerator
+        self.denominator += denominator
+
+    def compute(self) -> torch.Tensor:
+        return (self.numerator / self.denominator).float()

@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from nml.data.loading import EvalSuite, ResumableLoader, batch_inputs, eval_suite, training_data
+from nml.metrics.noisy import Fraction
 from nml.models.backbones import Backbone
 from nml.models.optim import param_groups, warmup_cosine
 
@@ -64,6 +65,7 @@ class BackboneModule(LightningModule):
         self.channels_last, self.compile_model = channels_last, compile
         self.backbone: Backbone | None = None
         self.val_top1: MulticlassAccuracy | None = None
+        self.fractions = nn.ModuleDict()  # log_fraction's epoch accumulators, created on first use
         self._t_batch: float | None = None
         self.provenance: dict = {}
 
@@ -151,10 +153,20 @@ class BackboneModule(LightningModule):
         opt = opt.optimizer if hasattr(opt, "optimizer") else opt
         self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
-    def log_fraction(self, name: str, numerator: int, denominator: int) -> None:
-        """A per-step fraction whose epoch value is the exact mean over the epoch's samples."""
-        if denominator > 0:
-            self.log(name, numerator / denominator, on_step=True, on_epoch=True, batch_size=denominator)
+    def log_fraction(self, name: str, numerator: torch.Tensor, denominator: torch.Tensor | int) -> None:
+        """A per-step fraction (``<name>_step``, NaN when the denominator is 0) and its exact value over
+        the epoch's samples (``<name>_epoch``, a :class:`~nml.metrics.noisy.Fraction` summed over
+        ranks at epoch end). Counts stay on the device: no host sync in the training step."""
+        denominator = torch.as_tensor(denominator, device=numerator.device)
+        key = name.replace("/", "__")
+        if key not in self.fractions:
+            self.fractions[key] = Fraction().to(self.device)
+        metric = self.fractions[key]
+        metric.update(numerator, denominator)
+        step = numerator / denominator.clamp(min=1)
+        step = torch.where(denominator > 0, step, torch.full_like(step, float("nan")))
+        self.log(f"{name}_step", step.float(), on_step=True, on_epoch=False)
+        self.log(f"{name}_epoch", metric, on_step=False, on_epoch=True, metric_attribute=f"fractions.{key}")
 
     # -- validation ----------------------------------------------------------------------------
     def val_logits(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -133,9 +133,9 @@ class ContrastivePretraining(BackboneModule):
         with torch.no_grad():
             hit = (image @ text.T).argmax(1) == torch.arange(n, device=image.device)
             noisy = batch["is_noisy"].bool()
-            self.log_fraction("train/retrieval_clean", int(hit[~noisy].sum()), int((~noisy).sum()))
-            self.log_fraction("train/retrieval_noisy", int(hit[noisy].sum()), int(noisy.sum()))
-            self.log_fraction("train/noise_rate", int(noisy.sum()), n)
+            self.log_fraction("train/retrieval_clean", (hit & ~noisy).sum(), (~noisy).sum())
+            self.log_fraction("train/retrieval_noisy", (hit & noisy).sum(), noisy.sum())
+            self.log_fraction("train/noise_rate", noisy.sum(), n)
         self.log_lr()
         return loss
 

@@ -8,12 +8,33 @@ import torch
 from torch import nn
 
 
+def no_weight_decay_names(module: nn.Module) -> set[str]:
+    """Full names of the parameters that the model's own ``no_weight_decay()`` methods list (timm
+    and open_clip: positional embeddings, class tokens ...), from every submodule that has one."""
+    names: set[str] = set()
+    for prefix, sub in module.named_modules():
+        listed = getattr(sub, "no_weight_decay", None)
+        if sub is module or not callable(listed):
+            continue
+        try:
+            own = listed()
+        except TypeError:  # a method with other arguments: not the timm/open_clip convention
+            continue
+        names |= {f"{prefix}.{n}" if prefix else n for n in own}
+    return names
+
+
 def param_groups(module: nn.Module) -> list[dict]:
-    """Two groups: weights with decay, and every <2-D parameter (biases, norms, logit_scale) without."""
-    decay, no_decay = [], []
-    for _, p in module.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+    """Two groups, as timm's ``param_groups_weight_decay``: weights with the optimizer's decay, and
+    without decay every <2-D parameter (biases, norms, ``logit_scale``) and every parameter the
+    model lists in ``no_weight_decay()``."""
+    from timm.optim import param_groups_weight_decay
+
+    # timm returns the non-empty groups, the decayed one with weight_decay set to the value given
+    # (1.0 here, a marker): it is dropped so that the optimizer's own weight decay applies
+    groups = param_groups_weight_decay(module, 1.0, no_weight_decay_list=no_weight_decay_names(module))
+    decay = [p for g in groups if g["weight_decay"] for p in g["params"]]
+    no_decay = [p for g in groups if not g["weight_decay"] for p in g["params"]]
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -61,7 +61,7 @@ class EpochMetrics(Callback):
 
     def _record(self, trainer) -> None:
         row = {k.removesuffix("_epoch"): float(v) for k, v in trainer.callback_metrics.items()
-               if k.startswith("train/") and k.endswith("_epoch")}  # fmt: skip
+               if k.startswith("train/") and k.endswith("_epoch") and not v.isnan()}  # fmt: skip
         if row and (not self.epochs or {k: v for k, v in self.epochs[-1].items() if k != "epoch"} != row):
             self.epochs.append({"epoch": len(self.epochs), **row})
 

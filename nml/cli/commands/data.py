@@ -183,15 +183,15 @@ def audit(
         )
         for e in report["epochs"]:
             log.info(
-                "epoch %d: %d of %d samples seen, %d never, %d more than once, %d padding (%.1f s)",
+                "epoch %d: %d of %d samples seen, %d never, %d more than once, %d padding",
                 e["epoch"],
                 e["unique"],
                 report["samples_in_data"],
                 e["never_seen"],
                 e["seen_more_than_once"],
                 e["padding"],
-                time.perf_counter() - t0,
             )
+        log.info("read %d epoch(s) in %.1f s", len(report["epochs"]), time.perf_counter() - t0)
         return report
     report = audit_shards(
         shards,
