@@ -251,3 +251,81 @@ def test_training_steps_never_read_tensors_on_the_host(tiny_benchmark, tmp_path,
         module = DownstreamTuning(kind)
         dm = FeatureShards(train=str(tmp_path / "train"), val=str(tmp_path / "val"), batch_size=8)
     assert _training_step_reads(module, dm) == []
+
+
+def test_pretrained_weights_of_another_architecture_are_refused_unless_partial(tmp_path, caplog):
+    src = create_backbone({"library": "timm", "name": "test_resnet"}, num_classes=7)
+    torch.save(
+        {"state_dict": {f"backbone.model.{k}": v for k, v in src.model.state_dict().items()}},
+        tmp_path / "r.ckpt",
+    )
+    same = create_backbone(
+        {"library": "timm", "name": "test_resnet"}, num_classes=3, pretrained=tmp_path / "r.ckpt"
+    )
+    x = torch.randn(2, 3, 32, 32)
+    src.eval(), same.eval()  # an nml checkpoint's prefix is stripped; the new 3-class head is not an error
+    torch.testing.assert_close(same.features(x), src.features(x))
+    other = {"library": "timm", "name": "test_efficientnet"}
+    with pytest.raises(
+        ValueError, match=r"r.ckpt does not fit the model \(\d+ missing: .*unexpected.*partial: true"
+    ):
+        create_backbone(other, pretrained=tmp_path / "r.ckpt")
+    wider = {"library": "timm", "name": "test_resnet", "kwargs": {"stem_width": 32}}
+    with pytest.raises(ValueError, match=r"shape-mismatched: conv1\.0\.weight"):
+        create_backbone(wider, pretrained=tmp_path / "r.ckpt")
+    with caplog.at_level("WARNING"):
+        create_backbone({**wider, "partial": True}, pretrained=tmp_path / "r.ckpt")
+    assert "skipped (" in caplog.text and "conv1.0.weight" in caplog.text
+
+
+@pytest.mark.slow
+def test_siglip_loss_trains_and_needs_a_logit_bias(tiny_benchmark):
+    from lightning.pytorch import Trainer
+
+    from nml.data.modules import ImageTextShards
+    from nml.models.contrastive import ContrastivePretraining
+
+    with pytest.raises(ValueError, match="loss=siglip needs a model with a logit_bias"):
+        ContrastivePretraining("tiny", TINY_CLIP, loss="siglip")
+    module = ContrastivePretraining("tiny", {**TINY_CLIP, "init_logit_bias": -10.0}, loss="siglip")
+    losses = []
+    step = module.training_step
+    module.training_step = lambda *a: losses.append(step(*a)) or losses[-1]
+    dm = ImageTextShards(root=str(tiny_benchmark), batch_size=8, num_workers=0, context_length=16)
+    Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False).fit(module, dm)  # fmt: skip
+    assert len(losses) == 3 and all(torch.isfinite(v) for v in losses)
+    assert float(module.clip.logit_bias) != -10.0  # the bias is trained with the sigmoid loss
+
+
+# the smallest open_clip config of each family whose image tower is a timm model, with a tiny text
+# tower (the families' own text towers need Hugging Face tokenizers, which are downloads)
+TIMM_TOWER_FAMILIES = [
+    "convnext_tiny", "EVA02-B-16", "MobileCLIP2-S0", "PE-Core-B-16", "swin_base_patch4_window7_224",
+    "ViT-B-16-SigLIP", "vit_medium_patch16_gap_256", "ViTamin-S",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TIMM_TOWER_FAMILIES)
+def test_open_clip_models_with_a_timm_image_tower_train(tiny_benchmark, name):
+    import open_clip
+    from lightning.pytorch import Trainer
+
+    from nml.data.modules import ImageTextShards
+    from nml.models.contrastive import ContrastivePretraining
+
+    cfg = open_clip.get_model_config(name)
+    assert cfg["vision_cfg"].get("timm_model_name"), name
+    cfg["text_cfg"] = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+    size = cfg["vision_cfg"]["image_size"]
+    loss = "siglip" if "init_logit_bias" in cfg else "clip"
+    module = ContrastivePretraining(name, cfg, loss=loss)
+    assert module.backbone.feature_dim == cfg["embed_dim"]
+    dm = ImageTextShards(
+        root=str(tiny_benchmark), batch_size=2, num_workers=0, context_length=16, image_size=size
+    )
+    trainer = Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, dm)
+    assert trainer.global_step == 1 and torch.isfinite(trainer.callback_metrics["train/loss_step"])

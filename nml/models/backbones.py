@@ -54,8 +54,8 @@ class Backbone(nn.Module):
         self.config, self.model, self.export_meta = config, model, export_meta
         if config.library == "timm":
             self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
-        else:
-            self.feature_dim = int(model.visual.output_dim)
+        else:  # open_clip: the embedding dimension (a timm image tower has no output_dim)
+            self.feature_dim = int(getattr(model.visual, "output_dim", 0) or _open_clip_embed_dim(config))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, D): timm pooled pre-logits; open_clip ``encode_image`` (unnormalised)."""
@@ -105,17 +105,24 @@ class Backbone(nn.Module):
 
 
 def create_backbone(
-    spec: str | Path | dict | BackboneConfig, num_classes: int = 0, pretrained: str | Path | None = None
+    spec: str | Path | dict | BackboneConfig,
+    num_classes: int = 0,
+    pretrained: str | Path | None = None,
+    partial: bool = False,
 ) -> Backbone:
     """The one backbone factory.
 
     Args:
-        spec: An ``nml export`` directory; a dict ``{library, name, model_cfg, pretrained, kwargs}``
-            (``kwargs`` go to ``timm.create_model`` / the open_clip model); or a
+        spec: An ``nml export`` directory; a dict ``{library, name, model_cfg, pretrained, partial,
+            kwargs}`` (``kwargs`` go to ``timm.create_model`` / the open_clip model); or a
             :class:`BackboneConfig` (random init, as stored in checkpoints).
         num_classes: timm classifier head (0: features only). Not for exports, which are encoders.
         pretrained: Initial weights: a local state dict, checkpoint or export directory (overrides a
-            ``pretrained`` key of the dict).
+            ``pretrained`` key of the dict). Every tensor of the model must be in it with its shape
+            (a timm classifier head excepted: it is new when ``num_classes`` differs), else an error
+            lists what differs.
+        partial: Load what matches and log the list of what was skipped instead (a dict's
+            ``partial`` key works too).
     """
     if isinstance(spec, str | Path):
         if num_classes or pretrained:
@@ -126,11 +133,13 @@ def create_backbone(
     if isinstance(spec, BackboneConfig):
         config = spec if not num_classes else BackboneConfig(**{**spec.to_dict(), "num_classes": num_classes})
     elif isinstance(spec, dict):
-        unknown = set(spec) - {"library", "name", "model_cfg", "pretrained", "kwargs"}
+        unknown = set(spec) - {"library", "name", "model_cfg", "pretrained", "partial", "kwargs"}
         if unknown:
             raise ValueError(
-                f"backbone: unknown keys {sorted(unknown)}; expected library, name, model_cfg, pretrained, kwargs"
+                f"backbone: unknown keys {sorted(unknown)}; expected library, name, model_cfg, pretrained, "
+                "partial, kwargs"
             )
+        partial = partial or bool(spec.get("partial"))
         library, name, model_cfg = spec.get("library", "timm"), spec.get("name"), spec.get("model_cfg")
         if model_cfg is not None and library != "open_clip":
             raise ValueError("backbone: model_cfg is for open_clip custom models")
@@ -146,7 +155,7 @@ def create_backbone(
         )
     model = _instantiate(config)
     if pretrained:
-        _load_into(model, load_state(pretrained), str(pretrained))
+        _load_into(model, load_state(pretrained), str(pretrained), partial)
     return Backbone(config, model)
 
 
@@ -168,10 +177,12 @@ def _instantiate(config: BackboneConfig) -> nn.Module:
         )
     if config.library == "open_clip":
         import open_clip
-        from open_clip.model import CLIP
+        from open_clip.model import CLIP, CustomTextCLIP
 
-        if config.model_cfg is not None:
-            return CLIP(**config.model_cfg, **config.kwargs)
+        if config.model_cfg is not None:  # as open_clip.create_model builds a config
+            cfg = dict(config.model_cfg)
+            custom_text = cfg.pop("custom_text", False) or "hf_model_name" in (cfg.get("text_cfg") or {})
+            return (CustomTextCLIP if custom_text else CLIP)(**cfg, **config.kwargs)
         if config.name not in open_clip.list_models():
             raise ValueError(
                 f"backbone: open_clip has no model {config.name!r}; use one of open_clip.list_models() "
@@ -228,24 +239,58 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def _open_clip_embed_dim(config: BackboneConfig) -> int:
+    import open_clip
+
+    cfg = config.model_cfg or open_clip.get_model_config(config.name) or {}
+    return int(config.kwargs.get("embed_dim") or cfg["embed_dim"])
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], own: dict) -> dict[str, torch.Tensor]:
+    """Keys as the model names them: without DDP's ``module.`` or an nml/Lightning checkpoint's
+    ``backbone.model.`` (whichever makes more of them match)."""
+    best = state
+    for prefix in ("module.", "backbone.model.", "model."):
+        cut = {k.removeprefix(prefix): v for k, v in state.items()}
+        if sum(k in own for k in cut) > sum(k in own for k in best):
+            best = cut
+    return best
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, partial: bool = False) -> None:
+    """Load ``state`` into ``model``: all of it (a timm classifier head excepted), or with
+    ``partial`` what matches, listing what was skipped."""
     own = model.state_dict()
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = _strip_prefix(state, own)
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     kept = {k: v for k, v in state.items() if k in own and k not in mismatched}
     missing = [k for k in own if k not in kept]
     unexpected = [k for k in state if k not in own]
     if not kept:
         raise ValueError(f"{source}: none of its {len(state)} tensors match the model's parameter names")
+    head = {f"{n}.{p}" for n in _classifier_names(model) for p in ("weight", "bias")}
+    problems = {
+        "missing": [k for k in missing if k not in head],
+        "unexpected": [k for k in unexpected if k not in head],
+        "shape-mismatched": [
+            f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched if k not in head
+        ],
+    }
+    listing = "; ".join(f"{len(v)} {name}: {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}"
+                        for name, v in problems.items() if v)  # fmt: skip
+    if listing and not partial:
+        raise ValueError(
+            f"{source} does not fit the model ({listing}): another architecture? Load what matches with "
+            "partial: true (the skipped tensors keep their random init)"
+        )
     model.load_state_dict(kept, strict=False)
-    log.info(
-        "loaded %d tensors from %s (%d missing, %d unexpected, %d shape-mismatched: %s)",
+    log.log(
+        logging.WARNING if listing else logging.INFO,
+        "loaded %d of the model's %d tensors from %s%s",
         len(kept),
+        len(own),
         source,
-        len(missing),
-        len(unexpected),
-        len(mismatched),
-        ", ".join((missing + mismatched)[:6]) or "-",
+        f"; skipped ({listing})" if listing else "",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -28,6 +29,13 @@ def clip_loss(rank: int, world_size: int):
     )
 
 
+def siglip_loss(rank: int, world_size: int):
+    """open_clip's sigmoid loss (SigLIP): pairwise, exchanging text features between ranks."""
+    from open_clip.loss import SigLipLoss
+
+    return SigLipLoss(rank=rank, world_size=world_size)
+
+
 class ContrastivePretraining(BackboneModule):
     """CLIP pre-training with ``open_clip.loss.ClipLoss`` (local loss, gather with grad).
 
@@ -40,11 +48,15 @@ class ContrastivePretraining(BackboneModule):
         model: open_clip model name (``RN50``, ``ViT-B-16`` ...), or a name for ``model_cfg``.
         model_cfg: A custom open_clip config ``{embed_dim, vision_cfg, text_cfg}`` (tiny CPU towers).
         pretrained: Initial weights: a local file or an nml export directory (never a download).
+            All of the model's tensors must be in it (an error lists what differs), unless
+            ``pretrained_partial``: load what matches and log what was skipped.
         tokenizer: open_clip model name whose tokenizer builds the zero-shot prompts; must match
             the data module's.
         zeroshot_templates: Prompt templates filled with the data's per-class fields (``{name}``, and
             ``{ch}`` on the glyph benchmark); None: the data's own templates (``_info.json``
             ``prompts``), else ``"a photo of a {name}."``.
+        loss: ``clip`` (softmax InfoNCE, :func:`clip_loss`) or ``siglip`` (sigmoid, :func:`siglip_loss`;
+            the model needs a ``logit_bias``: a SigLIP config, or ``init_logit_bias`` in ``model_cfg``).
         num_classes: Classes of the labelled validation data (``nml fit`` links it from
             ``data.num_classes``, as for SupervisedPretraining); recorded, not needed: the zero-shot
             heads are built from the data module's class names.
@@ -58,8 +70,10 @@ class ContrastivePretraining(BackboneModule):
         model: str = "custom",
         model_cfg: dict | None = None,
         pretrained: str | None = None,
+        pretrained_partial: bool = False,
         tokenizer: str = "ViT-B-32",
         zeroshot_templates: list[str] | None = None,
+        loss: Literal["clip", "siglip"] = "clip",
         num_classes: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -71,8 +85,15 @@ class ContrastivePretraining(BackboneModule):
         super().__init__(optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.backbone = create_backbone(
-            {"library": "open_clip", "name": model, "model_cfg": model_cfg}, pretrained=pretrained
+            {"library": "open_clip", "name": model, "model_cfg": model_cfg},
+            pretrained=pretrained,
+            partial=pretrained_partial,
         )
+        if loss == "siglip" and getattr(self.clip, "logit_bias", None) is None:
+            raise ValueError(
+                f"loss=siglip needs a model with a logit_bias: {model!r} has none (use a SigLIP config, or set "
+                "init_logit_bias, e.g. -10, in model_cfg)"
+            )
         self.templates = list(zeroshot_templates) if zeroshot_templates else None
         self.loss_fn = None
         self._classifier: torch.Tensor | None = None
@@ -82,7 +103,8 @@ class ContrastivePretraining(BackboneModule):
         return self.backbone.model
 
     def setup(self, stage: str) -> None:
-        self.loss_fn = clip_loss(self.trainer.global_rank, self.trainer.world_size)
+        make = siglip_loss if self.hparams.loss == "siglip" else clip_loss
+        self.loss_fn = make(self.trainer.global_rank, self.trainer.world_size)
         dm = self.data
         if isinstance(dm, ImageTextShards) and dm.context_length not in (None, self.clip.context_length):
             raise ValueError(
@@ -126,7 +148,10 @@ class ContrastivePretraining(BackboneModule):
         image = self.encode_images(batch["image"])
         text = self.clip.encode_text(batch["text"], normalize=True)
         scale = self.clip.logit_scale.exp()
-        loss = self.loss_fn(image, text, scale)
+        if self.hparams.loss == "siglip":
+            loss = self.loss_fn(image, text, scale, self.clip.logit_bias)
+        else:
+            loss = self.loss_fn(image, text, scale)
         n = len(image)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/logit_scale", scale.detach(), on_step=True, on_epoch=False)

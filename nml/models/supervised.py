@@ -31,6 +31,8 @@ class SupervisedPretraining(BackboneModule):
             the model is built in ``setup()`` from the data module).
         model_kwargs: Extra ``timm.create_model`` arguments (``drop_rate``, ``drop_path_rate`` ...).
         pretrained: Initial weights: a local file or an nml export directory (never a download).
+            All of the model's tensors must be in it (an error lists what differs), unless
+            ``pretrained_partial``: load what matches and log what was skipped.
         label_smoothing: Off by default: it changes the targets and blurs the noise level.
         mixup: Mixup alpha (0: off). Off by default for the same reason.
         cutmix: CutMix alpha (0: off).
@@ -43,6 +45,7 @@ class SupervisedPretraining(BackboneModule):
         num_classes: int | None = None,
         model_kwargs: dict | None = None,
         pretrained: str | None = None,
+        pretrained_partial: bool = False,
         label_smoothing: float = 0.0,
         mixup: float = 0.0,
         cutmix: float = 0.0,
@@ -74,6 +77,7 @@ class SupervisedPretraining(BackboneModule):
             {"library": "timm", "name": hp.model, "kwargs": hp.model_kwargs or {}},
             num_classes=num_classes,
             pretrained=hp.pretrained,
+            partial=hp.pretrained_partial,
         )
         self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
         if hp.mixup or hp.cutmix:
