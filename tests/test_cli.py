@@ -205,3 +205,14 @@ def test_lightning_errors_are_one_line_bad_options_and_broken_checkpoints(tmp_pa
         assert r.returncode == 1, r.stderr[-2000:]
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("nml: ")]
         assert message in lines[0] and len(r.stderr.splitlines()) <= 4, r.stderr[-2000:]
+
+
+def test_boolean_options_of_plain_commands_work_bare():
+    from nml.cli.main import expand_flags
+
+    argv = ["data", "write", "--source", "s", "--out", "o", "--strict", "--overwrite", "--shard_size", "5"]
+    assert expand_flags(argv) == [*argv[:7], "true", "--overwrite", "true", "--shard_size", "5"]
+    assert expand_flags(["data", "audit", "--strict", "false"]) == ["data", "audit", "--strict", "false"]
+    assert expand_flags(["study", "--dry_run"]) == ["study", "--dry_run", "true"]
+    assert expand_flags(["report", "runs/s"]) == ["report", "--study_dir", "runs/s"]
+    assert expand_flags(["fit", "--ckpt_path", "x"]) == ["fit", "--ckpt_path", "x"]  # LightningCLI's own

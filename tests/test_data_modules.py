@@ -138,3 +138,56 @@ def test_zero_shot_prompts_come_from_the_data(tiny_benchmark, tmp_path):
         ClassificationShards(train=plain, val=plain, num_workers=0).set_prompts(None, ["the {ch}"])
     plain_dm = ClassificationShards(train=plain, val=plain, num_workers=0)
     assert plain_dm.set_prompts(None) == [["a photo of a c0."], ["a photo of a c1."], ["a photo of a c2."]]
+
+
+def test_your_shards_win_over_a_configs_task_and_info_num_classes_is_read(tmp_path, monkeypatch, caplog):
+    """A shipped pre-training config says task: pretraining; --data.train/--data.val on your own
+    6-class shards (relative to the working directory) must train on them, with no benchmark around."""
+    import json as _json
+
+    from helpers import write_shards
+
+    monkeypatch.chdir(tmp_path)
+    write_shards(tmp_path / "shards" / "mine", [5, 5], num_classes=6)
+    write_shards(tmp_path / "shards" / "mine", [4], num_classes=6, prefix="val")
+    with caplog.at_level("INFO"):
+        dm = ClassificationShards(
+            root=str(tmp_path / "no_benchmark_here"),
+            task="pretraining",
+            train="shards/mine/train-{0000..0001}.tar",
+            val="shards/mine/val-0000.tar",
+        )
+    assert dm.num_classes == 6 and dm.task is None and dm.test_sets == []
+    assert "data.task 'pretraining' is not used" in caplog.text
+    info = tmp_path / "shards" / "mine" / "_info.json"  # timm's own _info.json: a count, no names
+    meta = _json.loads(info.read_text())
+    del meta["classes"]
+    meta["num_classes"] = 1000
+    info.write_text(_json.dumps(meta))
+    dm = ClassificationShards(train="shards/mine/train-{0000..0001}.tar", val="shards/mine/val-0000.tar")
+    assert dm.num_classes == 1000 and dm.classes is None
+
+
+def test_pretraining_on_your_shards_takes_the_models_input_size(tmp_path, tiny_benchmark):
+    import timm
+    from helpers import write_shards
+    from lightning.pytorch import Trainer
+
+    from nml.models.supervised import SupervisedPretraining
+
+    spec = write_shards(tmp_path / "mine", [6, 6], num_classes=3)
+    expected = timm.create_model("test_resnet").pretrained_cfg["input_size"][-1]
+    runs = {
+        "yours": ClassificationShards(train=spec, batch_size=4, num_workers=0),
+        "benchmark": ClassificationShards(root=str(tiny_benchmark), batch_size=4, num_workers=0),
+    }
+    for name, dm in runs.items():
+        seen = []
+        module = SupervisedPretraining("test_resnet")
+        step = module.training_step
+        module.training_step = lambda batch, batch_idx: (
+            seen.append(batch["image"].shape[-1]) or step(batch, batch_idx)
+        )
+        Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False).fit(module, dm)  # fmt: skip
+        assert seen == ([expected] if name == "yours" else [32]), name  # the benchmark fixes 32 px

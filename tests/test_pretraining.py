@@ -57,12 +57,16 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     run = subprocess.run(
         [PYTHON, "-m", "nml.cli", "fit", "--config", config, "--data.root", str(tiny_benchmark),
          "--data.noise.rate", "0.3", "--data.num_workers", "0", "--data.batch_size", "32",
-         "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
-         "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
+         "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "2",
+         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
         capture_output=True, text=True, env=nml_subprocess_env(), cwd=tmp_path, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"using config {REPO / 'nml' / 'configs' / config}" in run.stderr  # bare name -> shipped config
+    assert run.stderr.count("GPU available") == 1  # Lightning's lines once, not through two handlers
+    # stderr is not a terminal here: plain progress lines every log_every_n_steps, no redrawn bars
+    assert "epoch 0 step 2/" in run.stderr and "epoch 0 step 4/" in run.stderr and "\r" not in run.stderr
+    assert "validation (epoch 0) | val/" in run.stderr
     assert expected <= _scalar_tags(tmp_path / "runs"), _scalar_tags(tmp_path / "runs")
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
     assert (ckpt.parent.parent / "config.yaml").is_file()
@@ -76,7 +80,7 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
 
     test = subprocess.run(
         [PYTHON, "-m", "nml.cli", "test", "--config", config, "--data.root", str(tiny_benchmark),
-         "--data.num_workers", "0", "--ckpt_path", str(ckpt), "--trainer.enable_progress_bar", "false",
+         "--data.num_workers", "0", "--ckpt_path", str(ckpt),  # progress on: stdout must stay JSON
          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
         capture_output=True, text=True, env=nml_subprocess_env(), cwd=tmp_path, timeout=600,
     )  # fmt: skip

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 # imported so that configs can name nml's classes by their short names
@@ -24,6 +25,7 @@ import nml.features.datamodule
 import nml.models.contrastive
 import nml.models.supervised
 import nml.models.tuning  # noqa: F401
+from nml.callbacks.progress import progress_callback
 from nml.callbacks.test_report import TestReport
 from nml.models.backbones import check_checkpoint_file
 
@@ -33,6 +35,15 @@ class NMLCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs):
+        """The trainer, with Lightning's default progress bar replaced (bars on stderr on a terminal,
+        plain lines every ``log_every_n_steps`` otherwise: stdout is for JSON)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        for i, callback in enumerate(trainer.callbacks):
+            if type(callback) is TQDMProgressBar:
+                trainer.callbacks[i] = progress_callback(trainer.log_every_n_steps or 50)
+        return trainer
 
     def before_test(self) -> None:
         self.config_init[self.subcommand]["verbose"] = (

@@ -71,6 +71,9 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler._nml = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+    # Lightning's package logger prints through its own handler ("INFO: ..."): stop it there
+    # instead of also through ours (every Lightning line twice)
+    logging.getLogger("lightning").propagate = False
 
 
 def resolve_config(name: str) -> Path:
@@ -121,18 +124,32 @@ def resolve_config_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
-FLAGS = ("--dry_run",)  # boolean options that may be given bare (`--dry_run` = `--dry_run true`)
 POSITIONAL = {"report": "--study_dir"}  # `nml report DIR` = `nml report --study_dir DIR`
 
 
+def boolean_flags(argv: Sequence[str]) -> set[str]:
+    """``--name`` of every ``bool`` parameter of the plain command ``argv`` invokes (none for the
+    Lightning subcommands)."""
+    import inspect
+
+    target = COMMANDS.get(argv[0]) if argv else None
+    if isinstance(target, dict):
+        target = target.get(argv[1]) if len(argv) > 1 else None
+    if not isinstance(target, str):
+        return set()
+    params = inspect.signature(_load(target)).parameters.values()
+    return {f"--{p.name}" for p in params if p.annotation in (bool, "bool")}
+
+
 def expand_flags(argv: Sequence[str]) -> list[str]:
-    """Bare boolean flags get ``true``; a command's positional argument gets its option name."""
-    out = []
+    """Bare boolean flags get ``true`` (``--strict`` = ``--strict true``); a command's positional
+    argument gets its option name."""
+    flags, out = boolean_flags(argv), []
     for i, a in enumerate(argv):
         if i == 1 and argv[0] in POSITIONAL and not a.startswith("-"):
             out.append(POSITIONAL[argv[0]])
         out.append(a)
-        if a in FLAGS and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+        if a in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
             out.append("true")
     return out
 

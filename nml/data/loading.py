@@ -169,6 +169,7 @@ class TrainingData(EvalSuite, Protocol):
     """What nml's LightningModules ask of the data module they train on."""
 
     feature_dim: int | None  # D of cached features; None when batches hold images
+    task: str | None  # the embedded benchmark's task it reads (None: your own shards or features)
 
     def configure_views(self, views: int, augment: bool) -> None:
         """Training batches with ``views`` views per sample, augmented or with the eval transform

@@ -108,9 +108,17 @@ class ShardDataModule(LightningDataModule):
 
         self.classes: list[str] | None = None
         self._info: dict | None = None  # the training data's _info.json (classes, prompts)
-        if task is not None or train is None:
+        if train is not None:  # your shards win over a task (a shipped config's task: pretraining)
+            if task is not None:
+                log.info(
+                    "data.train is given: data.task %r is not used (nor its validation and test sets; "
+                    "give data.val / data.test for yours)",
+                    task,
+                )
+            task = None
+        else:
             sets = task_sets(load_manifest(self.root), task or "pretraining", self.root)
-            train = train or sets["train"]
+            train = sets["train"]
             val = val or sets["val"]
             test = test if test is not None else sets["test"]
             self.classes = sets["classes"]
@@ -118,12 +126,14 @@ class ShardDataModule(LightningDataModule):
         self.train_spec, self.val_spec = train, val
         for spec in (train, val):  # _info.json: class names, prompts (zero-shot val may be labelled only)
             info = read_info(spec) if spec else None
-            if self._info is None and info is not None and info.get("classes"):
+            if self._info is None and info is not None and (info.get("classes") or info.get("num_classes")):
                 self._info = info
-        if self.classes is None and self._info is not None:
+        if self.classes is None and self._info is not None and self._info.get("classes"):
             self.classes = [str(c) for c in self._info["classes"]]
         if num_classes is None and self.classes is not None:
             num_classes = len(self.classes)
+        if num_classes is None and self._info is not None and self._info.get("num_classes"):
+            num_classes = int(self._info["num_classes"])  # timm's _info.json: a count, no names
         self.num_classes = num_classes
         self.val_sets = [EvalSet("val", val, "id", num_classes)] if val else []
         self.test_sets = [

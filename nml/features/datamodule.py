@@ -156,6 +156,8 @@ class FeatureShards(LightningDataModule):
         view_noise: Std of Gaussian noise on the second view when no augmented views are stored.
     """
 
+    task: str | None = None  # cached features are not read through a benchmark task
+
     def __init__(
         self,
         root: str | None = None,

@@ -111,6 +111,24 @@ class BackboneModule(LightningModule):
         """The features FeatureSpectrum analyses: the backbone's (pooled pre-logits / image embedding)."""
         return self.backbone.features(self.model_input(inputs))
 
+    def adopt_input_of_the_model(self) -> None:
+        """Pre-training on your own shards (not a benchmark task) with ``image_size`` / ``mean`` /
+        ``std`` unset: take the model's (timm ``pretrained_cfg``, open_clip's image size) and say so,
+        instead of the glyph benchmark's 32 px."""
+        dm = self.data
+        if dm is None or dm.task is not None or dm.feature_dim is not None or self.backbone is None:
+            return
+        size, mean, std = self.backbone.preprocessing()
+        dm.match_preprocessing(size, mean, std, source=self.backbone.config.name)
+        d = dm.describe()
+        log.info(
+            "input: %s px, mean %s, std %s (the data config's, else model %s's)",
+            d.get("image_size"),
+            d.get("mean"),
+            d.get("std"),
+            self.backbone.config.name,
+        )
+
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_fn(param_groups(self))

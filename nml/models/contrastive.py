@@ -113,6 +113,7 @@ class ContrastivePretraining(BackboneModule):
             )
         if dm is not None and dm.classes:
             self.val_top1 = MulticlassAccuracy(len(dm.classes), average="micro").to(self.device)
+        self.adopt_input_of_the_model()
         self.record_data()
         self.prepare_model()
         if stage == "test":

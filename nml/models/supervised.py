@@ -103,6 +103,7 @@ class SupervisedPretraining(BackboneModule):
                     "copies the model before setup() (nml fit links it from data.num_classes)"
                 )
             self._build(dm.num_classes)
+        self.adopt_input_of_the_model()
         self.record_data()
         self.prepare_model()
         if stage == "test":
