@@ -185,7 +185,7 @@ def test_pretraining_on_your_shards_takes_the_models_input_size(tmp_path, tiny_b
         seen = []
         module = SupervisedPretraining("test_resnet")
         step = module.training_step
-        module.training_step = lambda batch, batch_idx: (
+        module.training_step = lambda batch, batch_idx, seen=seen, step=step: (
             seen.append(batch["image"].shape[-1]) or step(batch, batch_idx)
         )
         Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
