@@ -191,3 +191,18 @@ def test_pretraining_on_your_shards_takes_the_models_input_size(tmp_path, tiny_b
         Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
                 enable_progress_bar=False, enable_model_summary=False).fit(module, dm)  # fmt: skip
         assert seen == ([expected] if name == "yours" else [32]), name  # the benchmark fixes 32 px
+
+
+def test_audit_of_1000_classes_summarises_on_stdout_and_writes_the_matrix(tmp_path):
+    from helpers import write_shards
+
+    from nml.data.audit import audit_shards
+
+    spec = write_shards(tmp_path / "d", [400, 400], num_classes=1000, captions=False)
+    report = audit_shards(spec, NoiseConfig("symmetric", 0.4), num_classes=1000, out_dir=tmp_path / "audit")
+    assert "transition" not in report and len(json.dumps(report)) < 4000  # not a 1000 x 1000 dump
+    assert report["per_class"]["noisy_rate"]["max"] <= 1 and len(report["top_confusions"]) == 10
+    matrix = np.load(tmp_path / "audit" / "transition.npy")
+    assert matrix.shape == (1000, 1000) and report["transition_file"].endswith("transition.npy")
+    top = report["top_confusions"][0]
+    assert matrix[top["clean"], top["noisy"]] == pytest.approx(top["rate"], abs=1e-4)

@@ -131,6 +131,7 @@ def audit(
     resampled: bool = False,
     train_samples: int | None = None,
     shuffle_buffer: int = 1000,
+    out: str | None = None,
 ) -> dict:
     """Read shards through the training pipeline and report, as JSON, its noise or its coverage.
 
@@ -157,6 +158,8 @@ def audit(
         resampled: --stream train: shards drawn with replacement (as data.resampled).
         train_samples: --stream train: samples per epoch (as data.train_samples).
         shuffle_buffer: --stream train: the sample shuffle buffer (as data.shuffle_buffer).
+        out: --stream noise: write the transition matrix (transition.npy, transition_counts.csv)
+            here; stdout gets it only up to 64 classes (above: rate ranges and the top confusions).
     """
     import time
 
@@ -203,6 +206,7 @@ def audit(
         seed=seed,
         num_workers=num_workers,
         strict=strict,
+        out_dir=out,
     )
     log.info(
         "audited %d samples in %.1f s: realised noise rate %.4f (target %s)",
