@@ -206,3 +206,61 @@ def test_audit_of_1000_classes_summarises_on_stdout_and_writes_the_matrix(tmp_pa
     assert matrix.shape == (1000, 1000) and report["transition_file"].endswith("transition.npy")
     top = report["top_confusions"][0]
     assert matrix[top["clean"], top["noisy"]] == pytest.approx(top["rate"], abs=1e-4)
+
+
+def test_imagenet_class_names_for_sets_without_names_else_a_warning(tmp_path, caplog):
+    """timm's ImageNet _info.json has a class count and no names: zero-shot needs them."""
+    from helpers import TINY_CLIP, write_shards
+    from lightning.pytorch import Trainer
+
+    from nml.models.contrastive import ContrastivePretraining
+
+    train = write_shards(tmp_path / "pairs", [8, 8], sizes_json=False)  # img2dataset-like: no names
+    val = write_shards(tmp_path / "val", [6], num_classes=1000, prefix="val")
+    info = tmp_path / "val" / "_info.json"
+    meta = json.loads(info.read_text())
+    del meta["classes"]
+    info.write_text(json.dumps({**meta, "num_classes": 1000}))
+    dm = ImageTextShards(train=train, val=val, class_names="imagenet", context_length=16)
+    assert dm.num_classes == 1000 and dm.classes[:2] == ["tench", "goldfish"]
+    prompts = dm.set_prompts(dm.val_sets[0])
+    assert len(prompts) == 1000 and len(prompts[0]) == 80 and prompts[0][0] == "a bad photo of a tench."
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"thing {i}" for i in range(1000)))
+    assert ImageTextShards(train=train, val=val, class_names=str(names)).classes[999] == "thing 999"
+    with caplog.at_level("WARNING"):
+        Trainer(accelerator="cpu", max_steps=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False).fit(
+            ContrastivePretraining("tiny", TINY_CLIP),
+            ImageTextShards(train=train, val=val, context_length=16, batch_size=4, num_workers=0),
+        )  # fmt: skip
+    assert (
+        caplog.text.count("zero-shot validation is off") == 1 and "data.class_names: imagenet" in caplog.text
+    )
+
+
+def test_a_test_set_with_another_label_space_is_skipped_not_a_crash(tmp_path, caplog):
+    from helpers import write_shards
+    from lightning.pytorch import Trainer
+
+    from nml.models.supervised import SupervisedPretraining
+
+    small = write_shards(tmp_path / "small", [6, 6], num_classes=10)
+    big = write_shards(tmp_path / "big", [8], num_classes=1000, prefix="big")
+    info = tmp_path / "big" / "_info.json"  # timm style: a count, no names
+    meta = json.loads(info.read_text())
+    del meta["classes"]
+    info.write_text(json.dumps({**meta, "num_classes": 1000}))
+    dm = ClassificationShards(
+        train=small, val=small, test=[EvalSet("big", big, "ood"), EvalSet("small", small, "id")],
+        batch_size=4, num_workers=0, image_size=16,
+    )  # fmt: skip
+    assert dm.num_classes == 10 and dm.set_num_classes(dm.test_sets[0]) == 1000
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    module = SupervisedPretraining("test_resnet", num_classes=10)
+    trainer.fit(module, dm)
+    with caplog.at_level("WARNING"):
+        metrics = trainer.test(module, dm, verbose=False)[0]
+    assert "test set 'big' skipped" in caplog.text
+    assert "test/id/small/top1" in metrics and not any("big" in k for k in metrics)

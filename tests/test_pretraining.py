@@ -104,6 +104,7 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     meta = backbone.export_meta
     assert meta["feature_dim"] == summary["feature_dim"] == backbone.feature_dim
     assert meta["noise"]["rate"] == 0.3 and meta["data"]["manifest_sha256"]
+    assert meta["pretraining_classes"] == (52 if "supervised" in config else None)  # CLIP has no classes
     assert meta["image_size"] == 32 and len(meta["mean"]) == 3
     x = torch.randn(2, 3, 32, 32)
     assert backbone.eval().features(x).shape == (2, meta["feature_dim"])

@@ -5,8 +5,8 @@ Both default to the embedded benchmark (``data/embedded``, or ``$NML_DATA``; bui
 tests on the held-out fonts (``id``) and their corruptions (``ood``); any other task name from the
 benchmark's ``manifest.json`` (``greek``, ``print_to_mnist`` ...) selects that downstream task.
 A downstream task's test suite also holds the test sets of every other task trained on the same
-split (``glyphs_heldout``: the held-out fonts as ID plus their corruptions as OOD). Explicit
-``train`` / ``val`` / ``test`` specs override the task. Paths follow nml's one rule: relative to the
+split (``glyphs_heldout``: the held-out fonts as ID plus their corruptions as OOD). An explicit
+``train`` spec replaces the task (its validation and test sets too). Paths follow nml's one rule: relative to the
 working directory when you type them, relative to ``manifest.json`` for the task's own shards
 (:mod:`nml.shards.spec`). In YAML::
 
@@ -24,6 +24,7 @@ Validation and test loaders evaluate every sample exactly once across ranks; bat
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -50,6 +51,30 @@ from nml.shards.members import MemberSpec
 from nml.shards.spec import resolve_shards
 
 log = logging.getLogger(__name__)
+
+
+def load_class_names(spec: str | None) -> tuple[list[str], dict] | None:
+    """``class_names``: ``imagenet`` (open_clip's ImageNet-1k names and OpenAI's 80 prompt templates),
+    or a file with one name per line (``.txt``) or a JSON list; for sets whose ``_info.json`` has a
+    class count but no names (timm's ImageNet shards). Returns (names, an ``_info``-style dict)."""
+    if spec is None:
+        return None
+    if spec == "imagenet":
+        import open_clip
+
+        templates = [t("{name}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
+        names = list(open_clip.IMAGENET_CLASSNAMES)
+        return names, {"prompts": {"templates": templates, "classes": [[{"name": n}] for n in names]}}
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"class_names: expected 'imagenet' or a file of names, got {spec!r} (no such file)")
+    text = path.read_text(encoding="utf-8-sig")
+    names = (
+        json.loads(text) if path.suffix == ".json" else [ln.strip() for ln in text.splitlines() if ln.strip()]
+    )
+    if not isinstance(names, list) or not names:
+        raise ValueError(f"class_names {spec!r}: expected a non-empty list of class names")
+    return [str(n) for n in names], {}
 
 
 class ShardDataModule(LightningDataModule):
@@ -86,6 +111,7 @@ class ShardDataModule(LightningDataModule):
         image_keys: str = "jpg;png;jpeg;webp",
         label_key: str = "cls",
         strict: bool = False,
+        class_names: str | None = None,
     ):
         super().__init__()
         self.root = root if root is not None else default_root()
@@ -105,6 +131,7 @@ class ShardDataModule(LightningDataModule):
         self.views, self.augment = views, augment
         self.strict = strict
         self._check_noise_kind()
+        self.named = load_class_names(class_names)  # (names, info) for sets that have none
 
         self.classes: list[str] | None = None
         self._info: dict | None = None  # the training data's _info.json (classes, prompts)
@@ -130,6 +157,8 @@ class ShardDataModule(LightningDataModule):
                 self._info = info
         if self.classes is None and self._info is not None and self._info.get("classes"):
             self.classes = [str(c) for c in self._info["classes"]]
+        if self.classes is None and self.named is not None and num_classes in (None, len(self.named[0])):
+            self.classes, self._info = self.named
         if num_classes is None and self.classes is not None:
             num_classes = len(self.classes)
         if num_classes is None and self._info is not None and self._info.get("num_classes"):
@@ -304,9 +333,12 @@ class ShardDataModule(LightningDataModule):
         )
         self._loaders["train"] = loader
         log.info(
-            "train: %d shards, %d samples, %d batches of %d per rank (%d ranks x %d workers)%s",
+            "train: %d shards, %d samples per epoch%s, %d batches of %d per rank (%d ranks x %d workers)%s",
             len(cfg.shards),
-            cfg.total_samples,
+            cfg.epoch_samples,
+            " (drawn with replacement)"
+            if cfg.resampled
+            else ("" if cfg.epoch_samples == cfg.total_samples else f" of {cfg.total_samples}"),
             len(loader),
             cfg.batch_size,
             cfg.world_size,
@@ -321,7 +353,13 @@ class ShardDataModule(LightningDataModule):
         return self._loader(self._stream(s.shards, "eval", members, collate=collate), persistent)
 
     def set_num_classes(self, s: EvalSet) -> int | None:
-        return s.num_classes or self.num_classes
+        """The set's own count (given, or its _info.json's), else the training data's."""
+        if s.num_classes:
+            return s.num_classes
+        info = read_info(s.shards)
+        if info is not None and (info.get("classes") or info.get("num_classes")):
+            return len(info["classes"]) if isinstance(info.get("classes"), list) else int(info["num_classes"])
+        return self.num_classes
 
     def _set_info(self, s: EvalSet) -> tuple[list[str] | None, dict | None]:
         """(class names, _info.json) of an evaluation set: its own _info.json, else the training
@@ -331,6 +369,8 @@ class ShardDataModule(LightningDataModule):
             return [str(c) for c in info["classes"]], info
         if self.classes is not None and len(self.classes) == self.set_num_classes(s):
             return self.classes, self._info
+        if self.named is not None and len(self.named[0]) == self.set_num_classes(s):
+            return self.named
         return None, None
 
     def set_classes(self, s: EvalSet) -> list[str] | None:

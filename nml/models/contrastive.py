@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Literal
 
@@ -16,6 +17,7 @@ from nml.models.base import BackboneModule
 from nml.models.zeroshot import zeroshot_classifier
 from nml.shards.manifest import EvalSet
 
+log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
@@ -113,6 +115,13 @@ class ContrastivePretraining(BackboneModule):
             )
         if dm is not None and dm.classes:
             self.val_top1 = MulticlassAccuracy(len(dm.classes), average="micro").to(self.device)
+        elif dm is not None and dm.val_sets and stage == "fit":
+            log.warning(
+                "zero-shot validation is off: the validation set %r has no class names (its _info.json has no "
+                "'classes'); val/zeroshot_top1 is not logged and a checkpoint monitoring it never fires. Set "
+                "data.class_names: imagenet for ImageNet-1k, or a file with one name per line",
+                dm.val_sets[0].shards,
+            )
         self.adopt_input_of_the_model()
         self.record_data()
         self.prepare_model()

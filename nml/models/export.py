@@ -43,7 +43,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
         backbone,
         out,
         data=info.get("data") or {},
-        pretraining_classes=hp.get("num_classes"),
+        # a classifier's classes; CLIP's num_classes is its labelled validation set's, not what it trained on
+        pretraining_classes=hp.get("num_classes") if backbone.config.library == "timm" else None,
         checkpoint={
             "path": str(ckpt.resolve()),
             "epoch": state.get("epoch"),
