@@ -164,3 +164,11 @@ def train_tiny(
     )
     trainer.fit(model, dm, ckpt_path=ckpt_path)
     return losses.losses
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -87,6 +87,9 @@ class FeatureSpectrum(Callback):
         pl_module.eval()
         out = {}
         suite = eval_suite(trainer)
+        # trainer.log_dir is a collective under DDP (a broadcast from rank 0): ask on every rank, here,
+        # never inside the rank-0-only report (rank 0 would wait in it while the others gather)
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         try:
             for s in self._sets(suite):
                 acc = SpectrumAccumulator(self.normalize_rows, self.center)
@@ -98,13 +101,13 @@ class FeatureSpectrum(Callback):
                 res = acc.compute(self.top_k, sync=True, dim=pl_module.feature_dim)
                 out[s.name] = res
                 if trainer.is_global_zero:
-                    self._report(trainer, s.name, when, res)
+                    self._report(trainer, log_dir, s.name, when, res)
         finally:
             pl_module.train(was_training)
         self.results.update({f"{name}/{when}": r for name, r in out.items()})
         return out
 
-    def _report(self, trainer, name: str, when: str, res: dict) -> None:
+    def _report(self, trainer, log_dir: Path, name: str, when: str, res: dict) -> None:
         s = res["singular_values"]
         scalars = {
             f"spectrum/{name}/{k}": v
@@ -119,7 +122,7 @@ class FeatureSpectrum(Callback):
                 writer.add_figure(
                     f"spectrum/{name}/normalised", spectrum_figure(s, name, when), trainer.global_step
                 )
-        root = Path(trainer.log_dir or trainer.default_root_dir) / "spectrum"
+        root = log_dir / "spectrum"
         root.mkdir(parents=True, exist_ok=True)
         np.savez(
             root / f"{name}_{when}.npz",
