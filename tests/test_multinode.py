@@ -65,4 +65,6 @@ def test_two_simulated_nodes_train_on_disjoint_samples_and_evaluate_exactly(tiny
     outs = _nodes([*test, *nodes], tmp_path / "test")
     # every test sample counted once over the two nodes: the same metrics as one process
     assert json.loads(outs[0][0])["metrics"] == pytest.approx(json.loads(single.stdout)["metrics"], abs=1e-6)
+    assert json.loads(outs[0][0])["samples"] == json.loads(single.stdout)["samples"]
+    assert json.loads(single.stdout)["samples"]["glyphs_heldout"] == 52 * 3
     assert outs[1][0].strip() == ""  # only global rank 0 prints the JSON

@@ -87,6 +87,7 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     assert test.returncode == 0, test.stderr[-3000:]
     report = json.loads(test.stdout)
     metrics = report["metrics"]
+    assert report["samples"]["glyphs_heldout"] == 52 * 3  # N per set: every test sample once
     assert {"test/id/glyphs_heldout/top1", "test/ood/glyphs_elastic_2/top1", "test/id/mean_top1",
             "test/ood/mean_top1"} <= set(metrics)  # fmt: skip
     ood = [v for k, v in metrics.items() if k.startswith("test/ood/glyphs_")]

@@ -335,3 +335,16 @@ def test_last_ckpt_is_the_last_epoch_when_validation_stops_improving(feature_cac
     steps_per_epoch = last["global_step"] // 3
     assert last["epoch"] == 2 and last["global_step"] == 3 * steps_per_epoch > 0
     assert len(best) == 1 and best[0].name.startswith("best-epoch=0-")
+
+
+def test_feature_extraction_reports_progress_in_a_log_file(caplog):
+    """On a terminal a bar; in a log file (stderr not a TTY, as here) a line every ``every`` seconds."""
+    from nml.features.extract import _Progress
+
+    progress = _Progress("test/mnist", 4, every=0.0)
+    with caplog.at_level("INFO"):
+        for b in range(1, 5):
+            progress.step(b, 64 * (b - 1))
+    progress.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test/mnist:")]
+    assert lines[0].startswith("test/mnist: 1/4 batches") and "samples/s, ETA" in lines[0] and len(lines) == 3

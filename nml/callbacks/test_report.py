@@ -20,18 +20,20 @@ def test_metrics(trainer) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("test/")}
 
 
-def format_test_table(metrics: dict[str, float]) -> str:
-    """A plain-text table: one row per test set, then one per group mean."""
-    rows = []
+def format_test_table(metrics: dict[str, float], samples: dict[str, int] | None = None) -> str:
+    """A plain-text table: one row per test set (top-1 and the samples evaluated), then one per
+    group mean."""
+    rows, samples = [], samples or {}
     for key, value in metrics.items():
         parts = key.split("/")
         if len(parts) == 4 and parts[3] == "top1":
             rows.append((parts[1], parts[2], value))
     means = [(k.split("/")[1], v) for k, v in metrics.items() if k.endswith("/mean_top1")]
     width = max([len(n) for _, n, _ in rows] + [len("dataset")])
-    lines = [f"{'group':<6} {'dataset':<{width}} {'top1':>7}", "-" * (width + 15)]
-    lines += [f"{g:<6} {n:<{width}} {100 * v:>6.2f}%" for g, n, v in rows]
-    lines += ["-" * (width + 15)] + [f"{g:<6} {'mean':<{width}} {100 * v:>6.2f}%" for g, v in means]
+    rule = "-" * (width + 24)
+    lines = [f"{'group':<6} {'dataset':<{width}} {'top1':>7} {'N':>8}", rule]
+    lines += [f"{g:<6} {n:<{width}} {100 * v:>6.2f}% {samples.get(n, ''):>8}" for g, n, v in rows]
+    lines += [rule] + [f"{g:<6} {'mean':<{width}} {100 * v:>6.2f}%" for g, v in means]
     return "\n".join(lines)
 
 
@@ -46,9 +48,10 @@ class TestReport(Callback):
     def on_test_end(self, trainer, pl_module) -> None:
         ckpt = trainer.ckpt_path
         directory = Path(ckpt).parent if ckpt and Path(ckpt).is_file() else Path(trainer.log_dir or ".")
-        self.report = {"ckpt_path": ckpt, "metrics": test_metrics(trainer)}
+        samples = dict(getattr(pl_module, "test_samples", {}) or {})
+        self.report = {"ckpt_path": ckpt, "metrics": test_metrics(trainer), "samples": samples}
         if trainer.is_global_zero:
             directory.mkdir(parents=True, exist_ok=True)
             (directory / "metrics.json").write_text(json.dumps(self.report, indent=1) + "\n")
-            log.info("test metrics:\n%s", format_test_table(self.report["metrics"]))
+            log.info("test metrics:\n%s", format_test_table(self.report["metrics"], samples))
             log.info("wrote %s", directory / "metrics.json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -18,12 +19,48 @@ from nml.models.backbones import Backbone
 log = logging.getLogger(__name__)
 
 
+class _Progress:
+    """A bar on a terminal; otherwise a log line every ``every`` seconds (samples, samples/s, ETA)."""
+
+    def __init__(self, name: str, total: int, every: float = 30.0):
+        self.name, self.total, self.every = name, total, every
+        self.t0 = self.last = time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"features {name}", unit="batch", file=sys.stderr, leave=False)
+
+    def step(self, batches: int, samples: int) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every and batches < self.total:
+            rate = batches / (now - self.t0)
+            log.info(
+                "%s: %d/%d batches, %.0f samples/s, ETA %.0f s",
+                self.name,
+                batches,
+                self.total,
+                samples / (now - self.t0),
+                (self.total - batches) / max(rate, 1e-9),
+            )
+            self.last = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 @torch.inference_mode()
 def _extract(
-    backbone: Backbone, loader, device: torch.device, limit: int | None = None
+    backbone: Backbone, loader, device: torch.device, limit: int | None = None, name: str = ""
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     feats, labels, keys = [], [], []
-    for batch in loader:
+    progress = _Progress(name, len(loader))
+    for i, batch in enumerate(loader):
+        progress.step(i + 1, len(keys))
         if limit is not None and len(keys) >= limit:
             break
         valid = batch["valid"]
@@ -35,6 +72,7 @@ def _extract(
         feats.append(f.view(*lead, f.shape[-1]).cpu().numpy())
         labels.append(batch["clean_target"][valid].numpy())
         keys += [k for k, v in zip(batch["key"], valid.tolist(), strict=True) if v]
+    progress.close()
     n = len(keys) if limit is None else min(limit, len(keys))
     return np.concatenate(feats)[:n], np.concatenate(labels)[:n], keys[:n]
 
@@ -70,11 +108,13 @@ def extract_features(
     for name, spec, extra in splits:
         t0 = time.perf_counter()
         if spec not in done:
-            done[spec] = _extract(backbone, dm.extraction_loader(spec), device, limit)
+            done[spec] = _extract(backbone, dm.extraction_loader(spec), device, limit, name)
         x, y, keys = done[spec]
         views_arr = None
         if name == "train" and views > 0:
-            v, y2, keys2 = _extract(backbone, dm.extraction_loader(spec, views, seed), device, limit)
+            v, y2, keys2 = _extract(
+                backbone, dm.extraction_loader(spec, views, seed), device, limit, f"{name} ({views} views)"
+            )
             if keys2 != keys or not np.array_equal(y, y2):
                 raise RuntimeError(f"{spec}: the augmented pass read the samples in another order")
             views_arr = v

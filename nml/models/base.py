@@ -225,6 +225,7 @@ class BackboneModule(LightningModule):
                 raise ValueError(f"test set {s.name!r}: number of classes unknown (set num_classes)")
             metrics.append(MulticlassAccuracy(n, average="micro"))
         self.test_top1 = nn.ModuleList(metrics).to(self.device)
+        self.test_samples: dict[str, int] = {}  # samples evaluated per set, over all ranks
         self._skipped = {i for i in range(len(self.test_sets)) if not self.can_test(suite, i)}
         for i in sorted(self._skipped):
             log.warning("test set %r skipped: the model cannot classify its labels", self.test_sets[i].name)
@@ -242,6 +243,8 @@ class BackboneModule(LightningModule):
             if i in self._skipped:
                 continue
             value = metric.compute()
+            counted = (metric.tp + metric.fn).sum().float()  # every sample is a TP or an FN of its class
+            self.test_samples[s.name] = int(self.trainer.strategy.reduce(counted, reduce_op="sum"))
             metric.reset()
             self.log(f"test/{s.group}/{s.name}/top1", value, add_dataloader_idx=False)
             groups.setdefault(s.group, []).append(value)
