@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -216,3 +217,55 @@ def test_boolean_options_of_plain_commands_work_bare():
     assert expand_flags(["study", "--dry_run"]) == ["study", "--dry_run", "true"]
     assert expand_flags(["report", "runs/s"]) == ["report", "--study_dir", "runs/s"]
     assert expand_flags(["fit", "--ckpt_path", "x"]) == ["fit", "--ckpt_path", "x"]  # LightningCLI's own
+
+
+@pytest.mark.slow
+def test_setup_relinks_the_shared_venv_to_the_checkout_that_runs_it(tmp_path):
+    """tools/setup.sh asks the venv where its nml lives from '/', so that the running checkout's own
+    nml/ directory cannot answer for it (a second clone ran the first clone's code)."""
+    import hashlib
+    import shutil
+
+    root = tmp_path / "clone"  # a checkout: the script and the files its key hashes
+    (root / "tools").mkdir(parents=True)
+    (root / "nml").mkdir()
+    shutil.copy(REPO / "tools" / "setup.sh", root / "tools" / "setup.sh")
+    for name in ("pyproject.toml", "tools/constraints.txt"):
+        shutil.copy(REPO / name, root / name)
+    key = hashlib.sha256(
+        (root / "pyproject.toml").read_bytes() + (root / "tools/constraints.txt").read_bytes()
+    )
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / f".nml-deps-{key.hexdigest()[:16]}").touch()
+    calls = tmp_path / "calls.txt"
+    # a stand-in interpreter: `import nml` finds ./nml when run from a checkout, else the install
+    (venv / "bin" / "python").write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [ "$1" = -c ]; then if [ -d nml ]; then pwd; else echo {tmp_path / "other_clone"}; fi; exit 0; fi\n'
+        f'echo "$@" >> {calls}\n'
+    )
+    (venv / "bin" / "python").chmod(0o755)
+    env = {**os.environ, "NML_VENV": str(venv), "NML_FONTS": "skip"}
+    r = subprocess.run(
+        ["bash", "tools/setup.sh"], cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"linking nml to this checkout ({root})" in r.stderr
+    assert f"-e {root}" in calls.read_text()
+
+
+def test_ckpt_path_takes_a_run_directory(tmp_path):
+    import torch
+
+    from nml.cli.lightning import check_ckpt_args
+
+    run = tmp_path / "runs" / "pretrain_supervised" / "noisy"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}}, run / "checkpoints" / "last.ckpt")
+    last = str(run / "checkpoints" / "last.ckpt")
+    assert check_ckpt_args(["test", "--ckpt_path", str(run)]) == ["test", "--ckpt_path", last]
+    assert check_ckpt_args(["test", f"--ckpt_path={run}"]) == ["test", f"--ckpt_path={last}"]
+    assert check_ckpt_args(["fit", "--ckpt_path", "last"]) == ["fit", "--ckpt_path", "last"]
+    with pytest.raises(FileNotFoundError, match="has no checkpoints/last.ckpt"):
+        check_ckpt_args(["test", "--ckpt_path", str(tmp_path)])

@@ -80,7 +80,7 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
 
     test = subprocess.run(
         [PYTHON, "-m", "nml.cli", "test", "--config", config, "--data.root", str(tiny_benchmark),
-         "--data.num_workers", "0", "--ckpt_path", str(ckpt),  # progress on: stdout must stay JSON
+         "--data.num_workers", "0", "--ckpt_path", str(ckpt.parent.parent),  # a run dir: its last.ckpt
          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
         capture_output=True, text=True, env=nml_subprocess_env(), cwd=tmp_path, timeout=600,
     )  # fmt: skip

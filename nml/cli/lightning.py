@@ -27,7 +27,7 @@ import nml.models.supervised
 import nml.models.tuning  # noqa: F401
 from nml.callbacks.progress import progress_callback
 from nml.callbacks.test_report import TestReport
-from nml.models.backbones import check_checkpoint_file
+from nml.models.backbones import check_checkpoint_file, resolve_checkpoint
 
 
 class NMLCLI(LightningCLI):
@@ -62,27 +62,32 @@ class NMLCLI(LightningCLI):
 CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's special --ckpt_path values
 
 
-def check_ckpt_args(argv: Sequence[str]) -> None:
-    """A ``--ckpt_path`` file that is missing or not a checkpoint is named before anything is built."""
-    for i, a in enumerate(argv):
+def check_ckpt_args(argv: Sequence[str]) -> list[str]:
+    """``argv`` with a ``--ckpt_path`` run directory replaced by its ``last.ckpt``; a checkpoint
+    that is missing or not a checkpoint is named before anything is built."""
+    out = list(argv)
+    for i, a in enumerate(out):
         option, eq, value = a.partition("=")
         if option != "--ckpt_path":
             continue
-        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-        if (
-            value
-            and value not in CKPT_KEYWORDS
-            and value.lower() not in ("null", "none")
-            and "://" not in value
-        ):
-            check_checkpoint_file(value)
+        value = value if eq else (out[i + 1] if i + 1 < len(out) else "")
+        special = value in CKPT_KEYWORDS or value.lower() in ("null", "none") or "://" in value
+        if not value or special:
+            continue
+        path = str(resolve_checkpoint(value))
+        check_checkpoint_file(path)
+        if eq:
+            out[i] = f"--ckpt_path={path}"
+        else:
+            out[i + 1] = path
+    return out
 
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def run_lightning(argv: Sequence[str]) -> NMLCLI:
-    check_ckpt_args(argv)
+    argv = check_ckpt_args(argv)
     return NMLCLI(
         LightningModule,
         LightningDataModule,

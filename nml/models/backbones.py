@@ -205,6 +205,19 @@ def read_checkpoint(path: str | Path) -> dict:
         ) from None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (``runs/<name>/<version>``): its ``checkpoints/last.ckpt``
+    (or ``last.ckpt``), the final epoch of that run."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    for candidate in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
+        if candidate.is_file():
+            log.info("checkpoint of run %s: %s", p, candidate)
+            return candidate
+    raise FileNotFoundError(f"run directory {str(path)!r} has no checkpoints/last.ckpt (nor last.ckpt)")
+
+
 def check_checkpoint_file(path: str | Path) -> None:
     """Fail early, naming ``path``, when it is not a checkpoint ``torch.save`` / Lightning could have
     written (a zip archive): before a run spends minutes setting up to load it."""

@@ -16,11 +16,12 @@ from nml.models.backbones import (
     BackboneConfig,
     create_backbone,
     read_checkpoint,
+    resolve_checkpoint,
 )
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
-    ckpt = Path(ckpt)
+    ckpt = resolve_checkpoint(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {str(ckpt)!r} not found")
     state = read_checkpoint(ckpt)

@@ -15,7 +15,8 @@ def export(ckpt: str, out: str) -> dict:
     normalisation, noise setting, data manifest hash and checkpoint provenance.
 
     Args:
-        ckpt: A checkpoint written by ``nml fit`` with SupervisedPretraining or ContrastivePretraining.
+        ckpt: A checkpoint written by ``nml fit`` with SupervisedPretraining or ContrastivePretraining,
+            or its run directory (``runs/<name>/<version>``: its ``checkpoints/last.ckpt``).
         out: Output directory.
     """
     from nml.models.export import export_checkpoint
