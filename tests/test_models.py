@@ -329,3 +329,32 @@ def test_open_clip_models_with_a_timm_image_tower_train(tiny_benchmark, name):
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(module, dm)
     assert trainer.global_step == 1 and torch.isfinite(trainer.callback_metrics["train/loss_step"])
+
+
+def test_zero_shot_head_is_batched_over_classes_and_built_once_per_class_set(tiny_benchmark, monkeypatch):
+    import open_clip
+    from lightning.pytorch import Trainer
+
+    import nml.models.contrastive as contrastive
+    from nml.data.modules import ImageTextShards
+    from nml.models.zeroshot import zeroshot_classifier
+
+    model = create_backbone({"library": "open_clip", "name": "tiny", "model_cfg": TINY_CLIP}).model.eval()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
+    prompts = [[f"a photo of a {c}", f"a {c}", f"the {c} itself"][: 1 + c % 3] for c in range(7)]
+    with torch.no_grad():  # the obvious per-class loop
+        ref = []
+        for p in prompts:
+            e = model.encode_text(tokenizer(p), normalize=True).mean(0)
+            ref.append(e / e.norm())
+    batched = zeroshot_classifier(model, tokenizer, prompts, torch.device("cpu"), batch_size=4)
+    torch.testing.assert_close(batched, torch.stack(ref, dim=1), atol=1e-5, rtol=1e-5)
+
+    calls = []
+    monkeypatch.setattr(
+        contrastive, "zeroshot_classifier", lambda *a, **k: calls.append(1) or zeroshot_classifier(*a, **k)
+    )
+    dm = ImageTextShards(root=str(tiny_benchmark), batch_size=32, num_workers=0, context_length=16)
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            limit_test_batches=1).test(contrastive.ContrastivePretraining("tiny", TINY_CLIP), dm, verbose=False)  # fmt: skip
+    assert len(dm.test_sets) == 13 and len(calls) == 1  # 13 test sets over the same 52 classes

@@ -146,10 +146,18 @@ class ContrastivePretraining(BackboneModule):
         return suite.set_classes(self.test_sets[set_index]) is not None
 
     def on_test_epoch_start(self) -> None:
+        """One zero-shot head per distinct class set (the text tower does not change during a test)."""
         suite = eval_suite(self.trainer)
-        self._test_classifiers = {
-            i: self._classifier_for(suite, s) for i, s in enumerate(self.test_sets) if i not in self._skipped
-        }
+        built: dict[tuple, torch.Tensor] = {}
+        self._test_classifiers = {}
+        for i, s in enumerate(self.test_sets):
+            if i in self._skipped:
+                continue
+            prompts = suite.set_prompts(s, self.templates)
+            key = tuple(map(tuple, prompts))
+            if key not in built:
+                built[key] = zeroshot_classifier(self.clip, self._tokenizer(), prompts, self.device)
+            self._test_classifiers[i] = built[key]
 
     def test_logits(self, images: torch.Tensor, set_index: int) -> torch.Tensor:
         return self.encode_images(images) @ self._test_classifiers[set_index]
