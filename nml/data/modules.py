@@ -220,6 +220,7 @@ class ShardDataModule(LightningDataModule):
     def match_preprocessing(self, image_size: int | None, mean, std, source: str) -> None:
         """Adopt a backbone's input size and normalisation where the config left them unset; warn
         where an explicit setting differs from what the backbone was trained with."""
+        adopted = []
         for name, value in (("image_size", image_size), ("mean", mean), ("std", std)):
             if value is None:
                 continue
@@ -227,6 +228,7 @@ class ShardDataModule(LightningDataModule):
             value = value if name == "image_size" else tuple(float(v) for v in value)
             if mine is None:
                 setattr(self, name, value)
+                adopted.append(f"{name}={value}")
             elif (mine if name == "image_size" else tuple(float(v) for v in mine)) != value:
                 log.warning(
                     "data.%s=%s differs from the %s the backbone %s was trained with",
@@ -235,6 +237,8 @@ class ShardDataModule(LightningDataModule):
                     value,
                     source,
                 )
+        if adopted:
+            log.info("data: %s from the backbone %s (unset in the data config)", ", ".join(adopted), source)
 
     # -- subclass hooks ------------------------------------------------------------------------
     def _check_noise_kind(self) -> None:

@@ -406,11 +406,12 @@ class ShardStream(wds.DataPipeline):
             return
         # undecodable images: fill the batches with decoded repeats of the pool (counted as padding)
         self.state.add_padding(missing)
-        decodable = [r for r in self._pool if self._decode_one({**r}, count=False) is not None]
-        if not decodable:
+        repeats = [self._decode_one({**r, "__repeat__": True}, count=False) for r in self._pool]
+        repeats = [r for r in repeats if r is not None]
+        if not repeats:
             raise RuntimeError(f"{self._where()}: no decodable training images to fill its batches")
         for k in range(missing):
-            yield self._decode_one({**decodable[k % len(decodable)], "__repeat__": True}, count=False)
+            yield repeats[k % len(repeats)]  # collation reads records, never changes them
 
     def _decode_one(self, rec: dict, count: bool = True) -> dict | None:
         """``rec`` with its image decoded and transformed; None (counted, warned) if undecodable."""

@@ -118,16 +118,7 @@ class BackboneModule(LightningModule):
         dm = self.data
         if dm is None or dm.task is not None or dm.feature_dim is not None or self.backbone is None:
             return
-        size, mean, std = self.backbone.preprocessing()
-        dm.match_preprocessing(size, mean, std, source=self.backbone.config.name)
-        d = dm.describe()
-        log.info(
-            "input: %s px, mean %s, std %s (the data config's, else model %s's)",
-            d.get("image_size"),
-            d.get("mean"),
-            d.get("std"),
-            self.backbone.config.name,
-        )
+        dm.match_preprocessing(*self.backbone.preprocessing(), source=self.backbone.config.name)
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
