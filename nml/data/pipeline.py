@@ -38,13 +38,14 @@ from typing import Any, Literal
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from nml.data.loading import ResumableLoader
 from nml.noise.config import NoiseConfig
 from nml.noise.models import NoiseModel
 from nml.seeding import name_seed, named_rng
 from nml.shards.members import BadImage, MemberSpec, ShardFormatError, decode_image, parse_sample
+from nml.shards.remote import open_shard
 from nml.shards.spec import (
     EvalUnit,
     ReaderPlan,
@@ -283,9 +284,13 @@ class ShardStream(wds.DataPipeline):
     ) -> Iterator[dict]:
         """Samples of ``shard`` with index in ``[start, stop)`` and ``index % slots == slot``."""
         errors = _TarErrors(self.cfg, self.state, self._where())
-        opened = list(url_opener([{"url": shard.url}], handler=errors))
-        if not opened:
+        try:
+            stream = open_shard(shard.url)
+        except (OSError, ValueError) as e:  # not there, or unreachable after the retries
+            end = shard.size if stop is None else min(stop, shard.size)
+            errors(e, len(range(start + (slot - start) % slots, end, slots)))  # the samples it owed
             return
+        opened = [{"url": shard.url, "stream": stream}]
         try:
             raw = group_by_keys(tar_file_expander(opened, handler=errors), handler=errors)
             for rec in self.noise.apply(self._parse(raw, errors, shard, stop)):

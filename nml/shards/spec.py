@@ -1,8 +1,8 @@
 """Shard specs, shard sizes and which reader gets which shard.
 
 A spec is one or more sources joined by ``::``, each a brace pattern
-(``glyphs/train-{000000..000020}.tar``). URLs (``http://``, ``s3://``, ``pipe:``...) are passed to
-webdataset's ``gopen`` as they are.
+(``glyphs/train-{000000..000020}.tar``). URLs (``https://``, ``s3://``, ``pipe:``...) are read by
+:mod:`nml.shards.remote` (retries, resumption, errors naming the URL).
 
 The path rule (one for every path option of nml): a path you type, on the command line or in a
 config, is relative to the working directory; a path stored inside a file nml wrote (the shard
@@ -10,8 +10,9 @@ specs of ``manifest.json``, the splits of ``features.json``) is relative to that
 and is rebased onto it when read (:func:`rebase_spec`).
 
 Sizes come from ``sizes.json`` (open_clip: basename -> count) or ``_info.json`` (timm: splits with
-filenames and shard lengths) beside the shards; local shards without either are counted by
-scanning their tar headers (logged).
+filenames and shard lengths) beside the shards, local or remote (for ``pipe:`` commands: beside
+the ``.tar`` the command names); local shards without either are counted by scanning their tar
+headers (logged).
 
 Readers are identified by a global worker id ``rank * num_workers + worker``. Training cuts the
 shards, shuffled by ``(seed, epoch)`` and laid end to end, into one contiguous span per reader, sized
@@ -33,6 +34,7 @@ from pathlib import Path
 import braceexpand
 
 from nml.seeding import named_rng
+from nml.shards.remote import index_directory, read_index_file
 
 log = logging.getLogger(__name__)
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
@@ -40,7 +42,7 @@ _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 @dataclass(frozen=True)
 class Shard:
-    url: str  # local path or URL, as given to gopen
+    url: str  # local path or URL (nml.shards.remote.open_shard)
     size: int  # samples in the shard
     source: int = 0  # index of the '::' source it came from
 
@@ -111,20 +113,36 @@ def _index_sizes(directory: str) -> dict[str, int]:
 @lru_cache(maxsize=256)
 def _read_index_sizes(directory: str, stamps: tuple) -> dict[str, int]:
     d = Path(directory)
+    return _parse_index_sizes(
+        *[(str(p), p.read_bytes() if p.is_file() else None) for p in (d / "_info.json", d / "sizes.json")]
+    )
+
+
+@lru_cache(maxsize=256)
+def _remote_index_sizes(directory: str) -> dict[str, int]:
+    """Basename -> sample count from the index files at a remote ``directory`` (read once per process)."""
+    urls = [f"{directory}/_info.json", f"{directory}/sizes.json"]
+    return _parse_index_sizes(*[(u, read_index_file(u)) for u in urls])
+
+
+def _parse_index_sizes(
+    info: tuple[str, bytes | None], sizes_json: tuple[str, bytes | None]
+) -> dict[str, int]:
+    """Sizes from the (name, bytes or None) of an ``_info.json`` and a ``sizes.json``."""
     sizes: dict[str, int] = {}
-    info = d / "_info.json"
-    if info.is_file():
+    name, data = info
+    if data is not None:
         try:
-            for split in json.loads(info.read_text()).get("splits", {}).values():
+            for split in json.loads(data).get("splits", {}).values():
                 sizes.update(zip(split.get("filenames", []), split.get("shard_lengths", []), strict=False))
-        except (json.JSONDecodeError, AttributeError) as e:
-            raise ValueError(f"{info}: not a timm _info.json ({e})") from e
-    sj = d / "sizes.json"
-    if sj.is_file():
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise ValueError(f"{name}: not a timm _info.json ({e})") from e
+    name, data = sizes_json
+    if data is not None:
         try:
-            sizes.update({k: int(v) for k, v in json.loads(sj.read_text()).items()})
-        except (json.JSONDecodeError, AttributeError, ValueError) as e:
-            raise ValueError(f"{sj}: expected a JSON object of shard basename -> sample count ({e})") from e
+            sizes.update({k: int(v) for k, v in json.loads(data).items()})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError) as e:
+            raise ValueError(f"{name}: expected a JSON object of shard basename -> sample count ({e})") from e
     return sizes
 
 
@@ -165,8 +183,12 @@ def shard_sizes(urls: list[str], strict: bool = False) -> list[int]:
     corrupt tar counts its readable samples, with a warning naming it (``strict``: an error)."""
     out, scanned, broken = [], 0, 0
     for url in urls:
-        directory, name = url.rsplit("/", 1) if "/" in url else (".", url)
-        size = _index_sizes(directory).get(name) if is_local(url) else None
+        if is_local(url):
+            directory, name = url.rsplit("/", 1) if "/" in url else (".", url)
+            size = _index_sizes(directory).get(name)
+        else:
+            directory, name = index_directory(url)
+            size = _remote_index_sizes(directory).get(name) if name else None
         if size is None and is_local(url):
             scanned += 1
             try:
@@ -180,7 +202,8 @@ def shard_sizes(urls: list[str], strict: bool = False) -> list[int]:
         if size is None:
             raise ValueError(
                 f"size of shard {url!r} unknown: put a sizes.json (basename -> count) beside the shards "
-                "or give the number of samples explicitly"
+                "(for a remote or pipe: source, where it can be read: "
+                f"{index_directory(url)[0] + '/sizes.json' if not is_local(url) else 'the same directory'})"
             )
         out.append(int(size))
     if scanned:
