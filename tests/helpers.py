@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -164,6 +165,34 @@ def train_tiny(
     )
     trainer.fit(model, dm, ckpt_path=ckpt_path)
     return losses.losses
+
+
+_SEQUENCE = """
+import sys
+from nml.cli.main import main
+for i, argv in enumerate(sys.argv[1:]):
+    print(f"@@{i}@@", flush=True)
+    print(f"@@{i}@@", file=sys.stderr, flush=True)
+    try:
+        code = main(argv.split("\x1f"))
+    except SystemExit as e:
+        code = e.code or 0
+    if code:
+        sys.exit(code)
+"""
+
+
+def nml_in_one_process(runs: list[list[str]], cwd: Path, timeout: float = 600) -> list[tuple[str, str]]:
+    """Run several ``nml`` commands one after another in ONE fresh interpreter (one cold import of
+    torch/Lightning instead of one per command); (stdout, stderr) of each. Fails naming the first
+    command that exits non-zero."""
+    r = subprocess.run([PYTHON, "-c", _SEQUENCE, *("\x1f".join(map(str, a)) for a in runs)], capture_output=True,
+                       text=True, env=nml_subprocess_env(), cwd=cwd, timeout=timeout)  # fmt: skip
+    outs = [r.stdout.split(f"@@{i}@@\n", 1)[-1].split(f"@@{i + 1}@@\n", 1)[0] for i in range(len(runs))]
+    errs = [r.stderr.split(f"@@{i}@@\n", 1)[-1].split(f"@@{i + 1}@@\n", 1)[0] for i in range(len(runs))]
+    done = r.stdout.count("@@") // 2
+    assert r.returncode == 0, (runs[done - 1] if done else runs[0], r.stderr[-3000:])
+    return list(zip(outs, errs, strict=True))
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import GOLDEN, PYTHON, REPO, LossRecorder, nml_subprocess_env, train_tiny
+from helpers import GOLDEN, PYTHON, REPO, LossRecorder, nml_in_one_process, nml_subprocess_env, train_tiny
 from lightning.pytorch import Trainer, seed_everything
 
 from nml.data.modules import ClassificationShards
@@ -78,14 +78,13 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     npz = np.load(next((tmp_path / "runs").rglob("spectrum/glyphs_heldout_fit_end.npz")))
     assert float(npz["samples"]) == 52 * 3 and float(npz["sve"]) > 0
 
-    test = subprocess.run(
-        [PYTHON, "-m", "nml.cli", "test", "--config", config, "--data.root", str(tiny_benchmark),
-         "--data.num_workers", "0", "--ckpt_path", str(ckpt.parent.parent),  # a run dir: its last.ckpt
+    (test_out, test_err), (export_out, _) = nml_in_one_process([
+        ["test", "--config", config, "--data.root", str(tiny_benchmark), "--data.num_workers", "0",
+         "--ckpt_path", str(ckpt.parent.parent),  # a run dir: its last.ckpt
          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
-        capture_output=True, text=True, env=nml_subprocess_env(), cwd=tmp_path, timeout=600,
-    )  # fmt: skip
-    assert test.returncode == 0, test.stderr[-3000:]
-    report = json.loads(test.stdout)
+        ["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export")],
+    ], tmp_path)  # fmt: skip
+    report = json.loads(test_out)
     metrics = report["metrics"]
     assert report["samples"]["glyphs_heldout"] == 52 * 3  # N per set: every test sample once
     assert {"test/id/glyphs_heldout/top1", "test/ood/glyphs_elastic_2/top1", "test/id/mean_top1",
@@ -93,14 +92,9 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     ood = [v for k, v in metrics.items() if k.startswith("test/ood/glyphs_")]
     assert len(ood) == 12 and metrics["test/ood/mean_top1"] == pytest.approx(sum(ood) / 12, abs=1e-6)
     assert json.loads((ckpt.parent / "metrics.json").read_text()) == report
-    assert "glyphs_heldout" in test.stderr and "mean" in test.stderr  # the table
+    assert "glyphs_heldout" in test_err and "mean" in test_err  # the table
 
-    export = subprocess.run(
-        [PYTHON, "-m", "nml.cli", "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export")],
-        capture_output=True, text=True, env=nml_subprocess_env(), cwd=tmp_path, timeout=300,
-    )  # fmt: skip
-    assert export.returncode == 0, export.stderr[-3000:]
-    summary = json.loads(export.stdout)
+    summary = json.loads(export_out)
     backbone = create_backbone(tmp_path / "export")
     meta = backbone.export_meta
     assert meta["feature_dim"] == summary["feature_dim"] == backbone.feature_dim

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import tarfile
 from functools import partial
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import PYTHON, TINY_CLIP, LossRecorder, nml_subprocess_env
+from helpers import TINY_CLIP, LossRecorder, nml_in_one_process
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -279,40 +278,27 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
         "--trainer.logger.init_args.save_dir",
         str(tmp_path / "runs"),
     ]
-    code = (
-        "import sys\nfrom nml.cli.main import main\n"
-        "for argv in sys.argv[1:]:\n"
-        "    args = argv.split('\\x1f')\n"
-        "    print('@@', args[0], flush=True)\n"
-        "    try:\n        assert main(args) == 0, args[0]\n    except SystemExit as e:\n        assert not e.code, e\n"
-    )
     cache = tmp_path / "features"
+    run_dir = tmp_path / "runs" / "tune_nmtune" / "version_0"  # `--ckpt_path RUN_DIR`: its last.ckpt
     runs = [
         ["features", "--backbone", str(exports["clip"]), "--data", "tune_nmtune.yaml", "--root", str(tiny_benchmark),
          "--views", "2", "--num_workers", "0", "--out", str(cache)],
         ["fit", "--config", "tune_nmtune.yaml", "--data", "data/features.yaml", "--data.init_args.root", str(cache),
          "--model.init_args.backbone", "null", "--trainer.max_epochs", "2", *common],
         ["test", "--config", "tune_nmtune.yaml", "--data", "data/features.yaml", "--data.init_args.root", str(cache),
-         "--model.init_args.backbone", "null", "--ckpt_path", "LAST", *common],
+         "--model.init_args.backbone", "null", "--ckpt_path", str(run_dir), *common],
         ["fit", "--config", "tune_linear.yaml", "--model.init_args.backbone", str(exports["clip"]),
          "--data.root", str(tiny_benchmark), "--data.num_workers", "0", "--trainer.max_steps", "3",
          "--trainer.limit_val_batches", "1", *common],
     ]  # fmt: skip
-    for argv in runs:
-        if "LAST" in argv:
-            argv[argv.index("LAST")] = str(next((tmp_path / "runs" / "tune_nmtune").rglob("last.ckpt")))
-        r = subprocess.run([PYTHON, "-c", code, "\x1f".join(argv)], capture_output=True, text=True,
-                           env=nml_subprocess_env(), cwd=tmp_path, timeout=600)  # fmt: skip
-        assert r.returncode == 0, (argv, r.stderr[-3000:])
-        if argv[0] == "features":
-            summary = json.loads(r.stdout.split("@@ features", 1)[1])
-            assert summary["feature_dim"] == 16 and summary["splits"]["train"]["views"] == 2
-            assert "using data " in r.stderr and "tune_nmtune.yaml" in r.stderr
-        if argv[0] == "test":
-            report = json.loads(r.stdout.split("@@ test", 1)[1])
-            ood = [k for k in report["metrics"] if k.startswith("test/ood/glyphs_")]
-            assert "test/id/glyphs_heldout/top1" in report["metrics"] and len(ood) == 12
-            assert "ood    mean" in r.stderr
+    (features_out, features_err), _, (test_out, test_err), _ = nml_in_one_process(runs, tmp_path)
+    summary = json.loads(features_out)
+    assert summary["feature_dim"] == 16 and summary["splits"]["train"]["views"] == 2
+    assert "using data " in features_err and "tune_nmtune.yaml" in features_err
+    report = json.loads(test_out)
+    ood = [k for k in report["metrics"] if k.startswith("test/ood/glyphs_")]
+    assert "test/id/glyphs_heldout/top1" in report["metrics"] and len(ood) == 12
+    assert "ood    mean" in test_err
     spectra = list((tmp_path / "runs" / "tune_nmtune").rglob("spectrum/glyphs_heldout_fit_end.npz"))
     assert spectra and float(np.load(spectra[0])["samples"]) == 156
     assert list((tmp_path / "runs" / "tune_linear").rglob("last.ckpt"))

@@ -11,8 +11,10 @@ next to the checkpoint) and prints the same metrics as JSON on stdout.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -25,9 +27,12 @@ import nml.features.datamodule
 import nml.models.contrastive
 import nml.models.supervised
 import nml.models.tuning  # noqa: F401
+from nml.callbacks.preemption import CheckpointOnSigterm
 from nml.callbacks.progress import progress_callback
 from nml.callbacks.test_report import TestReport
 from nml.models.backbones import check_checkpoint_file, resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class NMLCLI(LightningCLI):
@@ -36,13 +41,20 @@ class NMLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit" and self.config.fit.get("ckpt_path") == "last":
+            continue_last_run(self.config.fit)
+
     def instantiate_trainer(self, **kwargs):
         """The trainer, with Lightning's default progress bar replaced (bars on stderr on a terminal,
-        plain lines every ``log_every_n_steps`` otherwise: stdout is for JSON)."""
+        plain lines every ``log_every_n_steps`` otherwise: stdout is for JSON), and a checkpoint
+        saved on SIGTERM (:class:`~nml.callbacks.preemption.CheckpointOnSigterm`)."""
         trainer = super().instantiate_trainer(**kwargs)
         for i, callback in enumerate(trainer.callbacks):
             if type(callback) is TQDMProgressBar:
                 trainer.callbacks[i] = progress_callback(trainer.log_every_n_steps or 50)
+        if not any(isinstance(c, CheckpointOnSigterm) for c in trainer.callbacks):
+            trainer.callbacks.append(CheckpointOnSigterm())
         return trainer
 
     def before_test(self) -> None:
@@ -60,6 +72,37 @@ class NMLCLI(LightningCLI):
 
 
 CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's special --ckpt_path values
+VERSIONED_LOGGERS = ("TensorBoardLogger", "CSVLogger")
+
+
+def continue_last_run(fit_cfg) -> None:
+    """``--ckpt_path last``: resume the newest checkpoint (by time: a step, epoch or SIGTERM save) of
+    the newest run of the config's logger (``<save_dir>/<name>/version_N``, the highest N that has
+    one, or the logger's explicit ``version``), logging in that run's directory. With no such
+    checkpoint the run starts from scratch: the same command serves a job and its requeues.
+    Lightning's own "last" only looks at ``last*.ckpt`` of a new version directory."""
+    logger = fit_cfg.trainer.get("logger")
+    if not (hasattr(logger, "class_path") and logger.class_path.rsplit(".", 1)[-1] in VERSIONED_LOGGERS):
+        return  # another logger: Lightning's meaning of "last"
+    args = logger.init_args
+    root = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+    if args.get("version") is not None:
+        version = args.version
+        runs = [root / (version if isinstance(version, str) else f"version_{version}")]
+    else:
+        numbered = [d for d in root.glob("version_*") if d.name[8:].isdigit()]
+        runs = sorted(numbered, key=lambda d: int(d.name[8:]), reverse=True)
+    for run in runs:
+        ckpts = [p for p in (run / "checkpoints").glob("*.ckpt") if p.exists()]
+        if ckpts:
+            newest = max(ckpts, key=lambda p: p.stat().st_mtime_ns)
+            if args.get("version") is None:
+                args.version = int(run.name[8:])
+            fit_cfg.ckpt_path = str(newest)
+            log.info("--ckpt_path last: resuming %s in %s", newest.name, run)
+            return
+    fit_cfg.ckpt_path = None
+    log.info("--ckpt_path last: no checkpoint under %s yet; starting the run", root)
 
 
 def check_ckpt_args(argv: Sequence[str]) -> list[str]:

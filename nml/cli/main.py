@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tarfile
 import warnings
@@ -259,9 +260,14 @@ def _main(argv: list[str]) -> int:
         warnings.filterwarnings("ignore", message=message)
     argv = expand_flags(resolve_config_args(argv))
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
         from nml.cli.lightning import run_lightning
 
-        run_lightning(argv)
+        try:
+            run_lightning(argv)
+        except SIGTERMException:  # stopped by SIGTERM: the checkpoint is saved (logged above)
+            return 128 + signal.SIGTERM
         return 0
     parser = build_parser(argv)
     cfg = parser.instantiate_classes(parser.parse_args(argv))  # dataclass options -> instances

@@ -1,0 +1,74 @@
+"""Preemption: SLURM's requeue signal and SIGTERM save checkpoints, the job exits cleanly, and the
+same command with ``--ckpt_path last`` continues the run with the uninterrupted run's losses."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from nml.cli.main import main
+
+pytestmark = pytest.mark.slow
+
+
+def _fit(root: Path, runs: Path, records: Path, *extra: str) -> int:
+    return main([
+        "fit", "--config", "pretrain_supervised.yaml", "--data.root", str(root), "--data.num_workers", "0",
+        "--data.batch_size", "16", "--trainer.accelerator", "cpu", "--trainer.max_steps", "6",
+        "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.callbacks+=key_recorder.StepLosses",
+        f"--trainer.callbacks.out_dir={records}", "--ckpt_path", "last", *extra,
+    ])  # fmt: skip
+
+
+def _losses(records: Path) -> list[tuple[int, float]]:
+    lines = (records / "rank0.losses.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
+
+
+def test_slurm_requeue_signal_and_sigterm_save_and_the_same_command_resumes(
+    tiny_benchmark, tmp_path, monkeypatch, caplog
+):
+    """The sbatch template's cycle, in-process: SLURM sends SIGUSR1 (``--signal=SIGUSR1@90``):
+    Lightning saves ``hpc_ckpt_1.ckpt`` and runs ``scontrol requeue``; SLURM then sends SIGTERM: the
+    run stops after that step, saves it as ``last.ckpt`` and exits with 143. The requeued job runs
+    the same command (``--ckpt_path last``) and continues the same run directory: its losses are
+    the uninterrupted run's, and so are the final weights."""
+    reference = _fit(tiny_benchmark, tmp_path / "ref", tmp_path / "rec_ref")
+    assert reference == 0 and [s for s, _ in _losses(tmp_path / "rec_ref")] == [1, 2, 3, 4, 5, 6]
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "nml-fit", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1"}  # fmt: skip
+    for k, v in slurm.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)  # Lightning's default_root_dir: where hpc_ckpt_N.ckpt goes
+
+    with caplog.at_level("INFO"):
+        first = _fit(tiny_benchmark, tmp_path / "runs", tmp_path / "rec", "--trainer.callbacks+=key_recorder.SendSignals",
+                     '--trainer.callbacks.signals={"2": "SIGUSR1", "3": "SIGTERM"}')  # fmt: skip
+    assert first == 143
+    assert "--ckpt_path last: no checkpoint under" in caplog.text  # the job's first start
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert torch.load(tmp_path / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 2
+    last = tmp_path / "runs" / "pretrain_supervised" / "version_0" / "checkpoints" / "last.ckpt"
+    assert not last.is_symlink() and torch.load(last, weights_only=True)["global_step"] == 3
+    assert "SIGTERM: stopped after step 3" in caplog.text and "--ckpt_path last" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert _fit(tiny_benchmark, tmp_path / "runs", tmp_path / "rec") == 0  # the requeued job
+    assert "--ckpt_path last: resuming last.ckpt in" in caplog.text and "version_0" in caplog.text
+    assert not (tmp_path / "runs" / "pretrain_supervised" / "version_1").exists()  # the same run directory
+    assert _losses(tmp_path / "rec") == _losses(tmp_path / "rec_ref")  # steps 1-3, then 4-6 resumed: equal
+    final = torch.load(last, weights_only=True)["state_dict"]
+    ref = torch.load(next((tmp_path / "ref").rglob("last.ckpt")), weights_only=True)["state_dict"]
+    assert final.keys() == ref.keys() and all(torch.equal(final[k], ref[k]) for k in ref)
