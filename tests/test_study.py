@@ -6,11 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import pytest
 
 from nml.study.command import report, study
-from nml.study.config import Grid, Recipe, TaskPlan, Tuning
+from nml.study.config import Grid, Launcher, Recipe, TaskPlan, Tuning
 from nml.study.report import claims, group_means, interval
 from nml.study.results import COLUMNS, read_results
 
@@ -119,6 +120,51 @@ def test_bad_study_configs_fail_before_any_work(tiny_benchmark, tmp_path):
     assert not (tmp_path / "s" / "stages").exists()
 
 
+def test_slurm_launcher_submits_each_stage_with_its_dependencies(tiny_benchmark, tmp_path, monkeypatch):
+    """`--launcher.kind slurm` through submitit against stand-in sbatch / sacct: one sbatch script
+    per stage, a stage's dependencies as afterok job dependencies, the partition and resources as
+    asked; when SLURM reports the first job failed, its dependents count as skipped and the study
+    fails naming the logs."""
+    from nml.study.config import Benchmark
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(  # keeps each script, answers as sbatch does
+        f"#!/bin/sh\nn=$(ls {tmp_path}/scripts 2>/dev/null | wc -l); n=$((n + 1))\n"
+        f'mkdir -p {tmp_path}/scripts; cp "$1" {tmp_path}/scripts/$n.sh\necho "Submitted batch job $n"\n'
+    )
+    (bin_dir / "sacct").write_text(  # every job has failed
+        f'#!/bin/sh\necho "JobID|State|NodeList"\nfor f in {tmp_path}/scripts/*.sh; do '
+        'echo "$(basename $f .sh)|FAILED|node1"; done\n'
+    )
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit checks that it exists
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    from submitit.core.core import Job
+
+    monkeypatch.setattr(Job, "_results_timeout_s", 0)  # no result pickle will come (as submitit's tests do)
+    kw = {"grid": Grid(["supervised"], [0.3], [0], random_init=False), "tasks": {"mnist": TaskPlan(["linear"])},
+          "benchmark": Benchmark(root=str(tiny_benchmark)), "out": str(tmp_path / "s"),
+          "launcher": Launcher(kind="slurm", partition="gpu", gpus_per_node=2, time_min=90, poll_s=0.05,
+                               slurm_parameters={"qos": "high"})}  # fmt: skip
+    with pytest.raises(SystemExit, match=r"1 stage\(s\) failed \(2 skipped as dependents\)"):
+        study(**kw)
+    scripts = [(tmp_path / "scripts" / f"{i}.sh").read_text() for i in (1, 2, 3)]
+    kinds = ["pretrain", "features", "tune"]
+    for i, (kind, text) in enumerate(zip(kinds, scripts, strict=True)):
+        assert f"#SBATCH --job-name=nml-{kind}-" in text and "#SBATCH --partition=gpu" in text
+        assert (
+            "#SBATCH --gpus-per-node=2" in text
+            and "#SBATCH --time=90" in text
+            and "#SBATCH --qos=high" in text
+        )
+        if i == 0:
+            assert "--dependency" not in text
+        else:  # each stage waits for the one it reads
+            assert f"#SBATCH --dependency=afterok:{i}" in text and "#SBATCH --kill-on-invalid-dep=yes" in text
+
+
 # -- a tiny study end to end ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, monkeypatch):
@@ -166,9 +212,18 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
     changed = study(**kw)
     assert changed["ran"] == 3 * 3 and changed["cached"] == 3 + 3 * 2
 
-    kw["tuning"], kw["out"] = Tuning(epochs=2, seeds=[0], batch_size=16), str(tmp_path / "again")
-    study(**kw)  # from scratch in another directory: the same seed gives the same numbers
-    for a, b in zip(rows, read_results(tmp_path / "again" / "results.csv"), strict=True):
+    # from scratch in another directory, each stage a submitit job in its own process (the local
+    # executor runs the job objects `--launcher.kind slurm` submits): the same seed, the same numbers
+    kw.update(tuning=Tuning(epochs=2, seeds=[0], batch_size=16), out=str(tmp_path / "again"),
+              grid=Grid(["supervised"], [0.3], [0], random_init=False), tasks={"mnist": TaskPlan(["nmtune"])},
+              launcher=Launcher(kind="submitit_local", gpus_per_node=0, cpus_per_task=1))  # fmt: skip
+    jobs = study(**kw)
+    assert jobs["ran"] == 3 and jobs["cached"] == 0  # pretrain -> features -> tune, one job each
+    assert len(list((tmp_path / "again" / "submitit").glob("*/*_result.pkl"))) == 3
+    subset = [r for r in rows if r["noise_rate"] == 0.3 and r["task"] == "mnist" and r["method"] == "nmtune"]
+    again = read_results(tmp_path / "again" / "results.csv")
+    assert len(again) == len(subset) == 2
+    for a, b in zip(subset, again, strict=True):
         assert {k: v for k, v in a.items() if not isinstance(v, float)} == {
             k: v for k, v in b.items() if not isinstance(v, float)
         }

@@ -8,7 +8,17 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from nml.study.config import DEFAULT_RECIPES, Benchmark, Features, Grid, Recipe, TaskPlan, Tuning, validate
+from nml.study.config import (
+    DEFAULT_RECIPES,
+    Benchmark,
+    Features,
+    Grid,
+    Launcher,
+    Recipe,
+    TaskPlan,
+    Tuning,
+    validate,
+)
 
 log = logging.getLogger("nml.study")
 IDENTITY = "study.json"
@@ -22,6 +32,7 @@ def study(
     benchmark: Benchmark | None = None,
     features: Features | None = None,
     tuning: Tuning | None = None,
+    launcher: Launcher | None = None,
     out: str | None = None,
     dry_run: bool = False,
 ) -> dict:
@@ -42,6 +53,8 @@ def study(
         benchmark: The embedded benchmark (built first when missing).
         features: Feature extraction settings.
         tuning: Tuning settings (epochs, seeds, batch size).
+        launcher: Where the stages run: here (local, the default), or as SLURM jobs through submitit
+            (``--launcher.kind slurm --launcher.partition P``; stage dependencies as job dependencies).
         out: Study directory (default: runs/study/<name>).
         dry_run: Print the plan (cells, stages, what is cached, estimated time) and stop.
     """
@@ -90,7 +103,7 @@ def study(
         return summary
     from nml.study.report import build_report
     from nml.study.results import write_results
-    from nml.study.runner import StudyFailed, execute
+    from nml.study.runner import StudyFailed, execute, execute_jobs
 
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"grid": asdict(grid), "tasks": {k: asdict(v) for k, v in tasks.items()},
@@ -99,7 +112,11 @@ def study(
     (out_dir / IDENTITY).write_text(json.dumps({"name": name, "settings": settings}, indent=1) + "\n")
     t0 = time.perf_counter()
     try:
-        counts = execute(plan, out_dir, root)
+        launcher = launcher or Launcher()
+        if launcher.kind == "local":
+            counts = execute(plan, out_dir, root)
+        else:
+            counts = execute_jobs(plan, out_dir.resolve(), root, launcher)
     except StudyFailed as e:
         raise SystemExit(f"nml study: {e}") from None
     write_results(plan, out_dir, tasks)

@@ -109,6 +109,39 @@ class Tuning:
     view_noise: float = 0.0
 
 
+@dataclass
+class Launcher:
+    """Where the stages run. ``local`` (default): one after another in this process. ``slurm``: each
+    stage is a SLURM job submitted through submitit (``pip install 'nml[slurm]'``), a stage's
+    dependencies are job dependencies (``afterok``), and this process waits for the jobs and then
+    writes the results and the report (run it again to collect, once the jobs have finished).
+    ``submitit_local``: the same job objects as processes on this machine (submitit's local executor).
+
+    Args:
+        kind: local, slurm or submitit_local.
+        folder: submitit's job folder (scripts, pickles, stdout/stderr per job; default OUT/submitit).
+        partition: SLURM partition.
+        account: SLURM account.
+        time_min: Time limit per job, minutes.
+        gpus_per_node: GPUs per job (one node, one task).
+        cpus_per_task: CPUs per job.
+        mem_gb: Memory per job, GB.
+        slurm_parameters: More sbatch options, e.g. {"qos": "high", "constraint": "h100"}.
+        poll_s: Seconds between checks of the running jobs (SLURM: sacct).
+    """
+
+    kind: Literal["local", "slurm", "submitit_local"] = "local"
+    folder: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    time_min: int = 240
+    gpus_per_node: int = 1
+    cpus_per_task: int = 10
+    mem_gb: int = 64
+    slurm_parameters: dict[str, str] = field(default_factory=dict)
+    poll_s: float = 30.0
+
+
 DEFAULT_RECIPES = {
     "supervised": Recipe("pretrain_supervised_study.yaml"),
     "clip": Recipe("pretrain_clip.yaml", ["--trainer.max_epochs", "25"]),

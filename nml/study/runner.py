@@ -14,6 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
+from nml.study.config import Launcher
 from nml.study.plan import Plan, Stage
 
 log = logging.getLogger("nml.study")
@@ -46,8 +47,53 @@ def run_stage(stage: Stage, out: Path, root: str) -> dict:
     raise ValueError(f"unknown stage kind {stage.kind!r}")
 
 
+def run_one(stage: Stage, out: Path, root: str) -> dict:
+    """Run one stage: ``stage.json``, its log in ``log.txt`` (with the traceback if it fails, then
+    re-raised), its outputs, then ``done.json`` (atomically)."""
+    directory = stage.directory(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "stage.json").write_text(
+        json.dumps(
+            {
+                "kind": stage.kind,
+                "label": stage.label,
+                "key": stage.key,
+                "params": stage.params,
+                "deps": [d.directory(out).name for d in stage.deps],
+            },
+            indent=1,
+            default=str,
+        )
+        + "\n"  # fmt: skip
+    )
+    handler = _stage_log(directory)
+    t0 = time.perf_counter()
+    try:
+        result = run_stage(stage, out, root)
+    except Exception:
+        logging.getLogger("nml.study").error("stage %s failed:\n%s", stage.label, traceback.format_exc())
+        raise
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    tmp = directory / "done.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    tmp.replace(directory / "done.json")
+    return result
+
+
+def _failed(counts: dict, failed: dict) -> None:
+    if counts["failed"]:
+        logs = sorted({v for v in failed.values()})
+        raise StudyFailed(
+            f"{counts['failed']} stage(s) failed ({counts['skipped']} skipped as dependents); the other stages' "
+            f"outputs are kept and a re-run resumes. Logs:\n  " + "\n  ".join(logs)
+        )
+
+
 def execute(plan: Plan, out: Path, root: str) -> dict:
-    """Run every stage not yet done; returns counts (ran, cached, failed, skipped)."""
+    """Run every stage not yet done, in this process; returns counts (ran, cached, failed, skipped)."""
     failed: dict[str, str] = {}
     counts = {"ran": 0, "cached": 0, "failed": 0, "skipped": 0}
     n = len(plan.stages)
@@ -63,47 +109,120 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
             failed[stage.label] = failed[broken[0]]
             log.warning("%s: skipped (needs the failed stage %s)", where, broken[0])
             continue
-        directory = stage.directory(out)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "stage.json").write_text(
-            json.dumps(
-                {
-                    "kind": stage.kind,
-                    "label": stage.label,
-                    "key": stage.key,
-                    "params": stage.params,
-                    "deps": [d.directory(out).name for d in stage.deps],
-                },
-                indent=1,
-                default=str,
-            )
-            + "\n"  # fmt: skip
-        )
-        handler = _stage_log(directory)
         t0 = time.perf_counter()
         try:
-            result = run_stage(stage, out, root)
+            result = run_one(stage, out, root)
         except Exception:  # isolate: report with the log path, go on with independent stages
-            logging.getLogger("nml.study").error("stage %s failed:\n%s", stage.label, traceback.format_exc())
             counts["failed"] += 1
-            failed[stage.label] = str(directory / "log.txt")
+            failed[stage.label] = str(stage.directory(out) / "log.txt")
             log.error(
-                "%s: FAILED after %.1f s (log: %s)", where, time.perf_counter() - t0, directory / "log.txt"
+                "%s: FAILED after %.1f s (log: %s)", where, time.perf_counter() - t0, failed[stage.label]
             )
             continue
-        finally:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-        result["seconds"] = round(time.perf_counter() - t0, 2)
-        tmp = directory / "done.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
-        tmp.replace(directory / "done.json")
         counts["ran"] += 1
         log.info("%s: done in %.1f s", where, result["seconds"])
-    if counts["failed"]:
-        logs = sorted({v for v in failed.values()})
-        raise StudyFailed(
-            f"{counts['failed']} stage(s) failed ({counts['skipped']} skipped as dependents); the other stages' "
-            f"outputs are kept and a re-run resumes. Logs:\n  " + "\n  ".join(logs)
+    _failed(counts, failed)
+    return counts
+
+
+def stage_job(stage: Stage, out: Path, root: str) -> dict:
+    """What a submitit job runs: one stage, in a fresh process (nml's logging set up first)."""
+    from nml.cli.main import setup_logging
+
+    setup_logging()
+    return run_one(stage, out, root)
+
+
+def execute_jobs(plan: Plan, out: Path, root: str, launcher: Launcher) -> dict:
+    """Run every stage not yet done as a submitit job (``launcher.kind``: slurm or submitit_local).
+    On SLURM every job is submitted at once, a stage's dependencies as ``afterok`` job dependencies
+    (a failed stage's dependents are cancelled by SLURM); the local executor has no dependencies, so
+    a stage is submitted when its dependencies are done. Waits for all the jobs."""
+    try:
+        import submitit
+    except ImportError as e:
+        raise ValueError(f"launcher.kind {launcher.kind!r} needs submitit: pip install 'nml[slurm]'") from e
+    slurm = launcher.kind == "slurm"
+    folder = Path(launcher.folder or out / "submitit")
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm" if slurm else "local")
+    params = {"timeout_min": launcher.time_min, "gpus_per_node": launcher.gpus_per_node, "nodes": 1,
+              "tasks_per_node": 1, "cpus_per_task": launcher.cpus_per_task, "mem_gb": launcher.mem_gb}  # fmt: skip
+    if slurm:
+        params.update(
+            {
+                f"slurm_{k}": v
+                for k, v in (("partition", launcher.partition), ("account", launcher.account))
+                if v
+            }
         )
+    counts = {"ran": 0, "cached": 0, "failed": 0, "skipped": 0}
+    failed: dict[str, str] = {}
+    jobs: dict[str, tuple[Stage, object]] = {}
+    waiting = []
+    for stage in plan.stages:
+        if stage.done(out) is not None:
+            counts["cached"] += 1
+        else:
+            waiting.append(stage)
+    log.info("[study] %d stage(s) to run as %s jobs (%d cached); job files in %s", len(waiting), launcher.kind,
+             counts["cached"], folder)  # fmt: skip
+
+    def submit(stage: Stage) -> None:
+        deps = [jobs[d.label][1].job_id for d in stage.deps if d.label in jobs]
+        extra = dict(launcher.slurm_parameters)
+        if slurm and deps:
+            extra.update({"dependency": "afterok:" + ":".join(deps), "kill_on_invalid_dep": "yes"})
+        executor.update_parameters(name=f"nml-{stage.kind}-{stage.label}", **params,
+                                   **({"slurm_additional_parameters": extra} if slurm else {}))  # fmt: skip
+        job = executor.submit(stage_job, stage, out, root)
+        jobs[stage.label] = (stage, job)
+        log.info("[study] submitted %s %s: job %s", stage.kind, stage.label, job.job_id)
+
+    running: dict[str, tuple[Stage, object]] = {}
+    while waiting or running:
+        for stage in list(waiting):
+            broken = [d.label for d in stage.deps if d.label in failed]
+            if broken:
+                waiting.remove(stage)
+                counts["skipped"] += 1
+                failed[stage.label] = failed[broken[0]]
+                log.warning(
+                    "[study] %s %s: skipped (needs the failed stage %s)", stage.kind, stage.label, broken[0]
+                )
+            elif slurm or all(d.done(out) is not None for d in stage.deps):
+                waiting.remove(stage)
+                submit(stage)
+                running[stage.label] = jobs[stage.label]
+        for label, (stage, job) in list(running.items()):
+            if not job.done():
+                continue
+            del running[label]
+            try:
+                result = job.result()
+            except Exception as e:  # a failed job, or one SLURM cancelled: isolate, report its logs
+                broken = [d.label for d in stage.deps if d.label in failed]
+                if broken:  # cancelled by SLURM: a dependency failed (kill-on-invalid-dep)
+                    counts["skipped"] += 1
+                    failed[label] = failed[broken[0]]
+                    log.warning(
+                        "[study] %s %s: cancelled (needs the failed stage %s)", stage.kind, label, broken[0]
+                    )
+                    continue
+                counts["failed"] += 1
+                failed[label] = f"{stage.directory(out) / 'log.txt'} (job {job.job_id}: {job.paths.stderr})"
+                log.error(
+                    "[study] %s %s: FAILED (job %s: %s)",
+                    stage.kind,
+                    label,
+                    job.job_id,
+                    str(e).splitlines()[0],
+                )
+                continue
+            counts["ran"] += 1
+            log.info(
+                "[study] %s %s: done in %.1f s (job %s)", stage.kind, label, result["seconds"], job.job_id
+            )
+        if running:
+            time.sleep(launcher.poll_s if slurm else min(launcher.poll_s, 1.0))
+    _failed(counts, failed)
     return counts
