@@ -72,3 +72,27 @@ def test_slurm_requeue_signal_and_sigterm_save_and_the_same_command_resumes(
     final = torch.load(last, weights_only=True)["state_dict"]
     ref = torch.load(next((tmp_path / "ref").rglob("last.ckpt")), weights_only=True)["state_dict"]
     assert final.keys() == ref.keys() and all(torch.equal(final[k], ref[k]) for k in ref)
+
+
+def test_an_unreachable_rendezvous_fails_within_the_timeout_naming_it(
+    tiny_benchmark, tmp_path, monkeypatch, capsys
+):
+    """Node 1 of 2 whose MASTER_ADDR:MASTER_PORT has nothing listening: an error naming them after
+    the strategy's timeout, not a hang."""
+    import time
+
+    from helpers import free_port
+
+    port = free_port()
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": "1"}.items():
+        monkeypatch.setenv(k, v)
+    t0 = time.monotonic()
+    code = main([
+        "fit", "--config", "pretrain_supervised.yaml", "--data.root", str(tiny_benchmark), "--data.num_workers", "0",
+        "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.logger", "false",
+        "--trainer.strategy", "lightning.pytorch.strategies.DDPStrategy", "--trainer.strategy.timeout", "0:00:03",
+        "--trainer.strategy.process_group_backend", "gloo",
+    ])  # fmt: skip
+    assert code == 1 and time.monotonic() - t0 < 60
+    err = capsys.readouterr().err
+    assert f"MASTER_ADDR=127.0.0.1 MASTER_PORT={port}" in err and "--trainer.strategy.timeout" in err

@@ -250,9 +250,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         if debug:
             raise
-        print(f"nml: error: {error_line(e)}", file=sys.stderr)
+        print(f"nml: error: {error_line(e)}{_hint(e)}", file=sys.stderr)
         print("nml: the full traceback: add --debug (or set NML_DEBUG=1)", file=sys.stderr)
         return 1
+
+
+def _hint(e: BaseException) -> str:
+    """What to check, for errors whose message alone does not say (torch's rendezvous timeouts)."""
+    if any(c.__name__ in ("DistNetworkError", "DistStoreError") for c in type(e).__mro__):
+        where = f"MASTER_ADDR={os.environ.get('MASTER_ADDR', '(unset)')} MASTER_PORT={os.environ.get('MASTER_PORT', '(unset)')}"
+        return (
+            f" -- the DDP rendezvous at {where} was not reached: it must be node 0's address and a free port, "
+            "reachable from every node, with node 0 started; the wait is bounded by the strategy's timeout "
+            "(--trainer.strategy.timeout, e.g. 0:10:00)"
+        )
+    return ""
 
 
 def _main(argv: list[str]) -> int:
