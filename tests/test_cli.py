@@ -269,3 +269,45 @@ def test_ckpt_path_takes_a_run_directory(tmp_path):
     assert check_ckpt_args(["fit", "--ckpt_path", "last"]) == ["fit", "--ckpt_path", "last"]
     with pytest.raises(FileNotFoundError, match="has no checkpoints/last.ckpt"):
         check_ckpt_args(["test", "--ckpt_path", str(tmp_path)])
+
+
+def test_data_model_trainer_files_may_be_whole_configs(capsys, caplog):
+    """`--data FILE` takes a data-module file or a whole config with a `data:` section (what
+    `nml features --data` takes): `nml fit --config pretrain_supervised.yaml --data tune_nmtune.yaml`
+    trains on the tune config's data."""
+    import yaml
+
+    with caplog.at_level("INFO"), pytest.raises(SystemExit) as e:
+        main(["fit", "--config", "pretrain_supervised.yaml", "--data", "tune_nmtune.yaml", "--print_config"])
+    assert e.value.code in (0, None)
+    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert data["class_path"] == "nml.data.modules.ClassificationShards"
+    assert data["init_args"]["task"] == "glyphs_heldout" and data["init_args"]["eval_batch_size"] == 256
+    assert "--data tune_nmtune.yaml: its data: section" in caplog.text
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_run_directory(
+    tmp_path, monkeypatch, caplog, capsys
+):
+    """A label outside the declared classes stops the run at its first batch: one error line, and no
+    empty version_N beside the real runs."""
+    import json as _json
+
+    from helpers import write_shards
+
+    spec = write_shards(tmp_path / "bad", [20], num_classes=12)
+    info = tmp_path / "bad" / "_info.json"
+    info.write_text(
+        _json.dumps({**_json.loads(info.read_text()), "num_classes": 10, "classes": list("abcdefghij")})
+    )
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("INFO"):
+        code = main(["fit", "--config", "pretrain_supervised.yaml", "--data.train", spec, "--data.val", spec,
+                     "--data.num_workers", "0", "--data.batch_size", "16", "--data.image_size", "16",
+                     "--trainer.accelerator", "cpu", "--trainer.max_steps", "2",
+                     "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "nml: error:" in err and "is outside [0, 10)" in err  # one line naming the label
+    assert not list((tmp_path / "runs").rglob("version_*")), list((tmp_path / "runs").rglob("*"))
+    assert "removed" in caplog.text and "the run failed before its first step" in caplog.text

@@ -191,6 +191,18 @@ def test_pretraining_on_your_shards_takes_the_models_input_size(tmp_path, tiny_b
         Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
                 enable_progress_bar=False, enable_model_summary=False).fit(module, dm)  # fmt: skip
         assert seen == ([expected] if name == "yours" else [32]), name  # the benchmark fixes 32 px
+        # transforms: timm's own defaults and the model's eval crop on your shards; glyph-safe on the benchmark
+        train_ops, eval_ops = (str(dm.transform(a)) for a in (True, False))
+        crop = timm.create_model("test_resnet").pretrained_cfg["crop_pct"]
+        if name == "yours":
+            assert "RandomHorizontalFlip(p=0.5)" in train_ops and dm.eval_crop_pct == crop
+            assert (
+                f"Resize(size={int(expected / crop)}" in eval_ops
+                and f"CenterCrop(size=({expected}, {expected}))" in eval_ops
+            )
+            assert module.provenance["data"]["crop_pct"] == crop  # exported with the model
+        else:
+            assert "HorizontalFlip" not in train_ops and dm.eval_crop_pct == 1.0
 
 
 def test_audit_of_1000_classes_summarises_on_stdout_and_writes_the_matrix(tmp_path):
@@ -264,3 +276,37 @@ def test_a_test_set_with_another_label_space_is_skipped_not_a_crash(tmp_path, ca
         metrics = trainer.test(module, dm, verbose=False)[0]
     assert "test set 'big' skipped" in caplog.text
     assert "test/id/small/top1" in metrics and not any("big" in k for k in metrics)
+
+
+def test_a_test_set_that_fails_midway_keeps_the_finished_sets_metrics(tmp_path, monkeypatch):
+    """`nml test` over [small, bad]: `bad` has a label outside its declared classes and stops the run;
+    metrics.json still holds `small` (its top-1 and N), and says which set failed and why."""
+    from helpers import write_shards
+    from lightning.pytorch import Trainer
+
+    from nml.callbacks.test_report import TestReport
+    from nml.models.supervised import SupervisedPretraining
+    from nml.shards.members import ShardFormatError
+
+    small = write_shards(tmp_path / "small", [6, 6], num_classes=10)
+    bad = write_shards(tmp_path / "bad", [12], num_classes=12, prefix="bad")  # labels 0-11 ...
+    info = tmp_path / "bad" / "_info.json"
+    info.write_text(
+        json.dumps(
+            {**json.loads(info.read_text()), "num_classes": 10, "classes": [str(c) for c in range(10)]}
+        )
+    )
+    dm = ClassificationShards(
+        train=small, val=small, test=[EvalSet("small", small, "id"), EvalSet("bad", bad, "ood")],  # ... in 10 classes
+        batch_size=4, num_workers=0, image_size=16,
+    )  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # no logger, no checkpoint: metrics.json goes to the working directory
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, callbacks=[TestReport()],
+                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    module = SupervisedPretraining("test_resnet", num_classes=10)
+    trainer.fit(module, dm)
+    with pytest.raises(ShardFormatError, match=r"\.cls = 1[01] is outside \[0, 10\)"):
+        trainer.test(module, dm, verbose=False)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(report["metrics"]) == ["test/id/small/top1"] and report["samples"] == {"small": 12}
+    assert report["incomplete"]["failed_set"] == "bad" and "outside [0, 10)" in report["incomplete"]["error"]

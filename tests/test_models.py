@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from helpers import TINY_CLIP
@@ -358,3 +360,32 @@ def test_zero_shot_head_is_batched_over_classes_and_built_once_per_class_set(tin
     Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
             limit_test_batches=1).test(contrastive.ContrastivePretraining("tiny", TINY_CLIP), dm, verbose=False)  # fmt: skip
     assert len(dm.test_sets) == 13 and len(calls) == 1  # 13 test sets over the same 52 classes
+
+
+@pytest.mark.parametrize("rule,expected", [("linear", 0.1 * 32 / 256), ("sqrt", 0.1 * (32 / 256) ** 0.5)])
+def test_learning_rate_from_lr_base_and_the_global_batch(tiny_benchmark, rule, expected, caplog):
+    """timm's rule: lr = lr_base x global batch / 256 (or its square root); global batch = 16 per
+    rank x 1 rank x 2 accumulated. The optimizer's own lr is replaced before the schedule takes it
+    as its base, logged, and kept in the checkpoint."""
+    from lightning.pytorch import Trainer
+
+    from nml.callbacks.lr_scaling import ScaleLearningRate
+    from nml.data.modules import ClassificationShards
+    from nml.models.supervised import SupervisedPretraining
+
+    dm = ClassificationShards(root=str(tiny_benchmark), batch_size=16, num_workers=0)
+    module = SupervisedPretraining("test_resnet", optimizer=partial(torch.optim.SGD, lr=5.0))
+    trainer = Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=2,
+                      callbacks=[ScaleLearningRate(0.1, 256, rule)])  # fmt: skip
+    with caplog.at_level("INFO"):
+        trainer.fit(module, dm)
+    assert [g["initial_lr"] for g in trainer.optimizers[0].param_groups] == pytest.approx(
+        [expected, expected]
+    )
+    assert module.provenance["lr"]["global_batch"] == 32 and module.provenance["lr"]["lr"] == pytest.approx(
+        expected
+    )
+    assert "global batch 32 = 16 per rank x 1 rank(s) x 2 accumulation" in caplog.text
+    with pytest.raises(ValueError, match="expected 'linear' or 'sqrt'"):
+        ScaleLearningRate(0.1, 256, "cubic")

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from lightning.pytorch import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +39,42 @@ def format_test_table(metrics: dict[str, float], samples: dict[str, int] | None 
 
 
 class TestReport(Callback):
-    """Writes ``metrics.json`` and logs the metrics table when a test run ends (global rank 0)."""
+    """Writes ``metrics.json`` and logs the metrics table when a test run ends (global rank 0). When a
+    single-process run fails on a set, the sets finished before it are still written, with
+    ``"incomplete"`` naming the failed set and the error."""
 
     __test__ = False  # not a pytest class
 
     def __init__(self) -> None:
         self.report: dict | None = None
 
-    def on_test_end(self, trainer, pl_module) -> None:
+    @staticmethod
+    def _directory(trainer) -> Path:
         ckpt = trainer.ckpt_path
-        directory = Path(ckpt).parent if ckpt and Path(ckpt).is_file() else Path(trainer.log_dir or ".")
+        return Path(ckpt).parent if ckpt and Path(ckpt).is_file() else Path(trainer.log_dir or ".")
+
+    def _write(self, trainer) -> None:
+        directory = self._directory(trainer)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "metrics.json").write_text(json.dumps(self.report, indent=1) + "\n")
+        log.info("test metrics:\n%s", format_test_table(self.report["metrics"], self.report["samples"]))
+        log.info("wrote %s", directory / "metrics.json")
+
+    def on_test_end(self, trainer, pl_module) -> None:
         samples = dict(getattr(pl_module, "test_samples", {}) or {})
-        self.report = {"ckpt_path": ckpt, "metrics": test_metrics(trainer), "samples": samples}
+        self.report = {"ckpt_path": trainer.ckpt_path, "metrics": test_metrics(trainer), "samples": samples}
         if trainer.is_global_zero:
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / "metrics.json").write_text(json.dumps(self.report, indent=1) + "\n")
-            log.info("test metrics:\n%s", format_test_table(self.report["metrics"], samples))
-            log.info("wrote %s", directory / "metrics.json")
+            self._write(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from nml.models.base import BackboneModule
+
+        testing = trainer.state.fn == TrainerFn.TESTING and isinstance(pl_module, BackboneModule)
+        if not testing or trainer.world_size > 1 or not pl_module.test_sets:
+            return  # in DDP a rank's own counts are only part of a set; or it failed before the sets
+        metrics, samples = pl_module.finished_test_metrics()
+        failed = pl_module.test_sets[pl_module.testing_set].name
+        self.report = {"ckpt_path": trainer.ckpt_path, "metrics": metrics, "samples": samples,
+                       "incomplete": {"failed_set": failed, "error": f"{type(exception).__name__}: {exception}"}}  # fmt: skip
+        log.warning("test set %r failed; writing the %d set(s) finished before it", failed, len(samples))
+        self._write(trainer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,7 +56,29 @@ class NMLCLI(LightningCLI):
                 trainer.callbacks[i] = progress_callback(trainer.log_every_n_steps or 50)
         if not any(isinstance(c, CheckpointOnSigterm) for c in trainer.callbacks):
             trainer.callbacks.append(CheckpointOnSigterm())
+        self._new_run_dir = (
+            None if trainer.log_dir is None or Path(trainer.log_dir).exists() else Path(trainer.log_dir)
+        )
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception:  # (SIGTERM is a SystemExit: a preempted run keeps its directory)
+            self._remove_empty_run()
+            raise
+
+    def _remove_empty_run(self) -> None:
+        """A run that failed before its first step, in a directory it created, leaves nothing worth
+        keeping (a config.yaml, an empty event file): the directory is removed, not left as an
+        empty ``version_N`` beside the real runs."""
+        run, trainer = self._new_run_dir, self.trainer
+        if run is None or not trainer.is_global_zero or not run.is_dir() or trainer.global_step > 0:
+            return
+        if any(run.rglob("*.ckpt")) or any(run.rglob("metrics.json")):
+            return
+        shutil.rmtree(run, ignore_errors=True)
+        log.info("removed %s: the run failed before its first step", run)
 
     def before_test(self) -> None:
         self.config_init[self.subcommand]["verbose"] = (

@@ -64,10 +64,23 @@ EXPECTED_WARNINGS = (
 )
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record is emitted (not the stream of
+    the moment it was made: an in-process caller may swap and close its stderr)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_nml", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("[nml %(levelname)s] %(message)s"))
         handler._nml = True  # type: ignore[attr-defined]
         root.addHandler(handler)
@@ -104,25 +117,41 @@ def _is_config_value(option: str, value: str) -> bool:
 
 def resolve_config_args(argv: Sequence[str]) -> list[str]:
     """Rewrite ``--config X`` (and ``--data X.yaml``, ``--model X.yaml``, ``--trainer X.yaml``, in
-    both ``--opt X`` and ``--opt=X`` forms) so that bare names find the shipped configs."""
+    both ``--opt X`` and ``--opt=X`` forms) so that bare names find the shipped configs. A
+    ``--data`` / ``--model`` / ``--trainer`` file may be that section alone or a whole config that
+    has it (``--data tune_nmtune.yaml`` takes its ``data:``): one file shape for every command."""
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
-        if a in CONFIG_OPTIONS and i + 1 < len(argv) and _is_config_value(a, argv[i + 1]):
-            path = resolve_config(argv[i + 1])
-            log.info("using %s %s", a.lstrip("-"), path.resolve())
-            out += [a, str(path)]
-            i += 2
-            continue
-        option, _, value = a.partition("=")
+        option, eq, value = a.partition("=")
+        if not eq and a in CONFIG_OPTIONS and i + 1 < len(argv):
+            option, value, i = a, argv[i + 1], i + 1
         if option in CONFIG_OPTIONS and value and _is_config_value(option, value):
             path = resolve_config(value)
             log.info("using %s %s", option.lstrip("-"), path.resolve())
-            out.append(f"{option}={path}")
+            out.append(f"{option}={_section(option, path)}")
         else:
             out.append(a)
         i += 1
     return out
+
+
+def _section(option: str, path: Path) -> str:
+    """``path``, or the JSON of its ``data:`` / ``model:`` / ``trainer:`` section when ``path`` is a
+    whole config (the section is what LightningCLI expects after ``--data``)."""
+    key = option.lstrip("-")
+    if key == "config":
+        return str(path)
+    import yaml
+
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not a YAML file ({e})") from e
+    if isinstance(content, dict) and isinstance(content.get(key), dict) and "class_path" not in content:
+        log.info("--%s %s: its %s: section", key, path.name, key)
+        return json.dumps(content[key])
+    return str(path)
 
 
 POSITIONAL = {"report": "--study_dir"}  # `nml report DIR` = `nml report --study_dir DIR`

@@ -170,14 +170,18 @@ class TrainingData(EvalSuite, Protocol):
 
     feature_dim: int | None  # D of cached features; None when batches hold images
     task: str | None  # the embedded benchmark's task it reads (None: your own shards or features)
+    batch_size: int  # training samples per rank and step
 
     def configure_views(self, views: int, augment: bool) -> None:
         """Training batches with ``views`` views per sample, augmented or with the eval transform
         (settings given explicitly in the data config win)."""
         ...
 
-    def match_preprocessing(self, image_size: int | None, mean, std, source: str) -> None:
-        """Adopt a backbone's input size and normalisation where the config left them unset."""
+    def match_preprocessing(
+        self, image_size: int | None, mean, std, source: str, crop_pct: float | None = None
+    ) -> None:
+        """Adopt a backbone's input size and normalisation (and evaluation crop) where the config
+        left them unset."""
         ...
 
 

@@ -20,6 +20,11 @@ working directory when you type them, relative to ``manifest.json`` for the task
 Validation and test loaders evaluate every sample exactly once across ranks; batches carry a
 ``valid`` mask (padding on ranks with fewer batches). Names of the loaders, in order, are in
 ``val_sets`` / ``test_sets`` so that modules can log ``test/<group>/<name>/top1``.
+
+Transforms: on the embedded benchmark, glyph-safe defaults (no flips, no centre crop:
+:mod:`nml.data.transforms`); on your own shards, timm's / open_clip's own defaults (flips, crop
+0.875 ...), with the backbone's ``crop_pct`` for evaluation. ``train_transform`` / ``eval_transform``
+(timm ``create_transform`` arguments) override either.
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ class ShardDataModule(LightningDataModule):
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
         train_transform: dict | None = None,
+        eval_transform: dict | None = None,
         views: int | None = None,
         augment: bool | None = None,
         image_keys: str = "jpg;png;jpeg;webp",
@@ -128,6 +134,7 @@ class ShardDataModule(LightningDataModule):
         self.train_shards = train_shards
         self.shuffle_buffer, self.image_size, self.mean, self.std = shuffle_buffer, image_size, mean, std
         self.train_transform, self.image_keys, self.label_key = train_transform, image_keys, label_key
+        self.eval_transform = eval_transform
         self.views, self.augment = views, augment
         self.strict = strict
         self._check_noise_kind()
@@ -197,6 +204,7 @@ class ShardDataModule(LightningDataModule):
             "image_size": self.input_size,
             "mean": list(mean),
             "std": list(std),
+            "crop_pct": self.eval_crop_pct,
             "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
         }
 
@@ -217,10 +225,33 @@ class ShardDataModule(LightningDataModule):
             "training batches: %d view(s), %s", self.views, "augmented" if self.augment else "eval transform"
         )
 
-    def match_preprocessing(self, image_size: int | None, mean, std, source: str) -> None:
-        """Adopt a backbone's input size and normalisation where the config left them unset; warn
-        where an explicit setting differs from what the backbone was trained with."""
+    @property
+    def eval_crop_pct(self) -> float | None:
+        """timm's evaluation centre-crop fraction: as configured, else 1 (glyphs) or timm's 0.875
+        (None for open_clip's transform, which resizes and crops to the image size)."""
+        from timm.data import DEFAULT_CROP_PCT
+
+        if self.library != "timm":
+            return None
+        configured = (self.eval_transform or {}).get("crop_pct")
+        return float(configured) if configured is not None else (1.0 if self.glyph_safe else DEFAULT_CROP_PCT)
+
+    @property
+    def glyph_safe(self) -> bool:
+        """Glyph-safe transform defaults: on the embedded benchmark (a task), not on your shards."""
+        return self.task is not None
+
+    def match_preprocessing(
+        self, image_size: int | None, mean, std, source: str, crop_pct: float | None = None
+    ) -> None:
+        """Adopt a backbone's input size and normalisation where the config left them unset (and, on
+        your own shards, its evaluation ``crop_pct``); warn where an explicit setting differs from
+        what the backbone was trained with."""
         adopted = []
+        own_timm = self.library == "timm" and not self.glyph_safe
+        if crop_pct is not None and own_timm and "crop_pct" not in (self.eval_transform or {}):
+            self.eval_transform = {**(self.eval_transform or {}), "crop_pct": float(crop_pct)}
+            adopted.append(f"eval crop_pct={float(crop_pct)}")
         for name, value in (("image_size", image_size), ("mean", mean), ("std", std)):
             if value is None:
                 continue
@@ -299,7 +330,8 @@ class ShardDataModule(LightningDataModule):
             augment,
             self.mean,
             self.std,
-            self.train_transform if augment else None,
+            self.train_transform if augment else self.eval_transform,
+            glyph_safe=self.glyph_safe,
         )
 
     def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:

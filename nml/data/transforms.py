@@ -1,7 +1,8 @@
-"""Image transforms from timm (classification) or open_clip (image-text), with glyph-safe defaults.
+"""Image transforms from timm (classification) or open_clip (image-text).
 
-Horizontal flips are off by default: they turn characters into other characters (b/d, p/q).
-Evaluation transforms resize without cropping (``crop_pct=1``) so small glyphs are not clipped.
+On the embedded benchmark (``glyph_safe``) horizontal flips are off (they turn characters into
+other characters: b/d, p/q) and evaluation resizes without cropping (``crop_pct=1``) so small
+glyphs are not clipped; on your own shards the libraries' own defaults apply.
 """
 
 from __future__ import annotations
@@ -37,16 +38,19 @@ def build_transform(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     overrides: Mapping | None = None,
+    glyph_safe: bool = True,
 ) -> Callable:
     """PIL image -> normalised tensor. ``overrides`` go to timm's ``create_transform`` or to
-    open_clip's ``image_transform`` (its ``aug_cfg`` for training)."""
+    open_clip's ``image_transform`` (its ``aug_cfg`` for training); ``glyph_safe``: the glyph
+    defaults above under them, else timm's own."""
     overrides = dict(overrides or {})
     default_mean, default_std = default_normalization(library)
     mean, std = tuple(mean or default_mean), tuple(std or default_std)
     if library == "timm":
         from timm.data import create_transform
 
-        kw = {**(TIMM_TRAIN_DEFAULTS if train else TIMM_EVAL_DEFAULTS), **overrides}
+        defaults = (TIMM_TRAIN_DEFAULTS if train else TIMM_EVAL_DEFAULTS) if glyph_safe else {}
+        kw = {**defaults, **overrides}
         for k in ("scale", "ratio"):
             if k in kw and kw[k] is not None:
                 kw[k] = tuple(kw[k])

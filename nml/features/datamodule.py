@@ -301,7 +301,9 @@ class FeatureShards(LightningDataModule):
         data_templates, fields = prompt_fields(None, classes)
         return class_prompts(templates or data_templates, fields)
 
-    def match_preprocessing(self, image_size: int | None, mean, std, source: str) -> None:
+    def match_preprocessing(
+        self, image_size: int | None, mean, std, source: str, crop_pct: float | None = None
+    ) -> None:
         """Nothing to adopt: cached features were extracted with their backbone's preprocessing."""
 
     def val_dataloader(self) -> list[FeatureLoader]:

@@ -95,6 +95,15 @@ class Backbone(nn.Module):
         size = self.model.visual.image_size
         return (size[0] if isinstance(size, tuple | list) else size), list(mean), list(std)
 
+    def crop_pct(self) -> float | None:
+        """The evaluation centre-crop fraction the architecture was trained with (timm's
+        ``pretrained_cfg``: 0.875 for ResNet-50), or None (open_clip: resize and crop the image size)."""
+        if self.export_meta is not None:
+            return self.export_meta.get("crop_pct")
+        if self.config.library == "timm":
+            return (getattr(self.model, "pretrained_cfg", {}) or {}).get("crop_pct")
+        return None
+
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights without the timm classifier head (what ``nml export`` writes)."""
         state = self.model.state_dict()

@@ -66,6 +66,10 @@ class BackboneModule(LightningModule):
         self.backbone: Backbone | None = None
         self.val_top1: MulticlassAccuracy | None = None
         self.fractions = nn.ModuleDict()  # log_fraction's epoch accumulators, created on first use
+        self.lr_override: float | None = None  # the optimizer's lr replaced (ScaleLearningRate sets it)
+        self.test_sets: list = []  # set by setup_test_suite
+        self.test_top1 = nn.ModuleList()
+        self.testing_set = 0  # the test set being read (the ones before it are finished)
         self._t_batch: float | None = None
         self.provenance: dict = {}
 
@@ -118,11 +122,18 @@ class BackboneModule(LightningModule):
         dm = self.data
         if dm is None or dm.task is not None or dm.feature_dim is not None or self.backbone is None:
             return
-        dm.match_preprocessing(*self.backbone.preprocessing(), source=self.backbone.config.name)
+        dm.match_preprocessing(
+            *self.backbone.preprocessing(),
+            source=self.backbone.config.name,
+            crop_pct=self.backbone.crop_pct(),
+        )
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_fn(param_groups(self))
+        if self.lr_override is not None:  # before the schedule takes the groups' lr as its base
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr_override
         if self.lr_scheduler_fn is not None:
             scheduler = self.lr_scheduler_fn(optimizer)
         else:
@@ -217,9 +228,25 @@ class BackboneModule(LightningModule):
             metrics.append(MulticlassAccuracy(n, average="micro"))
         self.test_top1 = nn.ModuleList(metrics).to(self.device)
         self.test_samples: dict[str, int] = {}  # samples evaluated per set, over all ranks
+        self.testing_set = 0
         self._skipped = {i for i in range(len(self.test_sets)) if not self.can_test(suite, i)}
         for i in sorted(self._skipped):
             log.warning("test set %r skipped: the model cannot classify its labels", self.test_sets[i].name)
+
+    def finished_test_metrics(self) -> tuple[dict[str, float], dict[str, int]]:
+        """(metrics, samples) of the test sets finished so far, computed on this process only: what
+        a failed single-process test run still reports (the sets are read one after another)."""
+        metrics, samples = {}, {}
+        for i, (s, metric) in enumerate(zip(self.test_sets, self.test_top1, strict=True)):
+            if i >= self.testing_set or i in self._skipped:
+                continue
+            with metric.sync_context(should_sync=False):
+                metrics[f"test/{s.group}/{s.name}/top1"] = float(metric.compute())
+                samples[s.name] = int((metric.tp + metric.fn).sum())
+        return metrics, samples
+
+    def on_test_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.testing_set = dataloader_idx
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         valid = batch["valid"]

@@ -78,6 +78,7 @@ def write_export(
         "image_size": data.get("image_size"),
         "mean": data.get("mean"),
         "std": data.get("std"),
+        "crop_pct": data.get("crop_pct"),
         "noise": data.get("noise"),
         "data": data,
         "pretraining_classes": pretraining_classes,

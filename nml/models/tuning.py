@@ -163,7 +163,11 @@ class DownstreamTuning(BackboneModule):
                 "(features from another backbone?)"
             )
         if dm is not None and self.backbone is not None:
-            dm.match_preprocessing(*self.backbone.preprocessing(), source=self.backbone.config.name)
+            dm.match_preprocessing(
+                *self.backbone.preprocessing(),
+                source=self.backbone.config.name,
+                crop_pct=self.backbone.crop_pct(),
+            )
         if stage == "fit" and dm is not None:
             dm.configure_views(self.views, augment=self.views > 1 or self.method != "linear")
         self.record_data()

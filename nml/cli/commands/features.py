@@ -57,7 +57,7 @@ def features(
         if unknown:
             raise ValueError(f"--test_sets: {unknown} not in the test suite of {data!r}: {have}")
         dm.test_sets = [s for s in dm.test_sets if s.name in test_sets]
-    dm.match_preprocessing(*model.preprocessing(), source=model.config.name)
+    dm.match_preprocessing(*model.preprocessing(), source=model.config.name, crop_pct=model.crop_pct())
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     provenance = (
