@@ -20,6 +20,7 @@ def _fit(root: Path, runs: Path, records: Path, *extra: str) -> int:
         "fit", "--config", "pretrain_supervised.yaml", "--data.root", str(root), "--data.num_workers", "0",
         "--data.batch_size", "16", "--trainer.accelerator", "cpu", "--trainer.max_steps", "6",
         "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.callbacks.at_fit_end=false",  # the config's last callback, FeatureSpectrum: no spectra here
         "--trainer.logger.init_args.save_dir", str(runs), "--trainer.callbacks+=key_recorder.StepLosses",
         f"--trainer.callbacks.out_dir={records}", "--ckpt_path", "last", *extra,
     ])  # fmt: skip

@@ -119,7 +119,8 @@ def resolve_config_args(argv: Sequence[str]) -> list[str]:
     """Rewrite ``--config X`` (and ``--data X.yaml``, ``--model X.yaml``, ``--trainer X.yaml``, in
     both ``--opt X`` and ``--opt=X`` forms) so that bare names find the shipped configs. A
     ``--data`` / ``--model`` / ``--trainer`` file may be that section alone or a whole config that
-    has it (``--data tune_nmtune.yaml`` takes its ``data:``): one file shape for every command."""
+    has it (``--data tune_nmtune.yaml`` takes its ``data:``), as ``nml features --data`` takes it:
+    one file shape for every command."""
     out, i = [], 0
     while i < len(argv):
         a = argv[i]
@@ -129,7 +130,8 @@ def resolve_config_args(argv: Sequence[str]) -> list[str]:
         if option in CONFIG_OPTIONS and value and _is_config_value(option, value):
             path = resolve_config(value)
             log.info("using %s %s", option.lstrip("-"), path.resolve())
-            out.append(f"{option}={_section(option, path)}")
+            lightning = bool(argv) and argv[0] in LIGHTNING_SUBCOMMANDS  # nml features reads files itself
+            out.append(f"{option}={_section(option, path) if lightning else path}")
         else:
             out.append(a)
         i += 1
