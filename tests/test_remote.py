@@ -14,6 +14,7 @@ from helpers import free_port, write_shards
 from torchvision.transforms import ToTensor
 
 from nml.data.pipeline import ShardLoader, StreamConfig
+from nml.shards.manifest import read_info
 from nml.shards.members import MemberSpec
 from nml.shards.remote import ShardReadError, open_shard
 from nml.shards.spec import resolve_shards
@@ -100,6 +101,11 @@ def test_http_shards_stream_as_the_local_ones_with_sizes_from_the_server(shards,
     assert [s.size for s in resolve_shards(url)] == SIZES
     assert ("sizes.json", None) in srv.requests or ("_info.json", None) in srv.requests
     assert _samples(url) == _samples(shards[1])
+    # the class list of _info.json comes from the server too: a data module on URLs knows its classes
+    from nml.data.modules import ClassificationShards
+
+    assert read_info(url)["classes"] == [f"c{c}" for c in range(5)]
+    assert ClassificationShards(train=url, val=url, num_workers=0).num_classes == 5
 
 
 @pytest.mark.parametrize("mode", ["drop", "drop-norange"])

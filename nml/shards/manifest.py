@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from nml.shards.remote import index_directory, read_index_file
 from nml.shards.spec import local_directory, rebase_spec
 
 MANIFEST = "manifest.json"
@@ -115,18 +117,33 @@ def task_sets(manifest: dict, task: str, root: str | Path) -> dict[str, Any]:
 
 # -- _info.json -------------------------------------------------------------------------------------
 def read_info(spec: str) -> dict | None:
-    """The ``_info.json`` beside the first shard of ``spec`` (a dict), or None if there is none."""
+    """The ``_info.json`` beside the first shard of ``spec`` (a dict), or None if there is none;
+    local, or read from where remote shards live (``https://``, ``s3://`` ...; for ``pipe:``, beside
+    the ``.tar`` the command names)."""
     directory = local_directory(spec)
-    info = directory / INFO if directory is not None else None
-    if info is None or not info.is_file():
-        return None
+    if directory is not None:
+        info = directory / INFO
+        if not info.is_file():
+            return None
+        text = info.read_bytes()
+    else:
+        folder, _ = index_directory(str(spec).split("::")[0].strip())
+        info = f"{folder}/{INFO}"
+        text = _remote_bytes(info)
+        if text is None:
+            return None
     try:
-        data = json.loads(info.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{info}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{info}: not a timm _info.json (expected a JSON object)")
     return data
+
+
+@lru_cache(maxsize=64)
+def _remote_bytes(url: str) -> bytes | None:
+    return read_index_file(url)
 
 
 def info_classes(spec: str) -> list[str] | None:
