@@ -99,7 +99,7 @@ def test_imagenet_and_cc_style_shards_through_the_shipped_configs(
     run_dir = next((tmp_path / "runs" / "pretrain_supervised").glob("version_*"))
     capsys.readouterr()
     _run(["test", "--config", "pretrain_supervised.yaml", *imagenet, "--data.num_workers", "0",
-          "--data.test", json.dumps([{"name": "imagenet_val", "shards": f"imagenet/{VAL}", "group": "id"}]),
+          "--data.test", f'[{{name: imagenet_val, shards: "imagenet/{VAL}", group: id}}]',  # as in the README
           "--trainer.accelerator", "cpu", "--ckpt_path", str(run_dir), *runs])  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     assert report["samples"] == {"imagenet_val": 8} and "test/id/imagenet_val/top1" in report["metrics"]
