@@ -97,7 +97,8 @@ class Backbone(nn.Module):
 
     def crop_pct(self) -> float | None:
         """The evaluation centre-crop fraction the architecture was trained with (timm's
-        ``pretrained_cfg``: 0.875 for ResNet-50), or None (open_clip: resize and crop the image size)."""
+        ``pretrained_cfg``: 0.95 for resnet50, 0.875 for resnet50.tv_in1k), or None (open_clip:
+        resize and crop to the image size)."""
         if self.export_meta is not None:
             return self.export_meta.get("crop_pct")
         if self.config.library == "timm":
