@@ -14,6 +14,8 @@ from pathlib import Path
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
+from nml.models.base import BackboneModule
+
 log = logging.getLogger(__name__)
 
 
@@ -67,8 +69,6 @@ class TestReport(Callback):
             self._write(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        from nml.models.base import BackboneModule
-
         testing = trainer.state.fn == TrainerFn.TESTING and isinstance(pl_module, BackboneModule)
         if not testing or trainer.world_size > 1 or not pl_module.test_sets:
             return  # in DDP a rank's own counts are only part of a set; or it failed before the sets

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,7 +128,7 @@ def read_info(spec: str) -> dict | None:
     else:
         folder, _ = index_directory(str(spec).split("::")[0].strip())
         info = f"{folder}/{INFO}"
-        text = _remote_bytes(info)
+        text = read_index_file(info)
         if text is None:
             return None
     try:
@@ -139,11 +138,6 @@ def read_info(spec: str) -> dict | None:
     if not isinstance(data, dict):
         raise ValueError(f"{info}: not a timm _info.json (expected a JSON object)")
     return data
-
-
-@lru_cache(maxsize=64)
-def _remote_bytes(url: str) -> bytes | None:
-    return read_index_file(url)
 
 
 def info_classes(spec: str) -> list[str] | None:

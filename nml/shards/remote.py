@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from functools import lru_cache
 from typing import BinaryIO
 
 log = logging.getLogger(__name__)
@@ -240,8 +241,10 @@ def open_shard(url: str) -> BinaryIO:
     return io.BufferedReader(_Resuming(url, open_at), _BUFFER)
 
 
+@lru_cache(maxsize=256)
 def read_index_file(url: str) -> bytes | None:
-    """The bytes of an index file (``sizes.json``, ``_info.json``), or None if there is none there."""
+    """The bytes of an index file (``sizes.json``, ``_info.json``), or None if there is none there;
+    read once per process (the shard sizes and the class list both come from ``_info.json``)."""
     try:
         with open_shard(url) as f:
             return f.read()
