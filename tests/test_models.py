@@ -133,13 +133,15 @@ def test_bench_gpu_step_runs_on_the_cpu_with_stand_in_models():
     from helpers import PYTHON, REPO, nml_subprocess_env
 
     r = subprocess.run(
-        [PYTHON, "tools/bench_gpu_step.py", "--cases", "resnet50,clip-vit-b-32", "--warmup", "1", "--steps", "2"],
+        [PYTHON, "tools/bench_gpu_step.py", "--cases", "resnet50,nmtune-d2048", "--warmup", "1", "--steps", "2"],
         capture_output=True, text=True, env=nml_subprocess_env(), cwd=REPO, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-    assert [row["case"] for row in rows] == ["resnet50", "clip-vit-b-32"]
+    assert [row["case"] for row in rows] == ["resnet50", "nmtune-d2048"]
     assert all(row["bare_samples_per_s"] > 0 and row["nml_samples_per_s"] > 0 for row in rows)
+    # FLOPs of a step counted on the bare loop; no MFU on a CPU (no peak)
+    assert all(row["gflops_per_step"] > 0 and row["bare_mfu"] is None for row in rows), rows
 
 
 def test_a_broken_checkpoint_is_named_in_the_error(tmp_path):
@@ -330,7 +332,7 @@ def test_open_clip_models_with_a_timm_image_tower_train(tiny_benchmark, name):
     trainer = Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(module, dm)
-    assert trainer.global_step == 1 and torch.isfinite(trainer.callback_metrics["train/loss_step"])
+    assert trainer.global_step == 1 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
 
 
 def test_zero_shot_head_is_batched_over_classes_and_built_once_per_class_set(tiny_benchmark, monkeypatch):
@@ -389,3 +391,65 @@ def test_learning_rate_from_lr_base_and_the_global_batch(tiny_benchmark, rule, e
     assert "global batch 32 = 16 per rank x 1 rank(s) x 2 accumulation" in caplog.text
     with pytest.raises(ValueError, match="expected 'linear' or 'sqrt'"):
         ScaleLearningRate(0.1, 256, "cubic")
+
+
+def test_throughput_counts_the_steps_flops_logs_rates_and_lr_and_syncs_only_on_log_steps(
+    tiny_benchmark, tmp_path
+):
+    """TrainingThroughput (which nml fit adds, with LearningRateMonitor): the FLOPs of a batch are
+    the model's forward + backward on it, counted independently here on a meta-device copy with
+    Lightning's measure_flops; samples/s and FLOP/s appear once the window is full; the clock (a
+    device sync on a GPU) is read once at the start and once per log step, never on other steps.
+    The module's own metrics (log_training) are logged on the same steps, and the epoch's value is
+    the mean over all of its steps."""
+    import csv
+
+    from lightning.fabric.utilities.throughput import measure_flops
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    from nml.callbacks.throughput import TrainingThroughput
+    from nml.data.modules import ClassificationShards
+    from nml.models.supervised import SupervisedPretraining
+
+    module = SupervisedPretraining("test_resnet")
+    dm = ClassificationShards(root=str(tiny_benchmark), batch_size=8, num_workers=0)
+    throughput = TrainingThroughput(window_size=2)
+    clock_reads = []
+    now = throughput._now
+    throughput._now = lambda trainer: clock_reads.append(trainer.global_step) or now(trainer)
+    shapes, losses, step = [], [], module.training_step
+
+    def recorded(batch, *args):
+        shapes.append(tuple(batch["image"].shape))
+        losses.append(float(loss := step(batch, *args)))
+        return loss
+
+    module.training_step = recorded
+    Trainer(
+        accelerator="cpu", max_steps=6, log_every_n_steps=2, limit_val_batches=0, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, logger=CSVLogger(tmp_path),
+        callbacks=[throughput, LearningRateMonitor(logging_interval="step")],
+    ).fit(module, dm)  # fmt: skip
+
+    with torch.device("meta"):
+        meta = create_backbone({"library": "timm", "name": "test_resnet"}, num_classes=dm.num_classes).model
+    assert set(shapes) == {(8, 3, 32, 32)}
+    x = torch.empty(shapes[0], device="meta")
+    assert throughput.flops_per_batch == measure_flops(meta, lambda: meta(x), torch.Tensor.sum) > 0
+    assert clock_reads == [0, 2, 4, 6]  # the first step's start, then the log steps only
+
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    logged = {k: [(int(r["step"]), float(r[k])) for r in rows if r.get(k)] for k in rows[0]}
+    assert [v for _, v in logged["train/loss_step"]] == pytest.approx(losses[1::2])  # steps 1, 3, 5 only
+    assert logged["train/loss_epoch"][-1][1] == pytest.approx(sum(losses) / 6)  # all 6 (8 samples each)
+    # on the batches where Lightning logs the loss, with the same step numbers
+    assert [s for s, _ in logged["train/samples"]] == [s for s, _ in logged["train/loss_step"]] == [1, 3, 5]
+    assert logged["train/samples"][-1][1] == 48
+    assert [s for s, _ in logged["train/device/samples_per_sec"]] == [3, 5]  # a window of 2 updates
+    rate = logged["train/device/samples_per_sec"][-1][1]
+    assert logged["train/device/flops_per_sec"][-1][1] == pytest.approx(rate / 8 * throughput.flops_per_batch)
+    assert "train/device/mfu" not in logged  # no peak FLOPs for a CPU
+    lr = dict(logged["train/lr/decay"])
+    assert lr.keys() == {1, 3, 5} and lr == dict(logged["train/lr/no_decay"]) and min(lr.values()) > 0

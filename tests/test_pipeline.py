@@ -475,3 +475,37 @@ def test_corrupt_tar_without_a_size_index_is_counted_named_and_skipped(tmp_path,
     assert e["never_seen"] == 0 and e["unique"] >= 12 and stream["samples_in_data"] < 18
     with pytest.raises(UnreadableShard, match=bad.name):
         audit_shards(spec, NoiseConfig(), num_classes=5, strict=True)
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_only_where_the_transform_loses_nothing(tmp_path):
+    """Evaluation (resize to 256 then crop 224) needs a shorter side of 256: a 1024 x 768 JPEG is
+    decoded at 1/2 scale (both sides stay >= 256), and the batch is within JPEG-rounding of the
+    full decode's. Training (timm's random resized crop, scale >= 0.08) needs 915 px: decoded whole."""
+    import numpy as np
+    from PIL import Image
+
+    from nml.data.transforms import build_transform, min_decode_side
+    from nml.shards.members import decode_image
+
+    y, x = np.mgrid[0:768, 0:1024]
+    pixels = np.stack([(x * 0.3) % 256, (y * 0.25) % 256, ((x + y) * 0.1) % 256], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=95)
+    jpeg = buf.getvalue()
+    evaluate = build_transform("timm", 224, train=False, overrides={"crop_pct": 0.875}, glyph_safe=False)
+    train = build_transform("timm", 224, train=True, glyph_safe=False)
+    assert (min_decode_side(evaluate), min_decode_side(train)) == (256, 915)
+    assert decode_image(jpeg, min_side=256).size == (512, 384)
+    assert decode_image(jpeg, min_side=915).size == decode_image(jpeg).size == (1024, 768)
+    assert (
+        decode_image(png_bytes(0), min_side=8).size == Image.open(io.BytesIO(png_bytes(0))).size
+    )  # not a JPEG
+
+    spec = _tar(tmp_path / "big.tar", {"a.jpg": jpeg, "a.cls": b"1"})
+    reduced, whole = (
+        next(iter(ShardLoader(_cfg(spec, mode="eval", batch_size=1, transform=evaluate, reduced_decode=r))))
+        for r in (True, False)
+    )
+    assert reduced["image"].shape == whole["image"].shape == (1, 3, 224, 224)
+    assert (reduced["image"] - whole["image"]).abs().mean() < 0.05  # normalised units (std ~0.22)
+    assert not torch.equal(reduced["image"], whole["image"])  # it did decode differently

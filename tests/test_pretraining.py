@@ -45,11 +45,21 @@ def _scalar_tags(log_dir: Path) -> set[str]:
                 "train/acc_noisy_step",
                 "train/memorised_step",
                 "val/top1",
+                "train/lr/decay",  # LearningRateMonitor and TrainingThroughput, added by nml fit
+                "train/lr/no_decay",
+                "train/samples",
             },
         ),
         (
             "pretrain_clip.yaml",
-            {"train/loss_step", "train/logit_scale", "train/retrieval_clean_step", "val/zeroshot_top1"},
+            {
+                "train/loss_step",
+                "train/logit_scale_step",
+                "train/retrieval_clean_step",
+                "val/zeroshot_top1",
+                "train/lr/decay",
+                "train/samples",
+            },
         ),
     ],
 )

@@ -89,8 +89,8 @@ def test_each_method_trains_on_images_and_tests_id_and_ood(tiny_benchmark, expor
     assert dm.mean == tuple(DATA["mean"]) and dm.views == (1 if method == "linear" else 2)
     assert dm.augment is (method != "linear")
     metrics = trainer.callback_metrics
-    assert torch.isfinite(metrics["train/loss_step"])
-    assert ("train/svd_step" in metrics) == (method in ("nmtune", "finetune"))
+    assert torch.isfinite(metrics["train/loss_epoch"]) and 0 <= metrics["train/top1_epoch"] <= 1
+    assert ("train/svd_epoch" in metrics) == (method in ("nmtune", "finetune"))
     trainer.test(model, dm, verbose=False)
     assert {"test/id/mnist/top1", "test/ood/mnist_to_handwriting_font/top1", "test/ood/mean_top1"} <= set(
         trainer.callback_metrics

@@ -1,12 +1,24 @@
 """Training-step throughput: a bare PyTorch loop vs nml's LightningModule on the same resident batch.
 
-    python tools/bench_gpu_step.py [--cases resnet50,resnet50-compile,clip-vit-b-32] [--steps 30]
+    python tools/bench_gpu_step.py [--cases resnet50,clip-vit-b-16,nmtune-d2048] [--steps 30]
 
-Each case trains the same model on one synthetic batch kept on the device: the bare loop (forward,
-loss, backward, AdamW step, bf16 autocast on CUDA) and the nml module under a Lightning Trainer
-(``precision="bf16-mixed"`` on CUDA), ``--warmup`` steps untimed, then ``--steps`` timed. Prints one
-JSON object per case (samples/s of each and their ratio) on stdout. On a machine without CUDA the
-cases run tiny models on the CPU (so CI exercises the script); the ratio is what to read.
+Each case trains one model on one synthetic batch kept on the device, two ways:
+
+* the bare loop: forward, loss, backward, AdamW step, under bf16 autocast on CUDA;
+* the nml module under a Lightning Trainer as ``nml fit`` builds it: ``precision="bf16-mixed"`` on
+  CUDA, a TensorBoard logger, and the callbacks nml adds (progress, LearningRateMonitor,
+  TrainingThroughput; :func:`nml.cli.lightning.add_default_callbacks`), logging every 50 steps as
+  the cloud configs do.
+
+``--warmup`` steps are untimed, then ``--steps`` are timed. The FLOPs of a step come from torch's
+``FlopCounterMode`` on the bare loop's first step. MFU is the achieved FLOP/s over the device's
+peak at that precision (Lightning's table; none for a CPU). ``--with_throughput_monitor`` also
+times the nml module with Lightning's ``ThroughputMonitor``, which synchronises after every batch,
+in place of nml's.
+
+Prints one JSON object per case on stdout: samples/s of each, nml / bare, TFLOP/s and MFU. Without
+CUDA the cases run small stand-in models on the CPU, so CI exercises the script; there the ratio is
+what to read. The NMTune head trains in fp32 (``32-true``), as the tuning configs do.
 """
 
 from __future__ import annotations
@@ -14,16 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 TINY_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
+CASES = ("resnet50", "resnet50-compile", "clip-vit-b-16", "clip-vit-b-32", "nmtune-d2048")
 
 
 def _sync(device: torch.device) -> None:
@@ -32,82 +47,110 @@ def _sync(device: torch.device) -> None:
 
 
 def _case(name: str, cuda: bool) -> dict:
-    """Model, batch size, image size and kind of one case (small stand-ins on the CPU)."""
+    """Model, batch size, input and kind of one case (small stand-ins on the CPU)."""
+    common = {"compile": False, "channels_last": False, "bf16": cuda}
     if name.startswith("resnet50"):
-        return {"kind": "supervised", "model": "resnet50" if cuda else "test_resnet", "batch": 256 if cuda else 32,
-                "size": 224 if cuda else 32, "classes": 1000 if cuda else 10, "compile": name.endswith("compile"),
-                "channels_last": True}  # fmt: skip
+        return {**common, "kind": "supervised", "model": "resnet50" if cuda else "test_resnet",
+                "batch": 256 if cuda else 32, "size": 224 if cuda else 32, "classes": 1000 if cuda else 10,
+                "compile": name.endswith("compile"), "channels_last": True}  # fmt: skip
     if name.startswith("clip-"):
-        arch = {"clip-vit-b-32": "ViT-B-32", "clip-vit-b-16": "ViT-B-16"}[name]
-        return {"kind": "clip", "model": arch if cuda else "tiny", "model_cfg": None if cuda else TINY_CLIP,
-                "batch": 256 if cuda else 32, "size": 224 if cuda else 32, "compile": False, "channels_last": False}  # fmt: skip
-    raise SystemExit(
-        f"unknown case {name!r}: expected resnet50, resnet50-compile, clip-vit-b-32, clip-vit-b-16"
-    )
+        arch = {"clip-vit-b-32": "ViT-B-32", "clip-vit-b-16": "ViT-B-16"}.get(name)
+        if arch is None:
+            raise SystemExit(f"unknown case {name!r}: expected one of {', '.join(CASES)}")
+        batch = 512 if name == "clip-vit-b-32" else 256
+        return {**common, "kind": "clip", "model": arch if cuda else "tiny", "model_cfg": None if cuda else TINY_CLIP,
+                "batch": batch if cuda else 32, "size": 224 if cuda else 32}  # fmt: skip
+    if name == "nmtune-d2048":  # the head on cached features: (B, 2 views, D)
+        return {**common, "kind": "nmtune", "model": "NMTuneHead", "batch": 256 if cuda else 64, "dim": 2048,
+                "classes": 1000 if cuda else 100, "bf16": False}  # fmt: skip
+    raise SystemExit(f"unknown case {name!r}: expected one of {', '.join(CASES)}")
 
 
 def _module(c: dict):
     from nml.models.contrastive import ContrastivePretraining
     from nml.models.supervised import SupervisedPretraining
+    from nml.models.tuning import DownstreamTuning
 
     opt = {"optimizer": lambda p: torch.optim.AdamW(p, lr=1e-4, weight_decay=0.05)}
     if c["kind"] == "supervised":
         return SupervisedPretraining(c["model"], num_classes=c["classes"], channels_last=c["channels_last"],
                                      compile=c["compile"], **opt)  # fmt: skip
+    if c["kind"] == "nmtune":
+        return DownstreamTuning("nmtune", num_classes=c["classes"], feature_dim=c["dim"], **opt)
     return ContrastivePretraining(c["model"], c.get("model_cfg"), compile=c["compile"], **opt)
 
 
 def _batch(c: dict, module, device: torch.device) -> dict:
     g = torch.Generator().manual_seed(0)
     b = c["batch"]
-    batch = {"image": torch.randn(b, 3, c["size"], c["size"], generator=g), "valid": torch.ones(b, dtype=torch.bool),
-             "is_noisy": torch.rand(b, generator=g) < 0.3}  # fmt: skip
-    if c["kind"] == "supervised":
+    batch = {"valid": torch.ones(b, dtype=torch.bool), "is_noisy": torch.rand(b, generator=g) < 0.3}
+    if c["kind"] == "nmtune":
+        batch["feature"] = torch.randn(b, 2, c["dim"], generator=g)
+    else:
+        batch["image"] = torch.randn(b, 3, c["size"], c["size"], generator=g)
+    if c["kind"] in ("supervised", "nmtune"):
         batch["target"] = torch.randint(c["classes"], (b,), generator=g)
         batch["clean_target"] = batch["target"].clone()
     else:
-        ctx = module.clip.context_length
-        batch["text"] = torch.randint(1, 49000, (b, ctx), generator=g)
+        batch["text"] = torch.randint(1, 49000, (b, module.clip.context_length), generator=g)
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def bare_loop(c: dict, device: torch.device, warmup: int, steps: int) -> float:
-    """samples/s of a plain loop over the same model (built by nml's factory, trained by hand)."""
+def _bare_step(c: dict, module, model, batch: dict):
+    """The loss of one step, written as a plain PyTorch loop would."""
+    if c["kind"] == "supervised":
+        x = (
+            batch["image"].contiguous(memory_format=torch.channels_last)
+            if c["channels_last"]
+            else batch["image"]
+        )
+        return F.cross_entropy(model(x), batch["target"])
+    if c["kind"] == "clip":
+        from open_clip.loss import ClipLoss
+
+        img = model.encode_image(batch["image"], normalize=True)
+        txt = model.encode_text(batch["text"], normalize=True)
+        return ClipLoss()(img, txt, model.logit_scale.exp())
+    from nml.models.nmtune import nmtune_regularizers
+
+    f = torch.cat([batch["feature"][:, 0], batch["feature"][:, 1]])
+    z = model.transform(f)
+    n = len(batch["target"])
+    loss = F.cross_entropy(model.classifier(z), batch["target"].repeat(2))
+    regs = nmtune_regularizers(z[:n], z[n:], f[:n])
+    return loss + sum(module.weights[k] * v for k, v in regs.items())
+
+
+def bare_loop(c: dict, device: torch.device, warmup: int, steps: int) -> tuple[float, int]:
+    """(samples/s, FLOPs of one step) of a plain loop over the same model, built by nml's factory."""
     module = _module(c)
-    model = module.backbone.model.to(device)
+    model = module.head if c["kind"] == "nmtune" else module.backbone.model
+    model = model.to(device)
     if c["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     if c["compile"]:
         model = torch.compile(model)
     batch = _batch(c, module, device)
-    x = batch["image"].contiguous(memory_format=torch.channels_last) if c["channels_last"] else batch["image"]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    if c["kind"] == "clip":
-        from open_clip.loss import ClipLoss
-
-        clip_loss = ClipLoss()
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
-    t0 = 0.0
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c["bf16"])
+    t0, flops = 0.0, 0
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
             t0 = time.perf_counter()
+        counter = FlopCounterMode(display=False) if i == 0 else None
+        if counter is not None:
+            counter.__enter__()
         with amp:
-            if c["kind"] == "supervised":
-                loss = F.cross_entropy(model(x), batch["target"])
-            else:
-                img = model.encode_image(x, normalize=True)
-                txt = model.encode_text(batch["text"], normalize=True)
-                loss = clip_loss(img, txt, model.logit_scale.exp())
+            loss = _bare_step(c, module, model, batch)
         loss.backward()
+        if counter is not None:
+            counter.__exit__(None, None, None)
+            flops = counter.get_total_flops()
         opt.step()
         opt.zero_grad(set_to_none=True)
     _sync(device)
-    return steps * c["batch"] / (time.perf_counter() - t0)
+    return steps * c["batch"] / (time.perf_counter() - t0), flops
 
 
 class _Repeat:
@@ -123,9 +166,14 @@ class _Repeat:
         return (self.batch for _ in range(self.n))
 
 
-def nml_module(c: dict, device: torch.device, warmup: int, steps: int) -> float:
-    """samples/s of the nml LightningModule under a Lightning Trainer, same batch every step."""
+def nml_module(c: dict, device: torch.device, warmup: int, steps: int, monitor: str = "nml") -> float:
+    """samples/s of the nml LightningModule under a Lightning Trainer as ``nml fit`` builds it."""
     from lightning.pytorch import Callback, Trainer
+    from lightning.pytorch.callbacks import ThroughputMonitor
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from nml.callbacks.throughput import TrainingThroughput, batch_size
+    from nml.cli.lightning import add_default_callbacks
 
     module = _module(c)
     batch = _batch(c, module, device)
@@ -143,29 +191,39 @@ def nml_module(c: dict, device: torch.device, warmup: int, steps: int) -> float:
             self.t1 = time.perf_counter()
 
     timer = Timer()
-    trainer = Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        precision="bf16-mixed" if device.type == "cuda" else "32-true",
-        max_steps=warmup + steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=50,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[timer],
-    )
-    trainer.fit(module, train_dataloaders=_Repeat(batch, warmup + steps))
+    callbacks = [timer]
+    if monitor == "lightning":  # Lightning's own, in place of TrainingThroughput
+        callbacks.append(ThroughputMonitor(batch_size_fn=batch_size))
+    with tempfile.TemporaryDirectory() as logs:
+        trainer = Trainer(
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=1,
+            precision="bf16-mixed" if c["bf16"] else "32-true",
+            max_steps=warmup + steps,
+            logger=TensorBoardLogger(logs, name="bench"),
+            log_every_n_steps=50,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=callbacks,
+        )
+        trainer = add_default_callbacks(trainer)
+        if monitor == "lightning":
+            trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, TrainingThroughput)]
+        trainer.fit(module, train_dataloaders=_Repeat(batch, warmup + steps))
     return steps * c["batch"] / (timer.t1 - timer.t0)
 
 
 def main() -> int:
+    from lightning.fabric.utilities.throughput import get_available_flops
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cases", default="resnet50,resnet50-compile,clip-vit-b-32")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--with_throughput_monitor", action="store_true",
+                    help="also time the nml module with Lightning's ThroughputMonitor in place of nml's")  # fmt: skip
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -173,10 +231,21 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     for case in args.cases.split(","):
         c = _case(case, cuda)
-        bare = bare_loop(c, device, args.warmup, args.steps)
+        peak = get_available_flops(device, torch.bfloat16 if c["bf16"] else torch.float32) if cuda else None
+        bare, flops = bare_loop(c, device, args.warmup, args.steps)
         ours = nml_module(c, device, args.warmup, args.steps)
-        out = {"case": case, "device": name, "model": c["model"], "batch": c["batch"], "image_size": c["size"],
-               "bare_samples_per_s": round(bare, 1), "nml_samples_per_s": round(ours, 1), "nml_over_bare": round(ours / bare, 3)}  # fmt: skip
+        out = {"case": case, "device": name, "model": c["model"], "batch": c["batch"],
+               "precision": "bf16-mixed" if c["bf16"] else "32-true",
+               "bare_samples_per_s": round(bare, 1), "nml_samples_per_s": round(ours, 1),
+               "nml_over_bare": round(ours / bare, 3), "gflops_per_step": round(flops / 1e9, 2)}  # fmt: skip
+        for who, rate in (("bare", bare), ("nml", ours)):
+            achieved = rate / c["batch"] * flops
+            out[f"{who}_tflops_per_s"] = round(achieved / 1e12, 3)
+            out[f"{who}_mfu"] = round(achieved / peak, 4) if peak else None
+        if args.with_throughput_monitor:
+            theirs = nml_module(c, device, args.warmup, args.steps, monitor="lightning")
+            out["nml_with_lightning_throughput_monitor_samples_per_s"] = round(theirs, 1)
+            out["lightning_monitor_over_bare"] = round(theirs / bare, 3)
         print(json.dumps(out), flush=True)
     return 0
 

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 # imported so that configs can name nml's classes by their short names
@@ -31,9 +31,29 @@ import nml.models.tuning  # noqa: F401
 from nml.callbacks.preemption import CheckpointOnSigterm
 from nml.callbacks.progress import progress_callback
 from nml.callbacks.test_report import TestReport
+from nml.callbacks.throughput import TrainingThroughput
 from nml.models.backbones import check_checkpoint_file, resolve_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+def add_default_callbacks(trainer: Trainer) -> Trainer:
+    """What ``nml fit`` / ``nml test`` add to a trainer: Lightning's progress bar replaced (bars on
+    stderr on a terminal, plain lines every ``log_every_n_steps`` otherwise: stdout is for JSON), a
+    checkpoint saved on SIGTERM (:class:`~nml.callbacks.preemption.CheckpointOnSigterm`) and, with a
+    logger, the learning rate (``LearningRateMonitor``, ``train/lr/*``) and the throughput
+    (:class:`~nml.callbacks.throughput.TrainingThroughput`). A config that lists its own instance of
+    one of these keeps it."""
+    for i, callback in enumerate(trainer.callbacks):
+        if type(callback) is TQDMProgressBar:
+            trainer.callbacks[i] = progress_callback(trainer.log_every_n_steps or 50)
+    defaults = [CheckpointOnSigterm()]
+    if trainer.loggers:
+        defaults += [LearningRateMonitor(logging_interval="step"), TrainingThroughput()]
+    for callback in defaults:
+        if not any(isinstance(c, type(callback)) for c in trainer.callbacks):
+            trainer.callbacks.append(callback)
+    return trainer
 
 
 class NMLCLI(LightningCLI):
@@ -47,15 +67,8 @@ class NMLCLI(LightningCLI):
             continue_last_run(self.config.fit)
 
     def instantiate_trainer(self, **kwargs):
-        """The trainer, with Lightning's default progress bar replaced (bars on stderr on a terminal,
-        plain lines every ``log_every_n_steps`` otherwise: stdout is for JSON), and a checkpoint
-        saved on SIGTERM (:class:`~nml.callbacks.preemption.CheckpointOnSigterm`)."""
-        trainer = super().instantiate_trainer(**kwargs)
-        for i, callback in enumerate(trainer.callbacks):
-            if type(callback) is TQDMProgressBar:
-                trainer.callbacks[i] = progress_callback(trainer.log_every_n_steps or 50)
-        if not any(isinstance(c, CheckpointOnSigterm) for c in trainer.callbacks):
-            trainer.callbacks.append(CheckpointOnSigterm())
+        """The trainer, with nml's default callbacks (:func:`add_default_callbacks`)."""
+        trainer = add_default_callbacks(super().instantiate_trainer(**kwargs))
         self._new_run_dir = (
             None if trainer.log_dir is None or Path(trainer.log_dir).exists() else Path(trainer.log_dir)
         )

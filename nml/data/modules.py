@@ -24,7 +24,9 @@ Validation and test loaders evaluate every sample exactly once across ranks; bat
 Transforms: on the embedded benchmark, glyph-safe defaults (no flips, no centre crop:
 :mod:`nml.data.transforms`); on your own shards, timm's / open_clip's own defaults (flips, crop
 0.875 ...), with the backbone's ``crop_pct`` for evaluation. ``train_transform`` / ``eval_transform``
-(timm ``create_transform`` arguments) override either.
+(timm ``create_transform`` arguments) override either. ``reduced_decode`` (on by default): a JPEG
+at least twice the size the transform needs is decoded at 1/2, 1/4 or 1/8 scale (PIL ``draft``; see
+:func:`~nml.data.transforms.min_decode_side`), which leaves the transform's output at full detail.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class ShardDataModule(LightningDataModule):
         label_key: str = "cls",
         strict: bool = False,
         class_names: str | None = None,
+        reduced_decode: bool = True,
     ):
         super().__init__()
         self.root = root if root is not None else default_root()
@@ -136,7 +139,7 @@ class ShardDataModule(LightningDataModule):
         self.train_transform, self.image_keys, self.label_key = train_transform, image_keys, label_key
         self.eval_transform = eval_transform
         self.views, self.augment = views, augment
-        self.strict = strict
+        self.strict, self.reduced_decode = strict, reduced_decode
         self._check_noise_kind()
         self.named = load_class_names(class_names)  # (names, info) for sets that have none
 
@@ -316,6 +319,7 @@ class ShardDataModule(LightningDataModule):
             num_samples=self.train_samples if train else None,
             shuffle_buffer=self.shuffle_buffer,
             strict=self.strict,
+            reduced_decode=self.reduced_decode,
             transform=self.transform(train and self.augment is not False),
             views=(self.views or 1) if train else 1,
             augment=self.augment if train else None,

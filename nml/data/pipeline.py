@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from nml.data.loading import ResumableLoader
+from nml.data.transforms import min_decode_side
 from nml.noise.config import NoiseConfig
 from nml.noise.models import NoiseModel
 from nml.seeding import name_seed, named_rng
@@ -111,6 +112,7 @@ class StreamConfig:
     shuffle_buffer: int = 1000
     strict: bool = False
     decode: bool = True
+    reduced_decode: bool = True  # JPEGs at 1/2..1/8 scale when the transform loses nothing by it
     transform: Callable | None = None
     collate: Callable | None = None
     views: int = 1  # augmented views per image (> 1: ``image`` is (views, C, H, W))
@@ -224,6 +226,7 @@ class ShardStream(wds.DataPipeline):
         self._plan: ReaderPlan | None = None  # training without resampling: this reader's epoch
         self._pool: list[dict] = []  # the reader's first records: where padding repeats come from
         self._warned = 0
+        self._min_side = min_decode_side(cfg.transform) if cfg.reduced_decode else None
         self.pipeline = [self._samples]
         if cfg.mode == "train":
             self.pipeline += [self._shuffle, self._pad]
@@ -426,7 +429,7 @@ class ShardStream(wds.DataPipeline):
             return rec
         where = f"shard {rec['__url__']!r}, sample {rec['__key__']!r}"
         try:
-            img = decode_image(rec.pop("image"), where)
+            img = decode_image(rec.pop("image"), where, self._min_side)
         except BadImage:
             if cfg.strict:
                 raise

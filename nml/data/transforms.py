@@ -7,6 +7,7 @@ glyphs are not clipped; on your own shards the libraries' own defaults apply.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -72,3 +73,34 @@ def build_transform(
             aug_cfg=overrides if train and overrides else None,
         )
     raise ValueError(f"transform library: expected 'timm' or 'open_clip', got {library!r}")
+
+
+def min_decode_side(transform: Callable | None) -> int | None:
+    """The shortest image side that ``transform`` needs to lose no detail, or None when that is not
+    known. A JPEG decoded at a reduced scale down to this side
+    (:func:`~nml.shards.members.decode_image`'s ``min_side``) gives the transform's output at full
+    quality.
+
+    The first geometric step of a torchvision ``Compose`` (what timm and open_clip build) decides:
+
+    * a random resized crop of output side ``s``, ``scale`` (a0, a1) and ``ratio`` (r0, r1): its
+      smallest crop has a side of at least ``side * sqrt(a0 * min(r0, 1 / r1))``, which must be >= s.
+      That is 915 px for timm's ImageNet default (224, 0.08, 3/4..4/3), so training images are
+      rarely reduced;
+    * a resize to a shorter side ``s`` (evaluation: ``image_size / crop_pct``): ``s``;
+    * anything else before those, except flips, colour changes and RGB conversion: None.
+    """
+    from torchvision import transforms as T
+
+    neutral = (T.RandomHorizontalFlip, T.RandomVerticalFlip, T.ColorJitter, T.RandomGrayscale)
+    for t in getattr(transform, "transforms", []):
+        if all(hasattr(t, a) for a in ("size", "scale", "ratio")):  # torchvision's and timm's RRC
+            size = max(t.size) if isinstance(t.size, (tuple, list)) else t.size
+            ratio = min(t.ratio[0], 1 / t.ratio[1], 1.0)
+            return math.ceil(size / math.sqrt(min(t.scale[0], 1.0) * ratio))
+        if type(t) is T.Resize:
+            size = t.size if isinstance(t.size, int) else max(t.size)
+            return int(size)
+        if not (isinstance(t, neutral) or "rgb" in getattr(t, "__name__", "").lower()):
+            return None
+    return None

@@ -27,16 +27,17 @@ def noise_split_counts(
 
 
 class Fraction(Metric):
-    """``sum(numerator) / sum(denominator)`` over an epoch, kept on the device and summed over
-    ranks once at ``compute`` (exact, unlike a mean of per-batch fractions); NaN when the
-    denominator is 0 (e.g. accuracy on noisy samples of clean data)."""
+    """``sum(numerator) / sum(denominator)`` over an epoch, for ``size`` values at once (a vector
+    state: one update per step for all of a step's metrics), kept on the device and summed over ranks
+    once at ``compute`` (exact, unlike a mean of per-batch fractions); NaN where a denominator is 0
+    (e.g. accuracy on noisy samples of clean data)."""
 
     full_state_update = False
 
-    def __init__(self, **kwargs):
+    def __init__(self, size: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.add_state("numerator", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("denominator", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("numerator", torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("denominator", torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, numerator: torch.Tensor, denominator: torch.Tensor) -> None:
         self.numerator += numerator

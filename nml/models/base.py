@@ -1,7 +1,8 @@
 """``BackboneModule``: what nml's LightningModules (pre-training and tuning) share.
 
-* Optimiser and schedule (:mod:`nml.models.optim`), GPU switches (channels-last, ``torch.compile``),
-  throughput and lr logs.
+* Optimiser and schedule (:mod:`nml.models.optim`; the schedule is named ``train/lr`` for Lightning's
+  ``LearningRateMonitor``), GPU switches (channels-last, ``torch.compile``). Throughput and MFU are
+  logged by :class:`~nml.callbacks.throughput.TrainingThroughput`, which ``nml fit`` adds.
 * The record of the backbone and data a model was trained on, kept in the checkpoint under
   ``"nml"`` (not in ``hyper_parameters``, which LightningCLI feeds back into ``__init__``).
 * Validation: ``val/top1`` (or the subclass's ``val_metric``) of :meth:`val_logits` against clean
@@ -18,7 +19,6 @@ cached features) and implements :meth:`val_logits` / :meth:`test_logits`.
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 from lightning.pytorch import LightningModule
@@ -65,12 +65,12 @@ class BackboneModule(LightningModule):
         self.channels_last, self.compile_model = channels_last, compile
         self.backbone: Backbone | None = None
         self.val_top1: MulticlassAccuracy | None = None
-        self.fractions = nn.ModuleDict()  # log_fraction's epoch accumulators, created on first use
+        self.train_stats: Fraction | None = None  # log_training's epoch sums, created on first use
+        self._train_stat_names: list[str] = []
         self.lr_override: float | None = None  # the optimizer's lr replaced (ScaleLearningRate sets it)
         self.test_sets: list = []  # set by setup_test_suite
         self.test_top1 = nn.ModuleList()
         self.testing_set = 0  # the test set being read (the ones before it are finished)
-        self._t_batch: float | None = None
         self.provenance: dict = {}
 
     # -- setup ---------------------------------------------------------------------------------
@@ -140,7 +140,11 @@ class BackboneModule(LightningModule):
             scheduler = warmup_cosine(
                 optimizer, self.trainer.estimated_stepping_batches, self.warmup, self.min_lr_ratio
             )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # the name is what LearningRateMonitor logs: train/lr/decay, train/lr/no_decay (the groups' names)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }
 
     def on_train_start(self) -> None:
         # Lightning applies a checkpoint's train-loader state at the end of fit_loop.setup_data().
@@ -151,42 +155,55 @@ class BackboneModule(LightningModule):
         self.trainer.fit_loop._load_combined_loader_states()
 
     # -- logs ----------------------------------------------------------------------------------
-    def on_train_batch_start(self, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if self._t_batch is not None and batch_idx > 0:
-            n = len(batch["valid"]) * self.trainer.world_size
-            self.log("train/samples_per_s", n / max(now - self._t_batch, 1e-9), on_step=True, on_epoch=False)
-        self._t_batch = now
+    def logs_this_step(self) -> bool:
+        """Whether Lightning writes the logs of this training batch (every ``log_every_n_steps``
+        optimizer steps, as its logger connector decides)."""
+        return (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
 
-    def on_train_epoch_start(self) -> None:
-        self._t_batch = None
+    def log_training(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor | int]]) -> None:
+        """A training step's metrics, each a (numerator, denominator) pair kept on the device:
+
+        * ``<name>_step``: numerator / denominator (NaN when the denominator is 0), logged on the
+          steps that Lightning writes logs;
+        * ``<name>_epoch``: the epoch's sum over steps and ranks of the numerators over that of the
+          denominators (exact), logged at the end of the epoch.
+
+        The cost per step is one metric update and no host sync. ``self.log`` is called only on the
+        steps that write logs, because each call costs 1-2 ms of host time in Lightning's result
+        collection (it moves every logged metric's state to the value's device). A GPU step that
+        takes a few milliseconds waits for that time. ``train/loss`` is shown in the progress bar.
+        """
+        names = list(stats)
+        if self.train_stats is None:
+            self.train_stats, self._train_stat_names = Fraction(len(names)).to(self.device), names
+        elif names != self._train_stat_names:
+            raise ValueError(
+                f"log_training: got {names}, expected the same metrics every step: {self._train_stat_names}"
+            )
+        device = self.device
+        numerator = torch.stack(
+            [torch.as_tensor(n, device=device).detach().double() for n, _ in stats.values()]
+        )
+        denominator = torch.stack([torch.as_tensor(d, device=device).double() for _, d in stats.values()])
+        self.train_stats.update(numerator, denominator)
+        if self.logs_this_step():
+            step = torch.where(
+                denominator > 0, numerator / denominator.clamp(min=1e-12), float("nan")
+            ).float()
+            for name, value in zip(names, step, strict=True):
+                self.log(f"{name}_step", value, on_step=True, on_epoch=False, prog_bar=name == "train/loss")
 
     def on_train_epoch_end(self) -> None:
-        """Log the epoch's skipped (unreadable) and padding (repeated) samples, summed over ranks."""
+        """The epoch's training metrics (:meth:`log_training`), and its skipped (unreadable) and
+        padding (repeated) samples, summed over ranks."""
+        if self.train_stats is not None:
+            for name, value in zip(self._train_stat_names, self.train_stats.compute(), strict=True):
+                self.log(f"{name}_epoch", value)
+            self.train_stats.reset()
         loader = self.trainer.train_dataloader
         if isinstance(loader, ResumableLoader):
             for name, n in loader.epoch_counts().items():
                 self.log(f"data/{name}", float(n), reduce_fx="sum", sync_dist=True)
-
-    def log_lr(self) -> None:
-        opt = self.optimizers()
-        opt = opt.optimizer if hasattr(opt, "optimizer") else opt
-        self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
-
-    def log_fraction(self, name: str, numerator: torch.Tensor, denominator: torch.Tensor | int) -> None:
-        """A per-step fraction (``<name>_step``, NaN when the denominator is 0) and its exact value over
-        the epoch's samples (``<name>_epoch``, a :class:`~nml.metrics.noisy.Fraction` summed over
-        ranks at epoch end). Counts stay on the device: no host sync in the training step."""
-        denominator = torch.as_tensor(denominator, device=numerator.device)
-        key = name.replace("/", "__")
-        if key not in self.fractions:
-            self.fractions[key] = Fraction().to(self.device)
-        metric = self.fractions[key]
-        metric.update(numerator, denominator)
-        step = numerator / denominator.clamp(min=1)
-        step = torch.where(denominator > 0, step, torch.full_like(step, float("nan")))
-        self.log(f"{name}_step", step.float(), on_step=True, on_epoch=False)
-        self.log(f"{name}_epoch", metric, on_step=False, on_epoch=True, metric_attribute=f"fractions.{key}")
 
     # -- validation ----------------------------------------------------------------------------
     def val_logits(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -171,15 +171,16 @@ class ContrastivePretraining(BackboneModule):
         else:
             loss = self.loss_fn(image, text, scale)
         n = len(image)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train/logit_scale", scale.detach(), on_step=True, on_epoch=False)
         with torch.no_grad():
             hit = (image @ text.T).argmax(1) == torch.arange(n, device=image.device)
             noisy = batch["is_noisy"].bool()
-            self.log_fraction("train/retrieval_clean", (hit & ~noisy).sum(), (~noisy).sum())
-            self.log_fraction("train/retrieval_noisy", (hit & noisy).sum(), noisy.sum())
-            self.log_fraction("train/noise_rate", noisy.sum(), n)
-        self.log_lr()
+            self.log_training({
+                "train/loss": (loss * n, n),
+                "train/logit_scale": (scale, 1),
+                "train/retrieval_clean": ((hit & ~noisy).sum(), (~noisy).sum()),
+                "train/retrieval_noisy": ((hit & noisy).sum(), noisy.sum()),
+                "train/noise_rate": (noisy.sum(), n),
+            })  # fmt: skip
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

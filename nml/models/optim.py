@@ -25,7 +25,7 @@ def no_weight_decay_names(module: nn.Module) -> set[str]:
 
 
 def param_groups(module: nn.Module) -> list[dict]:
-    """Two groups, as timm's ``param_groups_weight_decay``: weights with the optimizer's decay, and
+    """Two groups (named ``decay`` and ``no_decay``, the suffixes of the ``train/lr/*`` logs), as timm's ``param_groups_weight_decay``: weights with the optimizer's decay, and
     without decay every <2-D parameter (biases, norms, ``logit_scale``) and every parameter the
     model lists in ``no_weight_decay()``."""
     from timm.optim import param_groups_weight_decay
@@ -35,7 +35,7 @@ def param_groups(module: nn.Module) -> list[dict]:
     groups = param_groups_weight_decay(module, 1.0, no_weight_decay_list=no_weight_decay_names(module))
     decay = [p for g in groups if g["weight_decay"] for p in g["params"]]
     no_decay = [p for g in groups if not g["weight_decay"] for p in g["params"]]
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
 
 
 def warmup_cosine(

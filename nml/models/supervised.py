@@ -22,8 +22,8 @@ class SupervisedPretraining(BackboneModule):
     Logs ``train/loss``; ``train/acc_clean`` (accuracy on samples whose label is intact),
     ``train/acc_noisy`` (on corrupted samples, agreement with the *clean* label) and
     ``train/memorised`` (on corrupted samples, agreement with the *noisy* label: how much of the
-    noise the network has fitted); ``val/top1`` against clean labels; ``train/lr``;
-    ``train/samples_per_s``.
+    noise the network has fitted); ``val/top1`` against clean labels. (``nml fit`` adds ``train/lr/*``
+    and the throughput: see :class:`~nml.callbacks.throughput.TrainingThroughput`.)
 
     Args:
         model: timm model name (``test_resnet``, ``resnet50`` ...).
@@ -129,11 +129,12 @@ class SupervisedPretraining(BackboneModule):
             logits = self(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         n = len(y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         c = noise_split_counts(logits.detach().argmax(1), y, batch["clean_target"], batch["is_noisy"])
-        self.log_fraction("train/acc_clean", c["clean_correct"], c["clean_total"])
-        self.log_fraction("train/acc_noisy", c["noisy_correct"], c["noisy_total"])
-        self.log_fraction("train/memorised", c["memorised"], c["noisy_total"])
-        self.log_fraction("train/noise_rate", c["noisy_total"], n)
-        self.log_lr()
+        self.log_training({
+            "train/loss": (loss * n, n),
+            "train/acc_clean": (c["clean_correct"], c["clean_total"]),
+            "train/acc_noisy": (c["noisy_correct"], c["noisy_total"]),
+            "train/memorised": (c["memorised"], c["noisy_total"]),
+            "train/noise_rate": (c["noisy_total"], n),
+        })  # fmt: skip
         return loss

@@ -142,7 +142,6 @@ class DownstreamTuning(BackboneModule):
         else:
             self.head = init_classifier(nn.Linear(dim, num_classes), hp.head_init)
         self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
-        self.train_top1 = MulticlassAccuracy(num_classes, average="micro")
 
     def setup(self, stage: str) -> None:
         dm = self.data
@@ -237,7 +236,7 @@ class DownstreamTuning(BackboneModule):
         ce = F.cross_entropy(logits, y.repeat(views))
         loss = ce
         n = len(y)
-        self.log("train/ce", ce, on_step=True, on_epoch=True, batch_size=n)
+        stats = {"train/ce": (ce * n, n)}
         if any(self.weights.values()):
             z1, z2 = (z[:n], z[n:]) if two else (z, z)
             if self.method == "finetune" and self._anchor:
@@ -249,11 +248,10 @@ class DownstreamTuning(BackboneModule):
             for name, value in regs.items():
                 if self.weights[name]:
                     loss = loss + self.weights[name] * value
-                self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=n)
-        self.train_top1.update(logits[:n].detach().argmax(1), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
-        self.log_lr()
+                stats[f"train/{name}"] = (value * n, n)
+        stats["train/loss"] = (loss * n, n)
+        stats["train/top1"] = ((logits[:n].detach().argmax(1) == y).sum(), n)
+        self.log_training(stats)
         return loss
 
     def val_logits(self, inputs: torch.Tensor) -> torch.Tensor:
