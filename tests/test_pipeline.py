@@ -509,3 +509,24 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale_only_where_the_transform_los
     assert reduced["image"].shape == whole["image"].shape == (1, 3, 224, 224)
     assert (reduced["image"] - whole["image"]).abs().mean() < 0.05  # normalised units (std ~0.22)
     assert not torch.equal(reduced["image"], whole["image"])  # it did decode differently
+
+
+@pytest.mark.slow
+def test_bench_pipeline_reports_the_per_core_rate_against_the_jpeg_decode_limit():
+    import subprocess
+
+    from helpers import PYTHON, REPO, nml_subprocess_env
+
+    r = subprocess.run(
+        [PYTHON, "tools/bench_pipeline.py", "--mode", "jpeg", "--samples", "64", "--image_px", "320x240",
+         "--num_workers", "0", "--repeats", "1", "--image_size", "96"],
+        capture_output=True, text=True, env=nml_subprocess_env(), cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["shards"] == "64 synthetic 320x240 JPEGs" and out["decode_limit_per_core"] > 0
+    # decoding is part of the pipeline: a pipeline faster than decoding alone would be a wrong figure
+    assert 0 < out["train_one_core_over_decode_limit"] < 1
+    assert out["train_one_core_over_decode_limit"] == pytest.approx(
+        out["train_one_core_samples_per_s"] / out["decode_limit_per_core"], rel=0.01
+    )

@@ -1,7 +1,20 @@
-"""Training-pipeline throughput with and without noise on the embedded shards.
+"""Training-pipeline throughput: the cost of noise (embedded shards), and JPEG decoding per core.
 
     python tools/bench_pipeline.py [--root data/embedded] [--num_workers 2] [--repeats 3]
+    python tools/bench_pipeline.py --mode jpeg [--shards SPEC] [--num_workers 15] [--image_size 224]
 
+``--mode jpeg`` (no ``--shards``: ``--samples`` synthetic JPEGs of ``--image_px``, by default 512 of
+500 x 375, ImageNet's typical size, written to a temporary directory) runs the training pipeline of your own shards, as ``nml fit`` builds it:
+timm's ImageNet augmentation at ``--image_size``, symmetric noise 0.2, batches of 64. It compares the
+pipeline's samples/s per CPU core with that core's JPEG decode limit, which is
+``PIL.Image.open(...).convert("RGB")`` alone on the same files in one process. The pipeline runs
+once in the main process (one core: the ratio to read), also with the images normalised in the
+worker instead of on the device (``normalize_on_device: false``), and once with ``--num_workers``
+workers (per core = samples/s over the workers). The evaluation pipeline (resize + centre crop) is timed
+with and without reduced-scale decoding (PIL ``draft``; it applies to JPEGs at least twice the
+evaluation resize).
+
+Default mode:
 Runs one training epoch per setting, alternating settings within each repeat so that machine
 noise hits all of them alike, and prints JSON: samples/s per setting (median over repeats,
 timed from the second batch on, so worker start-up is excluded) and the end-to-end difference.
@@ -14,10 +27,15 @@ Needs the benchmark (`nml data embedded --out data/embedded`).
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import statistics
 import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 from nml.data.modules import ClassificationShards, ImageTextShards
 from nml.data.pipeline import ShardLoader, StreamConfig
@@ -71,14 +89,121 @@ def noise_stage_us(dm, noise: NoiseConfig, repeats: int) -> float:
     return 1e6 * best / n
 
 
+def write_jpeg_shards(out: Path, n: int, size: tuple[int, int] = (500, 375), classes: int = 100) -> str:
+    """``n`` JPEGs of smooth colour fields plus noise (decode cost like a photo's, unlike pure
+    noise), quality 90, 128 per shard; returns the shard spec."""
+    import numpy as np
+    from PIL import Image
+
+    from nml.shards.writer import ShardWriter, shard_spec
+
+    rng = np.random.default_rng(0)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    with ShardWriter(out / "bench-%06d.tar", max_count=128) as writer:
+        for i in range(n):
+            a, b, c = rng.uniform(0.05, 0.6, 3)
+            field = np.stack([x * a + y * b, x * b - y * c, (x + y) * c], -1) + rng.normal(0, 12, (h, w, 3))
+            buf = io.BytesIO()
+            Image.fromarray((field % 256).astype(np.uint8)).save(buf, "JPEG", quality=90)
+            writer.write({"__key__": f"{i:06d}", "jpg": buf.getvalue(), "cls": i % classes})
+    return str(out / shard_spec(writer.shards))
+
+
+def jpeg_bytes(spec: str) -> list[bytes]:
+    from nml.shards.spec import resolve_shards
+
+    out = []
+    for shard in resolve_shards(spec):
+        with tarfile.open(shard.url) as tar:
+            out += [tar.extractfile(m).read() for m in tar if m.name.endswith((".jpg", ".jpeg"))]
+    return out
+
+
+def decode_limit(images: list[bytes], repeats: int) -> float:
+    """Images/s of PIL's open + convert("RGB") alone, one process (best of ``repeats``)."""
+    from PIL import Image
+
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for data in images:
+            with Image.open(io.BytesIO(data)) as img:
+                img.convert("RGB")
+        best = min(best, time.perf_counter() - t0)
+    return len(images) / best
+
+
+def jpeg_mode(args) -> dict:
+    tmp = None
+    spec = args.shards
+    if spec is None:
+        tmp = tempfile.TemporaryDirectory()
+        w, h = (int(v) for v in args.image_px.split("x"))
+        spec = write_jpeg_shards(Path(tmp.name), args.samples, (w, h))
+    images = jpeg_bytes(spec)
+    limit = decode_limit(images, args.repeats)
+
+    def rate(workers: int, train: bool, reduced: bool = True, on_device: bool = True) -> float:
+        """Samples/s out of the loader (uint8 training batches are normalised later, on the GPU)."""
+        dm = ClassificationShards(
+            train=spec, val=spec, num_classes=100, image_size=args.image_size, batch_size=64,
+            num_workers=workers, persistent_workers=False, noise=NoiseConfig("symmetric", 0.2),
+            reduced_decode=reduced, normalize_on_device=on_device,
+        )  # fmt: skip
+        dm.setup("fit")
+        runs = []
+        for _ in range(args.repeats):
+            loader = dm.train_dataloader() if train else dm.val_dataloader()[0]  # one set per loader
+            n, t0 = 0, time.perf_counter()
+            for batch in loader:
+                n += int(batch["valid"].sum())
+            runs.append(n / (time.perf_counter() - t0))
+        return max(runs)
+
+    one = rate(0, train=True)
+    one_float = rate(0, train=True, on_device=False)
+    many = rate(args.num_workers, train=True) if args.num_workers > 0 else one
+    workers = max(1, args.num_workers)
+    eval_reduced, eval_whole = rate(0, train=False), rate(0, train=False, reduced=False)
+    if tmp is not None:
+        tmp.cleanup()
+    return {
+        "shards": args.shards or f"{len(images)} synthetic {args.image_px} JPEGs",
+        "cores": os.cpu_count(),
+        "image_size": args.image_size,
+        "decode_limit_per_core": round(limit, 1),
+        "train_one_core_samples_per_s": round(one, 1),
+        "train_one_core_over_decode_limit": round(one / limit, 3),
+        "train_one_core_normalised_in_worker_samples_per_s": round(one_float, 1),
+        "train_workers": args.num_workers,
+        "train_samples_per_s": round(many, 1),
+        "train_per_core_samples_per_s": round(many / workers, 1),
+        "train_per_core_over_decode_limit": round(many / workers / limit, 3),
+        "eval_one_core_samples_per_s": {
+            "reduced_decode": round(eval_reduced, 1),
+            "whole": round(eval_whole, 1),
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=["noise", "jpeg"], default="noise")
     ap.add_argument("--root", default="data/embedded")
+    ap.add_argument("--shards", help="jpeg mode: a shard spec of your own (default: synthetic JPEGs)")
+    ap.add_argument("--samples", type=int, default=512, help="jpeg mode: synthetic JPEGs to write")
+    ap.add_argument("--image_px", default="500x375", help="jpeg mode: WxH of the synthetic JPEGs")
+    ap.add_argument("--image_size", type=int, default=224)
     ap.add_argument("--batch_size", type=int, default=128)
     ap.add_argument("--num_workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--modality", choices=[*SETTINGS, "all"], default="all")
     args = ap.parse_args()
+    if args.mode == "jpeg":
+        json.dump(jpeg_mode(args), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
     results = {}
     for modality in SETTINGS if args.modality == "all" else [args.modality]:
         cls, noises = SETTINGS[modality]

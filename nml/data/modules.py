@@ -27,6 +27,9 @@ Transforms: on the embedded benchmark, glyph-safe defaults (no flips, no centre 
 (timm ``create_transform`` arguments) override either. ``reduced_decode`` (on by default): a JPEG
 at least twice the size the transform needs is decoded at 1/2, 1/4 or 1/8 scale (PIL ``draft``; see
 :func:`~nml.data.transforms.min_decode_side`), which leaves the transform's output at full detail.
+``normalize_on_device`` (on by default, as timm's prefetcher): training batches carry uint8 images,
+a quarter of the bytes through the workers' shared memory, and are scaled and normalised on the
+training device (``on_after_batch_transfer``) instead of in the workers.
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ class ShardDataModule(LightningDataModule):
         strict: bool = False,
         class_names: str | None = None,
         reduced_decode: bool = True,
+        normalize_on_device: bool = True,
     ):
         super().__init__()
         self.root = root if root is not None else default_root()
@@ -139,7 +143,11 @@ class ShardDataModule(LightningDataModule):
         self.train_transform, self.image_keys, self.label_key = train_transform, image_keys, label_key
         self.eval_transform = eval_transform
         self.views, self.augment = views, augment
-        self.strict, self.reduced_decode = strict, reduced_decode
+        self.strict, self.reduced_decode, self.normalize_on_device = (
+            strict,
+            reduced_decode,
+            normalize_on_device,
+        )
         self._check_noise_kind()
         self.named = load_class_names(class_names)  # (names, info) for sets that have none
 
@@ -193,8 +201,7 @@ class ShardDataModule(LightningDataModule):
         noise = self.noise.describe() | {
             "seed": self.noise.seed if self.noise.seed is not None else self.seed
         }
-        default_mean, default_std = default_normalization(self.library)
-        mean, std = self.mean or default_mean, self.std or default_std
+        mean, std = self.normalization()
         return {
             "datamodule": type(self).__name__,
             "root": str(self.root),
@@ -212,6 +219,22 @@ class ShardDataModule(LightningDataModule):
         }
 
     feature_dim = None  # batches hold images (TrainingData)
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) the images are normalised with: as configured (or adopted from the backbone),
+        else the library's default."""
+        default_mean, default_std = default_normalization(self.library)
+        return tuple(self.mean or default_mean), tuple(self.std or default_std)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training images arrive as uint8 (``normalize_on_device``): scaled to [0, 1] and
+        normalised here, on the training device. These are the operations of torchvision's
+        ``ToTensor`` + ``Normalize``, in the same order, so on the CPU the result is the same."""
+        image = batch.get("image") if isinstance(batch, dict) else None
+        if image is not None and image.dtype == torch.uint8:
+            mean, std = (torch.tensor(v, device=image.device).view(-1, 1, 1) for v in self.normalization())
+            batch["image"] = image.float().div(255).sub_(mean).div_(std)
+        return batch
 
     @property
     def input_size(self) -> int:
@@ -320,14 +343,17 @@ class ShardDataModule(LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             strict=self.strict,
             reduced_decode=self.reduced_decode,
-            transform=self.transform(train and self.augment is not False),
+            transform=self.transform(
+                train and self.augment is not False, uint8=train and self.normalize_on_device
+            ),
             views=(self.views or 1) if train else 1,
             augment=self.augment if train else None,
             **kw,
         )
 
-    def transform(self, augment: bool):
-        """The train (augmenting) or eval transform of this module."""
+    def transform(self, augment: bool, uint8: bool = False):
+        """The train (augmenting) or eval transform of this module (``uint8``: ending in uint8
+        tensors, normalised on the device by :meth:`on_after_batch_transfer`)."""
         return build_transform(
             self.library,
             self.input_size,
@@ -336,6 +362,7 @@ class ShardDataModule(LightningDataModule):
             self.std,
             self.train_transform if augment else self.eval_transform,
             glyph_safe=self.glyph_safe,
+            uint8=uint8,
         )
 
     def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:

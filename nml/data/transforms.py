@@ -40,10 +40,32 @@ def build_transform(
     std: tuple[float, ...] | None = None,
     overrides: Mapping | None = None,
     glyph_safe: bool = True,
+    uint8: bool = False,
 ) -> Callable:
     """PIL image -> normalised tensor. ``overrides`` go to timm's ``create_transform`` or to
     open_clip's ``image_transform`` (its ``aug_cfg`` for training); ``glyph_safe``: the glyph
-    defaults above under them, else timm's own."""
+    defaults above under them, else timm's own. ``uint8``: end in a uint8 tensor instead
+    (:func:`uint8_output`), to be normalised where the batch lands."""
+    transform = _library_transform(library, image_size, train, mean, std, overrides, glyph_safe)
+    return uint8_output(transform) if uint8 else transform
+
+
+def uint8_output(transform: Callable) -> Callable:
+    """The same transform ending in ``PILToTensor`` (uint8, C x H x W) instead of ``ToTensor`` +
+    ``Normalize``: what timm's ``use_prefetcher`` builds, for any library's ``Compose``. An error
+    if anything other than ``Normalize`` follows the tensor conversion."""
+    from torchvision import transforms as T
+
+    steps = list(transform.transforms)
+    at = next((i for i, t in enumerate(steps) if type(t).__name__ in ("ToTensor", "MaybeToTensor")), None)
+    if at is None or not all(isinstance(t, T.Normalize) for t in steps[at + 1 :]):
+        raise ValueError(
+            f"cannot end this transform in uint8 (expected ToTensor then Normalize): {transform}"
+        )
+    return T.Compose([*steps[:at], T.PILToTensor()])
+
+
+def _library_transform(library, image_size, train, mean, std, overrides, glyph_safe) -> Callable:
     overrides = dict(overrides or {})
     default_mean, default_std = default_normalization(library)
     mean, std = tuple(mean or default_mean), tuple(std or default_std)
