@@ -133,7 +133,7 @@ def test_bench_gpu_step_runs_on_the_cpu_with_stand_in_models():
     from helpers import PYTHON, REPO, nml_subprocess_env
 
     r = subprocess.run(
-        [PYTHON, "tools/bench_gpu_step.py", "--cases", "resnet50,nmtune-d2048", "--warmup", "1", "--steps", "2"],
+        [PYTHON, "tools/bench_gpu_step.py", "--cases", "resnet50,nmtune-d2048", "--warmup", "1", "--steps", "2", "--repeats", "1"],
         capture_output=True, text=True, env=nml_subprocess_env(), cwd=REPO, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
