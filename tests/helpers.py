@@ -39,6 +39,29 @@ def png_bytes(seed: int, size: int = 8) -> bytes:
     return buf.getvalue()
 
 
+def write_pattern_shards(out: Path, n: int, width: int, height: int, png_every: int = 0) -> str:
+    """``n`` images of colour stripes (JPEG quality 95; every ``png_every``-th a PNG), class
+    ``i % 4``, 16 per shard: returns the shard spec."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from nml.shards.writer import ShardWriter, shard_spec
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    with ShardWriter(out / "s-%06d.tar", max_count=16) as writer:
+        for i in range(n):
+            a, b = rng.uniform(0.5, 3, 2)
+            pixels = np.stack([(x * a) % 256, (y * b) % 256, ((x + y) * a) % 256], -1).astype(np.uint8)
+            png = png_every and i % png_every == 0
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, "PNG" if png else "JPEG", quality=95)
+            writer.write({"__key__": f"{i:04d}", "png" if png else "jpg": buf.getvalue(), "cls": i % 4})
+    return str(out / shard_spec(writer.shards))
+
+
 def write_shards(
     directory: Path,
     sizes: list[int],

@@ -124,3 +124,30 @@ def test_tuning_on_cuda_on_images_and_on_cached_features(tiny_benchmark, tmp_pat
     for metrics in (on_images, on_features):
         assert math.isfinite(metrics["train/loss_epoch"])
         assert "test/id/mnist/top1" in metrics and "test/ood/mnist_to_handwriting_font/top1" in metrics
+
+
+def test_decode_on_device_uses_nvjpeg_and_matches_the_cpu_decode(tmp_path):
+    """decode_on_device on CUDA: the batch's JPEGs go through nvJPEG and land on the GPU, within
+    interpolation rounding of the same batch decoded on the CPU; a few bf16 steps train on it."""
+    from helpers import write_pattern_shards
+    from lightning.pytorch import Trainer
+
+    from nml.data.modules import ClassificationShards
+    from nml.models.supervised import SupervisedPretraining
+
+    spec = write_pattern_shards(tmp_path, 32, 320, 240)
+    dm = ClassificationShards(train=spec, val=spec, num_classes=4, image_size=64, batch_size=16, num_workers=2,
+                              train_transform={"color_jitter": 0}, decode_on_device=True)  # fmt: skip
+    trainer = Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=4, limit_val_batches=1,
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+    model = SupervisedPretraining("test_resnet", num_classes=4)
+    trainer.fit(model, dm)
+    assert trainer.global_step == 4 and math.isfinite(float(trainer.callback_metrics["train/loss_epoch"]))
+
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    on_gpu = dm.on_before_batch_transfer(dict(batch), 0)["image"]
+    assert on_gpu.device.type == "cuda"
+    dm.trainer = None  # the same batch decoded on the host
+    on_cpu = dm.on_before_batch_transfer(dict(batch), 0)["image"]
+    assert (on_gpu.cpu() - on_cpu).abs().mean() < 0.03

@@ -12,7 +12,8 @@ once in the main process (one core: the ratio to read), also with the images nor
 worker instead of on the device (``normalize_on_device: false``), and once with ``--num_workers``
 workers (per core = samples/s over the workers). The evaluation pipeline (resize + centre crop) is timed
 with and without reduced-scale decoding (PIL ``draft``; it applies to JPEGs at least twice the
-evaluation resize).
+evaluation resize). Last, without colour jitter (what ``decode_on_device`` can run), the worker's
+rate when it decodes and when it only reads headers and draws crops for decoding on the device.
 
 Default mode:
 Runs one training epoch per setting, alternating settings within each repeat so that machine
@@ -144,12 +145,12 @@ def jpeg_mode(args) -> dict:
     images = jpeg_bytes(spec)
     limit = decode_limit(images, args.repeats)
 
-    def rate(workers: int, train: bool, reduced: bool = True, on_device: bool = True) -> float:
+    def rate(workers: int, train: bool, reduced: bool = True, on_device: bool = True, **kw) -> float:
         """Samples/s out of the loader (uint8 training batches are normalised later, on the GPU)."""
         dm = ClassificationShards(
             train=spec, val=spec, num_classes=100, image_size=args.image_size, batch_size=64,
             num_workers=workers, persistent_workers=False, noise=NoiseConfig("symmetric", 0.2),
-            reduced_decode=reduced, normalize_on_device=on_device,
+            reduced_decode=reduced, normalize_on_device=on_device, **kw,
         )  # fmt: skip
         dm.setup("fit")
         runs = []
@@ -166,6 +167,9 @@ def jpeg_mode(args) -> dict:
     many = rate(args.num_workers, train=True) if args.num_workers > 0 else one
     workers = max(1, args.num_workers)
     eval_reduced, eval_whole = rate(0, train=False), rate(0, train=False, reduced=False)
+    no_jitter = {"train_transform": {"color_jitter": 0}}  # what decode_on_device can run
+    cpu_no_jitter = rate(0, train=True, **no_jitter)
+    device_worker = rate(0, train=True, decode_on_device=True, **no_jitter)
     if tmp is not None:
         tmp.cleanup()
     return {
@@ -183,6 +187,10 @@ def jpeg_mode(args) -> dict:
         "eval_one_core_samples_per_s": {
             "reduced_decode": round(eval_reduced, 1),
             "whole": round(eval_whole, 1),
+        },
+        "no_colour_jitter_one_core_samples_per_s": {
+            "decoded_in_worker": round(cpu_no_jitter, 1),
+            "decode_on_device_worker_side": round(device_worker, 1),
         },
     }
 

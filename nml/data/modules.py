@@ -29,7 +29,9 @@ at least twice the size the transform needs is decoded at 1/2, 1/4 or 1/8 scale 
 :func:`~nml.data.transforms.min_decode_side`), which leaves the transform's output at full detail.
 ``normalize_on_device`` (on by default, as timm's prefetcher): training batches carry uint8 images,
 a quarter of the bytes through the workers' shared memory, and are scaled and normalised on the
-training device (``on_after_batch_transfer``) instead of in the workers.
+training device (``on_after_batch_transfer``) instead of in the workers. ``decode_on_device`` (off by
+default): training JPEGs are decoded where the model trains (nvJPEG on a GPU), after the workers
+drew each view's crop and flip (:mod:`nml.data.device_decode`; crop, resize and flip only).
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class ShardDataModule(LightningDataModule):
         class_names: str | None = None,
         reduced_decode: bool = True,
         normalize_on_device: bool = True,
+        decode_on_device: bool = False,
     ):
         super().__init__()
         self.root = root if root is not None else default_root()
@@ -143,11 +146,9 @@ class ShardDataModule(LightningDataModule):
         self.train_transform, self.image_keys, self.label_key = train_transform, image_keys, label_key
         self.eval_transform = eval_transform
         self.views, self.augment = views, augment
-        self.strict, self.reduced_decode, self.normalize_on_device = (
-            strict,
-            reduced_decode,
-            normalize_on_device,
-        )
+        self.strict, self.reduced_decode = strict, reduced_decode
+        self.normalize_on_device, self.decode_on_device = normalize_on_device, decode_on_device
+        self._device_plan = None  # decode_on_device: the training transform's geometry
         self._check_noise_kind()
         self.named = load_class_names(class_names)  # (names, info) for sets that have none
 
@@ -225,6 +226,18 @@ class ShardDataModule(LightningDataModule):
         else the library's default."""
         default_mean, default_std = default_normalization(self.library)
         return tuple(self.mean or default_mean), tuple(self.std or default_std)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``decode_on_device``: training images arrive encoded, with each view's crop and flip
+        drawn in the worker; decoded, cropped and normalised here on the training device."""
+        if isinstance(batch, dict) and "encoded" in batch:
+            from nml.data.device_decode import decode_batch, device_plan
+
+            if self._device_plan is None:
+                self._device_plan = device_plan(self.transform(self.augment is not False))
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            batch["image"] = decode_batch(batch.pop("encoded"), batch.pop("boxes"), self._device_plan, device)
+        return batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training images arrive as uint8 (``normalize_on_device``): scaled to [0, 1] and
@@ -344,8 +357,10 @@ class ShardDataModule(LightningDataModule):
             strict=self.strict,
             reduced_decode=self.reduced_decode,
             transform=self.transform(
-                train and self.augment is not False, uint8=train and self.normalize_on_device
+                train and self.augment is not False,
+                uint8=train and self.normalize_on_device and not self.decode_on_device,
             ),
+            decode_on_device=train and self.decode_on_device,
             views=(self.views or 1) if train else 1,
             augment=self.augment if train else None,
             **kw,

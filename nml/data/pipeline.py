@@ -40,6 +40,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from nml.data.device_decode import device_plan, draw_view, image_size
 from nml.data.loading import ResumableLoader
 from nml.data.transforms import min_decode_side
 from nml.noise.config import NoiseConfig
@@ -113,6 +114,7 @@ class StreamConfig:
     strict: bool = False
     decode: bool = True
     reduced_decode: bool = True  # JPEGs at 1/2..1/8 scale when the transform loses nothing by it
+    decode_on_device: bool = False  # pass encoded images + drawn crops on (nml.data.device_decode)
     transform: Callable | None = None
     collate: Callable | None = None
     views: int = 1  # augmented views per image (> 1: ``image`` is (views, C, H, W))
@@ -227,6 +229,7 @@ class ShardStream(wds.DataPipeline):
         self._pool: list[dict] = []  # the reader's first records: where padding repeats come from
         self._warned = 0
         self._min_side = min_decode_side(cfg.transform) if cfg.reduced_decode else None
+        self._device_plan = device_plan(cfg.transform) if cfg.decode_on_device else None
         self.pipeline = [self._samples]
         if cfg.mode == "train":
             self.pipeline += [self._shuffle, self._pad]
@@ -429,6 +432,8 @@ class ShardStream(wds.DataPipeline):
             return rec
         where = f"shard {rec['__url__']!r}, sample {rec['__key__']!r}"
         try:
+            if self._device_plan is not None:
+                return self._encoded(rec, where)
             img = decode_image(rec.pop("image"), where, self._min_side)
         except BadImage:
             if cfg.strict:
@@ -451,6 +456,23 @@ class ShardStream(wds.DataPipeline):
         else:
             image = cfg.transform(img)
             rec["image"] = image if cfg.views == 1 else image.expand(cfg.views, *image.shape)
+        return rec
+
+    def _encoded(self, rec: dict, where: str) -> dict:
+        """``rec`` with its image left encoded and each view's crop and flip drawn as the CPU
+        transform would draw them (decoded on the device: :mod:`nml.data.device_decode`)."""
+        cfg, data = self.cfg, rec.pop("image")
+        width, height = image_size(data, where)
+        boxes = []
+        for v in range(cfg.views):
+            if cfg.seeded:
+                name = f"{cfg.seed}/{self._ctx['epoch']}/{rec['__key__']}"
+                with seeded_rng(f"{name}/{v}" if v else name):
+                    boxes.append(draw_view(self._device_plan, width, height))
+            else:
+                boxes.append(draw_view(self._device_plan, width, height))
+        rec["encoded"] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        rec["boxes"] = boxes[0] if cfg.views == 1 else torch.stack(boxes)
         return rec
 
 
@@ -480,6 +502,12 @@ def collate(records: list[dict]) -> dict[str, Any]:
     }
     if "image" in records[0]:
         batch["image"] = torch.stack([r["image"] for r in records])
+    if "encoded" in records[0]:  # decoded on the device (nml.data.device_decode)
+        batch["encoded"] = [r["encoded"] for r in records]
+        batch["boxes"] = torch.stack([r["boxes"] for r in records])
+    if "encoded" in records[0]:  # decoded on the device (nml.data.device_decode)
+        batch["encoded"] = [r["encoded"] for r in records]
+        batch["boxes"] = torch.stack([r["boxes"] for r in records])
     if "cls" in records[0]:
         batch["clean_target"] = torch.tensor([r["cls"] for r in records], dtype=torch.long)
         batch["target"] = torch.tensor([r["target"] for r in records], dtype=torch.long)

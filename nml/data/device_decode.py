@@ -1,0 +1,159 @@
+"""Decoding on the training device: JPEGs through nvJPEG (``torchvision.io.decode_jpeg``), then the
+crop, resize and flip as tensors.
+
+With ``decode_on_device: true`` a DataLoader worker no longer decodes or resamples an image. It reads
+the image's size from its header, draws the crop and the flip of the configured transform with the
+same seeded RNG and in the same order as the CPU path (so the same seed gives the same crops and
+flips), and passes the encoded bytes on. The data module decodes the batch where it trains, in
+``on_before_batch_transfer``:
+
+* a JPEG is decoded with ``torchvision.io.decode_jpeg(..., device=<the training device>)`` (one
+  batched nvJPEG call on a GPU, libjpeg-turbo on a CPU);
+* any other image goes through PIL on the host, as on the CPU path;
+* then each view is cropped to its box, resized to the model's input size (antialiased, with the
+  transform's interpolation), flipped if drawn, and scaled and normalised.
+
+Only the transform's geometry runs on the device: a random resized crop (timm's or torchvision's)
+or a resize plus centre crop (evaluation), and a horizontal flip. Any other step, such as colour
+jitter or RandAugment, is refused with its name. Evaluation's resize-then-crop is one
+crop-and-resize here, so pixels differ from the CPU path by interpolation rounding.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+FIELDS = 5  # top, left, height, width, flip
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """The geometry of a transform that the device path reproduces."""
+
+    size: int  # output side
+    crop: Callable | None  # a random resized crop step (its get_params draws the box), or None
+    resize: int | None  # evaluation: the shorter side is resized to this, then centre-cropped to size
+    flip: float  # probability of a horizontal flip
+    interpolation: str  # "bilinear" or "bicubic"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def device_plan(transform: Callable) -> DevicePlan:
+    """The :class:`DevicePlan` of a torchvision ``Compose`` built by timm or open_clip; a ValueError
+    naming the first step that the device path cannot reproduce."""
+    from torchvision import transforms as T
+
+    crop, resize, size, flip, mean, std, interpolation = None, None, None, 0.0, None, None, "bilinear"
+    for t in getattr(transform, "transforms", [transform]):
+        name = type(t).__name__
+        if all(hasattr(t, a) for a in ("size", "scale", "ratio")):
+            crop, size, interpolation = t, _side(t.size), _interpolation(t)
+        elif type(t) is T.Resize and isinstance(t.size, int | list) and crop is None:
+            resize, interpolation = _side(t.size), _interpolation(t)
+        elif isinstance(t, T.CenterCrop) and resize is not None:
+            size = _side(t.size)
+        elif isinstance(t, T.RandomHorizontalFlip):
+            flip = float(t.p)
+        elif isinstance(t, T.ColorJitter) and not any((t.brightness, t.contrast, t.saturation, t.hue)):
+            continue  # all factors 0: it does nothing
+        elif isinstance(t, T.Normalize):
+            mean, std = tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
+        elif name in ("ToTensor", "MaybeToTensor", "PILToTensor", "MaybePILToTensor", "MaybeConvertMode"):
+            continue
+        elif "rgb" in getattr(t, "__name__", "").lower():
+            continue
+        else:
+            raise ValueError(
+                f"decode_on_device: the transform step {name} cannot run on the device (supported: a random "
+                "resized crop or a resize + centre crop, a horizontal flip, normalisation); turn it off in "
+                "data.train_transform / data.eval_transform, or set decode_on_device: false"
+            )
+    if size is None or mean is None:
+        raise ValueError(f"decode_on_device: no crop/resize or no normalisation in the transform {transform}")
+    return DevicePlan(size, crop, resize, flip, interpolation, mean, std)
+
+
+def _side(size) -> int:
+    return int(size if isinstance(size, int) else max(size))
+
+
+def _interpolation(t) -> str:
+    name = str(getattr(t, "interpolation", "bilinear")).lower()
+    return "bicubic" if "bicubic" in name else "bilinear"
+
+
+def image_size(data: bytes, where: str) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding it."""
+    from PIL import Image
+
+    from nml.shards.members import BadImage
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception as e:
+        raise BadImage(f"{where}: cannot read the image header ({type(e).__name__}: {e})") from None
+
+
+def draw_view(plan: DevicePlan, width: int, height: int) -> torch.Tensor:
+    """One view's (top, left, height, width, flip), drawn from the current RNG state in the order
+    of the CPU transform: the crop's draws, then the flip's ``torch.rand(1)``."""
+    if plan.crop is not None:
+        from PIL import Image
+
+        stand_in = Image.new("L", (width, height))  # get_params reads only the size
+        top, left, h, w = plan.crop.get_params(stand_in, plan.crop.scale, plan.crop.ratio)
+    else:  # resize the shorter side to plan.resize, then centre-crop plan.size: as a box in the source
+        side = min(width, height) * plan.size / plan.resize
+        h = w = max(1, min(round(side), width, height))
+        top, left = int(round((height - h) / 2.0)), int(round((width - w) / 2.0))
+    flip = bool(plan.flip) and bool(torch.rand(1) < plan.flip)
+    return torch.tensor([top, left, h, w, int(flip)], dtype=torch.long)
+
+
+def is_jpeg(data: torch.Tensor) -> bool:
+    return len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8
+
+
+def decode_batch(
+    encoded: list[torch.Tensor], boxes: torch.Tensor, plan: DevicePlan, device: torch.device
+) -> torch.Tensor:
+    """Normalised float images on ``device``: (B, C, S, S), or (B, V, C, S, S) when ``boxes`` is
+    (B, V, 5). JPEGs are decoded in one ``decode_jpeg`` call on ``device``; others through PIL."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    from nml.shards.members import decode_image
+
+    jpeg = [i for i, data in enumerate(encoded) if is_jpeg(data)]
+    images: list[torch.Tensor | None] = [None] * len(encoded)
+    if jpeg:
+        decoded = decode_jpeg([encoded[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+        for i, img in zip(jpeg, decoded, strict=True):
+            images[i] = img
+    for i, data in enumerate(encoded):
+        if images[i] is None:
+            pil = decode_image(bytes(data.numpy()), "a non-JPEG image")
+            images[i] = F.pil_to_tensor(pil).to(device)
+    mode = InterpolationMode.BICUBIC if plan.interpolation == "bicubic" else InterpolationMode.BILINEAR
+    per_view = boxes if boxes.ndim == 3 else boxes[:, None]
+    out = []
+    for img, views in zip(images, per_view.tolist(), strict=True):  # boxes live on the host
+        crops = []
+        for top, left, h, w, flip in views:
+            x = F.resized_crop(
+                img.float(), top, left, h, w, [plan.size, plan.size], interpolation=mode, antialias=True
+            )
+            crops.append(F.horizontal_flip(x) if flip else x)
+        out.append(torch.stack(crops))
+    x = torch.stack(out).clamp_(0, 255).div_(255)
+    mean = torch.tensor(plan.mean, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(plan.std, device=x.device).view(-1, 1, 1)
+    x = x.sub_(mean).div_(std)
+    return x if boxes.ndim == 3 else x[:, 0]
