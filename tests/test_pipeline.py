@@ -567,6 +567,21 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
         assert diff.max() < 0.03, diff  # the same crop and flip: only interpolation differs (another
         # seed, other crops: 0.14-1.9)
 
+    # an image whose header reads but whose data does not decode: its row becomes a repeat of a good one
+    from nml.data.device_decode import decode_batch, device_plan, fill_failed
+
+    dm = ClassificationShards(**common, decode_on_device=True)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    jpeg = next(i for i, data in enumerate(batch["encoded"]) if data[0] == 0xFF)
+    batch["encoded"][jpeg] = batch["encoded"][jpeg][: len(batch["encoded"][jpeg]) // 2]  # truncated
+    plan = device_plan(dm.transform(True))
+    images, failed = decode_batch(batch["encoded"], batch["boxes"], plan, torch.device("cpu"))
+    assert failed == [jpeg] and torch.isfinite(images).all()
+    good = next(i for i in range(8) if i != jpeg)
+    fill_failed(batch, failed)
+    assert batch["key"][jpeg] == batch["key"][good] and batch["target"][jpeg] == batch["target"][good]
+
     with pytest.raises(ValueError, match="ColorJitter cannot run on the device"):
         dm = ClassificationShards(
             **{**common, "train_transform": {"color_jitter": 0.4}}, decode_on_device=True

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 
 import torch
 
-FIELDS = 5  # top, left, height, width, flip
-
 
 @dataclass(frozen=True)
 class DevicePlan:
@@ -53,11 +51,11 @@ def device_plan(transform: Callable) -> DevicePlan:
         name = type(t).__name__
         if all(hasattr(t, a) for a in ("size", "scale", "ratio")):
             crop, size, interpolation = t, _side(t.size), _interpolation(t)
-        elif type(t) is T.Resize and isinstance(t.size, int | list) and crop is None:
+        elif type(t) is T.Resize and (isinstance(t.size, int) or len(t.size) == 1) and crop is None:
             resize, interpolation = _side(t.size), _interpolation(t)
         elif isinstance(t, T.CenterCrop) and resize is not None:
             size = _side(t.size)
-        elif isinstance(t, T.RandomHorizontalFlip):
+        elif isinstance(t, T.RandomHorizontalFlip) and size is not None:  # drawn after the crop
             flip = float(t.p)
         elif isinstance(t, T.ColorJitter) and not any((t.brightness, t.contrast, t.saturation, t.hue)):
             continue  # all factors 0: it does nothing
@@ -122,33 +120,49 @@ def is_jpeg(data: torch.Tensor) -> bool:
 
 def decode_batch(
     encoded: list[torch.Tensor], boxes: torch.Tensor, plan: DevicePlan, device: torch.device
-) -> torch.Tensor:
-    """Normalised float images on ``device``: (B, C, S, S), or (B, V, C, S, S) when ``boxes`` is
-    (B, V, 5). JPEGs are decoded in one ``decode_jpeg`` call on ``device``; others through PIL."""
+) -> tuple[torch.Tensor, list[int]]:
+    """(images, failed): normalised float images on ``device``, (B, C, S, S) or (B, V, C, S, S) when
+    ``boxes`` is (B, V, 5), and the rows whose image could not be decoded (their image is another
+    row's: :func:`fill_failed` makes the rest of the row match). JPEGs are decoded in one
+    ``decode_jpeg`` call on ``device``, other images through PIL on the host."""
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    from nml.shards.members import decode_image
+    from nml.shards.members import BadImage, decode_image
 
-    jpeg = [i for i, data in enumerate(encoded) if is_jpeg(data)]
     images: list[torch.Tensor | None] = [None] * len(encoded)
+    jpeg = [i for i, data in enumerate(encoded) if is_jpeg(data)]
     if jpeg:
-        decoded = decode_jpeg([encoded[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+        try:
+            decoded = decode_jpeg([encoded[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one bad image fails the call: decode them one by one
+            decoded = [_decode_one_jpeg(encoded[i], device) for i in jpeg]
         for i, img in zip(jpeg, decoded, strict=True):
             images[i] = img
     for i, data in enumerate(encoded):
-        if images[i] is None:
-            pil = decode_image(bytes(data.numpy()), "a non-JPEG image")
-            images[i] = F.pil_to_tensor(pil).to(device)
+        if i not in jpeg:
+            try:
+                images[i] = F.pil_to_tensor(decode_image(bytes(data.numpy()))).to(device)
+            except BadImage:
+                pass
+    failed = [i for i, img in enumerate(images) if img is None]
+    if len(failed) == len(images):
+        raise BadImage(f"decode_on_device: none of the batch's {len(images)} images could be decoded")
     mode = InterpolationMode.BICUBIC if plan.interpolation == "bicubic" else InterpolationMode.BILINEAR
     per_view = boxes if boxes.ndim == 3 else boxes[:, None]
+    substitute = next(i for i, img in enumerate(images) if img is not None)
     out = []
-    for img, views in zip(images, per_view.tolist(), strict=True):  # boxes live on the host
+    for i, views in enumerate(per_view.tolist()):  # boxes live on the host
+        img, views = (
+            (images[i], views)
+            if images[i] is not None
+            else (images[substitute], per_view[substitute].tolist())
+        )
         crops = []
         for top, left, h, w, flip in views:
             x = F.resized_crop(
-                img.float(), top, left, h, w, [plan.size, plan.size], interpolation=mode, antialias=True
+                img.float(), top, left, h, w, [plan.size] * 2, interpolation=mode, antialias=True
             )
             crops.append(F.horizontal_flip(x) if flip else x)
         out.append(torch.stack(crops))
@@ -156,4 +170,27 @@ def decode_batch(
     mean = torch.tensor(plan.mean, device=x.device).view(-1, 1, 1)
     std = torch.tensor(plan.std, device=x.device).view(-1, 1, 1)
     x = x.sub_(mean).div_(std)
-    return x if boxes.ndim == 3 else x[:, 0]
+    return (x if boxes.ndim == 3 else x[:, 0]), failed
+
+
+def _decode_one_jpeg(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return None
+
+
+def fill_failed(batch: dict, failed: list[int]) -> dict:
+    """Rows ``failed`` (images that did not decode) become copies of the batch's first good row in
+    every per-sample field, as the CPU path fills a skipped sample's place with a repeat."""
+    n = len(batch["valid"])
+    good = next(i for i in range(n) if i not in failed)
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.ndim and len(value) == n:
+            value[failed] = value[good].clone()
+        elif isinstance(value, list) and len(value) == n:
+            for i in failed:
+                value[i] = value[good]
+    return batch

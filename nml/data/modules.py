@@ -231,12 +231,22 @@ class ShardDataModule(LightningDataModule):
         """``decode_on_device``: training images arrive encoded, with each view's crop and flip
         drawn in the worker; decoded, cropped and normalised here on the training device."""
         if isinstance(batch, dict) and "encoded" in batch:
-            from nml.data.device_decode import decode_batch, device_plan
+            from nml.data.device_decode import decode_batch, device_plan, fill_failed
 
             if self._device_plan is None:
                 self._device_plan = device_plan(self.transform(self.augment is not False))
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            batch["image"] = decode_batch(batch.pop("encoded"), batch.pop("boxes"), self._device_plan, device)
+            encoded, boxes = batch.pop("encoded"), batch.pop("boxes")
+            batch["image"], failed = decode_batch(encoded, boxes, self._device_plan, device)
+            if failed:  # skipped and counted, their places taken by a repeat, as on the CPU path
+                log.warning(
+                    "decode_on_device: skipped undecodable images %s", [batch["key"][i] for i in failed]
+                )
+                fill_failed(batch, failed)
+                loader = self.trainer.train_dataloader if self.trainer is not None else None
+                if isinstance(loader, ShardLoader):
+                    loader.shared.add_skipped(len(failed))
+                    loader.shared.add_padding(len(failed))
         return batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
