@@ -6,7 +6,7 @@ VENV="${NML_VENV:-$HOME/.cache/nml/venv-py311}"
 "$ROOT/tools/setup.sh"
 cd "$ROOT"
 set +e
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=15 tests "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then

@@ -1,7 +1,7 @@
 """timm's learning-rate rule for a config whose global batch changes with the cluster it runs on:
 ``lr = lr_base x (global batch / base_batch)`` (linear) or x its square root (sqrt), where the global
 batch is the per-rank batch x ranks x gradient accumulation. The optimizer's own ``lr`` is replaced;
-the rule and the result are logged, kept in the checkpoint, and ``train/lr`` shows the schedule.
+the rule and the result are logged, kept in the checkpoint, and ``train/lr/decay`` (LearningRateMonitor) shows the schedule.
 
     trainer:
       callbacks:
