@@ -39,6 +39,27 @@ def png_bytes(seed: int, size: int = 8) -> bytes:
     return buf.getvalue()
 
 
+def run_tool(script: str, argv: list[str]) -> str:
+    """What ``tools/<script> ARGV`` prints on stdout, run in this process (its ``main()``), which
+    saves the start of a second interpreter with torch and Lightning."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location(f"tool_{Path(script).stem}", REPO / "tools" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, saved = io.StringIO(), sys.argv
+    sys.argv = [script, *argv]
+    try:
+        with contextlib.redirect_stdout(out):
+            rc = module.main()
+    finally:
+        sys.argv = saved
+    assert rc in (0, None), f"{script} {argv}: exit {rc}"
+    return out.getvalue()
+
+
 def write_pattern_shards(out: Path, n: int, width: int, height: int, png_every: int = 0) -> str:
     """``n`` images of colour stripes (JPEG quality 95; every ``png_every``-th a PNG), class
     ``i % 4``, 16 per shard: returns the shard spec."""

@@ -128,16 +128,14 @@ def test_clip_loss_under_two_process_gloo_equals_single_process(tmp_path):
 @pytest.mark.slow
 def test_bench_gpu_step_runs_on_the_cpu_with_stand_in_models():
     import json
-    import subprocess
 
-    from helpers import PYTHON, REPO, nml_subprocess_env
+    from helpers import run_tool
 
-    r = subprocess.run(
-        [PYTHON, "tools/bench_gpu_step.py", "--cases", "resnet50,nmtune-d2048", "--warmup", "1", "--steps", "2", "--repeats", "1"],
-        capture_output=True, text=True, env=nml_subprocess_env(), cwd=REPO, timeout=600,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    out = run_tool(
+        "bench_gpu_step.py",
+        ["--cases", "resnet50,nmtune-d2048", "--warmup", "1", "--steps", "2", "--repeats", "1"],
+    )
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [row["case"] for row in rows] == ["resnet50", "nmtune-d2048"]
     assert all(row["bare_samples_per_s"] > 0 and row["nml_samples_per_s"] > 0 for row in rows)
     # FLOPs of a step counted on the bare loop; no MFU on a CPU (no peak)

@@ -513,17 +513,11 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale_only_where_the_transform_los
 
 @pytest.mark.slow
 def test_bench_pipeline_reports_the_per_core_rate_against_the_jpeg_decode_limit():
-    import subprocess
+    from helpers import run_tool
 
-    from helpers import PYTHON, REPO, nml_subprocess_env
-
-    r = subprocess.run(
-        [PYTHON, "tools/bench_pipeline.py", "--mode", "jpeg", "--samples", "64", "--image_px", "320x240",
-         "--num_workers", "0", "--repeats", "1", "--image_size", "96"],
-        capture_output=True, text=True, env=nml_subprocess_env(), cwd=REPO, timeout=600,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout)
+    argv = ["--mode", "jpeg", "--samples", "64", "--image_px", "320x240", "--num_workers", "0", "--repeats", "1",
+            "--image_size", "96"]  # fmt: skip
+    out = json.loads(run_tool("bench_pipeline.py", argv))
     assert out["shards"] == "64 synthetic 320x240 JPEGs" and out["decode_limit_per_core"] > 0
     # decoding is part of the pipeline: a pipeline faster than decoding alone would be a wrong figure
     assert 0 < out["train_one_core_over_decode_limit"] < 1
