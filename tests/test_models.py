@@ -157,7 +157,9 @@ def test_a_broken_checkpoint_is_named_in_the_error(tmp_path):
 class NoHostReads:
     """Fails on any read of a tensor's value by the host (what syncs a GPU): ``item``, ``bool``,
     ``int``, ``float``, ``tolist``, ``numpy``, ``cpu`` (function level), and the aten ops that copy a
-    value out (``_local_scalar_dense``, ``equal``, ``is_nonzero``) at dispatch level."""
+    value out (``_local_scalar_dense``, ``equal``, ``is_nonzero``) at dispatch level. Also host data
+    made into a tensor (``torch.tensor`` / ``as_tensor`` of numbers or lists): on a GPU, a copy the
+    host waits for."""
 
     FUNCTIONS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
     OPS = ("_local_scalar_dense", "equal", "is_nonzero")
@@ -175,6 +177,10 @@ class NoHostReads:
             def __torch_function__(self, func, types, args=(), kwargs=None):
                 if func in functions:
                     reads.append(func.__name__)
+                elif (
+                    func in (torch.tensor, torch.as_tensor) and args and not isinstance(args[0], torch.Tensor)
+                ):
+                    reads.append(f"{func.__name__} of host data")
                 return func(*args, **(kwargs or {}))
 
         class Dispatch(TorchDispatchMode):
@@ -195,7 +201,9 @@ class NoHostReads:
 
 def test_the_host_read_guard_catches_each_kind_of_read():
     x = torch.ones(3)
-    for read in (lambda: x.sum().item(), lambda: bool(x.any()), lambda: int(x.sum()), lambda: x.tolist()):
+    reads = (lambda: x.sum().item(), lambda: bool(x.any()), lambda: int(x.sum()), lambda: x.tolist(),
+             lambda: torch.as_tensor(3, device=x.device))  # fmt: skip
+    for read in reads:
         with NoHostReads() as guard:
             read()
         assert guard.reads, read

@@ -505,9 +505,6 @@ def collate(records: list[dict]) -> dict[str, Any]:
     if "encoded" in records[0]:  # decoded on the device (nml.data.device_decode)
         batch["encoded"] = [r["encoded"] for r in records]
         batch["boxes"] = torch.stack([r["boxes"] for r in records])
-    if "encoded" in records[0]:  # decoded on the device (nml.data.device_decode)
-        batch["encoded"] = [r["encoded"] for r in records]
-        batch["boxes"] = torch.stack([r["boxes"] for r in records])
     if "cls" in records[0]:
         batch["clean_target"] = torch.tensor([r["cls"] for r in records], dtype=torch.long)
         batch["target"] = torch.tensor([r["target"] for r in records], dtype=torch.long)

@@ -180,11 +180,8 @@ class BackboneModule(LightningModule):
             raise ValueError(
                 f"log_training: got {names}, expected the same metrics every step: {self._train_stat_names}"
             )
-        device = self.device
-        numerator = torch.stack(
-            [torch.as_tensor(n, device=device).detach().double() for n, _ in stats.values()]
-        )
-        denominator = torch.stack([torch.as_tensor(d, device=device).double() for _, d in stats.values()])
+        numerator = torch.stack([self._on_device(n) for n, _ in stats.values()])
+        denominator = torch.stack([self._on_device(d) for _, d in stats.values()])
         self.train_stats.update(numerator, denominator)
         if self.logs_this_step():
             step = torch.where(
@@ -192,6 +189,13 @@ class BackboneModule(LightningModule):
             ).float()
             for name, value in zip(names, step, strict=True):
                 self.log(f"{name}_step", value, on_step=True, on_epoch=False, prog_bar=name == "train/loss")
+
+    def _on_device(self, value: torch.Tensor | float) -> torch.Tensor:
+        """A float64 0-d tensor on the module's device. A Python number is filled in by a kernel
+        (``torch.full``): ``torch.as_tensor(n, device="cuda")`` would copy it from the host and wait."""
+        if isinstance(value, torch.Tensor):
+            return value.detach().to(torch.float64)
+        return torch.full((), float(value), dtype=torch.float64, device=self.device)
 
     def on_train_epoch_end(self) -> None:
         """The epoch's training metrics (:meth:`log_training`), and its skipped (unreadable) and

@@ -25,9 +25,10 @@ def no_weight_decay_names(module: nn.Module) -> set[str]:
 
 
 def param_groups(module: nn.Module) -> list[dict]:
-    """Two groups (named ``decay`` and ``no_decay``, the suffixes of the ``train/lr/*`` logs), as timm's ``param_groups_weight_decay``: weights with the optimizer's decay, and
+    """Two groups, as timm's ``param_groups_weight_decay``: weights with the optimizer's decay, and
     without decay every <2-D parameter (biases, norms, ``logit_scale``) and every parameter the
-    model lists in ``no_weight_decay()``."""
+    model lists in ``no_weight_decay()``. They are named ``decay`` and ``no_decay``: the suffixes of
+    LearningRateMonitor's ``train/lr/*``."""
     from timm.optim import param_groups_weight_decay
 
     # timm returns the non-empty groups, the decayed one with weight_decay set to the value given
