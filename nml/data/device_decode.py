@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nml.data.transforms import normalize
+
 
 @dataclass(frozen=True)
 class DevicePlan:
@@ -166,10 +168,7 @@ def decode_batch(
             )
             crops.append(F.horizontal_flip(x) if flip else x)
         out.append(torch.stack(crops))
-    x = torch.stack(out).clamp_(0, 255).div_(255)
-    mean = torch.tensor(plan.mean, device=x.device).view(-1, 1, 1)
-    std = torch.tensor(plan.std, device=x.device).view(-1, 1, 1)
-    x = x.sub_(mean).div_(std)
+    x = normalize(torch.stack(out).clamp_(0, 255), plan.mean, plan.std)  # resampled floats in [0, 255]
     return (x if boxes.ndim == 3 else x[:, 0]), failed
 
 

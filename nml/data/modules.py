@@ -47,7 +47,7 @@ from lightning.pytorch import LightningDataModule
 
 from nml.data.loading import fit_progress
 from nml.data.pipeline import ShardLoader, StreamConfig, collate
-from nml.data.transforms import DEFAULT_IMAGE_SIZE, build_transform, default_normalization
+from nml.data.transforms import DEFAULT_IMAGE_SIZE, build_transform, default_normalization, normalize
 from nml.noise.config import LABEL_KINDS, NoiseConfig
 from nml.shards.manifest import (
     MANIFEST,
@@ -251,12 +251,11 @@ class ShardDataModule(LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training images arrive as uint8 (``normalize_on_device``): scaled to [0, 1] and
-        normalised here, on the training device. These are the operations of torchvision's
-        ``ToTensor`` + ``Normalize``, in the same order, so on the CPU the result is the same."""
+        normalised here, on the training device (:func:`~nml.data.transforms.normalize`: the same
+        result as the workers' ``ToTensor`` + ``Normalize`` on the CPU)."""
         image = batch.get("image") if isinstance(batch, dict) else None
         if image is not None and image.dtype == torch.uint8:
-            mean, std = (torch.tensor(v, device=image.device).view(-1, 1, 1) for v in self.normalization())
-            batch["image"] = image.float().div(255).sub_(mean).div_(std)
+            batch["image"] = normalize(image, *self.normalization())
         return batch
 
     @property

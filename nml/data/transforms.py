@@ -7,9 +7,12 @@ glyphs are not clipped; on your own shards the libraries' own defaults apply.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Literal
+
+import torch
 
 DEFAULT_IMAGE_SIZE = 32  # the embedded benchmark's glyphs
 TIMM_TRAIN_DEFAULTS = {"hflip": 0.0, "scale": (0.6, 1.0), "ratio": (0.8, 1.25), "color_jitter": 0.2}
@@ -30,6 +33,22 @@ def default_normalization(
 
         return tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
     raise ValueError(f"library: expected 'timm' or 'open_clip', got {library!r}")
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 images (..., C, H, W) -> normalised float, on their device: the operations of
+    torchvision's ``ToTensor`` + ``Normalize``, in the same order (the same result on the CPU)."""
+    m, s = _normalization_tensors(tuple(mean), tuple(std), images.device)
+    return images.float().div_(255).sub_(m).div_(s)
+
+
+@functools.lru_cache(maxsize=16)
+def _normalization_tensors(
+    mean: tuple, std: tuple, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as (C, 1, 1) tensors on ``device``, made once: made per batch from Python numbers
+    they would be a host-to-device copy that the host waits for on every step."""
+    return tuple(torch.tensor(v, dtype=torch.float32).view(-1, 1, 1).to(device) for v in (mean, std))
 
 
 def build_transform(
