@@ -214,24 +214,28 @@ def train_tiny(
 _SEQUENCE = """
 import sys
 from nml.cli.main import main
-for i, argv in enumerate(sys.argv[1:]):
+expect = [int(c) for c in sys.argv[1].split(",")]
+for i, argv in enumerate(sys.argv[2:]):
     print(f"@@{i}@@", flush=True)
     print(f"@@{i}@@", file=sys.stderr, flush=True)
     try:
         code = main(argv.split("\x1f"))
     except SystemExit as e:
         code = e.code or 0
-    if code:
-        sys.exit(code)
+    if code != expect[i]:
+        sys.exit(code or 99)
 """
 
 
-def nml_in_one_process(runs: list[list[str]], cwd: Path, timeout: float = 600) -> list[tuple[str, str]]:
+def nml_in_one_process(
+    runs: list[list[str]], cwd: Path, timeout: float = 600, expect: list[int] | None = None
+) -> list[tuple[str, str]]:
     """Run several ``nml`` commands one after another in ONE fresh interpreter (one cold import of
     torch/Lightning instead of one per command); (stdout, stderr) of each. Fails naming the first
-    command that exits non-zero."""
-    r = subprocess.run([PYTHON, "-c", _SEQUENCE, *("\x1f".join(map(str, a)) for a in runs)], capture_output=True,
-                       text=True, env=nml_subprocess_env(), cwd=cwd, timeout=timeout)  # fmt: skip
+    command whose exit status is not the expected one (``expect``, default 0 for each)."""
+    codes = ",".join(str(c) for c in (expect or [0] * len(runs)))
+    r = subprocess.run([PYTHON, "-c", _SEQUENCE, codes, *("\x1f".join(map(str, a)) for a in runs)],
+                       capture_output=True, text=True, env=nml_subprocess_env(), cwd=cwd, timeout=timeout)  # fmt: skip
     outs = [r.stdout.split(f"@@{i}@@\n", 1)[-1].split(f"@@{i + 1}@@\n", 1)[0] for i in range(len(runs))]
     errs = [r.stderr.split(f"@@{i}@@\n", 1)[-1].split(f"@@{i + 1}@@\n", 1)[0] for i in range(len(runs))]
     done = r.stdout.count("@@") // 2

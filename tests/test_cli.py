@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import PYTHON, REPO, nml_subprocess_env
+from helpers import PYTHON, REPO, nml_in_one_process, nml_subprocess_env
 
 from nml.cli.main import CONFIG_DIR, build_parser, main, resolve_config
 
@@ -201,11 +201,11 @@ def test_lightning_errors_are_one_line_bad_options_and_broken_checkpoints(tmp_pa
             str(tmp_path / "text.ckpt"),
         ): "text.ckpt' is not a PyTorch checkpoint (101 bytes, starts with b'eeeeeeee')",
     }
-    for args, message in cases.items():
-        r = _run("-m", "nml.cli", "test", "--config", "tune_linear.yaml", *args)
-        assert r.returncode == 1, r.stderr[-2000:]
-        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("nml: ")]
-        assert message in lines[0] and len(r.stderr.splitlines()) <= 4, r.stderr[-2000:]
+    runs = [["test", "--config", "tune_linear.yaml", *args] for args in cases]
+    results = nml_in_one_process(runs, tmp_path, expect=[1] * len(runs))  # each exits 1
+    for message, (_, err) in zip(cases.values(), results, strict=True):
+        lines = [ln for ln in err.splitlines() if ln.startswith("nml: ")]
+        assert message in lines[0] and len(err.splitlines()) <= 4, err[-2000:]
 
 
 def test_boolean_options_of_plain_commands_work_bare():
