@@ -583,8 +583,15 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
         dm.setup("fit")
         next(iter(dm.train_dataloader()))
 
-    dm = ClassificationShards(**common, decode_on_device=True)
-    trainer = Trainer(accelerator="cpu", max_steps=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+    # a Lightning fit on it, with a truncated JPEG among 24 samples: skipped and counted (data/skipped)
+    jpeg = next(data for data in batch["encoded"] if data[0] == 0xFF)
+    truncated = {"t0.jpg": bytes(jpeg[: len(jpeg) // 2].numpy()), "t0.cls": b"1"}
+    for i in range(1, 8):
+        truncated |= {f"t{i}.png": png_bytes(i), f"t{i}.cls": b"1"}
+    spec_with_bad = f"{spec}::{_tar(tmp_path / 'bad.tar', truncated)}"
+    dm = ClassificationShards(**{**common, "train": spec_with_bad}, decode_on_device=True)
+    trainer = Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(SupervisedPretraining("test_resnet", num_classes=4), dm)
-    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+    assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+    assert trainer.callback_metrics["data/skipped"] == 1
