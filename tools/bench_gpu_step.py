@@ -50,15 +50,12 @@ def _sync(device: torch.device) -> None:
 def _case(name: str, cuda: bool) -> dict:
     """Model, batch size, input and kind of one case (small stand-ins on the CPU)."""
     common = {"compile": False, "channels_last": False, "bf16": cuda}
-    if name.startswith("resnet50"):
+    if name in ("resnet50", "resnet50-compile"):
         return {**common, "kind": "supervised", "model": "resnet50" if cuda else "test_resnet",
                 "batch": 256 if cuda else 32, "size": 224 if cuda else 32, "classes": 1000 if cuda else 10,
                 "compile": name.endswith("compile"), "channels_last": True}  # fmt: skip
-    if name.startswith("clip-"):
-        arch = {"clip-vit-b-32": "ViT-B-32", "clip-vit-b-16": "ViT-B-16"}.get(name)
-        if arch is None:
-            raise SystemExit(f"unknown case {name!r}: expected one of {', '.join(CASES)}")
-        batch = 512 if name == "clip-vit-b-32" else 256
+    if name in ("clip-vit-b-16", "clip-vit-b-32"):
+        arch, batch = ("ViT-B-32", 512) if name == "clip-vit-b-32" else ("ViT-B-16", 256)
         return {**common, "kind": "clip", "model": arch if cuda else "tiny", "model_cfg": None if cuda else TINY_CLIP,
                 "batch": batch if cuda else 32, "size": 224 if cuda else 32}  # fmt: skip
     if name == "nmtune-d2048":  # the head on cached features: (B, 2 views, D)

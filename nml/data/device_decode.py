@@ -21,13 +21,13 @@ crop-and-resize here, so pixels differ from the CPU path by interpolation roundi
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from nml.data.transforms import normalize
+from nml.data.transforms import is_random_resized_crop, is_rgb_conversion, normalize, side
+from nml.shards.members import BadImage, decode_image
 
 
 @dataclass(frozen=True)
@@ -51,21 +51,19 @@ def device_plan(transform: Callable) -> DevicePlan:
     crop, resize, size, flip, mean, std, interpolation = None, None, None, 0.0, None, None, "bilinear"
     for t in getattr(transform, "transforms", [transform]):
         name = type(t).__name__
-        if all(hasattr(t, a) for a in ("size", "scale", "ratio")):
-            crop, size, interpolation = t, _side(t.size), _interpolation(t)
+        if is_random_resized_crop(t):
+            crop, size, interpolation = t, side(t.size), _interpolation(t)
         elif type(t) is T.Resize and (isinstance(t.size, int) or len(t.size) == 1) and crop is None:
-            resize, interpolation = _side(t.size), _interpolation(t)
+            resize, interpolation = side(t.size), _interpolation(t)
         elif isinstance(t, T.CenterCrop) and resize is not None:
-            size = _side(t.size)
+            size = side(t.size)
         elif isinstance(t, T.RandomHorizontalFlip) and size is not None:  # drawn after the crop
             flip = float(t.p)
         elif isinstance(t, T.ColorJitter) and not any((t.brightness, t.contrast, t.saturation, t.hue)):
             continue  # all factors 0: it does nothing
         elif isinstance(t, T.Normalize):
             mean, std = tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
-        elif name in ("ToTensor", "MaybeToTensor", "PILToTensor", "MaybePILToTensor", "MaybeConvertMode"):
-            continue
-        elif "rgb" in getattr(t, "__name__", "").lower():
+        elif name in ("ToTensor", "MaybeToTensor", "PILToTensor", "MaybePILToTensor") or is_rgb_conversion(t):
             continue
         else:
             raise ValueError(
@@ -78,26 +76,9 @@ def device_plan(transform: Callable) -> DevicePlan:
     return DevicePlan(size, crop, resize, flip, interpolation, mean, std)
 
 
-def _side(size) -> int:
-    return int(size if isinstance(size, int) else max(size))
-
-
 def _interpolation(t) -> str:
     name = str(getattr(t, "interpolation", "bilinear")).lower()
     return "bicubic" if "bicubic" in name else "bilinear"
-
-
-def image_size(data: bytes, where: str) -> tuple[int, int]:
-    """(width, height) from the image's header, without decoding it."""
-    from PIL import Image
-
-    from nml.shards.members import BadImage
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
-    except Exception as e:
-        raise BadImage(f"{where}: cannot read the image header ({type(e).__name__}: {e})") from None
 
 
 def draw_view(plan: DevicePlan, width: int, height: int) -> torch.Tensor:
@@ -131,8 +112,6 @@ def decode_batch(
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    from nml.shards.members import BadImage, decode_image
-
     images: list[torch.Tensor | None] = [None] * len(encoded)
     jpeg = [i for i, data in enumerate(encoded) if is_jpeg(data)]
     if jpeg:
@@ -152,19 +131,15 @@ def decode_batch(
     if len(failed) == len(images):
         raise BadImage(f"decode_on_device: none of the batch's {len(images)} images could be decoded")
     mode = InterpolationMode.BICUBIC if plan.interpolation == "bicubic" else InterpolationMode.BILINEAR
-    per_view = boxes if boxes.ndim == 3 else boxes[:, None]
+    per_view = (boxes if boxes.ndim == 3 else boxes[:, None]).tolist()  # boxes live on the host
     substitute = next(i for i, img in enumerate(images) if img is not None)
     out = []
-    for i, views in enumerate(per_view.tolist()):  # boxes live on the host
-        img, views = (
-            (images[i], views)
-            if images[i] is not None
-            else (images[substitute], per_view[substitute].tolist())
-        )
+    for i in range(len(images)):
+        src = i if images[i] is not None else substitute
         crops = []
-        for top, left, h, w, flip in views:
+        for top, left, h, w, flip in per_view[src]:
             x = F.resized_crop(
-                img.float(), top, left, h, w, [plan.size] * 2, interpolation=mode, antialias=True
+                images[src].float(), top, left, h, w, [plan.size] * 2, interpolation=mode, antialias=True
             )
             crops.append(F.horizontal_flip(x) if flip else x)
         out.append(torch.stack(crops))

@@ -31,7 +31,7 @@ import math
 import multiprocessing as mp
 import random
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -40,13 +40,20 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from nml.data.device_decode import device_plan, draw_view, image_size
+from nml.data.device_decode import device_plan, draw_view
 from nml.data.loading import ResumableLoader
 from nml.data.transforms import min_decode_side
 from nml.noise.config import NoiseConfig
 from nml.noise.models import NoiseModel
 from nml.seeding import name_seed, named_rng
-from nml.shards.members import BadImage, MemberSpec, ShardFormatError, decode_image, parse_sample
+from nml.shards.members import (
+    BadImage,
+    MemberSpec,
+    ShardFormatError,
+    decode_image,
+    image_header_size,
+    parse_sample,
+)
 from nml.shards.remote import open_shard
 from nml.shards.spec import (
     EvalUnit,
@@ -447,10 +454,9 @@ class ShardStream(wds.DataPipeline):
         if cfg.transform is None:
             rec["image"] = img
         elif cfg.seeded:  # random augmentation, reproducible per (seed, epoch, sample, view)
-            name = f"{cfg.seed}/{self._ctx['epoch']}/{rec['__key__']}"
             views = []
             for v in range(cfg.views):
-                with seeded_rng(f"{name}/{v}" if v else name):
+                with self._view_rng(rec, v):
                     views.append(cfg.transform(img))
             rec["image"] = views[0] if cfg.views == 1 else torch.stack(views)
         else:
@@ -458,18 +464,19 @@ class ShardStream(wds.DataPipeline):
             rec["image"] = image if cfg.views == 1 else image.expand(cfg.views, *image.shape)
         return rec
 
+    def _view_rng(self, rec: dict, view: int):
+        """The RNG of one augmented view, seeded per (seed, epoch, sample, view)."""
+        name = f"{self.cfg.seed}/{self._ctx['epoch']}/{rec['__key__']}"
+        return seeded_rng(f"{name}/{view}" if view else name)
+
     def _encoded(self, rec: dict, where: str) -> dict:
         """``rec`` with its image left encoded and each view's crop and flip drawn as the CPU
         transform would draw them (decoded on the device: :mod:`nml.data.device_decode`)."""
         cfg, data = self.cfg, rec.pop("image")
-        width, height = image_size(data, where)
+        width, height = image_header_size(data, where)
         boxes = []
         for v in range(cfg.views):
-            if cfg.seeded:
-                name = f"{cfg.seed}/{self._ctx['epoch']}/{rec['__key__']}"
-                with seeded_rng(f"{name}/{v}" if v else name):
-                    boxes.append(draw_view(self._device_plan, width, height))
-            else:
+            with self._view_rng(rec, v) if cfg.seeded else nullcontext():
                 boxes.append(draw_view(self._device_plan, width, height))
         rec["encoded"] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         rec["boxes"] = boxes[0] if cfg.views == 1 else torch.stack(boxes)

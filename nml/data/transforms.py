@@ -116,6 +116,21 @@ def _library_transform(library, image_size, train, mean, std, overrides, glyph_s
     raise ValueError(f"transform library: expected 'timm' or 'open_clip', got {library!r}")
 
 
+def is_random_resized_crop(step) -> bool:
+    """torchvision's ``RandomResizedCrop`` or timm's ``RandomResizedCropAndInterpolation``."""
+    return all(hasattr(step, a) for a in ("size", "scale", "ratio"))
+
+
+def is_rgb_conversion(step) -> bool:
+    """open_clip's ``_convert_to_rgb`` (a function) or ``MaybeConvertMode``: no change to RGB input."""
+    return "rgb" in getattr(step, "__name__", "").lower() or type(step).__name__ == "MaybeConvertMode"
+
+
+def side(size) -> int:
+    """The larger side of a transform's ``size`` (an int or a sequence of one or two)."""
+    return int(size if isinstance(size, int) else max(size))
+
+
 def min_decode_side(transform: Callable | None) -> int | None:
     """The shortest image side that ``transform`` needs to lose no detail, or None when that is not
     known. A JPEG decoded at a reduced scale down to this side
@@ -135,13 +150,11 @@ def min_decode_side(transform: Callable | None) -> int | None:
 
     neutral = (T.RandomHorizontalFlip, T.RandomVerticalFlip, T.ColorJitter, T.RandomGrayscale)
     for t in getattr(transform, "transforms", []):
-        if all(hasattr(t, a) for a in ("size", "scale", "ratio")):  # torchvision's and timm's RRC
-            size = max(t.size) if isinstance(t.size, (tuple, list)) else t.size
+        if is_random_resized_crop(t):
             ratio = min(t.ratio[0], 1 / t.ratio[1], 1.0)
-            return math.ceil(size / math.sqrt(min(t.scale[0], 1.0) * ratio))
+            return math.ceil(side(t.size) / math.sqrt(min(t.scale[0], 1.0) * ratio))
         if type(t) is T.Resize:
-            size = t.size if isinstance(t.size, int) else max(t.size)
-            return int(size)
-        if not (isinstance(t, neutral) or "rgb" in getattr(t, "__name__", "").lower()):
+            return side(t.size)
+        if not (isinstance(t, neutral) or is_rgb_conversion(t)):
             return None
     return None

@@ -148,6 +148,25 @@ def to_8bit(img, where: str = ""):
     return Image.fromarray(np.clip(np.rint(a / scale), 0, 255).astype(np.uint8), "L")
 
 
+def _pil_errors() -> tuple[type[BaseException], ...]:
+    """What PIL raises on bytes that are not a (decodable, reasonably sized) image."""
+    from PIL import Image, UnidentifiedImageError
+
+    return (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def image_header_size(data: bytes, where: str = "") -> tuple[int, int]:
+    """(width, height) from an image's header, without decoding it; :class:`BadImage` if the
+    header does not read."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except _pil_errors() as e:
+        raise BadImage(f"{where}: cannot read the image header ({type(e).__name__}: {e})") from None
+
+
 def decode_image(data: bytes, where: str = "", min_side: int | None = None):
     """PIL RGB image from encoded bytes (high bit depths scaled, :func:`to_8bit`); :class:`BadImage`
     if it cannot be decoded or is too large (PIL's decompression-bomb limit).
@@ -155,7 +174,7 @@ def decode_image(data: bytes, where: str = "", min_side: int | None = None):
     ``min_side``: a JPEG whose sides are both at least twice that is decoded at 1/2, 1/4 or 1/8 of
     its size (PIL's ``draft``: the reduction happens in the DCT, 1.5-2x faster), keeping both sides
     >= ``min_side``. Other formats are decoded whole."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -163,5 +182,5 @@ def decode_image(data: bytes, where: str = "", min_side: int | None = None):
                 img.draft("RGB", (min_side, min_side))
             img.load()
             return to_8bit(img, where).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except _pil_errors() as e:
         raise BadImage(f"{where}: cannot decode image ({type(e).__name__}: {e})") from None
