@@ -180,7 +180,7 @@ def train_tiny(
     from nml.noise.config import NoiseConfig
 
     seed_everything(0)
-    common = {"root": str(root), "batch_size": 16, "num_workers": num_workers, "seed": 1}
+    common = {"root": str(root), "loader": {"batch_size": 16, "num_workers": num_workers}, "seed": 1}
     if kind == "supervised":
         dm = ClassificationShards(noise=NoiseConfig("symmetric", 0.3), **common)
         model = SupervisedPretraining(

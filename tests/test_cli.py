@@ -282,7 +282,10 @@ def test_data_model_trainer_files_may_be_whole_configs(capsys, caplog):
     assert e.value.code in (0, None)
     data = yaml.safe_load(capsys.readouterr().out)["data"]
     assert data["class_path"] == "nml.data.modules.ClassificationShards"
-    assert data["init_args"]["task"] == "glyphs_heldout" and data["init_args"]["eval_batch_size"] == 256
+    assert (
+        data["init_args"]["task"] == "glyphs_heldout"
+        and data["init_args"]["loader"]["eval_batch_size"] == 256
+    )
     assert "--data tune_nmtune.yaml: its data: section" in caplog.text
 
 
@@ -303,7 +306,7 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_run_directory(
     monkeypatch.chdir(tmp_path)
     with caplog.at_level("INFO"):
         code = main(["fit", "--config", "pretrain_supervised.yaml", "--data.train", spec, "--data.val", spec,
-                     "--data.num_workers", "0", "--data.batch_size", "16", "--data.image_size", "16",
+                     "--data.loader.num_workers", "0", "--data.loader.batch_size", "16", "--data.image.image_size", "16",
                      "--trainer.accelerator", "cpu", "--trainer.max_steps", "2",
                      "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])  # fmt: skip
     assert code == 1
@@ -311,3 +314,30 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_run_directory(
     assert "nml: error:" in err and "is outside [0, 10)" in err  # one line naming the label
     assert not list((tmp_path / "runs").rglob("version_*")), list((tmp_path / "runs").rglob("*"))
     assert "removed" in caplog.text and "the run failed before its first step" in caplog.text
+
+
+def test_flat_data_keys_of_the_old_layout_are_refused_with_their_new_place(tmp_path, capsys):
+    from nml.cli.lightning import check_moved_keys
+
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        "data:\n  class_path: ClassificationShards\n  init_args:\n    batch_size: 8\n    augment: false\n"
+    )
+    assert main(["fit", "--config", str(old)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "data.batch_size is now data.loader.batch_size" in err
+        and "data.augment is now data.image.augment" in err
+    )
+    assert f"(in {old})" in err
+    assert main(["fit", "--config", "tune_linear.yaml", "--data.num_workers", "0"]) == 1
+    assert "--data.num_workers is now --data.loader.num_workers" in capsys.readouterr().err
+    shipped = REPO / "nml" / "configs"
+    # cached features (CachedFeatures) keep their own flat batch_size
+    check_moved_keys(
+        ["fit", f"--config={shipped / 'tune_linear.yaml'}", f"--data={shipped / 'data/features.yaml'}"]
+    )
+    with pytest.raises(ValueError, match=r"data.loader: unknown keys \['bogus'\]"):
+        from nml.data.modules import ClassificationShards
+
+        ClassificationShards(train="x-{0..1}.tar", loader={"bogus": 1})

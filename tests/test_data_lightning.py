@@ -80,12 +80,11 @@ def _datamodule(tmp_path: Path, **kw) -> ClassificationShards:
         train=f"{tmp_path}/train/train-{{0000..0007}}.tar",
         val=f"{tmp_path}/val/val-{{0000..0001}}.tar",
         test=[EvalSet("val_again", f"{tmp_path}/val/val-{{0000..0001}}.tar", "ood")],
-        batch_size=4,
-        image_size=8,
-        train_transform={"scale": [0.9, 1.0], "color_jitter": None},
         seed=4,
         noise=NoiseConfig("symmetric", 0.3),
         **kw,
+        loader={"batch_size": 4},
+        image={"image_size": 8, "train_transform": {"scale": [0.9, 1.0], "color_jitter": None}},
     )
 
 
@@ -166,7 +165,10 @@ def test_skipped_and_padding_samples_are_logged_every_epoch_under_lightning(tmp_
         tmp_path / "d", {"train": w.shards}, "d", {"num_classes": 3, "classes": ["a", "b", "c"]}
     )
     dm = ClassificationShards(
-        train=f"{tmp_path}/d/train-{{0000..0001}}.tar", val=None, batch_size=4, num_workers=0, image_size=8
+        train=f"{tmp_path}/d/train-{{0000..0001}}.tar",
+        val=None,
+        loader={"batch_size": 4, "num_workers": 0},
+        image={"image_size": 8},
     )
     seen = []
 

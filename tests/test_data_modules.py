@@ -9,13 +9,14 @@ import pytest
 from helpers import REPO, nml_in_one_process
 
 from nml.data.modules import ClassificationShards, ImageTextShards
+from nml.data.options import LoaderOptions, StreamOptions
 from nml.noise.config import NoiseConfig
 from nml.shards.manifest import EvalSet
 
 
 def test_defaults_point_at_the_embedded_benchmark(tiny_benchmark, monkeypatch):
     monkeypatch.setenv("NML_DATA", str(tiny_benchmark))
-    dm = ClassificationShards(num_workers=0, batch_size=16)
+    dm = ClassificationShards(loader={"num_workers": 0, "batch_size": 16})
     assert dm.task == "pretraining" and dm.num_classes == 52
     names = {s.name: s.group for s in dm.test_sets}
     assert names["glyphs_heldout"] == "id" and names["glyphs_blur_3"] == "ood" and len(names) == 13
@@ -25,7 +26,7 @@ def test_defaults_point_at_the_embedded_benchmark(tiny_benchmark, monkeypatch):
     test = dm.test_dataloader()
     assert len(test) == 13 and sum(int(b["valid"].sum()) for b in test[0]) == 52 * 3
 
-    greek = ClassificationShards(task="greek", num_workers=0)
+    greek = ClassificationShards(task="greek", loader={"num_workers": 0})
     assert greek.num_classes == 23 and [s.name for s in greek.test_sets] == ["greek"]
     with pytest.raises(ValueError, match="task 'nope' is not in the benchmark manifest"):
         ClassificationShards(task="nope")
@@ -40,9 +41,8 @@ def test_image_text_batches_tokenised_with_caption_noise(tiny_benchmark):
     dm = ImageTextShards(
         root=str(tiny_benchmark),
         noise=NoiseConfig("caption_swap", 0.5),
-        num_workers=0,
-        batch_size=32,
         context_length=24,
+        loader={"num_workers": 0, "batch_size": 32},
     )
     dm.setup("fit")
     b = next(iter(dm.train_dataloader()))
@@ -63,7 +63,8 @@ def test_yaml_configures_noise_and_named_test_sets(tiny_benchmark, tmp_path):
 data:
   root: {tiny_benchmark}
   noise: {{kind: pair, rate: 0.3}}
-  batch_size: 8
+  loader: {{batch_size: 8, num_workers: 0}}
+  image: {{image_size: 16}}
   test:
     - name: mnist
       shards: "mnist/test-{{000000..000003}}.tar"
@@ -74,9 +75,13 @@ data:
     parser = ArgumentParser()
     parser.add_argument("--config", action="config")
     parser.add_class_arguments(ClassificationShards, "data")
-    ns = parser.parse_args(["--config", str(cfg), "--data.noise.rate", "0.4"])
+    ns = parser.parse_args(
+        ["--config", str(cfg), "--data.noise.rate", "0.4", "--data.loader.batch_size", "4"]
+    )
     dm = parser.instantiate_classes(ns).data
     assert dm.noise == NoiseConfig("pair", 0.4)
+    assert dm.loader == LoaderOptions(batch_size=4, num_workers=0) and dm.batch_size == 4
+    assert dm.image.image_size == 16 and dm.input_size == 16 and dm.stream == StreamOptions()
     assert dm.test_sets == [EvalSet("mnist", "mnist/test-{000000..000003}.tar", "ood", 10)]  # as typed
 
 
@@ -118,17 +123,17 @@ def test_zero_shot_prompts_come_from_the_data(tiny_benchmark, tmp_path):
     data with class names only gets CLIP's plainest template."""
     from helpers import write_shards
 
-    dm = ImageTextShards(root=str(tiny_benchmark), num_workers=0)
-    prompts = dm.set_prompts(None)
+    dm = ImageTextShards(root=str(tiny_benchmark), loader={"num_workers": 0})
+    prompts = dm.prompts_of(None)
     assert len(prompts) == len(dm.classes) == 52 and dm.classes[0] == "0/O/o"
     assert prompts[0][:3] == ["the digit 0", "the uppercase O", "the lowercase o"]
     assert "an image of the character 'O'" in prompts[0] and len(prompts[0]) == 4 * 3
-    assert dm.set_prompts(None, ["a {name}"])[0] == ["a digit 0", "a uppercase O", "a lowercase o"]
+    assert dm.prompts_of(None, ["a {name}"])[0] == ["a digit 0", "a uppercase O", "a lowercase o"]
     with pytest.raises(ValueError, match=r"use a field 'ch' that class 0 does not have"):
         plain = write_shards(tmp_path / "plain", [6], num_classes=3)
-        ClassificationShards(train=plain, val=plain, num_workers=0).set_prompts(None, ["the {ch}"])
-    plain_dm = ClassificationShards(train=plain, val=plain, num_workers=0)
-    assert plain_dm.set_prompts(None) == [["a photo of a c0."], ["a photo of a c1."], ["a photo of a c2."]]
+        ClassificationShards(train=plain, val=plain, loader={"num_workers": 0}).prompts_of(None, ["the {ch}"])
+    plain_dm = ClassificationShards(train=plain, val=plain, loader={"num_workers": 0})
+    assert plain_dm.prompts_of(None) == [["a photo of a c0."], ["a photo of a c1."], ["a photo of a c2."]]
 
 
 def test_your_shards_win_over_a_configs_task_and_info_num_classes_is_read(tmp_path, monkeypatch, caplog):
@@ -169,8 +174,10 @@ def test_pretraining_on_your_shards_takes_the_models_input_size(tmp_path, tiny_b
     spec = write_shards(tmp_path / "mine", [6, 6], num_classes=3)
     expected = timm.create_model("test_resnet").pretrained_cfg["input_size"][-1]
     runs = {
-        "yours": ClassificationShards(train=spec, batch_size=4, num_workers=0),
-        "benchmark": ClassificationShards(root=str(tiny_benchmark), batch_size=4, num_workers=0),
+        "yours": ClassificationShards(train=spec, loader={"batch_size": 4, "num_workers": 0}),
+        "benchmark": ClassificationShards(
+            root=str(tiny_benchmark), loader={"batch_size": 4, "num_workers": 0}
+        ),
     }
     for name, dm in runs.items():
         seen = []
@@ -226,7 +233,7 @@ def test_imagenet_class_names_for_sets_without_names_else_a_warning(tmp_path, ca
     info.write_text(json.dumps({**meta, "num_classes": 1000}))
     dm = ImageTextShards(train=train, val=val, class_names="imagenet", context_length=16)
     assert dm.num_classes == 1000 and dm.classes[:2] == ["tench", "goldfish"]
-    prompts = dm.set_prompts(dm.val_sets[0])
+    prompts = dm.prompts_of(dm.val_sets[0])
     assert len(prompts) == 1000 and len(prompts[0]) == 80 and prompts[0][0] == "a bad photo of a tench."
     names = tmp_path / "names.txt"
     names.write_text("\n".join(f"thing {i}" for i in range(1000)))
@@ -235,7 +242,7 @@ def test_imagenet_class_names_for_sets_without_names_else_a_warning(tmp_path, ca
         Trainer(accelerator="cpu", max_steps=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
                 enable_progress_bar=False, enable_model_summary=False).fit(
             ContrastivePretraining("tiny", TINY_CLIP),
-            ImageTextShards(train=train, val=val, context_length=16, batch_size=4, num_workers=0),
+            ImageTextShards(train=train, val=val, context_length=16, loader={"batch_size": 4, "num_workers": 0}),
         )  # fmt: skip
     assert (
         caplog.text.count("zero-shot validation is off") == 1 and "data.class_names: imagenet" in caplog.text
@@ -254,11 +261,8 @@ def test_a_test_set_with_another_label_space_is_skipped_not_a_crash(tmp_path, ca
     meta = json.loads(info.read_text())
     del meta["classes"]
     info.write_text(json.dumps({**meta, "num_classes": 1000}))
-    dm = ClassificationShards(
-        train=small, val=small, test=[EvalSet("big", big, "ood"), EvalSet("small", small, "id")],
-        batch_size=4, num_workers=0, image_size=16,
-    )  # fmt: skip
-    assert dm.num_classes == 10 and dm.set_num_classes(dm.test_sets[0]) == 1000
+    dm = ClassificationShards(train=small, val=small, test=[EvalSet("big", big, "ood"), EvalSet("small", small, "id")], loader={"batch_size": 4, "num_workers": 0}, image={"image_size": 16})  # fmt: skip
+    assert dm.num_classes == 10 and dm.num_classes_of(dm.test_sets[0]) == 1000
     trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     module = SupervisedPretraining("test_resnet", num_classes=10)
@@ -275,7 +279,7 @@ def test_a_test_set_that_fails_midway_keeps_the_finished_sets_metrics(tmp_path, 
     from helpers import write_shards
     from lightning.pytorch import Trainer
 
-    from nml.callbacks.test_report import TestReport
+    from nml.callbacks.metrics_report import TestReport
     from nml.models.supervised import SupervisedPretraining
     from nml.shards.members import ShardFormatError
 
@@ -287,10 +291,7 @@ def test_a_test_set_that_fails_midway_keeps_the_finished_sets_metrics(tmp_path, 
             {**json.loads(info.read_text()), "num_classes": 10, "classes": [str(c) for c in range(10)]}
         )
     )
-    dm = ClassificationShards(
-        train=small, val=small, test=[EvalSet("small", small, "id"), EvalSet("bad", bad, "ood")],  # ... in 10 classes
-        batch_size=4, num_workers=0, image_size=16,
-    )  # fmt: skip
+    dm = ClassificationShards(train=small, val=small, test=[EvalSet("small", small, "id"), EvalSet("bad", bad, "ood")], loader={"batch_size": 4, "num_workers": 0}, image={"image_size": 16})  # fmt: skip
     monkeypatch.chdir(tmp_path)  # no logger, no checkpoint: metrics.json goes to the working directory
     trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, callbacks=[TestReport()],
                       enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
@@ -301,3 +302,13 @@ def test_a_test_set_that_fails_midway_keeps_the_finished_sets_metrics(tmp_path, 
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert list(report["metrics"]) == ["test/id/small/top1"] and report["samples"] == {"small": 12}
     assert report["incomplete"]["failed_set"] == "bad" and "outside [0, 10)" in report["incomplete"]["error"]
+
+
+def test_the_eval_suite_getters_former_names_still_work_with_a_deprecation_warning(tiny_benchmark):
+    dm = ClassificationShards(root=str(tiny_benchmark), loader={"num_workers": 0})
+    s = dm.test_sets[0]
+    for old, new in (("set_num_classes", "num_classes_of"), ("set_classes", "classes_of")):
+        with pytest.warns(DeprecationWarning, match=f"{old}\\(\\) is renamed {new}\\(\\)"):
+            assert getattr(dm, old)(s) == getattr(dm, new)(s)
+    with pytest.warns(DeprecationWarning, match="set_prompts"):
+        assert dm.set_prompts(None) == dm.prompts_of(None)

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 def _fit(root: Path, runs: Path, records: Path, *extra: str) -> int:
     return main([
-        "fit", "--config", "pretrain_supervised.yaml", "--data.root", str(root), "--data.num_workers", "0",
-        "--data.batch_size", "16", "--trainer.accelerator", "cpu", "--trainer.max_steps", "6",
+        "fit", "--config", "pretrain_supervised.yaml", "--data.root", str(root), "--data.loader.num_workers", "0",
+        "--data.loader.batch_size", "16", "--trainer.accelerator", "cpu", "--trainer.max_steps", "6",
         "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks.at_fit_end=false",  # the config's last callback, FeatureSpectrum: no spectra here
         "--trainer.logger.init_args.save_dir", str(runs), "--trainer.callbacks+=key_recorder.StepLosses",
@@ -93,7 +93,7 @@ def test_an_unreachable_rendezvous_fails_within_the_timeout_naming_it(
     )  # the DDP setup makes this process rank 1
     t0 = time.monotonic()
     code = main([
-        "fit", "--config", "pretrain_supervised.yaml", "--data.root", str(tiny_benchmark), "--data.num_workers", "0",
+        "fit", "--config", "pretrain_supervised.yaml", "--data.root", str(tiny_benchmark), "--data.loader.num_workers", "0",
         "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.logger", "false",
         "--trainer.strategy", "lightning.pytorch.strategies.DDPStrategy", "--trainer.strategy.timeout", "0:00:03",
         "--trainer.strategy.process_group_backend", "gloo",

@@ -25,9 +25,9 @@ pytestmark = [
 
 
 def _fit_and_test(config: str, root: Path, tmp_path: Path, extra: list[str], capsys) -> tuple[Path, dict]:
-    common = ["--config", config, "--data.root", str(root), "--data.num_workers", "2"]
+    common = ["--config", config, "--data.root", str(root), "--data.loader.num_workers", "2"]
     assert 0 == main(
-        ["fit", *common, "--data.batch_size", "32", "--trainer.accelerator", "gpu",
+        ["fit", *common, "--data.loader.batch_size", "32", "--trainer.accelerator", "gpu",
          "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
          "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
          "--trainer.enable_progress_bar", "false", *extra]
@@ -88,7 +88,7 @@ def test_tuning_on_cuda_on_images_and_on_cached_features(tiny_benchmark, tmp_pat
     from lightning.pytorch import Trainer
 
     from nml.data.modules import ClassificationShards
-    from nml.features.datamodule import FeatureShards
+    from nml.features.datamodule import CachedFeatures
     from nml.features.extract import extract_features
     from nml.models.backbones import create_backbone
     from nml.models.export import write_export
@@ -101,7 +101,7 @@ def test_tuning_on_cuda_on_images_and_on_cached_features(tiny_benchmark, tmp_pat
         tmp_path / "x",
         data=data,
     )
-    fast = {"num_workers": 2, "batch_size": 16, "eval_batch_size": 64}
+    fast = {"loader": {"num_workers": 2, "batch_size": 16, "eval_batch_size": 64}}
 
     def run(model, dm) -> dict:
         trainer = Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=5, limit_val_batches=1,
@@ -117,10 +117,12 @@ def test_tuning_on_cuda_on_images_and_on_cached_features(tiny_benchmark, tmp_pat
     )
     backbone = create_backbone(tmp_path / "x")
     dm = ClassificationShards(
-        root=str(tiny_benchmark), task="mnist", mean=data["mean"], std=data["std"], **fast
+        root=str(tiny_benchmark), task="mnist", **fast, image={"mean": data["mean"], "std": data["std"]}
     )
     extract_features(backbone, dm, tmp_path / "features", views=2, seed=0, device="cuda")
-    on_features = run(DownstreamTuning(method), FeatureShards(root=str(tmp_path / "features"), batch_size=16))
+    on_features = run(
+        DownstreamTuning(method), CachedFeatures(root=str(tmp_path / "features"), batch_size=16)
+    )
     for metrics in (on_images, on_features):
         assert math.isfinite(metrics["train/loss_epoch"])
         assert "test/id/mnist/top1" in metrics and "test/ood/mnist_to_handwriting_font/top1" in metrics
@@ -136,8 +138,7 @@ def test_decode_on_device_uses_nvjpeg_and_matches_the_cpu_decode(tmp_path):
     from nml.models.supervised import SupervisedPretraining
 
     spec = write_pattern_shards(tmp_path, 32, 320, 240)
-    dm = ClassificationShards(train=spec, val=spec, num_classes=4, image_size=64, batch_size=16, num_workers=2,
-                              train_transform={"color_jitter": 0}, decode_on_device=True)  # fmt: skip
+    dm = ClassificationShards(train=spec, val=spec, num_classes=4, loader={"batch_size": 16, "num_workers": 2}, image={"image_size": 64, "train_transform": {"color_jitter": 0}, "decode_on_device": True})  # fmt: skip
     trainer = Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=4, limit_val_batches=1,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
     model = SupervisedPretraining("test_resnet", num_classes=4)

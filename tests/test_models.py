@@ -239,13 +239,13 @@ def test_training_steps_never_read_tensors_on_the_host(tiny_benchmark, tmp_path,
     import numpy as np
 
     from nml.data.modules import ClassificationShards, ImageTextShards
-    from nml.features.datamodule import FeatureShards
+    from nml.features.datamodule import CachedFeatures
     from nml.models.contrastive import ContrastivePretraining
     from nml.models.supervised import SupervisedPretraining
     from nml.models.tuning import DownstreamTuning
     from nml.noise.config import NoiseConfig
 
-    common = {"root": str(tiny_benchmark), "batch_size": 8, "num_workers": 0}
+    common = {"root": str(tiny_benchmark), "loader": {"batch_size": 8, "num_workers": 0}}
     if kind == "supervised":
         module = SupervisedPretraining("test_resnet")
         dm = ClassificationShards(noise=NoiseConfig("symmetric", 0.3), **common)
@@ -259,7 +259,7 @@ def test_training_steps_never_read_tensors_on_the_host(tiny_benchmark, tmp_path,
             np.save(tmp_path / split / "features.npy", rng.normal(size=(32, 12)).astype(np.float32))
             np.save(tmp_path / split / "labels.npy", rng.integers(0, 4, 32))
         module = DownstreamTuning(kind)
-        dm = FeatureShards(train=str(tmp_path / "train"), val=str(tmp_path / "val"), batch_size=8)
+        dm = CachedFeatures(train=str(tmp_path / "train"), val=str(tmp_path / "val"), batch_size=8)
     assert _training_step_reads(module, dm) == []
 
 
@@ -301,7 +301,9 @@ def test_siglip_loss_trains_and_needs_a_logit_bias(tiny_benchmark):
     losses = []
     step = module.training_step
     module.training_step = lambda *a: losses.append(step(*a)) or losses[-1]
-    dm = ImageTextShards(root=str(tiny_benchmark), batch_size=8, num_workers=0, context_length=16)
+    dm = ImageTextShards(
+        root=str(tiny_benchmark), context_length=16, loader={"batch_size": 8, "num_workers": 0}
+    )
     Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False).fit(module, dm)  # fmt: skip
     assert len(losses) == 3 and all(torch.isfinite(v) for v in losses)
@@ -333,7 +335,10 @@ def test_open_clip_models_with_a_timm_image_tower_train(tiny_benchmark, name):
     module = ContrastivePretraining(name, cfg, loss=loss)
     assert module.backbone.feature_dim == cfg["embed_dim"]
     dm = ImageTextShards(
-        root=str(tiny_benchmark), batch_size=2, num_workers=0, context_length=16, image_size=size
+        root=str(tiny_benchmark),
+        context_length=16,
+        loader={"batch_size": 2, "num_workers": 0},
+        image={"image_size": size},
     )
     trainer = Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
@@ -364,7 +369,9 @@ def test_zero_shot_head_is_batched_over_classes_and_built_once_per_class_set(tin
     monkeypatch.setattr(
         contrastive, "zeroshot_classifier", lambda *a, **k: calls.append(1) or zeroshot_classifier(*a, **k)
     )
-    dm = ImageTextShards(root=str(tiny_benchmark), batch_size=32, num_workers=0, context_length=16)
+    dm = ImageTextShards(
+        root=str(tiny_benchmark), context_length=16, loader={"batch_size": 32, "num_workers": 0}
+    )
     Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
             limit_test_batches=1).test(contrastive.ContrastivePretraining("tiny", TINY_CLIP), dm, verbose=False)  # fmt: skip
     assert len(dm.test_sets) == 13 and len(calls) == 1  # 13 test sets over the same 52 classes
@@ -381,7 +388,7 @@ def test_learning_rate_from_lr_base_and_the_global_batch(tiny_benchmark, rule, e
     from nml.data.modules import ClassificationShards
     from nml.models.supervised import SupervisedPretraining
 
-    dm = ClassificationShards(root=str(tiny_benchmark), batch_size=16, num_workers=0)
+    dm = ClassificationShards(root=str(tiny_benchmark), loader={"batch_size": 16, "num_workers": 0})
     module = SupervisedPretraining("test_resnet", optimizer=partial(torch.optim.SGD, lr=5.0))
     trainer = Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=2,
@@ -420,7 +427,7 @@ def test_throughput_counts_the_steps_flops_logs_rates_and_lr_and_syncs_only_on_l
     from nml.models.supervised import SupervisedPretraining
 
     module = SupervisedPretraining("test_resnet")
-    dm = ClassificationShards(root=str(tiny_benchmark), batch_size=8, num_workers=0)
+    dm = ClassificationShards(root=str(tiny_benchmark), loader={"batch_size": 8, "num_workers": 0})
     throughput = TrainingThroughput(window_size=2)
     clock_reads = []
     now = throughput._now
@@ -459,3 +466,47 @@ def test_throughput_counts_the_steps_flops_logs_rates_and_lr_and_syncs_only_on_l
     assert "train/device/mfu" not in logged  # no peak FLOPs for a CPU
     lr = dict(logged["train/lr/decay"])
     assert lr.keys() == {1, 3, 5} and lr == dict(logged["train/lr/no_decay"]) and min(lr.values()) > 0
+
+
+def test_a_backbone_family_is_one_registry_entry():
+    """A new family is one adapter class: create_backbone, features, logits, preprocessing, export
+    and the transform family all come from it, with no branch elsewhere."""
+    from torch import nn
+
+    from nml.models.backbones import BackboneFamily, get_family, list_families, register_family
+    from nml.models.backbones.family import _FAMILIES
+
+    assert {"timm", "open_clip"} <= set(list_families())
+    with pytest.raises(
+        ValueError, match=r"backbone library: expected one of \[.*'open_clip', 'timm'.*got 'nope'"
+    ):
+        create_backbone({"library": "nope", "name": "x"})
+
+    @register_family
+    class TinyFamily(BackboneFamily):
+        name, transforms, features_description = "tiny_test", "timm", "flattened pixels"
+
+        def instantiate(self, config):
+            return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, config.kwargs.get("dim", 5)))
+
+        def feature_dim(self, model, config):
+            return model[1].out_features
+
+        def features(self, model, images):
+            return model(images)
+
+        def preprocessing(self, model):
+            return 8, [0.5] * 3, [0.25] * 3
+
+    try:
+        backbone = create_backbone({"library": "tiny_test", "name": "flat", "kwargs": {"dim": 7}})
+        assert get_family("tiny_test") is backbone.family and backbone.feature_dim == 7
+        assert backbone.features(torch.zeros(2, 3, 8, 8)).shape == (2, 7)
+        assert backbone.preprocessing() == (8, [0.5] * 3, [0.25] * 3) and backbone.crop_pct() is None
+        assert backbone.transforms == "timm"
+        with pytest.raises(ValueError, match="has no classifier head"):
+            backbone.logits(torch.zeros(1, 3, 8, 8))
+        with pytest.raises(ValueError, match="already registered"):
+            register_family(TinyFamily)
+    finally:
+        _FAMILIES.pop("tiny_test", None)

@@ -69,8 +69,8 @@ def _fit_options(root: Path, runs: Path, records: Path) -> list[str]:
     """The options of the runs here after ``--config pretrain_supervised.yaml``, nodes aside."""
     return [
         "--trainer.callbacks.at_fit_end=false",  # the config's last callback, FeatureSpectrum: no spectra here
-        "--data.root", str(root), "--data.num_workers", "0", "--trainer.accelerator", "cpu",
-        "--trainer.logger.init_args.save_dir", str(runs), "--data.batch_size", "16", "--trainer.max_steps", "6",
+        "--data.root", str(root), "--data.loader.num_workers", "0", "--trainer.accelerator", "cpu",
+        "--trainer.logger.init_args.save_dir", str(runs), "--data.loader.batch_size", "16", "--trainer.max_steps", "6",
         "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "2",
         "--trainer.callbacks+=key_recorder.StepLosses", f"--trainer.callbacks.out_dir={records}",
     ]  # fmt: skip
@@ -130,7 +130,7 @@ def test_two_nodes_train_on_disjoint_samples_and_evaluate_exactly(
 
     ckpt = next((two_node_fit / "runs").rglob("last.ckpt"))
     test = ["test", "--config", "pretrain_supervised.yaml", "--data.root", str(tiny_benchmark),
-            "--data.num_workers", "0", "--trainer.accelerator", "cpu", "--ckpt_path", str(ckpt),
+            "--data.loader.num_workers", "0", "--trainer.accelerator", "cpu", "--ckpt_path", str(ckpt),
             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
             "--trainer.callbacks.at_test_end=false"]  # fmt: skip
     monkeypatch.chdir(tmp_path)

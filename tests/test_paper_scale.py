@@ -80,7 +80,7 @@ def test_imagenet_and_cc_style_shards_through_the_shipped_configs(
 ):
     monkeypatch.chdir(shards)  # relative specs, as typed: relative to the working directory
     imagenet = ["--data.train", f"imagenet/{TRAIN}", "--data.val", f"imagenet/{VAL}"]
-    tiny = ["--data.batch_size", "4", "--data.num_workers", "0", "--trainer.accelerator", "cpu",
+    tiny = ["--data.loader.batch_size", "4", "--data.loader.num_workers", "0", "--trainer.accelerator", "cpu",
             "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]  # fmt: skip
     runs = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
 
@@ -98,7 +98,7 @@ def test_imagenet_and_cc_style_shards_through_the_shipped_configs(
     # nml test on a named set of those shards: JSON alone on stdout, every sample counted
     run_dir = next((tmp_path / "runs" / "pretrain_supervised").glob("version_*"))
     capsys.readouterr()
-    _run(["test", "--config", "pretrain_supervised.yaml", *imagenet, "--data.num_workers", "0",
+    _run(["test", "--config", "pretrain_supervised.yaml", *imagenet, "--data.loader.num_workers", "0",
           "--data.test", f'[{{name: imagenet_val, shards: "imagenet/{VAL}", group: id}}]',  # as in the README
           "--trainer.accelerator", "cpu", "--ckpt_path", str(run_dir), *runs])  # fmt: skip
     report = json.loads(capsys.readouterr().out)

@@ -424,7 +424,9 @@ def test_no_per_sample_seeding_when_augmentation_is_off(tiny_benchmark, monkeypa
     monkeypatch.setattr(pipeline, "seeded_rng", lambda name: calls.append(name))
     from nml.data.modules import ClassificationShards
 
-    dm = ClassificationShards(root=str(tiny_benchmark), batch_size=16, num_workers=0, augment=False)
+    dm = ClassificationShards(
+        root=str(tiny_benchmark), loader={"batch_size": 16, "num_workers": 0}, image={"augment": False}
+    )
     dm.setup("fit")
     next(iter(dm.train_dataloader()))
     assert calls == []  # augment: false trains on the eval transform: nothing to seed
@@ -538,11 +540,12 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
     from nml.models.supervised import SupervisedPretraining
 
     spec = write_pattern_shards(tmp_path, 16, 128, 96, png_every=4)
-    common = dict(train=spec, val=spec, num_classes=4, image_size=48, batch_size=8, num_workers=0,
-                  train_transform={"color_jitter": 0}, noise=NoiseConfig("symmetric", 0.3))  # fmt: skip
+    common = dict(train=spec, val=spec, num_classes=4, loader={"batch_size": 8, "num_workers": 0},
+                  noise=NoiseConfig("symmetric", 0.3))  # fmt: skip
+    image = {"image_size": 48, "train_transform": {"color_jitter": 0}}
 
     def first_batch(views: int, on_device: bool) -> dict:
-        dm = ClassificationShards(**common, views=views, decode_on_device=on_device)
+        dm = ClassificationShards(**common, image={**image, "views": views, "decode_on_device": on_device})
         dm.setup("fit")
         batch = next(iter(dm.train_dataloader()))
         if on_device:
@@ -564,7 +567,7 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
     # an image whose header reads but whose data does not decode: its row becomes a repeat of a good one
     from nml.data.device_decode import decode_batch, device_plan, fill_failed
 
-    dm = ClassificationShards(**common, decode_on_device=True)
+    dm = ClassificationShards(**common, image={**image, "decode_on_device": True})
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     jpeg = next(i for i, data in enumerate(batch["encoded"]) if data[0] == 0xFF)
@@ -577,9 +580,8 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
     assert batch["key"][jpeg] == batch["key"][good] and batch["target"][jpeg] == batch["target"][good]
 
     with pytest.raises(ValueError, match="ColorJitter cannot run on the device"):
-        dm = ClassificationShards(
-            **{**common, "train_transform": {"color_jitter": 0.4}}, decode_on_device=True
-        )
+        jitter = {**image, "train_transform": {"color_jitter": 0.4}, "decode_on_device": True}
+        dm = ClassificationShards(**common, image=jitter)
         dm.setup("fit")
         next(iter(dm.train_dataloader()))
 
@@ -589,7 +591,7 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
     for i in range(1, 8):
         truncated |= {f"t{i}.png": png_bytes(i), f"t{i}.cls": b"1"}
     spec_with_bad = f"{spec}::{_tar(tmp_path / 'bad.tar', truncated)}"
-    dm = ClassificationShards(**{**common, "train": spec_with_bad}, decode_on_device=True)
+    dm = ClassificationShards(**{**common, "train": spec_with_bad}, image={**image, "decode_on_device": True})
     trainer = Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(SupervisedPretraining("test_resnet", num_classes=4), dm)

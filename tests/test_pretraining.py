@@ -66,7 +66,7 @@ def _scalar_tags(log_dir: Path) -> set[str]:
 def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, config, expected):
     run = subprocess.run(
         [PYTHON, "-m", "nml.cli", "fit", "--config", config, "--data.root", str(tiny_benchmark),
-         "--data.noise.rate", "0.3", "--data.num_workers", "0", "--data.batch_size", "32",
+         "--data.noise.rate", "0.3", "--data.loader.num_workers", "0", "--data.loader.batch_size", "32",
          "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "2",
          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
         capture_output=True, text=True, env=nml_subprocess_env(), cwd=tmp_path, timeout=600,
@@ -89,7 +89,7 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     assert float(npz["samples"]) == 52 * 3 and float(npz["sve"]) > 0
 
     (test_out, test_err), (export_out, _) = nml_in_one_process([
-        ["test", "--config", config, "--data.root", str(tiny_benchmark), "--data.num_workers", "0",
+        ["test", "--config", config, "--data.root", str(tiny_benchmark), "--data.loader.num_workers", "0",
          "--ckpt_path", str(ckpt.parent.parent),  # a run dir: its last.ckpt
          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
         ["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export")],
@@ -167,7 +167,7 @@ def test_ema_callback_mixup_and_channels_last_switches(tiny_benchmark, caplog):
     from lightning.pytorch.callbacks import EMAWeightAveraging
 
     seed_everything(0)
-    dm = ClassificationShards(root=str(tiny_benchmark), batch_size=16, num_workers=0)
+    dm = ClassificationShards(root=str(tiny_benchmark), loader={"batch_size": 16, "num_workers": 0})
     with caplog.at_level("WARNING"):
         model = SupervisedPretraining(
             "test_resnet", num_classes=52, mixup=0.2, cutmix=1.0, channels_last=True

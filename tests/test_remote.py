@@ -105,7 +105,7 @@ def test_http_shards_stream_as_the_local_ones_with_sizes_from_the_server(shards,
     from nml.data.modules import ClassificationShards
 
     assert read_info(url)["classes"] == [f"c{c}" for c in range(5)]
-    assert ClassificationShards(train=url, val=url, num_workers=0).num_classes == 5
+    assert ClassificationShards(train=url, val=url, loader={"num_workers": 0}).num_classes == 5
 
 
 @pytest.mark.parametrize("mode", ["drop", "drop-norange"])

@@ -150,7 +150,7 @@ def test_feature_spectrum_callback_matches_an_independent_computation(tiny_bench
     from nml.models.supervised import SupervisedPretraining
 
     seed_everything(0)
-    dm = ClassificationShards(root=str(tiny_benchmark), batch_size=16, num_workers=0)
+    dm = ClassificationShards(root=str(tiny_benchmark), loader={"batch_size": 16, "num_workers": 0})
     model = SupervisedPretraining("test_resnet", num_classes=52)
     cb = FeatureSpectrum(sets=["glyphs_heldout", "glyphs_noise_3"], top_k=3)
     Trainer(

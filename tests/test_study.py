@@ -171,8 +171,8 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
     from nml.study.config import Benchmark, Features
 
     monkeypatch.chdir(tmp_path)
-    tiny = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--data.init_args.train_shards", "4",
-            "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    tiny = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--data.init_args.stream.train_shards", "4",
+            "--data.init_args.loader.batch_size", "16", "--data.init_args.loader.num_workers", "0", "--trainer.enable_progress_bar", "false"]  # fmt: skip
     kw = {
         "name": "tiny",
         "grid": Grid(["supervised"], [0.0, 0.3], [0], random_init=True),

@@ -1,5 +1,5 @@
 """Downstream tuning: every method on images (a tiny exported backbone) and on cached features,
-the frozen backbone, `nml features`, FeatureShards' batching, resume, and the CLI end to end."""
+the frozen backbone, `nml features`, CachedFeatures' batching, resume, and the CLI end to end."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from nml.data.modules import ClassificationShards
 from nml.features.cache import FeatureSplit, load_split
-from nml.features.datamodule import FeatureLoader, FeatureShards
+from nml.features.datamodule import CachedFeatures, FeatureLoader
 from nml.features.extract import extract_features
 from nml.models.backbones import create_backbone
 from nml.models.export import write_export
 from nml.models.tuning import DownstreamTuning
 
 DATA = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "noise": {"kind": "none"}}
-FAST = {"num_workers": 0, "batch_size": 16, "eval_batch_size": 64}
+FAST = {"loader": {"num_workers": 0, "batch_size": 16, "eval_batch_size": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def feature_cache(tiny_benchmark, exports, tmp_path_factory) -> Path:
     backbone = create_backbone(exports["clip"])
     meta = backbone.export_meta
     dm = ClassificationShards(
-        root=str(tiny_benchmark), task="mnist", mean=meta["mean"], std=meta["std"], **FAST
+        root=str(tiny_benchmark), task="mnist", **FAST, image={"mean": meta["mean"], "std": meta["std"]}
     )
     extract_features(backbone, dm, out, views=2, seed=0)
     return out
@@ -86,8 +86,8 @@ def test_each_method_trains_on_images_and_tests_id_and_ood(tiny_benchmark, expor
         assert changed == [], changed[:5]  # parameters and BatchNorm statistics untouched
         assert not any(p.requires_grad for p in model.backbone.parameters())
     # the data module followed the backbone: normalisation from the export, views from the method
-    assert dm.mean == tuple(DATA["mean"]) and dm.views == (1 if method == "linear" else 2)
-    assert dm.augment is (method != "linear")
+    assert dm.image.mean == tuple(DATA["mean"]) and dm.image.views == (1 if method == "linear" else 2)
+    assert dm.image.augment is (method != "linear")
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss_epoch"]) and 0 <= metrics["train/top1_epoch"] <= 1
     assert ("train/svd_epoch" in metrics) == (method in ("nmtune", "finetune"))
@@ -113,7 +113,7 @@ def test_finetune_keeps_the_pretrained_anchor_frozen_and_out_of_the_checkpoint(e
 def test_each_method_trains_on_cached_features_with_no_backbone(feature_cache, method):
     seed_everything(0)
     model = DownstreamTuning(method)
-    dm = FeatureShards(str(feature_cache), batch_size=16)
+    dm = CachedFeatures(str(feature_cache), batch_size=16)
     trainer = _trainer(max_epochs=2)
     trainer.fit(model, dm)
     assert model.backbone is None and model.hparams.feature_dim == TINY_CLIP["embed_dim"]
@@ -141,7 +141,7 @@ def test_nml_features_writes_every_split_deterministically(tiny_benchmark, expor
     backbone = create_backbone(exports["clip"])
     emeta = backbone.export_meta
     dm = ClassificationShards(
-        root=str(tiny_benchmark), task="mnist", mean=emeta["mean"], std=emeta["std"], **FAST
+        root=str(tiny_benchmark), task="mnist", **FAST, image={"mean": emeta["mean"], "std": emeta["std"]}
     )
     batch = next(iter(dm.extraction_loader(dm.train_spec)))
     with torch.no_grad():
@@ -217,7 +217,7 @@ def test_other_feature_formats_and_bad_input(tmp_path):
     np.savez(tmp_path / "nolabels.npz", features=x)
     with pytest.raises(ValueError, match=r"nolabels.npz: no array \['labels'\]"):
         load_split(tmp_path / "nolabels.npz")
-    dm = FeatureShards(train=str(tmp_path / "api.npz"), val=str(tmp_path / "api.npz"))
+    dm = CachedFeatures(train=str(tmp_path / "api.npz"), val=str(tmp_path / "api.npz"))
     assert dm.num_classes == 3 and dm.feature_dim == 3
     with pytest.raises(ValueError, match="D=3, but the head expects D=8"):
         _trainer(max_steps=1).fit(DownstreamTuning("linear", feature_dim=8, num_classes=3), dm)
@@ -243,7 +243,7 @@ def _tune(cache: Path, out: Path, steps: int, stop_at=None, ckpt_path=None, max_
     trainer = _trainer(
         **bound, limit_val_batches=0, enable_checkpointing=stop_at is not None, callbacks=callbacks
     )
-    trainer.fit(DownstreamTuning("nmtune"), FeatureShards(str(cache), batch_size=16), ckpt_path=ckpt_path)
+    trainer.fit(DownstreamTuning("nmtune"), CachedFeatures(str(cache), batch_size=16), ckpt_path=ckpt_path)
     return losses.losses
 
 
@@ -288,7 +288,7 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
         ["test", "--config", "tune_nmtune.yaml", "--data", "data/features.yaml", "--data.init_args.root", str(cache),
          "--model.init_args.backbone", "null", "--ckpt_path", str(run_dir), *common],
         ["fit", "--config", "tune_linear.yaml", "--model.init_args.backbone", str(exports["clip"]),
-         "--data.root", str(tiny_benchmark), "--data.num_workers", "0", "--trainer.max_steps", "3",
+         "--data.root", str(tiny_benchmark), "--data.loader.num_workers", "0", "--trainer.max_steps", "3",
          "--trainer.limit_val_batches", "1", *common],
     ]  # fmt: skip
     (features_out, features_err), _, (test_out, test_err), _ = nml_in_one_process(runs, tmp_path)
@@ -334,3 +334,11 @@ def test_feature_extraction_reports_progress_in_a_log_file(caplog):
     progress.close()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test/mnist:")]
     assert lines[0].startswith("test/mnist: 1/4 batches") and "samples/s, ETA" in lines[0] and len(lines) == 3
+
+
+def test_feature_shards_is_the_former_name_of_cached_features(feature_cache):
+    from nml.features.datamodule import FeatureShards
+
+    with pytest.warns(DeprecationWarning, match="renamed CachedFeatures"):
+        dm = FeatureShards(str(feature_cache), batch_size=16)
+    assert isinstance(dm, CachedFeatures) and dm.batch_size == 16

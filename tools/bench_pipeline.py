@@ -147,11 +147,7 @@ def jpeg_mode(args) -> dict:
 
     def rate(workers: int, train: bool, reduced: bool = True, on_device: bool = True, **kw) -> float:
         """Samples/s out of the loader (uint8 training batches are normalised later, on the GPU)."""
-        dm = ClassificationShards(
-            train=spec, val=spec, num_classes=100, image_size=args.image_size, batch_size=64,
-            num_workers=workers, persistent_workers=False, noise=NoiseConfig("symmetric", 0.2),
-            reduced_decode=reduced, normalize_on_device=on_device, **kw,
-        )  # fmt: skip
+        dm = ClassificationShards(train=spec, val=spec, num_classes=100, noise=NoiseConfig("symmetric", 0.2), **kw, loader={"batch_size": 64, "num_workers": workers, "persistent_workers": False}, image={"image_size": args.image_size, "reduced_decode": reduced, "normalize_on_device": on_device})  # fmt: skip
         dm.setup("fit")
         runs = []
         for _ in range(args.repeats):

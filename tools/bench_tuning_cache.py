@@ -5,7 +5,7 @@
 
 For each backbone (random weights: timing does not depend on them) and method, one Lightning run of
 ``DownstreamTuning`` on ``--images`` training images of the embedded benchmark (``glyphs_heldout``),
-and one on their cached features (``FeatureShards``, no backbone): the image path runs the frozen
+and one on their cached features (``CachedFeatures``, no backbone): the image path runs the frozen
 backbone on the views every epoch (two augmented views for mlp/nmtune, one eval view for linear),
 as the authors' code does. Epoch times are the mean over epochs after the first (worker start-up,
 allocator warm-up); the ratio image / cached is printed. The one-off extraction time is reported
@@ -83,7 +83,7 @@ def run(name: str, methods: list[str], images: int, epochs: int, workers: int, r
     import torch
 
     from nml.data.modules import ClassificationShards
-    from nml.features.datamodule import FeatureShards
+    from nml.features.datamodule import CachedFeatures
     from nml.features.extract import extract_features
     from nml.models.backbones import create_backbone
     from nml.models.export import write_export
@@ -100,10 +100,7 @@ def run(name: str, methods: list[str], images: int, epochs: int, workers: int, r
     write_export(backbone, tmp / "export", data={"image_size": size, "mean": list(mean), "std": list(std)})
 
     def data(**kw):
-        return ClassificationShards(
-            root=root, task="glyphs_heldout", train_samples=images, batch_size=64, eval_batch_size=64,
-            num_workers=workers, **kw,
-        )  # fmt: skip
+        return ClassificationShards(root=root, task="glyphs_heldout", **kw, loader={"batch_size": 64, "eval_batch_size": 64, "num_workers": workers}, stream={"train_samples": images})  # fmt: skip
 
     dm = data(image_size=size, mean=mean, std=std)
     dm.test_sets, dm.val_spec = [], None  # the training split only
@@ -117,7 +114,7 @@ def run(name: str, methods: list[str], images: int, epochs: int, workers: int, r
         image_model = DownstreamTuning(method, backbone=str(tmp / "export"), num_classes=52)
         image_s = _fit(image_model, data(), epochs)
         torch.manual_seed(0)
-        cached_dm = FeatureShards(train=str(tmp / "features" / "train"), num_classes=52, batch_size=64)
+        cached_dm = CachedFeatures(train=str(tmp / "features" / "train"), num_classes=52, batch_size=64)
         cached_s = _fit(
             DownstreamTuning(method, num_classes=52, feature_dim=train.shape[1]), cached_dm, epochs
         )

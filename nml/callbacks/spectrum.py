@@ -3,7 +3,7 @@
 Works with any LightningModule that has ``spectrum_features(inputs) -> (B, D)`` and
 ``feature_dim`` (the pre-training modules: the backbone's features; tuning modules: their
 transformed features) and a data module that is an :class:`~nml.data.loading.EvalSuite` (nml's
-ClassificationShards / ImageTextShards / FeatureShards). Each rank streams its share of every set into a
+ClassificationShards / ImageTextShards / CachedFeatures). Each rank streams its share of every set into a
 :class:`~nml.metrics.spectrum.SpectrumAccumulator`; one all-reduce per set at the end.
 
 Logs ``spectrum/<set>/{sve,lsvr,p1,effective_rank,top<k>_share}`` to every logger, a histogram of

@@ -4,7 +4,7 @@ Any ``LightningModule`` / ``LightningDataModule`` importable by class path can b
 (``model.class_path``, ``data.class_path``); nml's own modules and callbacks are used by their
 short names once imported. Configs are saved next to the logs, overwriting on re-runs.
 
-``nml test`` adds :class:`~nml.callbacks.test_report.TestReport` (table on stderr, ``metrics.json``
+``nml test`` adds :class:`~nml.callbacks.metrics_report.TestReport` (table on stderr, ``metrics.json``
 next to the checkpoint) and prints the same metrics as JSON on stdout.
 """
 
@@ -28,9 +28,9 @@ import nml.features.datamodule
 import nml.models.contrastive
 import nml.models.supervised
 import nml.models.tuning  # noqa: F401
+from nml.callbacks.metrics_report import TestReport
 from nml.callbacks.preemption import CheckpointOnSigterm
 from nml.callbacks.progress import progress_callback
-from nml.callbacks.test_report import TestReport
 from nml.callbacks.throughput import TrainingThroughput
 from nml.models.backbones import check_checkpoint_file, resolve_checkpoint
 
@@ -165,8 +165,59 @@ def check_ckpt_args(argv: Sequence[str]) -> list[str]:
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
+def check_moved_keys(argv: Sequence[str]) -> None:
+    """Refuse a data option of the old flat layout (``--data.batch_size``, or ``batch_size:`` right
+    under a config's ``data: init_args:``) with its new place (``data.loader.batch_size``), before
+    jsonargparse reports it as an unknown key; only for data modules with option groups (the shard
+    modules). ``argv`` has its config paths resolved."""
+    import yaml
+
+    from nml.data.options import MOVED, moved_keys
+
+    found, class_path = [], None
+    for i, a in enumerate(argv):
+        option, eq, value = a.partition("=")
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        key = option.removeprefix("--data.").removeprefix("init_args.")
+        if option == "--data.class_path":
+            class_path = value
+        elif option.startswith("--data.") and key in MOVED:
+            found.append(f"{option} is now --data.{MOVED[key]}")
+        elif option in ("--config", "--data"):
+            inline = value.lstrip().startswith("{")
+            try:
+                content = json.loads(value) if inline else yaml.safe_load(Path(value).read_text())
+            except (OSError, ValueError, yaml.YAMLError):
+                continue  # not ours to report: LightningCLI names a bad file
+            section = content.get("data") if option == "--config" and isinstance(content, dict) else content
+            if not isinstance(section, dict):
+                continue
+            class_path = section.get("class_path", class_path)
+            where = option if inline else value
+            found += [f"{move.replace(' -> ', ' is now ')} (in {where})" for move in moved_keys(section)]
+    if found and _has_option_groups(class_path):
+        raise ValueError(f"data options are grouped (loader / stream / image): {'; '.join(found)}")
+
+
+def _has_option_groups(class_path: str | None) -> bool:
+    """Whether the data module ``class_path`` names takes nml's option groups (a ShardDataModule)."""
+    import importlib
+
+    from nml.data.modules import ShardDataModule
+
+    if not class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module or "nml.data.modules"), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, ShardDataModule)
+
+
 def run_lightning(argv: Sequence[str]) -> NMLCLI:
     argv = check_ckpt_args(argv)
+    check_moved_keys(argv)
     return NMLCLI(
         LightningModule,
         LightningDataModule,

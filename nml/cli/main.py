@@ -41,8 +41,8 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "write": "nml.cli.commands.data:write",
         "audit": "nml.cli.commands.data:audit",
     },
-    "export": "nml.cli.commands.models:export",
-    "features": "nml.cli.commands.features:features",
+    "export": "nml.cli.commands.export:export",
+    "features": "nml.features.task:extract_task_features",
     "spectrum": "nml.cli.commands.spectrum:spectrum",
     # the study sits above the CLI (it drives `nml fit` / `nml features` itself): named, not imported
     "study": "nml.study.command:study",

@@ -69,7 +69,7 @@ def device_plan(transform: Callable) -> DevicePlan:
             raise ValueError(
                 f"decode_on_device: the transform step {name} cannot run on the device (supported: a random "
                 "resized crop or a resize + centre crop, a horizontal flip, normalisation); turn it off in "
-                "data.train_transform / data.eval_transform, or set decode_on_device: false"
+                "data.image.train_transform / data.image.eval_transform, or set decode_on_device: false"
             )
     if size is None or mean is None:
         raise ValueError(f"decode_on_device: no crop/resize or no normalisation in the transform {transform}")
@@ -154,6 +154,27 @@ def _decode_one_jpeg(data: torch.Tensor, device: torch.device) -> torch.Tensor |
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         return None
+
+
+class DeviceDecoder:
+    """``decode_on_device``, built once from the training transform and handed to the stream: the
+    workers call :meth:`draw_view` for each view's crop and flip, the data module calls
+    :meth:`decode` on the training device. Picklable (spawn/forkserver workers)."""
+
+    def __init__(self, transform: Callable):
+        self.plan = device_plan(transform)
+
+    def draw_view(self, width: int, height: int) -> torch.Tensor:
+        return draw_view(self.plan, width, height)
+
+    def decode(self, batch: dict, device: torch.device) -> list[int]:
+        """Turn a batch's ``encoded`` bytes and ``boxes`` into its normalised ``image`` on ``device``
+        (in place); rows whose image did not decode become copies of a good row. Returns those rows."""
+        encoded, boxes = batch.pop("encoded"), batch.pop("boxes")
+        batch["image"], failed = decode_batch(encoded, boxes, self.plan, device)
+        if failed:
+            fill_failed(batch, failed)
+        return failed
 
 
 def fill_failed(batch: dict, failed: list[int]) -> dict:

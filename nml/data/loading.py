@@ -9,7 +9,7 @@
 * :class:`EvalSuite` -- what evaluation, spectra and feature extraction need from a data module:
   named validation / test sets, a loader per set, their label spaces and class names.
   :class:`TrainingData` adds what the training modules ask of it. nml's shard modules and
-  :class:`~nml.features.datamodule.FeatureShards` implement both; consumers get the data module
+  :class:`~nml.features.datamodule.CachedFeatures` implement both; consumers get the data module
   through :func:`eval_suite` / :func:`training_data`, which name what is missing instead of
   probing attributes.
 * The batch contract: every batch is a dict with ``valid`` (bool, padding rows False) and, for
@@ -132,6 +132,29 @@ class ResumableLoader:
         self._resume = dict(state)
 
 
+class RenamedEvalSuiteMethods:
+    """The :class:`EvalSuite` getters' former names (``set_num_classes``, ``set_classes``,
+    ``set_prompts``: they read like setters), kept for one release with a DeprecationWarning."""
+
+    def set_num_classes(self, s: EvalSet) -> int | None:
+        _renamed("set_num_classes", "num_classes_of")
+        return self.num_classes_of(s)
+
+    def set_classes(self, s: EvalSet) -> list[str] | None:
+        _renamed("set_classes", "classes_of")
+        return self.classes_of(s)
+
+    def set_prompts(self, s: EvalSet | None, templates: list[str] | None = None) -> list[list[str]] | None:
+        _renamed("set_prompts", "prompts_of")
+        return self.prompts_of(s, templates)
+
+
+def _renamed(old: str, new: str) -> None:
+    import warnings
+
+    warnings.warn(f"{old}() is renamed {new}(); the old name goes in the next release", DeprecationWarning, 3)
+
+
 @runtime_checkable
 class EvalSuite(Protocol):
     """What evaluation (ID/OOD test suites), spectra and feature extraction need from a data module."""
@@ -145,15 +168,15 @@ class EvalSuite(Protocol):
         """Every sample of ``s`` once across ranks, in batches with a ``valid`` mask."""
         ...
 
-    def set_num_classes(self, s: EvalSet) -> int | None:
+    def num_classes_of(self, s: EvalSet) -> int | None:
         """Size of the label space of ``s`` (None: unknown)."""
         ...
 
-    def set_classes(self, s: EvalSet) -> list[str] | None:
+    def classes_of(self, s: EvalSet) -> list[str] | None:
         """Class names of ``s`` (None: unknown; zero-shot classification needs them)."""
         ...
 
-    def set_prompts(self, s: EvalSet | None, templates: list[str] | None = None) -> list[list[str]] | None:
+    def prompts_of(self, s: EvalSet | None, templates: list[str] | None = None) -> list[list[str]] | None:
         """Zero-shot prompts per class of ``s`` (None: the training data's classes): the data's own
         templates and per-class fields (``_info.json``), ``templates`` instead of the data's if given;
         None when the classes are unknown."""
@@ -214,6 +237,6 @@ def _checked(trainer, protocol: type) -> Any:
     members = [m for m in _protocol_members(protocol) if not hasattr(dm, m)] if dm is not None else []
     raise TypeError(
         f"nml needs a data module implementing {protocol.__name__} (nml's ClassificationShards, "
-        f"ImageTextShards or FeatureShards); got {type(dm).__name__}"
+        f"ImageTextShards or CachedFeatures); got {type(dm).__name__}"
         + (f", which lacks {sorted(members)}" if members else "")
     )

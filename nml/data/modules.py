@@ -45,18 +45,27 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 
-from nml.data.loading import fit_progress
+from nml.data.loading import RenamedEvalSuiteMethods, fit_progress
+from nml.data.options import ImageOptions, LoaderOptions, StreamOptions, as_options
 from nml.data.pipeline import ShardLoader, StreamConfig, collate
-from nml.data.transforms import DEFAULT_IMAGE_SIZE, build_transform, default_normalization, normalize
+from nml.data.transforms import (
+    DEFAULT_IMAGE_SIZE,
+    TransformFamily,
+    build_transform,
+    get_transforms,
+    normalize,
+)
 from nml.noise.config import LABEL_KINDS, NoiseConfig
 from nml.shards.manifest import (
     MANIFEST,
     EvalSet,
     class_prompts,
     default_root,
+    info_num_classes,
     load_manifest,
     prompt_fields,
     read_info,
+    resolve_classes,
     task_sets,
 )
 from nml.shards.members import MemberSpec
@@ -89,7 +98,7 @@ def load_class_names(spec: str | None) -> tuple[list[str], dict] | None:
     return [str(n) for n in names], {}
 
 
-class ShardDataModule(LightningDataModule):
+class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
     """Shared logic of the streaming DataModules (see the module docstring)."""
 
     library = "timm"
@@ -102,58 +111,36 @@ class ShardDataModule(LightningDataModule):
         val: str | None = None,
         test: list[EvalSet] | None = None,
         num_classes: int | None = None,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 2,
-        persistent_workers: bool = True,
-        pin_memory: bool = False,
+        class_names: str | None = None,
         seed: int = 0,
         noise: NoiseConfig | None = None,
-        resampled: bool = False,
-        weights: list[float] | None = None,
-        train_samples: int | None = None,
-        train_shards: int | None = None,
-        shuffle_buffer: int = 1000,
-        image_size: int | None = None,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
-        train_transform: dict | None = None,
-        eval_transform: dict | None = None,
-        views: int | None = None,
-        augment: bool | None = None,
-        image_keys: str = "jpg;png;jpeg;webp",
-        label_key: str = "cls",
-        strict: bool = False,
-        class_names: str | None = None,
-        reduced_decode: bool = True,
-        normalize_on_device: bool = True,
-        decode_on_device: bool = False,
+        loader: LoaderOptions | None = None,
+        stream: StreamOptions | None = None,
+        image: ImageOptions | None = None,
     ):
+        """
+        Args:
+            root: Where the benchmark's ``manifest.json`` is (default ``data/embedded`` or ``$NML_DATA``).
+            task: A benchmark task (``pretraining``, ``greek``, ...): its shards and test sets.
+            train / val: Shard specs; ``train`` replaces the task (its validation and test sets too).
+            test: Named evaluation sets (``{name, shards, group, num_classes}``).
+            num_classes: Classes of the training labels (default: the task's or ``_info.json``'s).
+            class_names: ``imagenet`` or a file of names, for sets whose ``_info.json`` has none.
+            seed: Seeds the shard order, shuffling, augmentation and (unless ``noise.seed``) the noise.
+            noise: The label noise of the training stream.
+            loader / stream / image: The option groups of :mod:`nml.data.options`.
+        """
         super().__init__()
         self.root = root if root is not None else default_root()
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.num_workers, self.persistent_workers, self.pin_memory = (
-            num_workers,
-            persistent_workers,
-            pin_memory,
-        )
+        self.loader = replace(as_options(LoaderOptions, loader, "loader"))
+        self.stream = replace(as_options(StreamOptions, stream, "stream"))
+        self.image = replace(as_options(ImageOptions, image, "image"))  # a copy: models adopt settings
         self.seed, self.noise = seed, noise or NoiseConfig()
-        self.resampled, self.weights, self.train_samples = resampled, weights, train_samples
-        if train_shards is not None and train_shards < 1:
-            raise ValueError(f"train_shards: expected >= 1 (the first N training shards), got {train_shards}")
-        self.train_shards = train_shards
-        self.shuffle_buffer, self.image_size, self.mean, self.std = shuffle_buffer, image_size, mean, std
-        self.train_transform, self.image_keys, self.label_key = train_transform, image_keys, label_key
-        self.eval_transform = eval_transform
-        self.views, self.augment = views, augment
-        self.strict, self.reduced_decode = strict, reduced_decode
-        self.normalize_on_device, self.decode_on_device = normalize_on_device, decode_on_device
-        self._device_plan = None  # decode_on_device: the training transform's geometry
+        self._device_decoder = None  # decode_on_device: built once (device_decoder())
         self._check_noise_kind()
         self.named = load_class_names(class_names)  # (names, info) for sets that have none
 
-        self.classes: list[str] | None = None
-        self._info: dict | None = None  # the training data's _info.json (classes, prompts)
+        task_classes = None
         if train is not None:  # your shards win over a task (a shipped config's task: pretraining)
             if task is not None:
                 log.info(
@@ -164,26 +151,15 @@ class ShardDataModule(LightningDataModule):
             task = None
         else:
             sets = task_sets(load_manifest(self.root), task or "pretraining", self.root)
-            train = sets["train"]
-            val = val or sets["val"]
+            train, val = sets["train"], val or sets["val"]
             test = test if test is not None else sets["test"]
-            self.classes = sets["classes"]
-        self.task = task or ("pretraining" if self.classes is not None else None)
+            task, task_classes = task or "pretraining", sets["classes"]
+        self.task = task
         self.train_spec, self.val_spec = train, val
-        for spec in (train, val):  # _info.json: class names, prompts (zero-shot val may be labelled only)
-            info = read_info(spec) if spec else None
-            if self._info is None and info is not None and (info.get("classes") or info.get("num_classes")):
-                self._info = info
-        if self.classes is None and self._info is not None and self._info.get("classes"):
-            self.classes = [str(c) for c in self._info["classes"]]
-        if self.classes is None and self.named is not None and num_classes in (None, len(self.named[0])):
-            self.classes, self._info = self.named
-        if num_classes is None and self.classes is not None:
-            num_classes = len(self.classes)
-        if num_classes is None and self._info is not None and self._info.get("num_classes"):
-            num_classes = int(self._info["num_classes"])  # timm's _info.json: a count, no names
-        self.num_classes = num_classes
-        self.val_sets = [EvalSet("val", val, "id", num_classes)] if val else []
+        self.classes, self._info, self.num_classes = resolve_classes(
+            task_classes, [train, val], self.named, num_classes
+        )
+        self.val_sets = [EvalSet("val", val, "id", self.num_classes)] if val else []
         self.test_sets = [
             s if isinstance(s, EvalSet) else EvalSet(**s)  # plain dicts from Python callers
             for s in (test or [])
@@ -193,6 +169,15 @@ class ShardDataModule(LightningDataModule):
             raise ValueError(f"test set names must be unique, got {names}")
         self.rank, self.world_size = 0, 1
         self._loaders: dict[str, Any] = {}
+
+    @property
+    def batch_size(self) -> int:
+        """Training samples per batch and rank (``loader.batch_size``; :class:`TrainingData`)."""
+        return self.loader.batch_size
+
+    @property
+    def transform_family(self) -> TransformFamily:
+        return get_transforms(self.library)
 
     def describe(self) -> dict:
         """What a model trained on this module saw (stored in checkpoints and exports)."""
@@ -208,7 +193,7 @@ class ShardDataModule(LightningDataModule):
             "root": str(self.root),
             "task": self.task,
             "train": self.train_spec,
-            "train_shards": self.train_shards,
+            "train_shards": self.stream.train_shards,
             "num_classes": self.num_classes,
             "noise": noise,
             "seed": self.seed,
@@ -224,30 +209,31 @@ class ShardDataModule(LightningDataModule):
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) the images are normalised with: as configured (or adopted from the backbone),
         else the library's default."""
-        default_mean, default_std = default_normalization(self.library)
-        return tuple(self.mean or default_mean), tuple(self.std or default_std)
+        default_mean, default_std = self.transform_family.normalization()
+        return tuple(self.image.mean or default_mean), tuple(self.image.std or default_std)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """``decode_on_device``: training images arrive encoded, with each view's crop and flip
         drawn in the worker; decoded, cropped and normalised here on the training device."""
         if isinstance(batch, dict) and "encoded" in batch:
-            from nml.data.device_decode import decode_batch, device_plan, fill_failed
-
-            if self._device_plan is None:
-                self._device_plan = device_plan(self.transform(self.augment is not False))
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            encoded, boxes = batch.pop("encoded"), batch.pop("boxes")
-            batch["image"], failed = decode_batch(encoded, boxes, self._device_plan, device)
+            failed = self.device_decoder().decode(batch, device)
             if failed:  # skipped and counted, their places taken by a repeat, as on the CPU path
                 log.warning(
                     "decode_on_device: skipped undecodable images %s", [batch["key"][i] for i in failed]
                 )
-                fill_failed(batch, failed)
-                loader = self.trainer.train_dataloader if self.trainer is not None else None
-                if isinstance(loader, ShardLoader):
-                    loader.shared.add_skipped(len(failed))
-                    loader.shared.add_padding(len(failed))
+                if "train" in self._loaders:
+                    self._loaders["train"].count_dropped(len(failed))
         return batch
+
+    def device_decoder(self):
+        """The :class:`~nml.data.device_decode.DeviceDecoder` of the training transform, built once
+        (``decode_on_device``); the same object goes to the workers and decodes on the device."""
+        if self._device_decoder is None:
+            from nml.data.device_decode import DeviceDecoder
+
+            self._device_decoder = DeviceDecoder(self.transform(self.image.augment is not False))
+        return self._device_decoder
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training images arrive as uint8 (``normalize_on_device``): scaled to [0, 1] and
@@ -260,29 +246,26 @@ class ShardDataModule(LightningDataModule):
 
     @property
     def input_size(self) -> int:
-        return self.image_size or DEFAULT_IMAGE_SIZE
+        return self.image.image_size or DEFAULT_IMAGE_SIZE
 
     def configure_views(self, views: int, augment: bool) -> None:
         """What a model asks of its training batches (tuning: LP one unaugmented view, NMTune two
         augmented views); settings given explicitly in the data config win."""
-        if self.views is None:
-            self.views = views
-        if self.augment is None:
-            self.augment = augment
+        if self.image.views is None:
+            self.image.views = views
+        if self.image.augment is None:
+            self.image.augment = augment
         log.info(
-            "training batches: %d view(s), %s", self.views, "augmented" if self.augment else "eval transform"
+            "training batches: %d view(s), %s",
+            self.image.views,
+            "augmented" if self.image.augment else "eval transform",
         )
 
     @property
     def eval_crop_pct(self) -> float | None:
         """timm's evaluation centre-crop fraction: as configured, else 1 (glyphs) or timm's 0.875
         (None for open_clip's transform, which resizes and crops to the image size)."""
-        from timm.data import DEFAULT_CROP_PCT
-
-        if self.library != "timm":
-            return None
-        configured = (self.eval_transform or {}).get("crop_pct")
-        return float(configured) if configured is not None else (1.0 if self.glyph_safe else DEFAULT_CROP_PCT)
+        return self.transform_family.eval_crop_pct(self.image.eval_transform, self.glyph_safe)
 
     @property
     def glyph_safe(self) -> bool:
@@ -296,21 +279,21 @@ class ShardDataModule(LightningDataModule):
         your own shards, its evaluation ``crop_pct``); warn where an explicit setting differs from
         what the backbone was trained with."""
         adopted = []
-        own_timm = self.library == "timm" and not self.glyph_safe
-        if crop_pct is not None and own_timm and "crop_pct" not in (self.eval_transform or {}):
-            self.eval_transform = {**(self.eval_transform or {}), "crop_pct": float(crop_pct)}
+        takes_crop = self.transform_family.has_eval_crop and not self.glyph_safe
+        if crop_pct is not None and takes_crop and "crop_pct" not in (self.image.eval_transform or {}):
+            self.image.eval_transform = {**(self.image.eval_transform or {}), "crop_pct": float(crop_pct)}
             adopted.append(f"eval crop_pct={float(crop_pct)}")
         for name, value in (("image_size", image_size), ("mean", mean), ("std", std)):
             if value is None:
                 continue
-            mine = getattr(self, name)
+            mine = getattr(self.image, name)
             value = value if name == "image_size" else tuple(float(v) for v in value)
             if mine is None:
-                setattr(self, name, value)
+                setattr(self.image, name, value)
                 adopted.append(f"{name}={value}")
             elif (mine if name == "image_size" else tuple(float(v) for v in mine)) != value:
                 log.warning(
-                    "data.%s=%s differs from the %s the backbone %s was trained with",
+                    "data.image.%s=%s differs from the %s the backbone %s was trained with",
                     name,
                     mine,
                     value,
@@ -328,7 +311,7 @@ class ShardDataModule(LightningDataModule):
             )
 
     def train_members(self) -> MemberSpec:
-        return MemberSpec(self.image_keys, self.label_key, self.num_classes)
+        return MemberSpec(self.stream.image_keys, self.stream.label_key, self.num_classes)
 
     def train_collate(self):
         return collate
@@ -341,39 +324,44 @@ class ShardDataModule(LightningDataModule):
         self._loaders = {}
 
     def _stream(self, spec: str, mode: str, members: MemberSpec, **kw) -> StreamConfig:
-        train = mode == "train"
-        shards = resolve_shards(spec, strict=self.strict)
-        if train and self.train_shards is not None:
-            if self.train_shards > len(shards):
+        train, stream, image = mode == "train", self.stream, self.image
+        shards = resolve_shards(spec, strict=stream.strict)
+        if train and stream.train_shards is not None:
+            if stream.train_shards > len(shards):
                 raise ValueError(
-                    f"train_shards={self.train_shards}, but {spec!r} has only {len(shards)} shards"
+                    f"data.stream.train_shards={stream.train_shards}, but {spec!r} has only {len(shards)} shards"
                 )
-            shards = shards[: self.train_shards]
+            shards = shards[: stream.train_shards]
+        on_device = train and image.decode_on_device
         return StreamConfig(
             shards=shards,
             members=members,
             mode=mode,
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=self.loader.batch_size if train else self.eval_batch_size,
             seed=self.seed,
             rank=self.rank,
             world_size=self.world_size,
-            num_workers=self.num_workers,
+            num_workers=self.loader.num_workers,
             noise=self.noise if train else NoiseConfig(),
-            resampled=self.resampled and train,
-            weights=self.weights if train else None,
-            num_samples=self.train_samples if train else None,
-            shuffle_buffer=self.shuffle_buffer,
-            strict=self.strict,
-            reduced_decode=self.reduced_decode,
+            resampled=stream.resampled and train,
+            weights=stream.weights if train else None,
+            num_samples=stream.train_samples if train else None,
+            shuffle_buffer=stream.shuffle_buffer,
+            strict=stream.strict,
+            reduced_decode=image.reduced_decode,
             transform=self.transform(
-                train and self.augment is not False,
-                uint8=train and self.normalize_on_device and not self.decode_on_device,
+                train and image.augment is not False,
+                uint8=train and image.normalize_on_device and not on_device,
             ),
-            decode_on_device=train and self.decode_on_device,
-            views=(self.views or 1) if train else 1,
-            augment=self.augment if train else None,
+            device_decoder=self.device_decoder() if on_device else None,
+            views=(image.views or 1) if train else 1,
+            augment=image.augment if train else None,
             **kw,
         )
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.loader.eval_batch_size or self.loader.batch_size
 
     def transform(self, augment: bool, uint8: bool = False):
         """The train (augmenting) or eval transform of this module (``uint8``: ending in uint8
@@ -382,9 +370,9 @@ class ShardDataModule(LightningDataModule):
             self.library,
             self.input_size,
             augment,
-            self.mean,
-            self.std,
-            self.train_transform if augment else self.eval_transform,
+            self.image.mean,
+            self.image.std,
+            self.image.train_transform if augment else self.image.eval_transform,
             glyph_safe=self.glyph_safe,
             uint8=uint8,
         )
@@ -392,7 +380,7 @@ class ShardDataModule(LightningDataModule):
     def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:
         """Every sample of ``spec`` once, in order, on one process: with the eval transform
         (``views=0``) or as ``views`` augmented views seeded per (seed, sample, view)."""
-        members = MemberSpec(self.image_keys, self.label_key, None)
+        members = MemberSpec(self.stream.image_keys, self.stream.label_key, None)
         cfg = replace(
             self._stream(spec, "eval", members, collate=collate),
             rank=0,
@@ -406,7 +394,10 @@ class ShardDataModule(LightningDataModule):
 
     def _loader(self, cfg: StreamConfig, persistent: bool = True, **kw) -> ShardLoader:
         return ShardLoader(
-            cfg, persistent_workers=self.persistent_workers and persistent, pin_memory=self.pin_memory, **kw
+            cfg,
+            persistent_workers=self.loader.persistent_workers and persistent,
+            pin_memory=self.loader.pin_memory,
+            **kw,
         )
 
     def _epoch(self) -> int:
@@ -440,17 +431,12 @@ class ShardDataModule(LightningDataModule):
 
     def eval_loader(self, s: EvalSet, persistent: bool = False) -> ShardLoader:
         """A loader over one evaluation set: every sample once across ranks, ``valid`` mask."""
-        members = MemberSpec(self.image_keys, self.label_key, self.set_num_classes(s))
+        members = MemberSpec(self.stream.image_keys, self.stream.label_key, self.num_classes_of(s))
         return self._loader(self._stream(s.shards, "eval", members, collate=collate), persistent)
 
-    def set_num_classes(self, s: EvalSet) -> int | None:
+    def num_classes_of(self, s: EvalSet) -> int | None:
         """The set's own count (given, or its _info.json's), else the training data's."""
-        if s.num_classes:
-            return s.num_classes
-        info = read_info(s.shards)
-        if info is not None and (info.get("classes") or info.get("num_classes")):
-            return len(info["classes"]) if isinstance(info.get("classes"), list) else int(info["num_classes"])
-        return self.num_classes
+        return s.num_classes or info_num_classes(read_info(s.shards)) or self.num_classes
 
     def _set_info(self, s: EvalSet) -> tuple[list[str] | None, dict | None]:
         """(class names, _info.json) of an evaluation set: its own _info.json, else the training
@@ -458,16 +444,18 @@ class ShardDataModule(LightningDataModule):
         info = read_info(s.shards)
         if info is not None and isinstance(info.get("classes"), list):
             return [str(c) for c in info["classes"]], info
-        if self.classes is not None and len(self.classes) == self.set_num_classes(s):
+        if self.classes is not None and len(self.classes) == self.num_classes_of(s):
             return self.classes, self._info
-        if self.named is not None and len(self.named[0]) == self.set_num_classes(s):
+        if self.named is not None and len(self.named[0]) == self.num_classes_of(s):
             return self.named
         return None, None
 
-    def set_classes(self, s: EvalSet) -> list[str] | None:
+    def classes_of(self, s: EvalSet) -> list[str] | None:
+        """The class names of an evaluation set, if known."""
         return self._set_info(s)[0]
 
-    def set_prompts(self, s: EvalSet | None, templates: list[str] | None = None) -> list[list[str]] | None:
+    def prompts_of(self, s: EvalSet | None, templates: list[str] | None = None) -> list[list[str]] | None:
+        """Zero-shot prompts per class of an evaluation set (None: the training data's classes)."""
         classes, info = self._set_info(s) if s is not None else (self.classes, self._info)
         if classes is None:
             return None
@@ -525,7 +513,7 @@ class ImageTextShards(ShardDataModule):
             )
 
     def train_members(self) -> MemberSpec:
-        return MemberSpec(self.image_keys, None, None, self.caption_key, require_caption=True)
+        return MemberSpec(self.stream.image_keys, None, None, self.caption_key, require_caption=True)
 
     def train_collate(self):
         import open_clip

@@ -40,7 +40,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from nml.data.device_decode import device_plan, draw_view
+from nml.data.device_decode import DeviceDecoder
 from nml.data.loading import ResumableLoader
 from nml.data.transforms import min_decode_side
 from nml.noise.config import NoiseConfig
@@ -121,7 +121,9 @@ class StreamConfig:
     strict: bool = False
     decode: bool = True
     reduced_decode: bool = True  # JPEGs at 1/2..1/8 scale when the transform loses nothing by it
-    decode_on_device: bool = False  # pass encoded images + drawn crops on (nml.data.device_decode)
+    device_decoder: DeviceDecoder | None = (
+        None  # pass encoded images + drawn crops on (decoded on the device)
+    )
     transform: Callable | None = None
     collate: Callable | None = None
     views: int = 1  # augmented views per image (> 1: ``image`` is (views, C, H, W))
@@ -236,7 +238,6 @@ class ShardStream(wds.DataPipeline):
         self._pool: list[dict] = []  # the reader's first records: where padding repeats come from
         self._warned = 0
         self._min_side = min_decode_side(cfg.transform) if cfg.reduced_decode else None
-        self._device_plan = device_plan(cfg.transform) if cfg.decode_on_device else None
         self.pipeline = [self._samples]
         if cfg.mode == "train":
             self.pipeline += [self._shuffle, self._pad]
@@ -439,7 +440,7 @@ class ShardStream(wds.DataPipeline):
             return rec
         where = f"shard {rec['__url__']!r}, sample {rec['__key__']!r}"
         try:
-            if self._device_plan is not None:
+            if cfg.device_decoder is not None:
                 return self._encoded(rec, where)
             img = decode_image(rec.pop("image"), where, self._min_side)
         except BadImage:
@@ -477,7 +478,7 @@ class ShardStream(wds.DataPipeline):
         boxes = []
         for v in range(cfg.views):
             with self._view_rng(rec, v) if cfg.seeded else nullcontext():
-                boxes.append(draw_view(self._device_plan, width, height))
+                boxes.append(cfg.device_decoder.draw_view(width, height))
         rec["encoded"] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         rec["boxes"] = boxes[0] if cfg.views == 1 else torch.stack(boxes)
         return rec
@@ -570,6 +571,13 @@ class ShardLoader(ResumableLoader, DataLoader):
                 counts["skipped"],
             )
         return counts
+
+    def count_dropped(self, n: int) -> None:
+        """Count ``n`` samples of a yielded batch that were dropped after the workers (an image that
+        failed to decode on the device): skipped, and their places taken by repeats, as a worker
+        counts its own."""
+        self.shared.add_skipped(n)
+        self.shared.add_padding(n)
 
     def padding_batch(self, last: dict | None) -> dict | None:
         if self.cfg.batch_size is None:  # single records (nml data audit): a short read is counted

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import ClassVar
 
 import torch
 
@@ -19,20 +19,87 @@ TIMM_TRAIN_DEFAULTS = {"hflip": 0.0, "scale": (0.6, 1.0), "ratio": (0.8, 1.25), 
 TIMM_EVAL_DEFAULTS = {"crop_pct": 1.0}
 
 
-def default_normalization(
-    library: Literal["timm", "open_clip"],
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) when neither the data nor the backbone fixes them: timm's ImageNet statistics for
-    timm models, OpenAI's CLIP statistics for open_clip. The one place nml knows these defaults."""
-    if library == "timm":
+class TransformFamily:
+    """The image transforms of one library, looked up by name (:func:`get_transforms`): its default
+    normalisation, its train / eval ``Compose`` and its evaluation crop. A backbone family names the
+    transform family that suits it (``BackboneFamily.transforms``); data modules use it by name."""
+
+    name: ClassVar[str]
+    has_eval_crop: ClassVar[bool] = False  # whether evaluation centre-crops by a crop_pct
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        raise NotImplementedError
+
+    def build(self, image_size: int, train: bool, mean, std, overrides: dict, glyph_safe: bool) -> Callable:
+        raise NotImplementedError
+
+    def eval_crop_pct(self, overrides: Mapping | None, glyph_safe: bool) -> float | None:
+        """The evaluation centre-crop fraction: as configured in ``overrides``, else the default."""
+        return None
+
+
+class TimmTransforms(TransformFamily):
+    """timm's ``create_transform``; ImageNet statistics; glyph-safe defaults under the overrides."""
+
+    name = "timm"
+    has_eval_crop = True
+
+    def normalization(self):
         from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
         return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
-    if library == "open_clip":
+
+    def build(self, image_size, train, mean, std, overrides, glyph_safe):
+        from timm.data import create_transform
+
+        defaults = (TIMM_TRAIN_DEFAULTS if train else TIMM_EVAL_DEFAULTS) if glyph_safe else {}
+        kw = {**defaults, **overrides}
+        for k in ("scale", "ratio"):
+            if k in kw and kw[k] is not None:
+                kw[k] = tuple(kw[k])
+        return create_transform(input_size=image_size, is_training=train, mean=mean, std=std, **kw)
+
+    def eval_crop_pct(self, overrides, glyph_safe):
+        """As configured, else 1 (glyphs) or timm's 0.875."""
+        from timm.data import DEFAULT_CROP_PCT
+
+        configured = (overrides or {}).get("crop_pct")
+        return float(configured) if configured is not None else (1.0 if glyph_safe else DEFAULT_CROP_PCT)
+
+
+class OpenClipTransforms(TransformFamily):
+    """open_clip's ``image_transform`` (overrides: its ``aug_cfg`` for training); OpenAI's statistics;
+    evaluation resizes and crops to the image size."""
+
+    name = "open_clip"
+
+    def normalization(self):
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
         return tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
-    raise ValueError(f"library: expected 'timm' or 'open_clip', got {library!r}")
+
+    def build(self, image_size, train, mean, std, overrides, glyph_safe):
+        from open_clip.transform import image_transform
+
+        aug_cfg = overrides if train and overrides else None
+        return image_transform(image_size, is_train=train, mean=mean, std=std, aug_cfg=aug_cfg)
+
+
+TRANSFORM_FAMILIES: dict[str, TransformFamily] = {t.name: t() for t in (TimmTransforms, OpenClipTransforms)}
+
+
+def get_transforms(name: str) -> TransformFamily:
+    """The transform family registered under ``name`` (``timm``, ``open_clip``)."""
+    try:
+        return TRANSFORM_FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"transforms: expected one of {sorted(TRANSFORM_FAMILIES)}, got {name!r}") from None
+
+
+def default_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) when neither the data nor the backbone fixes them: timm's ImageNet statistics for
+    timm models, OpenAI's CLIP statistics for open_clip. The one place nml knows these defaults."""
+    return get_transforms(name).normalization()
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -52,7 +119,7 @@ def _normalization_tensors(
 
 
 def build_transform(
-    library: Literal["timm", "open_clip"],
+    library: str,
     image_size: int,
     train: bool,
     mean: tuple[float, ...] | None = None,
@@ -61,11 +128,14 @@ def build_transform(
     glyph_safe: bool = True,
     uint8: bool = False,
 ) -> Callable:
-    """PIL image -> normalised tensor. ``overrides`` go to timm's ``create_transform`` or to
-    open_clip's ``image_transform`` (its ``aug_cfg`` for training); ``glyph_safe``: the glyph
-    defaults above under them, else timm's own. ``uint8``: end in a uint8 tensor instead
-    (:func:`uint8_output`), to be normalised where the batch lands."""
-    transform = _library_transform(library, image_size, train, mean, std, overrides, glyph_safe)
+    """PIL image -> normalised tensor, by the transform family ``library``. ``overrides`` go to timm's
+    ``create_transform`` or to open_clip's ``image_transform`` (its ``aug_cfg`` for training);
+    ``glyph_safe``: the glyph defaults above under them, else timm's own. ``uint8``: end in a uint8
+    tensor instead (:func:`uint8_output`), to be normalised where the batch lands."""
+    family = get_transforms(library)
+    default_mean, default_std = family.normalization()
+    mean, std = tuple(mean or default_mean), tuple(std or default_std)
+    transform = family.build(image_size, train, mean, std, dict(overrides or {}), glyph_safe)
     return uint8_output(transform) if uint8 else transform
 
 
@@ -82,38 +152,6 @@ def uint8_output(transform: Callable) -> Callable:
             f"cannot end this transform in uint8 (expected ToTensor then Normalize): {transform}"
         )
     return T.Compose([*steps[:at], T.PILToTensor()])
-
-
-def _library_transform(library, image_size, train, mean, std, overrides, glyph_safe) -> Callable:
-    overrides = dict(overrides or {})
-    default_mean, default_std = default_normalization(library)
-    mean, std = tuple(mean or default_mean), tuple(std or default_std)
-    if library == "timm":
-        from timm.data import create_transform
-
-        defaults = (TIMM_TRAIN_DEFAULTS if train else TIMM_EVAL_DEFAULTS) if glyph_safe else {}
-        kw = {**defaults, **overrides}
-        for k in ("scale", "ratio"):
-            if k in kw and kw[k] is not None:
-                kw[k] = tuple(kw[k])
-        return create_transform(
-            input_size=image_size,
-            is_training=train,
-            mean=mean,
-            std=std,
-            **kw,
-        )
-    if library == "open_clip":
-        from open_clip.transform import image_transform
-
-        return image_transform(
-            image_size,
-            is_train=train,
-            mean=mean,
-            std=std,
-            aug_cfg=overrides if train and overrides else None,
-        )
-    raise ValueError(f"transform library: expected 'timm' or 'open_clip', got {library!r}")
 
 
 def is_random_resized_crop(step) -> bool:

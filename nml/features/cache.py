@@ -1,4 +1,4 @@
-"""Cached features on disk: what ``nml features`` writes and :class:`FeatureShards` reads.
+"""Cached features on disk: what ``nml features`` writes and :class:`CachedFeatures` reads.
 
 A cache directory (``nml features --out DIR``)::
 

@@ -1,13 +1,13 @@
-"""``FeatureShards``: a DataModule over cached features, for tuning with no backbone at all.
+"""``CachedFeatures``: a DataModule over cached features, for tuning with no backbone at all.
 
 The black-box path: features from ``nml features``, an embedding API or any (N, D) float array
 with labels (see :mod:`nml.features.cache` for the formats). Batches hold ``feature`` ((B, D),
 or (B, 2, D) when the model asks for two views), ``target``, ``clean_target`` and ``valid``; the
-interface (``test_sets``, ``eval_loader``, ``set_num_classes`` ...) is that of the shard modules, so
+interface (``test_sets``, ``eval_loader``, ``num_classes_of`` ...) is that of the shard modules, so
 the test-suite evaluation and FeatureSpectrum work unchanged. In YAML::
 
     data:
-      class_path: nml.features.datamodule.FeatureShards
+      class_path: nml.features.datamodule.CachedFeatures
       init_args:
         root: runs/features/clip   # an `nml features` output directory
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningDataModule
 
-from nml.data.loading import ResumableLoader, fit_progress
+from nml.data.loading import RenamedEvalSuiteMethods, ResumableLoader, fit_progress
 from nml.features.cache import FeatureSplit, load_split, read_cache_meta
 from nml.seeding import combine
 from nml.shards.manifest import EvalSet, class_prompts, prompt_fields
@@ -139,7 +139,7 @@ class FeatureLoader(ResumableLoader):
         return super().padding_batch(last)
 
 
-class FeatureShards(LightningDataModule):
+class CachedFeatures(RenamedEvalSuiteMethods, LightningDataModule):
     """Cached features (an ``nml features`` directory, or explicit split paths).
 
     Args:
@@ -215,7 +215,7 @@ class FeatureShards(LightningDataModule):
             return int(self.meta["feature_dim"])
         spec = self.train_spec or self.val_spec or (self.test_sets[0].shards if self.test_sets else None)
         if spec is None:
-            raise ValueError("FeatureShards: no splits (set root, or train / val / test)")
+            raise ValueError("CachedFeatures: no splits (set root, or train / val / test)")
         return self.split(spec).dim
 
     def configure_views(self, views: int, augment: bool) -> None:
@@ -252,7 +252,7 @@ class FeatureShards(LightningDataModule):
 
     def train_dataloader(self) -> FeatureLoader:
         if not self.train_spec:
-            raise ValueError("FeatureShards: no training split (set root or train)")
+            raise ValueError("CachedFeatures: no training split (set root or train)")
         split = self.split(self.train_spec)
         self._check_labels(split, self.num_classes)
         loader = FeatureLoader(
@@ -279,7 +279,7 @@ class FeatureShards(LightningDataModule):
 
     def eval_loader(self, s: EvalSet, persistent: bool = False) -> FeatureLoader:
         split = self.split(s.shards)
-        self._check_labels(split, self.set_num_classes(s))
+        self._check_labels(split, self.num_classes_of(s))
         return FeatureLoader(split, False, self.eval_batch_size, self.seed, self.rank, self.world_size)
 
     @staticmethod
@@ -287,15 +287,15 @@ class FeatureShards(LightningDataModule):
         if num_classes is not None and len(split) and int(split.labels.max()) >= num_classes:
             raise ValueError(f"{split.source}: label {int(split.labels.max())} >= num_classes={num_classes}")
 
-    def set_num_classes(self, s: EvalSet) -> int | None:
+    def num_classes_of(self, s: EvalSet) -> int | None:
         return s.num_classes or self.num_classes
 
-    def set_classes(self, s: EvalSet) -> list[str] | None:
-        n = self.set_num_classes(s)
+    def classes_of(self, s: EvalSet) -> list[str] | None:
+        n = self.num_classes_of(s)
         return self.classes if self.classes is not None and len(self.classes) == n else None
 
-    def set_prompts(self, s: EvalSet | None, templates: list[str] | None = None) -> list[list[str]] | None:
-        classes = self.classes if s is None else self.set_classes(s)
+    def prompts_of(self, s: EvalSet | None, templates: list[str] | None = None) -> list[list[str]] | None:
+        classes = self.classes if s is None else self.classes_of(s)
         if classes is None:
             return None
         data_templates, fields = prompt_fields(None, classes)
@@ -311,3 +311,17 @@ class FeatureShards(LightningDataModule):
 
     def test_dataloader(self) -> list[FeatureLoader]:
         return [self.eval_loader(s) for s in self.test_sets]
+
+
+class FeatureShards(CachedFeatures):
+    """The former name of :class:`CachedFeatures` (it reads ``.npy`` directories and ``.npz`` files
+    as well as feature shards), kept for one release with a DeprecationWarning."""
+
+    def __init__(self, *args, **kwargs):
+        warnings.warn(
+            "FeatureShards is renamed CachedFeatures (nml.features.datamodule.CachedFeatures); "
+            "the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""Frozen-feature extraction into a feature cache (``nml features``), read back by FeatureShards."""
+"""Frozen-feature extraction into a feature cache (``nml features``), read back by CachedFeatures."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def extract_features(
     if dm.val_spec:
         splits.append(("val", dm.val_spec, {}))
     for s in dm.test_sets:
-        splits.append((f"test/{s.name}", s.shards, {"group": s.group, "num_classes": dm.set_num_classes(s)}))
+        splits.append((f"test/{s.name}", s.shards, {"group": s.group, "num_classes": dm.num_classes_of(s)}))
     done: dict[str, tuple] = {}
     info: dict[str, dict] = {}
     for name, spec, extra in splits:
@@ -138,8 +138,8 @@ def extract_features(
         "classes": dm.classes,
         "num_classes": dm.num_classes,
         "image_size": dm.input_size,
-        "mean": list(dm.mean) if dm.mean is not None else None,
-        "std": list(dm.std) if dm.std is not None else None,
+        "mean": list(dm.image.mean) if dm.image.mean is not None else None,
+        "std": list(dm.image.std) if dm.image.std is not None else None,
         "views": views,
         "seed": seed,
         "limit": limit,

@@ -233,7 +233,7 @@ class BackboneModule(LightningModule):
     def can_test(self, suite: EvalSuite, set_index: int) -> bool:
         """Whether the model can classify test set ``set_index`` (default: a classifier whose
         class count equals the set's)."""
-        return suite.set_num_classes(self.test_sets[set_index]) == self.hparams.get("num_classes")
+        return suite.num_classes_of(self.test_sets[set_index]) == self.hparams.get("num_classes")
 
     def test_logits(self, inputs: torch.Tensor, set_index: int) -> torch.Tensor:
         raise NotImplementedError
@@ -243,7 +243,7 @@ class BackboneModule(LightningModule):
         self.test_sets = list(suite.test_sets)
         metrics = []
         for s in self.test_sets:
-            n = suite.set_num_classes(s)
+            n = suite.num_classes_of(s)
             if n is None:
                 raise ValueError(f"test set {s.name!r}: number of classes unknown (set num_classes)")
             metrics.append(MulticlassAccuracy(n, average="micro"))

@@ -135,7 +135,7 @@ class ContrastivePretraining(BackboneModule):
 
     def _classifier_for(self, suite: EvalSuite, s: EvalSet | None) -> torch.Tensor:
         """The zero-shot head of set ``s`` (None: the training data's classes), from the data's prompts."""
-        prompts = suite.set_prompts(s, self.templates)
+        prompts = suite.prompts_of(s, self.templates)
         return zeroshot_classifier(self.clip, self._tokenizer(), prompts, self.device)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -143,7 +143,7 @@ class ContrastivePretraining(BackboneModule):
 
     # -- zero-shot test sets -------------------------------------------------------------------
     def can_test(self, suite: EvalSuite, set_index: int) -> bool:
-        return suite.set_classes(self.test_sets[set_index]) is not None
+        return suite.classes_of(self.test_sets[set_index]) is not None
 
     def on_test_epoch_start(self) -> None:
         """One zero-shot head per distinct class set (the text tower does not change during a test)."""
@@ -153,7 +153,7 @@ class ContrastivePretraining(BackboneModule):
         for i, s in enumerate(self.test_sets):
             if i in self._skipped:
                 continue
-            prompts = suite.set_prompts(s, self.templates)
+            prompts = suite.prompts_of(s, self.templates)
             key = tuple(map(tuple, prompts))
             if key not in built:
                 built[key] = zeroshot_classifier(self.clip, self._tokenizer(), prompts, self.device)

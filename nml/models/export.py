@@ -45,7 +45,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> dict:
         out,
         data=info.get("data") or {},
         # a classifier's classes; CLIP's num_classes is its labelled validation set's, not what it trained on
-        pretraining_classes=hp.get("num_classes") if backbone.config.library == "timm" else None,
+        pretraining_classes=backbone.family.pretraining_classes(backbone.config, hp),
         checkpoint={
             "path": str(ckpt.resolve()),
             "epoch": state.get("epoch"),
@@ -72,9 +72,7 @@ def write_export(
         "format": "nml-encoder/1",
         "backbone": {k: v for k, v in config.to_dict().items() if k != "num_classes"},
         "feature_dim": backbone.feature_dim,
-        "features": "timm pooled pre-logits"
-        if config.library == "timm"
-        else "open_clip encode_image (unnormalised)",
+        "features": backbone.family.features_description,
         "image_size": data.get("image_size"),
         "mean": data.get("mean"),
         "std": data.get("std"),

@@ -3,7 +3,7 @@
 The backbone comes from the factory (an ``nml export`` directory, or ``{library, name, pretrained}``
 for a timm / open_clip architecture with a local weights file) and is frozen (no gradients, kept in
 eval mode so BatchNorm statistics do not move) except for ``finetune``. With no backbone the module
-tunes on cached features (``FeatureShards``): the black-box path for embedding APIs.
+tunes on cached features (``CachedFeatures``): the black-box path for embedding APIs.
 
 * ``linear``: a linear head on the frozen feature f; one unaugmented view (the reference protocol).
 * ``mlp``: the NMTune head (``z = f + s * h(f)``, linear classifier on z), cross-entropy only.

@@ -1,5 +1,5 @@
 """Zero-shot classifiers from class prompts (CLIP style). The prompts come from the data
-(:meth:`nml.data.loading.EvalSuite.set_prompts`): models know nothing of any benchmark's classes."""
+(:meth:`nml.data.loading.EvalSuite.prompts_of`): models know nothing of any benchmark's classes."""
 
 from __future__ import annotations
 

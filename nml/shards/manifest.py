@@ -140,6 +140,42 @@ def read_info(spec: str) -> dict | None:
     return data
 
 
+def info_num_classes(info: dict | None) -> int | None:
+    """The class count an ``_info.json`` gives: its ``classes`` list's length, else ``num_classes``
+    (timm's ImageNet shards: a count, no names), else None."""
+    if not info:
+        return None
+    if isinstance(info.get("classes"), list) and info["classes"]:
+        return len(info["classes"])
+    return int(info["num_classes"]) if info.get("num_classes") else None
+
+
+def resolve_classes(
+    task_classes: list[str] | None,
+    specs: list[str | None],
+    named: tuple[list[str], dict] | None,
+    num_classes: int | None,
+) -> tuple[list[str] | None, dict | None, int | None]:
+    """The training data's (class names, ``_info.json``, class count), from the first that has them:
+    the benchmark task's classes; the ``_info.json`` of the first of ``specs`` (train, val) that has
+    classes or a count; ``named`` (a ``class_names`` option: (names, an ``_info``-style dict)) when
+    its length fits ``num_classes``. A given ``num_classes`` wins over every count."""
+    info = None
+    for spec in specs:
+        candidate = read_info(spec) if spec else None
+        if candidate is not None and info_num_classes(candidate):
+            info = candidate
+            break
+    classes = task_classes
+    if classes is None and info is not None and info.get("classes"):
+        classes = [str(c) for c in info["classes"]]
+    if classes is None and named is not None and num_classes in (None, len(named[0])):
+        classes, info = named
+    if num_classes is None:
+        num_classes = len(classes) if classes is not None else info_num_classes(info)
+    return classes, info, num_classes
+
+
 def info_classes(spec: str) -> list[str] | None:
     """Class names from the ``_info.json`` beside the shards of ``spec``, if it lists them."""
     classes = (read_info(spec) or {}).get("classes")

@@ -22,6 +22,9 @@ class BadImage(ValueError):
     """An image member that PIL cannot decode."""
 
 
+IMAGE_KEYS = "jpg;png;jpeg;webp"  # image member extensions tried in order: the one default
+
+
 @dataclass(frozen=True)
 class MemberSpec:
     """What to read from each sample.
@@ -34,7 +37,7 @@ class MemberSpec:
         require_caption: Missing captions are an error (else the sample has no caption).
     """
 
-    image_keys: str = "jpg;png;jpeg;webp"
+    image_keys: str = IMAGE_KEYS
     label_key: str | None = "cls"
     num_classes: int | None = None
     caption_key: str | None = None

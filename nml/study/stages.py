@@ -6,7 +6,7 @@
 * ``random_init``: the same recipe's model, untrained (seeded), exported.
 * ``features``: ``nml features`` of one task, then the spectrum (SVE, LSVR, p1, effective rank) of
   the frozen features of every test split.
-* ``tune``: ``DownstreamTuning`` on the cached features (``FeatureShards``), then its test suite.
+* ``tune``: ``DownstreamTuning`` on the cached features (``CachedFeatures``), then its test suite.
 
 Every stage writes under its own directory and logs TensorBoard runs into ``OUT/tensorboard``.
 """
@@ -122,12 +122,12 @@ def random_init(params: dict, directory: Path, root: str) -> dict:
 def features(params: dict, backbone: dict, directory: Path, root: str) -> dict:
     import numpy as np
 
-    from nml.cli.commands.features import features as extract
     from nml.features.cache import iter_feature_chunks, read_cache_meta
+    from nml.features.task import extract_task_features
     from nml.metrics.spectrum import SpectrumAccumulator
 
     cache = directory / "cache"
-    extract(
+    extract_task_features(
         backbone=backbone["export"],
         out=str(cache),
         data=params["task"],
@@ -157,11 +157,11 @@ def features(params: dict, backbone: dict, directory: Path, root: str) -> dict:
 def tune(params: dict, feats: dict, directory: Path, out: Path) -> dict:
     from lightning.pytorch import Trainer, seed_everything
 
-    from nml.features.datamodule import FeatureShards
+    from nml.features.datamodule import CachedFeatures
     from nml.models.tuning import DownstreamTuning
 
     seed_everything(params["seed"], workers=True)
-    dm = FeatureShards(
+    dm = CachedFeatures(
         root=feats["cache"],
         batch_size=params["batch_size"],
         seed=params["seed"],

@@ -155,9 +155,9 @@ def audit(
         batch_size: --stream train: the training batch size (per rank).
         world_size: --stream train: ranks to simulate (nodes x devices).
         epochs: --stream train: epochs to read.
-        resampled: --stream train: shards drawn with replacement (as data.resampled).
-        train_samples: --stream train: samples per epoch (as data.train_samples).
-        shuffle_buffer: --stream train: the sample shuffle buffer (as data.shuffle_buffer).
+        resampled: --stream train: shards drawn with replacement (as data.stream.resampled).
+        train_samples: --stream train: samples per epoch (as data.stream.train_samples).
+        shuffle_buffer: --stream train: the sample shuffle buffer (as data.stream.shuffle_buffer).
         out: --stream noise: write the transition matrix (transition.npy, transition_counts.csv)
             here; stdout gets it only up to 64 classes (above: rate ranges and the top confusions).
     """

@@ -1,13 +1,15 @@
-"""``nml features``. Imports stay inside the function: this module is read for --help."""
+"""Frozen features of a downstream task's splits: the function behind ``nml features`` and the
+study's feature stage (one code path for both)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 log = logging.getLogger("nml.features")
 
 
-def features(
+def extract_task_features(
     backbone: str | dict,
     out: str,
     data: str = "glyphs_heldout",
@@ -20,12 +22,15 @@ def features(
     limit: int | None = None,
     test_sets: list[str] | None = None,
 ) -> dict:
-    """Extract frozen features of a downstream task's splits into a feature cache for FeatureShards.
+    """Extract frozen features of a downstream task's splits into a feature cache for CachedFeatures.
 
     Writes ``OUT/features.json`` and, per split (``train``, ``val``, ``test/<name>``),
     ``features.npy`` (N, D; eval transform), ``labels.npy``, ``keys.txt`` and, for the training split
     with ``--views K``, ``views.npy`` (N, K, D; augmented views). Tune on it with
     ``nml fit --config tune_nmtune.yaml --data data/features.yaml --data.init_args.root OUT``.
+
+    ``data`` as a YAML path: bare names of shipped configs are resolved by the ``nml`` entry point.
+    Returns ``{out, feature_dim, splits}``.
 
     Args:
         backbone: An ``nml export`` directory, or a factory dict (JSON) {library, name, pretrained}.
@@ -50,7 +55,7 @@ def features(
         raise ValueError(f"--views: expected >= 0, got {views}")
     model = create_backbone(backbone)
     meta = model.export_meta
-    dm = _data_module(data, root, batch_size, num_workers)
+    dm = task_data_module(data, root, batch_size, num_workers)
     if test_sets is not None:
         have = [s.name for s in dm.test_sets]
         unknown = sorted(set(test_sets) - set(have))
@@ -67,41 +72,38 @@ def features(
         else {"backbone": model.config.to_dict()}
     )
     result = extract_features(model, dm, out, views, seed, device, provenance, limit)
-    return {"out": out, "feature_dim": result["feature_dim"], "splits": result["splits"]}
+    return {"out": str(out), "feature_dim": result["feature_dim"], "splits": result["splits"]}
 
 
-def _data_module(data: str, root: str | None, batch_size: int, num_workers: int):
-    """A ShardDataModule from a task name or a YAML with a data module."""
-    from pathlib import Path
-
+def task_data_module(data: str, root: str | None, batch_size: int, num_workers: int):
+    """A ShardDataModule from a task name, or from a YAML file holding a data module (a tune config's
+    ``data:`` section, or ``class_path`` / ``init_args``), read with ``batch_size`` and
+    ``num_workers`` for extraction."""
     from nml.data.modules import ClassificationShards, ShardDataModule
+    from nml.data.options import moved_keys
 
-    if not data.endswith((".yaml", ".yml")):
-        return ClassificationShards(
-            root=root,
-            task=data,
-            eval_batch_size=batch_size,
-            num_workers=num_workers,
-            persistent_workers=False,
-        )
+    loading = {"eval_batch_size": batch_size, "num_workers": num_workers, "persistent_workers": False}
+    if not str(data).endswith((".yaml", ".yml")):
+        return ClassificationShards(root=root, task=data, loader=loading)
     import yaml
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule
 
-    from nml.cli.main import resolve_config
-
-    path = resolve_config(data)
-    log.info("data module from %s", Path(path).resolve())
-    section = yaml.safe_load(Path(path).read_text()) or {}
+    path = Path(data)
+    log.info("data module from %s", path.resolve())
+    section = yaml.safe_load(path.read_text()) or {}
     section = section.get("data", section)
     if not isinstance(section, dict) or "class_path" not in section:
         raise ValueError(
             f"{path}: expected a data module (class_path / init_args), or a config with a data: section"
         )
+    moved = moved_keys(section)
+    if moved:
+        raise ValueError(f"{path}: data options are grouped (loader / stream / image): {'; '.join(moved)}")
     init = dict(section.get("init_args") or {})
     if root is not None:
         init["root"] = root
-    init.update(eval_batch_size=batch_size, num_workers=num_workers, persistent_workers=False)
+    init["loader"] = {**(init.get("loader") or {}), **loading}
     parser = ArgumentParser()
     parser.add_subclass_arguments(LightningDataModule, "data")
     cfg = parser.parse_object({"data": {"class_path": section["class_path"], "init_args": init}})
