@@ -234,8 +234,14 @@ def nml_in_one_process(
     torch/Lightning instead of one per command); (stdout, stderr) of each. Fails naming the first
     command whose exit status is not the expected one (``expect``, default 0 for each)."""
     codes = ",".join(str(c) for c in (expect or [0] * len(runs)))
-    r = subprocess.run([PYTHON, "-c", _SEQUENCE, codes, *("\x1f".join(map(str, a)) for a in runs)],
-                       capture_output=True, text=True, env=nml_subprocess_env(), cwd=cwd, timeout=timeout)  # fmt: skip
+    r = subprocess.run(
+        [PYTHON, "-c", _SEQUENCE, codes, *("\x1f".join(map(str, a)) for a in runs)],
+        capture_output=True,
+        text=True,
+        env=nml_subprocess_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
     outs = [r.stdout.split(f"@@{i}@@\n", 1)[-1].split(f"@@{i + 1}@@\n", 1)[0] for i in range(len(runs))]
     errs = [r.stderr.split(f"@@{i}@@\n", 1)[-1].split(f"@@{i + 1}@@\n", 1)[0] for i in range(len(runs))]
     done = r.stdout.count("@@") // 2

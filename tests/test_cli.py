@@ -70,7 +70,7 @@ def test_bare_config_names_resolve_to_shipped_configs(tmp_path, monkeypatch, cap
     assert resolve_config("embedded.yaml") == CONFIG_DIR / "data" / "embedded.yaml"
     (tmp_path / "embedded.yaml").write_text("out: here\n")
     assert resolve_config("embedded.yaml") == Path("embedded.yaml")  # a local file wins
-    with pytest.raises(SystemExit, match="neither a file here nor a shipped config"):
+    with pytest.raises(FileNotFoundError, match="neither a file here nor a shipped config"):
         resolve_config("nope.yaml")
 
 
@@ -164,8 +164,11 @@ def test_shipped_config_parses(cfg, capsys):
         main(["fit", *args, "--print_config"])
     printed = capsys.readouterr().out
     assert e.value.code in (0, None) and "class_path" in printed
-    checkpoints = [c["init_args"] for c in yaml.safe_load(printed)["trainer"].get("callbacks") or []
-                   if c["class_path"].endswith("ModelCheckpoint")]  # fmt: skip
+    checkpoints = [
+        c["init_args"]
+        for c in yaml.safe_load(printed)["trainer"].get("callbacks") or []
+        if c["class_path"].endswith("ModelCheckpoint")
+    ]
     if any(c.get("monitor") for c in checkpoints):  # a monitored best-* needs an unconditional last.ckpt
         assert any(not c.get("monitor") and c.get("save_last") for c in checkpoints), cfg
 
@@ -305,10 +308,29 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_run_directory(
     )
     monkeypatch.chdir(tmp_path)
     with caplog.at_level("INFO"):
-        code = main(["fit", "--config", "pretrain_supervised.yaml", "--data.train", spec, "--data.val", spec,
-                     "--data.loader.num_workers", "0", "--data.loader.batch_size", "16", "--data.image.image_size", "16",
-                     "--trainer.accelerator", "cpu", "--trainer.max_steps", "2",
-                     "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])  # fmt: skip
+        code = main(
+            [
+                "fit",
+                "--config",
+                "pretrain_supervised.yaml",
+                "--data.train",
+                spec,
+                "--data.val",
+                spec,
+                "--data.loader.num_workers",
+                "0",
+                "--data.loader.batch_size",
+                "16",
+                "--data.image.image_size",
+                "16",
+                "--trainer.accelerator",
+                "cpu",
+                "--trainer.max_steps",
+                "2",
+                "--trainer.logger.init_args.save_dir",
+                str(tmp_path / "runs"),
+            ]
+        )
     assert code == 1
     err = capsys.readouterr().err
     assert "nml: error:" in err and "is outside [0, 10)" in err  # one line naming the label

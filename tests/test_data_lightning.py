@@ -75,15 +75,14 @@ def _datamodule(tmp_path: Path, **kw) -> ClassificationShards:
     if not (tmp_path / "train").exists():
         write_shards(tmp_path / "train", UNEVEN)
         write_shards(tmp_path / "val", [9, 4], prefix="val")
-    kw.setdefault("num_workers", 0)
+    loader = {"batch_size": 4, "num_workers": 0, **kw}  # kw: loader options
     return ClassificationShards(
         train=f"{tmp_path}/train/train-{{0000..0007}}.tar",
         val=f"{tmp_path}/val/val-{{0000..0001}}.tar",
         test=[EvalSet("val_again", f"{tmp_path}/val/val-{{0000..0001}}.tar", "ood")],
         seed=4,
         noise=NoiseConfig("symmetric", 0.3),
-        **kw,
-        loader={"batch_size": 4},
+        loader=loader,
         image={"image_size": 8, "train_transform": {"scale": [0.9, 1.0], "color_jitter": None}},
     )
 

@@ -186,8 +186,15 @@ def test_pretraining_on_your_shards_takes_the_models_input_size(tmp_path, tiny_b
         module.training_step = lambda batch, batch_idx, seen=seen, step=step: (
             seen.append(batch["image"].shape[-1]) or step(batch, batch_idx)
         )
-        Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False).fit(module, dm)  # fmt: skip
+        Trainer(
+            accelerator="cpu",
+            max_steps=1,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        ).fit(module, dm)
         assert seen == ([expected] if name == "yours" else [32]), name  # the benchmark fixes 32 px
         # transforms: timm's own defaults and the model's eval crop on your shards; glyph-safe on the benchmark
         train_ops, eval_ops = (str(dm.transform(a)) for a in (True, False))
@@ -239,11 +246,20 @@ def test_imagenet_class_names_for_sets_without_names_else_a_warning(tmp_path, ca
     names.write_text("\n".join(f"thing {i}" for i in range(1000)))
     assert ImageTextShards(train=train, val=val, class_names=str(names)).classes[999] == "thing 999"
     with caplog.at_level("WARNING"):
-        Trainer(accelerator="cpu", max_steps=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False).fit(
+        Trainer(
+            accelerator="cpu",
+            max_steps=1,
+            limit_val_batches=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        ).fit(
             ContrastivePretraining("tiny", TINY_CLIP),
-            ImageTextShards(train=train, val=val, context_length=16, loader={"batch_size": 4, "num_workers": 0}),
-        )  # fmt: skip
+            ImageTextShards(
+                train=train, val=val, context_length=16, loader={"batch_size": 4, "num_workers": 0}
+            ),
+        )
     assert (
         caplog.text.count("zero-shot validation is off") == 1 and "data.class_names: imagenet" in caplog.text
     )
@@ -261,10 +277,22 @@ def test_a_test_set_with_another_label_space_is_skipped_not_a_crash(tmp_path, ca
     meta = json.loads(info.read_text())
     del meta["classes"]
     info.write_text(json.dumps({**meta, "num_classes": 1000}))
-    dm = ClassificationShards(train=small, val=small, test=[EvalSet("big", big, "ood"), EvalSet("small", small, "id")], loader={"batch_size": 4, "num_workers": 0}, image={"image_size": 16})  # fmt: skip
+    dm = ClassificationShards(
+        train=small,
+        val=small,
+        test=[EvalSet("big", big, "ood"), EvalSet("small", small, "id")],
+        loader={"batch_size": 4, "num_workers": 0},
+        image={"image_size": 16},
+    )
     assert dm.num_classes == 10 and dm.num_classes_of(dm.test_sets[0]) == 1000
-    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     module = SupervisedPretraining("test_resnet", num_classes=10)
     trainer.fit(module, dm)
     with caplog.at_level("WARNING"):
@@ -291,10 +319,23 @@ def test_a_test_set_that_fails_midway_keeps_the_finished_sets_metrics(tmp_path, 
             {**json.loads(info.read_text()), "num_classes": 10, "classes": [str(c) for c in range(10)]}
         )
     )
-    dm = ClassificationShards(train=small, val=small, test=[EvalSet("small", small, "id"), EvalSet("bad", bad, "ood")], loader={"batch_size": 4, "num_workers": 0}, image={"image_size": 16})  # fmt: skip
+    dm = ClassificationShards(
+        train=small,
+        val=small,
+        test=[EvalSet("small", small, "id"), EvalSet("bad", bad, "ood")],
+        loader={"batch_size": 4, "num_workers": 0},
+        image={"image_size": 16},
+    )
     monkeypatch.chdir(tmp_path)  # no logger, no checkpoint: metrics.json goes to the working directory
-    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, callbacks=[TestReport()],
-                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[TestReport()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     module = SupervisedPretraining("test_resnet", num_classes=10)
     trainer.fit(module, dm)
     with pytest.raises(ShardFormatError, match=r"\.cls = 1[01] is outside \[0, 10\)"):

@@ -16,14 +16,35 @@ pytestmark = pytest.mark.slow
 
 
 def _fit(root: Path, runs: Path, records: Path, *extra: str) -> int:
-    return main([
-        "fit", "--config", "pretrain_supervised.yaml", "--data.root", str(root), "--data.loader.num_workers", "0",
-        "--data.loader.batch_size", "16", "--trainer.accelerator", "cpu", "--trainer.max_steps", "6",
-        "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
-        "--trainer.callbacks.at_fit_end=false",  # the config's last callback, FeatureSpectrum: no spectra here
-        "--trainer.logger.init_args.save_dir", str(runs), "--trainer.callbacks+=key_recorder.StepLosses",
-        f"--trainer.callbacks.out_dir={records}", "--ckpt_path", "last", *extra,
-    ])  # fmt: skip
+    return main(
+        [
+            "fit",
+            "--config",
+            "pretrain_supervised.yaml",
+            "--data.root",
+            str(root),
+            "--data.loader.num_workers",
+            "0",
+            "--data.loader.batch_size",
+            "16",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.max_steps",
+            "6",
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.callbacks.at_fit_end=false",  # the config's last callback, FeatureSpectrum: no spectra here
+            "--trainer.logger.init_args.save_dir",
+            str(runs),
+            "--trainer.callbacks+=key_recorder.StepLosses",
+            f"--trainer.callbacks.out_dir={records}",
+            "--ckpt_path",
+            "last",
+            *extra,
+        ]
+    )
 
 
 def _losses(records: Path) -> list[tuple[int, float]]:
@@ -47,15 +68,27 @@ def test_slurm_requeue_signal_and_sigterm_save_and_the_same_command_resumes(
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n')
     (bin_dir / "scontrol").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "nml-fit", "SLURM_PROCID": "0",
-             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1"}  # fmt: skip
+    slurm = {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "nml-fit",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "127.0.0.1",
+    }
     for k, v in slurm.items():
         monkeypatch.setenv(k, v)
     monkeypatch.chdir(tmp_path)  # Lightning's default_root_dir: where hpc_ckpt_N.ckpt goes
 
     with caplog.at_level("INFO"):
-        first = _fit(tiny_benchmark, tmp_path / "runs", tmp_path / "rec", "--trainer.callbacks+=key_recorder.SendSignals",
-                     '--trainer.callbacks.signals={"2": "SIGUSR1", "3": "SIGTERM"}')  # fmt: skip
+        first = _fit(
+            tiny_benchmark,
+            tmp_path / "runs",
+            tmp_path / "rec",
+            "--trainer.callbacks+=key_recorder.SendSignals",
+            '--trainer.callbacks.signals={"2": "SIGUSR1", "3": "SIGTERM"}',
+        )
     assert first == 143
     assert "--ckpt_path last: no checkpoint under" in caplog.text  # the job's first start
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
@@ -92,12 +125,31 @@ def test_an_unreachable_rendezvous_fails_within_the_timeout_naming_it(
         rank_zero_only, "rank", rank_zero_only.rank
     )  # the DDP setup makes this process rank 1
     t0 = time.monotonic()
-    code = main([
-        "fit", "--config", "pretrain_supervised.yaml", "--data.root", str(tiny_benchmark), "--data.loader.num_workers", "0",
-        "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.logger", "false",
-        "--trainer.strategy", "lightning.pytorch.strategies.DDPStrategy", "--trainer.strategy.timeout", "0:00:03",
-        "--trainer.strategy.process_group_backend", "gloo",
-    ])  # fmt: skip
+    code = main(
+        [
+            "fit",
+            "--config",
+            "pretrain_supervised.yaml",
+            "--data.root",
+            str(tiny_benchmark),
+            "--data.loader.num_workers",
+            "0",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.num_nodes",
+            "2",
+            "--trainer.devices",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.strategy",
+            "lightning.pytorch.strategies.DDPStrategy",
+            "--trainer.strategy.timeout",
+            "0:00:03",
+            "--trainer.strategy.process_group_backend",
+            "gloo",
+        ]
+    )
     assert code == 1 and time.monotonic() - t0 < 60
     err = capsys.readouterr().err
     assert f"MASTER_ADDR=127.0.0.1 MASTER_PORT={port}" in err and "--trainer.strategy.timeout" in err

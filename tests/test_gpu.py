@@ -27,11 +27,28 @@ pytestmark = [
 def _fit_and_test(config: str, root: Path, tmp_path: Path, extra: list[str], capsys) -> tuple[Path, dict]:
     common = ["--config", config, "--data.root", str(root), "--data.loader.num_workers", "2"]
     assert 0 == main(
-        ["fit", *common, "--data.loader.batch_size", "32", "--trainer.accelerator", "gpu",
-         "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
-         "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
-         "--trainer.enable_progress_bar", "false", *extra]
-    )  # fmt: skip
+        [
+            "fit",
+            *common,
+            "--data.loader.batch_size",
+            "32",
+            "--trainer.accelerator",
+            "gpu",
+            "--trainer.precision",
+            "bf16-mixed",
+            "--trainer.max_steps",
+            "6",
+            "--trainer.val_check_interval",
+            "3",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
+        ]
+    )
     ckpt = next(tmp_path.rglob("last.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] == 6
@@ -41,8 +58,18 @@ def _fit_and_test(config: str, root: Path, tmp_path: Path, extra: list[str], cap
     capsys.readouterr()
     results = {}
     for accelerator in ("gpu", "cpu"):
-        assert 0 == main(["test", *common, "--trainer.accelerator", accelerator, "--trainer.enable_progress_bar", "false",
-              "--ckpt_path", str(ckpt)])  # fmt: skip
+        assert 0 == main(
+            [
+                "test",
+                *common,
+                "--trainer.accelerator",
+                accelerator,
+                "--trainer.enable_progress_bar",
+                "false",
+                "--ckpt_path",
+                str(ckpt),
+            ]
+        )
         results[accelerator] = json.loads(capsys.readouterr().out)["metrics"]
     return ckpt, results
 
@@ -104,8 +131,16 @@ def test_tuning_on_cuda_on_images_and_on_cached_features(tiny_benchmark, tmp_pat
     fast = {"loader": {"num_workers": 2, "batch_size": 16, "eval_batch_size": 64}}
 
     def run(model, dm) -> dict:
-        trainer = Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=5, limit_val_batches=1,
-                          logger=False, enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+        trainer = Trainer(
+            accelerator="gpu",
+            devices=1,
+            precision="bf16-mixed",
+            max_steps=5,
+            limit_val_batches=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+        )
         trainer.fit(model, dm)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         trainer.test(model, dm, verbose=False)
@@ -138,9 +173,23 @@ def test_decode_on_device_uses_nvjpeg_and_matches_the_cpu_decode(tmp_path):
     from nml.models.supervised import SupervisedPretraining
 
     spec = write_pattern_shards(tmp_path, 32, 320, 240)
-    dm = ClassificationShards(train=spec, val=spec, num_classes=4, loader={"batch_size": 16, "num_workers": 2}, image={"image_size": 64, "train_transform": {"color_jitter": 0}, "decode_on_device": True})  # fmt: skip
-    trainer = Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=4, limit_val_batches=1,
-                      logger=False, enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+    dm = ClassificationShards(
+        train=spec,
+        val=spec,
+        num_classes=4,
+        loader={"batch_size": 16, "num_workers": 2},
+        image={"image_size": 64, "train_transform": {"color_jitter": 0}, "decode_on_device": True},
+    )
+    trainer = Trainer(
+        accelerator="gpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=4,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
     model = SupervisedPretraining("test_resnet", num_classes=4)
     trainer.fit(model, dm)
     assert trainer.global_step == 4 and math.isfinite(float(trainer.callback_metrics["train/loss_epoch"]))

@@ -201,8 +201,13 @@ class NoHostReads:
 
 def test_the_host_read_guard_catches_each_kind_of_read():
     x = torch.ones(3)
-    reads = (lambda: x.sum().item(), lambda: bool(x.any()), lambda: int(x.sum()), lambda: x.tolist(),
-             lambda: torch.as_tensor(3, device=x.device))  # fmt: skip
+    reads = (
+        lambda: x.sum().item(),
+        lambda: bool(x.any()),
+        lambda: int(x.sum()),
+        lambda: x.tolist(),
+        lambda: torch.as_tensor(3, device=x.device),
+    )
     for read in reads:
         with NoHostReads() as guard:
             read()
@@ -226,9 +231,14 @@ def _training_step_reads(module, datamodule) -> list[str]:
 
     module.training_step = guarded
     Trainer(
-        accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    ).fit(module, datamodule)  # fmt: skip
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(module, datamodule)
     return reads
 
 
@@ -304,8 +314,15 @@ def test_siglip_loss_trains_and_needs_a_logit_bias(tiny_benchmark):
     dm = ImageTextShards(
         root=str(tiny_benchmark), context_length=16, loader={"batch_size": 8, "num_workers": 0}
     )
-    Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False).fit(module, dm)  # fmt: skip
+    Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(module, dm)
     assert len(losses) == 3 and all(torch.isfinite(v) for v in losses)
     assert float(module.clip.logit_bias) != -10.0  # the bias is trained with the sigmoid loss
 
@@ -313,9 +330,15 @@ def test_siglip_loss_trains_and_needs_a_logit_bias(tiny_benchmark):
 # the smallest open_clip config of each family whose image tower is a timm model, with a tiny text
 # tower (the families' own text towers need Hugging Face tokenizers, which are downloads)
 TIMM_TOWER_FAMILIES = [
-    "convnext_tiny", "EVA02-B-16", "MobileCLIP2-S0", "PE-Core-B-16", "swin_base_patch4_window7_224",
-    "ViT-B-16-SigLIP", "vit_medium_patch16_gap_256", "ViTamin-S",
-]  # fmt: skip
+    "convnext_tiny",
+    "EVA02-B-16",
+    "MobileCLIP2-S0",
+    "PE-Core-B-16",
+    "swin_base_patch4_window7_224",
+    "ViT-B-16-SigLIP",
+    "vit_medium_patch16_gap_256",
+    "ViTamin-S",
+]
 
 
 @pytest.mark.slow
@@ -340,8 +363,15 @@ def test_open_clip_models_with_a_timm_image_tower_train(tiny_benchmark, name):
         loader={"batch_size": 2, "num_workers": 0},
         image={"image_size": size},
     )
-    trainer = Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, dm)
     assert trainer.global_step == 1 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
 
@@ -372,8 +402,13 @@ def test_zero_shot_head_is_batched_over_classes_and_built_once_per_class_set(tin
     dm = ImageTextShards(
         root=str(tiny_benchmark), context_length=16, loader={"batch_size": 32, "num_workers": 0}
     )
-    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-            limit_test_batches=1).test(contrastive.ContrastivePretraining("tiny", TINY_CLIP), dm, verbose=False)  # fmt: skip
+    Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_test_batches=1,
+    ).test(contrastive.ContrastivePretraining("tiny", TINY_CLIP), dm, verbose=False)
     assert len(dm.test_sets) == 13 and len(calls) == 1  # 13 test sets over the same 52 classes
 
 
@@ -390,9 +425,17 @@ def test_learning_rate_from_lr_base_and_the_global_batch(tiny_benchmark, rule, e
 
     dm = ClassificationShards(root=str(tiny_benchmark), loader={"batch_size": 16, "num_workers": 0})
     module = SupervisedPretraining("test_resnet", optimizer=partial(torch.optim.SGD, lr=5.0))
-    trainer = Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=2,
-                      callbacks=[ScaleLearningRate(0.1, 256, rule)])  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accumulate_grad_batches=2,
+        callbacks=[ScaleLearningRate(0.1, 256, rule)],
+    )
     with caplog.at_level("INFO"):
         trainer.fit(module, dm)
     assert [g["initial_lr"] for g in trainer.optimizers[0].param_groups] == pytest.approx(
@@ -441,10 +484,16 @@ def test_throughput_counts_the_steps_flops_logs_rates_and_lr_and_syncs_only_on_l
 
     module.training_step = recorded
     Trainer(
-        accelerator="cpu", max_steps=6, log_every_n_steps=2, limit_val_batches=0, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, logger=CSVLogger(tmp_path),
+        accelerator="cpu",
+        max_steps=6,
+        log_every_n_steps=2,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=CSVLogger(tmp_path),
         callbacks=[throughput, LearningRateMonitor(logging_interval="step")],
-    ).fit(module, dm)  # fmt: skip
+    ).fit(module, dm)
 
     with torch.device("meta"):
         meta = create_backbone({"library": "timm", "name": "test_resnet"}, num_classes=dm.num_classes).model

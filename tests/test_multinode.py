@@ -35,8 +35,20 @@ def _launch(launcher: str, rank: int, port: int, argv: list[str]) -> tuple[list[
     if launcher == "lightning":  # what Lightning reads when it launches nothing itself
         return [PYTHON, *nml], _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(rank))
     if launcher == "torchrun":  # the README's torchrun command, one per node
-        run = ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
-               "--master_addr", "127.0.0.1", "--master_port", str(port)]  # fmt: skip
+        run = [
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc_per_node",
+            "1",
+            "--node_rank",
+            str(rank),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+        ]
         return [PYTHON, *run, *nml], _env()
     raise ValueError(launcher)
 
@@ -69,11 +81,25 @@ def _fit_options(root: Path, runs: Path, records: Path) -> list[str]:
     """The options of the runs here after ``--config pretrain_supervised.yaml``, nodes aside."""
     return [
         "--trainer.callbacks.at_fit_end=false",  # the config's last callback, FeatureSpectrum: no spectra here
-        "--data.root", str(root), "--data.loader.num_workers", "0", "--trainer.accelerator", "cpu",
-        "--trainer.logger.init_args.save_dir", str(runs), "--data.loader.batch_size", "16", "--trainer.max_steps", "6",
-        "--trainer.val_check_interval", "3", "--trainer.limit_val_batches", "2",
-        "--trainer.callbacks+=key_recorder.StepLosses", f"--trainer.callbacks.out_dir={records}",
-    ]  # fmt: skip
+        "--data.root",
+        str(root),
+        "--data.loader.num_workers",
+        "0",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.logger.init_args.save_dir",
+        str(runs),
+        "--data.loader.batch_size",
+        "16",
+        "--trainer.max_steps",
+        "6",
+        "--trainer.val_check_interval",
+        "3",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.callbacks+=key_recorder.StepLosses",
+        f"--trainer.callbacks.out_dir={records}",
+    ]
 
 
 def _losses(records: Path, rank: int = 0) -> list[tuple[int, float]]:
@@ -103,16 +129,35 @@ def two_node_fit(tiny_benchmark, tmp_path_factory) -> Path:
     (out / "bin").mkdir()
     (out / "bin" / "srun").write_text(FAKE_SRUN)
     (out / "bin" / "srun").chmod(0o755)
-    sbatch = {"SLURM_JOB_ID": "777", "SLURM_JOB_NAME": "nml-fit", "SLURM_NTASKS": "2", "SLURM_NNODES": "2",
-              "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NODELIST": "127.0.0.1",
-              "MASTER_PORT": str(free_port()),
-              "PATH": os.pathsep.join([str(out / "bin"), str(Path(PYTHON).parent), os.environ["PATH"]])}  # fmt: skip
+    sbatch = {
+        "SLURM_JOB_ID": "777",
+        "SLURM_JOB_NAME": "nml-fit",
+        "SLURM_NTASKS": "2",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_NODELIST": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "PATH": os.pathsep.join([str(out / "bin"), str(Path(PYTHON).parent), os.environ["PATH"]]),
+    }
     fit = _fit_options(tiny_benchmark, out / "runs", out / "losses")  # the template sets nodes and devices
     run = subprocess.run(
-        ["bash", str(REPO / "tools" / "slurm" / "fit.sbatch"), "pretrain_supervised.yaml", *fit, "--trainer.strategy",
-         "ddp", "--trainer.callbacks+=key_recorder.KeyRecorder", f"--trainer.callbacks.out_dir={out / 'keys'}"],
-        env=_env(**sbatch), cwd=out, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            "bash",
+            str(REPO / "tools" / "slurm" / "fit.sbatch"),
+            "pretrain_supervised.yaml",
+            *fit,
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.callbacks+=key_recorder.KeyRecorder",
+            f"--trainer.callbacks.out_dir={out / 'keys'}",
+        ],
+        env=_env(**sbatch),
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     tasks = [(out / f"task{r}.err").read_text() if (out / f"task{r}.err").exists() else "" for r in (0, 1)]
     assert run.returncode == 0, (run.stderr[-2000:], tasks[0][-3000:], tasks[1][-3000:])
     assert (out / "runs" / "pretrain_supervised" / "job777" / "checkpoints" / "last.ckpt").exists()
@@ -129,10 +174,24 @@ def test_two_nodes_train_on_disjoint_samples_and_evaluate_exactly(
     assert not set(seen[0]) & set(seen[1])  # the two nodes read disjoint parts of the epoch
 
     ckpt = next((two_node_fit / "runs").rglob("last.ckpt"))
-    test = ["test", "--config", "pretrain_supervised.yaml", "--data.root", str(tiny_benchmark),
-            "--data.loader.num_workers", "0", "--trainer.accelerator", "cpu", "--ckpt_path", str(ckpt),
-            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
-            "--trainer.callbacks.at_test_end=false"]  # fmt: skip
+    test = [
+        "test",
+        "--config",
+        "pretrain_supervised.yaml",
+        "--data.root",
+        str(tiny_benchmark),
+        "--data.loader.num_workers",
+        "0",
+        "--trainer.accelerator",
+        "cpu",
+        "--ckpt_path",
+        str(ckpt),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.callbacks.at_test_end=false",
+    ]
     monkeypatch.chdir(tmp_path)
     assert main(test) == 0  # one process: this one
     single = json.loads(capsys.readouterr().out)
@@ -151,12 +210,23 @@ def test_torchrun_nodes_killed_mid_epoch_resume_from_last_to_the_same_losses(
     2 steps); node 0 must fail within a bounded time, not hang. The same command with ``--ckpt_path
     last`` resumes from step 4: every logged loss and the final validation metrics equal the
     uninterrupted run's (which was launched by Lightning's variables: the launchers agree too)."""
-    fit = ["fit", "--config", "pretrain_supervised.yaml", *NODES,
-           *_fit_options(tiny_benchmark, tmp_path / "runs", tmp_path / "losses")]  # fmt: skip
-    fit += ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.filename=every2-{step}",
-            "--trainer.callbacks.every_n_train_steps=2"]  # fmt: skip
-    kill = ["--trainer.callbacks+=key_recorder.SendSignals", '--trainer.callbacks.signals={"5": "SIGKILL"}',
-            "--trainer.callbacks.rank=1"]  # fmt: skip
+    fit = [
+        "fit",
+        "--config",
+        "pretrain_supervised.yaml",
+        *NODES,
+        *_fit_options(tiny_benchmark, tmp_path / "runs", tmp_path / "losses"),
+    ]
+    fit += [
+        "--trainer.callbacks+=ModelCheckpoint",
+        "--trainer.callbacks.filename=every2-{step}",
+        "--trainer.callbacks.every_n_train_steps=2",
+    ]
+    kill = [
+        "--trainer.callbacks+=key_recorder.SendSignals",
+        '--trainer.callbacks.signals={"5": "SIGKILL"}',
+        "--trainer.callbacks.rank=1",
+    ]
     t0 = time.monotonic()
     _nodes([*fit, *kill], tmp_path / "killed", launcher="torchrun", fail=True, timeout=240)
     print(f"the killed run ended in {time.monotonic() - t0:.0f} s")  # bounded by the timeout above

@@ -52,8 +52,17 @@ def shards(tmp_path_factory) -> Path:
     for split, sizes in (("train", [12, 12]), ("validation", [8])):
         names = [f"imagenet-1k-{split}-{s:04d}.tar" for s in range(len(sizes))]
         for s, (name, n) in enumerate(zip(names, sizes, strict=True)):
-            _tar(imagenet / name, [{"__key__": f"{split}_{s}_{i:05d}", "jpg": _jpeg(rng),
-                                    "cls": str(int(rng.integers(1000))).encode()} for i in range(n)])  # fmt: skip
+            _tar(
+                imagenet / name,
+                [
+                    {
+                        "__key__": f"{split}_{s}_{i:05d}",
+                        "jpg": _jpeg(rng),
+                        "cls": str(int(rng.integers(1000))).encode(),
+                    }
+                    for i in range(n)
+                ],
+            )
         splits[split] = {"name": split, "num_samples": sum(sizes), "filenames": names, "shard_lengths": sizes}
     (imagenet / "_info.json").write_text(
         json.dumps({"name": "imagenet-1k", "num_classes": 1000, "splits": splits})
@@ -62,10 +71,18 @@ def shards(tmp_path_factory) -> Path:
         d = root / name
         d.mkdir()
         for s in range(2):
-            _tar(d / f"{s:05d}.tar", [{"__key__": f"{s:05d}{i:04d}", "jpg": _jpeg(rng, 128),
-                                       "txt": f"a photo number {i} of shard {s}".encode(),
-                                       "json": json.dumps({"caption": f"photo {i}", "status": "success"}).encode()}
-                                      for i in range(8)])  # fmt: skip
+            _tar(
+                d / f"{s:05d}.tar",
+                [
+                    {
+                        "__key__": f"{s:05d}{i:04d}",
+                        "jpg": _jpeg(rng, 128),
+                        "txt": f"a photo number {i} of shard {s}".encode(),
+                        "json": json.dumps({"caption": f"photo {i}", "status": "success"}).encode(),
+                    }
+                    for i in range(8)
+                ],
+            )
         if with_sizes:
             (d / "sizes.json").write_text(json.dumps({"00000.tar": 8, "00001.tar": 8}))
     return root
@@ -80,8 +97,20 @@ def test_imagenet_and_cc_style_shards_through_the_shipped_configs(
 ):
     monkeypatch.chdir(shards)  # relative specs, as typed: relative to the working directory
     imagenet = ["--data.train", f"imagenet/{TRAIN}", "--data.val", f"imagenet/{VAL}"]
-    tiny = ["--data.loader.batch_size", "4", "--data.loader.num_workers", "0", "--trainer.accelerator", "cpu",
-            "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    tiny = [
+        "--data.loader.batch_size",
+        "4",
+        "--data.loader.num_workers",
+        "0",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     runs = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
 
     # supervised pre-training: 1000 classes from _info.json, the model's input size and eval crop
@@ -98,9 +127,23 @@ def test_imagenet_and_cc_style_shards_through_the_shipped_configs(
     # nml test on a named set of those shards: JSON alone on stdout, every sample counted
     run_dir = next((tmp_path / "runs" / "pretrain_supervised").glob("version_*"))
     capsys.readouterr()
-    _run(["test", "--config", "pretrain_supervised.yaml", *imagenet, "--data.loader.num_workers", "0",
-          "--data.test", f'[{{name: imagenet_val, shards: "imagenet/{VAL}", group: id}}]',  # as in the README
-          "--trainer.accelerator", "cpu", "--ckpt_path", str(run_dir), *runs])  # fmt: skip
+    _run(
+        [
+            "test",
+            "--config",
+            "pretrain_supervised.yaml",
+            *imagenet,
+            "--data.loader.num_workers",
+            "0",
+            "--data.test",
+            f'[{{name: imagenet_val, shards: "imagenet/{VAL}", group: id}}]',  # as in the README
+            "--trainer.accelerator",
+            "cpu",
+            "--ckpt_path",
+            str(run_dir),
+            *runs,
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["samples"] == {"imagenet_val": 8} and "test/id/imagenet_val/top1" in report["metrics"]
 
@@ -110,9 +153,23 @@ def test_imagenet_and_cc_style_shards_through_the_shipped_configs(
     (tmp_path / "names.txt").write_text("\n".join(f"class {i}" for i in range(1000)))
     caplog.clear()
     with caplog.at_level("INFO"):
-        _run(["fit", "--config", "pretrain_clip.yaml", "--data.train", "cc/{00000..00001}.tar",
-              "--data.val", f"imagenet/{VAL}", "--data.class_names", str(tmp_path / "names.txt"), *tiny,
-              "--trainer.val_check_interval", "2", *runs])  # fmt: skip
+        _run(
+            [
+                "fit",
+                "--config",
+                "pretrain_clip.yaml",
+                "--data.train",
+                "cc/{00000..00001}.tar",
+                "--data.val",
+                f"imagenet/{VAL}",
+                "--data.class_names",
+                str(tmp_path / "names.txt"),
+                *tiny,
+                "--trainer.val_check_interval",
+                "2",
+                *runs,
+            ]
+        )
     clip = torch.load(next((tmp_path / "runs" / "pretrain_clip").rglob("last.ckpt")), weights_only=True)
     monitored = [v for k, v in clip["callbacks"].items() if "val/zeroshot_top1" in k]
     assert monitored and monitored[0]["best_model_score"] is not None  # val/zeroshot_top1 was logged
@@ -121,9 +178,23 @@ def test_imagenet_and_cc_style_shards_through_the_shipped_configs(
     # the same without sizes.json: counted by scanning, and said
     caplog.clear()
     with caplog.at_level("INFO"):
-        _run(["fit", "--config", "pretrain_clip.yaml", "--data.train", "cc_nosizes/{00000..00001}.tar",
-              "--data.val", f"imagenet/{VAL}", *tiny, "--trainer.max_steps", "1",
-              "--trainer.limit_val_batches", "0", *runs])  # fmt: skip
+        _run(
+            [
+                "fit",
+                "--config",
+                "pretrain_clip.yaml",
+                "--data.train",
+                "cc_nosizes/{00000..00001}.tar",
+                "--data.val",
+                f"imagenet/{VAL}",
+                *tiny,
+                "--trainer.max_steps",
+                "1",
+                "--trainer.limit_val_batches",
+                "0",
+                *runs,
+            ]
+        )
     assert "counted the samples of 2 shard(s) by scanning" in caplog.text
 
     # export the supervised encoder, extract features of a data file's splits, tune a linear probe
@@ -132,16 +203,49 @@ def test_imagenet_and_cc_style_shards_through_the_shipped_configs(
     _run(["export", "--ckpt", str(ckpt_path), "--out", str(tmp_path / "export")])
     assert json.loads(capsys.readouterr().out)["feature_dim"] > 0
     data_file = tmp_path / "imagenet_data.yaml"
-    data_file.write_text(json.dumps({"data": {"class_path": "nml.data.modules.ClassificationShards", "init_args": {
-        "train": f"imagenet/{TRAIN}", "val": f"imagenet/{VAL}",
-        "test": [{"name": "imagenet_val", "shards": f"imagenet/{VAL}", "group": "id"}]}}}))  # fmt: skip
-    _run(["features", "--backbone", str(tmp_path / "export"), "--data", str(data_file), "--num_workers", "0",
-          "--out", str(tmp_path / "features")])  # fmt: skip
+    data_file.write_text(
+        json.dumps(
+            {
+                "data": {
+                    "class_path": "nml.data.modules.ClassificationShards",
+                    "init_args": {
+                        "train": f"imagenet/{TRAIN}",
+                        "val": f"imagenet/{VAL}",
+                        "test": [{"name": "imagenet_val", "shards": f"imagenet/{VAL}", "group": "id"}],
+                    },
+                }
+            }
+        )
+    )
+    _run(
+        [
+            "features",
+            "--backbone",
+            str(tmp_path / "export"),
+            "--data",
+            str(data_file),
+            "--num_workers",
+            "0",
+            "--out",
+            str(tmp_path / "features"),
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert (
         summary["splits"]["train"]["samples"] == 24 and summary["splits"]["test/imagenet_val"]["samples"] == 8
     )
-    _run(["fit", "--config", "tune_linear.yaml", "--data", str(data_file), "--model.init_args.backbone",
-          str(tmp_path / "export"), *tiny, *runs])  # fmt: skip
+    _run(
+        [
+            "fit",
+            "--config",
+            "tune_linear.yaml",
+            "--data",
+            str(data_file),
+            "--model.init_args.backbone",
+            str(tmp_path / "export"),
+            *tiny,
+            *runs,
+        ]
+    )
     tuned = torch.load(next((tmp_path / "runs" / "tune_linear").rglob("last.ckpt")), weights_only=True)
     assert tuned["hyper_parameters"]["num_classes"] == 1000

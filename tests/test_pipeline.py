@@ -517,8 +517,20 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale_only_where_the_transform_los
 def test_bench_pipeline_reports_the_per_core_rate_against_the_jpeg_decode_limit():
     from helpers import run_tool
 
-    argv = ["--mode", "jpeg", "--samples", "64", "--image_px", "320x240", "--num_workers", "0", "--repeats", "1",
-            "--image_size", "96"]  # fmt: skip
+    argv = [
+        "--mode",
+        "jpeg",
+        "--samples",
+        "64",
+        "--image_px",
+        "320x240",
+        "--num_workers",
+        "0",
+        "--repeats",
+        "1",
+        "--image_size",
+        "96",
+    ]
     out = json.loads(run_tool("bench_pipeline.py", argv))
     assert out["shards"] == "64 synthetic 320x240 JPEGs" and out["decode_limit_per_core"] > 0
     # decoding is part of the pipeline: a pipeline faster than decoding alone would be a wrong figure
@@ -540,8 +552,13 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
     from nml.models.supervised import SupervisedPretraining
 
     spec = write_pattern_shards(tmp_path, 16, 128, 96, png_every=4)
-    common = dict(train=spec, val=spec, num_classes=4, loader={"batch_size": 8, "num_workers": 0},
-                  noise=NoiseConfig("symmetric", 0.3))  # fmt: skip
+    common = dict(
+        train=spec,
+        val=spec,
+        num_classes=4,
+        loader={"batch_size": 8, "num_workers": 0},
+        noise=NoiseConfig("symmetric", 0.3),
+    )
     image = {"image_size": 48, "train_transform": {"color_jitter": 0}}
 
     def first_batch(views: int, on_device: bool) -> dict:
@@ -592,8 +609,15 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
         truncated |= {f"t{i}.png": png_bytes(i), f"t{i}.cls": b"1"}
     spec_with_bad = f"{spec}::{_tar(tmp_path / 'bad.tar', truncated)}"
     dm = ClassificationShards(**{**common, "train": spec_with_bad}, image={**image, "decode_on_device": True})
-    trainer = Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(SupervisedPretraining("test_resnet", num_classes=4), dm)
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
     assert trainer.callback_metrics["data/skipped"] == 1

@@ -65,12 +65,38 @@ def _scalar_tags(log_dir: Path) -> set[str]:
 )
 def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, config, expected):
     run = subprocess.run(
-        [PYTHON, "-m", "nml.cli", "fit", "--config", config, "--data.root", str(tiny_benchmark),
-         "--data.noise.rate", "0.3", "--data.loader.num_workers", "0", "--data.loader.batch_size", "32",
-         "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "2",
-         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
-        capture_output=True, text=True, env=nml_subprocess_env(), cwd=tmp_path, timeout=600,
-    )  # fmt: skip
+        [
+            PYTHON,
+            "-m",
+            "nml.cli",
+            "fit",
+            "--config",
+            config,
+            "--data.root",
+            str(tiny_benchmark),
+            "--data.noise.rate",
+            "0.3",
+            "--data.loader.num_workers",
+            "0",
+            "--data.loader.batch_size",
+            "32",
+            "--trainer.max_steps",
+            "4",
+            "--trainer.val_check_interval",
+            "2",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.log_every_n_steps",
+            "2",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        env=nml_subprocess_env(),
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"using config {REPO / 'nml' / 'configs' / config}" in run.stderr  # bare name -> shipped config
     assert run.stderr.count("GPU available") == 1  # Lightning's lines once, not through two handlers
@@ -88,17 +114,34 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     npz = np.load(next((tmp_path / "runs").rglob("spectrum/glyphs_heldout_fit_end.npz")))
     assert float(npz["samples"]) == 52 * 3 and float(npz["sve"]) > 0
 
-    (test_out, test_err), (export_out, _) = nml_in_one_process([
-        ["test", "--config", config, "--data.root", str(tiny_benchmark), "--data.loader.num_workers", "0",
-         "--ckpt_path", str(ckpt.parent.parent),  # a run dir: its last.ckpt
-         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
-        ["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export")],
-    ], tmp_path)  # fmt: skip
+    (test_out, test_err), (export_out, _) = nml_in_one_process(
+        [
+            [
+                "test",
+                "--config",
+                config,
+                "--data.root",
+                str(tiny_benchmark),
+                "--data.loader.num_workers",
+                "0",
+                "--ckpt_path",
+                str(ckpt.parent.parent),  # a run dir: its last.ckpt
+                "--trainer.logger.init_args.save_dir",
+                str(tmp_path / "runs"),
+            ],
+            ["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export")],
+        ],
+        tmp_path,
+    )
     report = json.loads(test_out)
     metrics = report["metrics"]
     assert report["samples"]["glyphs_heldout"] == 52 * 3  # N per set: every test sample once
-    assert {"test/id/glyphs_heldout/top1", "test/ood/glyphs_elastic_2/top1", "test/id/mean_top1",
-            "test/ood/mean_top1"} <= set(metrics)  # fmt: skip
+    assert {
+        "test/id/glyphs_heldout/top1",
+        "test/ood/glyphs_elastic_2/top1",
+        "test/id/mean_top1",
+        "test/ood/mean_top1",
+    } <= set(metrics)
     ood = [v for k, v in metrics.items() if k.startswith("test/ood/glyphs_")]
     assert len(ood) == 12 and metrics["test/ood/mean_top1"] == pytest.approx(sum(ood) / 12, abs=1e-6)
     assert json.loads((ckpt.parent / "metrics.json").read_text()) == report

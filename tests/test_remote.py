@@ -85,9 +85,13 @@ def serve(shards, monkeypatch):
 
 def _samples(spec, strict=False) -> list[tuple[str, int]]:
     cfg = StreamConfig(
-        shards=resolve_shards(spec), members=MemberSpec(num_classes=5), transform=ToTensor(),
-        mode="eval", batch_size=4, strict=strict,
-    )  # fmt: skip
+        shards=resolve_shards(spec),
+        members=MemberSpec(num_classes=5),
+        transform=ToTensor(),
+        mode="eval",
+        batch_size=4,
+        strict=strict,
+    )
     return [
         (k, int(t))
         for b in ShardLoader(cfg)
@@ -165,8 +169,13 @@ def test_s3_shards_through_fsspec_against_moto(shards, monkeypatch):
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     try:
-        for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "NML_SHARD_BACKOFF": "0.01"}.items():  # fmt: skip
+        for k, v in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "NML_SHARD_BACKOFF": "0.01",
+        }.items():
             monkeypatch.setenv(k, v)
         import boto3
 

@@ -32,14 +32,47 @@ def _write(path, with_random=True) -> None:
         for s in range(3):
             for method, bonus in (("linear", 0.0), ("nmtune", 1.0 + s)):
                 for group, name, value in (("id", "held", ID[(g, s)]), ("ood", "shift", OOD[(g, s)])):
-                    rows.append({"objective": "supervised", "init": "pretrained", "noise_rate": g, "seed": s,
-                                 "method": method, "task": "t", "test_set": name, "group": group, "top1": value + bonus,
-                                 "tune_seeds": 1, "sve": SVE[g][s], "lsvr": 3.0 + g, "p1": 0.05, "effective_rank": 60,
-                                 "memorised": 95.0 if g else "", "acc_noisy": 3.0 if g else "", "pretrain_epochs": 20})  # fmt: skip
+                    rows.append(
+                        {
+                            "objective": "supervised",
+                            "init": "pretrained",
+                            "noise_rate": g,
+                            "seed": s,
+                            "method": method,
+                            "task": "t",
+                            "test_set": name,
+                            "group": group,
+                            "top1": value + bonus,
+                            "tune_seeds": 1,
+                            "sve": SVE[g][s],
+                            "lsvr": 3.0 + g,
+                            "p1": 0.05,
+                            "effective_rank": 60,
+                            "memorised": 95.0 if g else "",
+                            "acc_noisy": 3.0 if g else "",
+                            "pretrain_epochs": 20,
+                        }
+                    )
     if with_random:
-        rows.append({"objective": "supervised", "init": "random", "noise_rate": "", "seed": 0, "method": "linear",
-                     "task": "t", "test_set": "held", "group": "id", "top1": 50.0, "tune_seeds": 1, "sve": 5.0,
-                     "lsvr": 2.0, "p1": 0.1, "effective_rank": 90, "pretrain_epochs": 0})  # fmt: skip
+        rows.append(
+            {
+                "objective": "supervised",
+                "init": "random",
+                "noise_rate": "",
+                "seed": 0,
+                "method": "linear",
+                "task": "t",
+                "test_set": "held",
+                "group": "id",
+                "top1": 50.0,
+                "tune_seeds": 1,
+                "sve": 5.0,
+                "lsvr": 2.0,
+                "p1": 0.1,
+                "effective_rank": 90,
+                "pretrain_epochs": 0,
+            }
+        )
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, COLUMNS, restval="")
         w.writeheader()
@@ -144,10 +177,20 @@ def test_slurm_launcher_submits_each_stage_with_its_dependencies(tiny_benchmark,
     from submitit.core.core import Job
 
     monkeypatch.setattr(Job, "_results_timeout_s", 0)  # no result pickle will come (as submitit's tests do)
-    kw = {"grid": Grid(["supervised"], [0.3], [0], random_init=False), "tasks": {"mnist": TaskPlan(["linear"])},
-          "benchmark": Benchmark(root=str(tiny_benchmark)), "out": str(tmp_path / "s"),
-          "launcher": Launcher(kind="slurm", partition="gpu", gpus_per_node=2, time_min=90, poll_s=0.05,
-                               slurm_parameters={"qos": "high"})}  # fmt: skip
+    kw = {
+        "grid": Grid(["supervised"], [0.3], [0], random_init=False),
+        "tasks": {"mnist": TaskPlan(["linear"])},
+        "benchmark": Benchmark(root=str(tiny_benchmark)),
+        "out": str(tmp_path / "s"),
+        "launcher": Launcher(
+            kind="slurm",
+            partition="gpu",
+            gpus_per_node=2,
+            time_min=90,
+            poll_s=0.05,
+            slurm_parameters={"qos": "high"},
+        ),
+    }
     with pytest.raises(SystemExit, match=r"1 stage\(s\) failed \(2 skipped as dependents\)"):
         study(**kw)
     scripts = [(tmp_path / "scripts" / f"{i}.sh").read_text() for i in (1, 2, 3)]
@@ -171,8 +214,20 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
     from nml.study.config import Benchmark, Features
 
     monkeypatch.chdir(tmp_path)
-    tiny = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--data.init_args.stream.train_shards", "4",
-            "--data.init_args.loader.batch_size", "16", "--data.init_args.loader.num_workers", "0", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    tiny = [
+        "--trainer.max_steps",
+        "3",
+        "--trainer.limit_val_batches",
+        "1",
+        "--data.init_args.stream.train_shards",
+        "4",
+        "--data.init_args.loader.batch_size",
+        "16",
+        "--data.init_args.loader.num_workers",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     kw = {
         "name": "tiny",
         "grid": Grid(["supervised"], [0.0, 0.3], [0], random_init=True),
@@ -193,8 +248,10 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
         ("random", None),
     }
     assert {(r["task"], r["test_set"], r["group"]) for r in rows} == {
-        ("print_to_mnist", "print_to_mnist", "ood"), ("mnist", "mnist", "id"),
-        ("mnist", "mnist_to_handwriting_font", "ood")}  # fmt: skip
+        ("print_to_mnist", "print_to_mnist", "ood"),
+        ("mnist", "mnist", "id"),
+        ("mnist", "mnist_to_handwriting_font", "ood"),
+    }
     assert all(0 <= r["top1"] <= 100 and r["sve"] > 0 for r in rows)
     assert all(r["memorised"] is not None for r in rows if r["noise_rate"] == 0.3)
     assert first["ran"] == 3 + 3 * 2 + 3 * 3 and first["cached"] == 0
@@ -214,9 +271,13 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
 
     # from scratch in another directory, each stage a submitit job in its own process (the local
     # executor runs the job objects `--launcher.kind slurm` submits): the same seed, the same numbers
-    kw.update(tuning=Tuning(epochs=2, seeds=[0], batch_size=16), out=str(tmp_path / "again"),
-              grid=Grid(["supervised"], [0.3], [0], random_init=False), tasks={"mnist": TaskPlan(["nmtune"])},
-              launcher=Launcher(kind="submitit_local", gpus_per_node=0, cpus_per_task=1))  # fmt: skip
+    kw.update(
+        tuning=Tuning(epochs=2, seeds=[0], batch_size=16),
+        out=str(tmp_path / "again"),
+        grid=Grid(["supervised"], [0.3], [0], random_init=False),
+        tasks={"mnist": TaskPlan(["nmtune"])},
+        launcher=Launcher(kind="submitit_local", gpus_per_node=0, cpus_per_task=1),
+    )
     jobs = study(**kw)
     assert jobs["ran"] == 3 and jobs["cached"] == 0  # pretrain -> features -> tune, one job each
     assert len(list((tmp_path / "again" / "submitit").glob("*/*_result.pkl"))) == 3

@@ -281,16 +281,66 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
     cache = tmp_path / "features"
     run_dir = tmp_path / "runs" / "tune_nmtune" / "version_0"  # `--ckpt_path RUN_DIR`: its last.ckpt
     runs = [
-        ["features", "--backbone", str(exports["clip"]), "--data", "tune_nmtune.yaml", "--root", str(tiny_benchmark),
-         "--views", "2", "--num_workers", "0", "--out", str(cache)],
-        ["fit", "--config", "tune_nmtune.yaml", "--data", "data/features.yaml", "--data.init_args.root", str(cache),
-         "--model.init_args.backbone", "null", "--trainer.max_epochs", "2", *common],
-        ["test", "--config", "tune_nmtune.yaml", "--data", "data/features.yaml", "--data.init_args.root", str(cache),
-         "--model.init_args.backbone", "null", "--ckpt_path", str(run_dir), *common],
-        ["fit", "--config", "tune_linear.yaml", "--model.init_args.backbone", str(exports["clip"]),
-         "--data.root", str(tiny_benchmark), "--data.loader.num_workers", "0", "--trainer.max_steps", "3",
-         "--trainer.limit_val_batches", "1", *common],
-    ]  # fmt: skip
+        [
+            "features",
+            "--backbone",
+            str(exports["clip"]),
+            "--data",
+            "tune_nmtune.yaml",
+            "--root",
+            str(tiny_benchmark),
+            "--views",
+            "2",
+            "--num_workers",
+            "0",
+            "--out",
+            str(cache),
+        ],
+        [
+            "fit",
+            "--config",
+            "tune_nmtune.yaml",
+            "--data",
+            "data/features.yaml",
+            "--data.init_args.root",
+            str(cache),
+            "--model.init_args.backbone",
+            "null",
+            "--trainer.max_epochs",
+            "2",
+            *common,
+        ],
+        [
+            "test",
+            "--config",
+            "tune_nmtune.yaml",
+            "--data",
+            "data/features.yaml",
+            "--data.init_args.root",
+            str(cache),
+            "--model.init_args.backbone",
+            "null",
+            "--ckpt_path",
+            str(run_dir),
+            *common,
+        ],
+        [
+            "fit",
+            "--config",
+            "tune_linear.yaml",
+            "--model.init_args.backbone",
+            str(exports["clip"]),
+            "--data.root",
+            str(tiny_benchmark),
+            "--data.loader.num_workers",
+            "0",
+            "--trainer.max_steps",
+            "3",
+            "--trainer.limit_val_batches",
+            "1",
+            *common,
+        ],
+    ]
     (features_out, features_err), _, (test_out, test_err), _ = nml_in_one_process(runs, tmp_path)
     summary = json.loads(features_out)
     assert summary["feature_dim"] == 16 and summary["splits"]["train"]["views"] == 2
@@ -311,10 +361,27 @@ def test_last_ckpt_is_the_last_epoch_when_validation_stops_improving(feature_cac
     from nml.cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    assert 0 == main(["fit", "--config", "tune_linear.yaml", "--data", "data/features.yaml", "--data.init_args.root",
-          str(feature_cache), "--model.init_args.backbone", "null", "--model.init_args.optimizer", "torch.optim.SGD",
-          "--model.init_args.optimizer.lr", "0.0", "--trainer.max_epochs", "3", "--trainer.enable_progress_bar",
-          "false"])  # fmt: skip
+    assert 0 == main(
+        [
+            "fit",
+            "--config",
+            "tune_linear.yaml",
+            "--data",
+            "data/features.yaml",
+            "--data.init_args.root",
+            str(feature_cache),
+            "--model.init_args.backbone",
+            "null",
+            "--model.init_args.optimizer",
+            "torch.optim.SGD",
+            "--model.init_args.optimizer.lr",
+            "0.0",
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     checkpoints = next(tmp_path.rglob("checkpoints"))
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     best = list(checkpoints.glob("best-*.ckpt"))

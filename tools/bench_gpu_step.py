@@ -51,16 +51,36 @@ def _case(name: str, cuda: bool) -> dict:
     """Model, batch size, input and kind of one case (small stand-ins on the CPU)."""
     common = {"compile": False, "channels_last": False, "bf16": cuda}
     if name in ("resnet50", "resnet50-compile"):
-        return {**common, "kind": "supervised", "model": "resnet50" if cuda else "test_resnet",
-                "batch": 256 if cuda else 32, "size": 224 if cuda else 32, "classes": 1000 if cuda else 10,
-                "compile": name.endswith("compile"), "channels_last": True}  # fmt: skip
+        return {
+            **common,
+            "kind": "supervised",
+            "model": "resnet50" if cuda else "test_resnet",
+            "batch": 256 if cuda else 32,
+            "size": 224 if cuda else 32,
+            "classes": 1000 if cuda else 10,
+            "compile": name.endswith("compile"),
+            "channels_last": True,
+        }
     if name in ("clip-vit-b-16", "clip-vit-b-32"):
         arch, batch = ("ViT-B-32", 512) if name == "clip-vit-b-32" else ("ViT-B-16", 256)
-        return {**common, "kind": "clip", "model": arch if cuda else "tiny", "model_cfg": None if cuda else TINY_CLIP,
-                "batch": batch if cuda else 32, "size": 224 if cuda else 32}  # fmt: skip
+        return {
+            **common,
+            "kind": "clip",
+            "model": arch if cuda else "tiny",
+            "model_cfg": None if cuda else TINY_CLIP,
+            "batch": batch if cuda else 32,
+            "size": 224 if cuda else 32,
+        }
     if name == "nmtune-d2048":  # the head on cached features: (B, 2 views, D)
-        return {**common, "kind": "nmtune", "model": "NMTuneHead", "batch": 256 if cuda else 64, "dim": 2048,
-                "classes": 1000 if cuda else 100, "bf16": False}  # fmt: skip
+        return {
+            **common,
+            "kind": "nmtune",
+            "model": "NMTuneHead",
+            "batch": 256 if cuda else 64,
+            "dim": 2048,
+            "classes": 1000 if cuda else 100,
+            "bf16": False,
+        }
     raise SystemExit(f"unknown case {name!r}: expected one of {', '.join(CASES)}")
 
 
@@ -71,8 +91,13 @@ def _module(c: dict):
 
     opt = {"optimizer": lambda p: torch.optim.AdamW(p, lr=1e-4, weight_decay=0.05)}
     if c["kind"] == "supervised":
-        return SupervisedPretraining(c["model"], num_classes=c["classes"], channels_last=c["channels_last"],
-                                     compile=c["compile"], **opt)  # fmt: skip
+        return SupervisedPretraining(
+            c["model"],
+            num_classes=c["classes"],
+            channels_last=c["channels_last"],
+            compile=c["compile"],
+            **opt,
+        )
     if c["kind"] == "nmtune":
         return DownstreamTuning("nmtune", num_classes=c["classes"], feature_dim=c["dim"], **opt)
     return ContrastivePretraining(c["model"], c.get("model_cfg"), compile=c["compile"], **opt)
@@ -221,8 +246,11 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each, alternated; the best is reported")
-    ap.add_argument("--with_throughput_monitor", action="store_true",
-                    help="also time the nml module with Lightning's ThroughputMonitor in place of nml's")  # fmt: skip
+    ap.add_argument(
+        "--with_throughput_monitor",
+        action="store_true",
+        help="also time the nml module with Lightning's ThroughputMonitor in place of nml's",
+    )
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -237,10 +265,17 @@ def main() -> int:
             bares.append(bare)
             ours_runs.append(nml_module(c, device, args.warmup, args.steps))
         bare, ours = max(bares), max(ours_runs)
-        out = {"case": case, "device": name, "model": c["model"], "batch": c["batch"],
-               "precision": "bf16-mixed" if c["bf16"] else "32-true",
-               "bare_samples_per_s": round(bare, 1), "nml_samples_per_s": round(ours, 1),
-               "nml_over_bare": round(ours / bare, 3), "gflops_per_step": round(flops / 1e9, 2)}  # fmt: skip
+        out = {
+            "case": case,
+            "device": name,
+            "model": c["model"],
+            "batch": c["batch"],
+            "precision": "bf16-mixed" if c["bf16"] else "32-true",
+            "bare_samples_per_s": round(bare, 1),
+            "nml_samples_per_s": round(ours, 1),
+            "nml_over_bare": round(ours / bare, 3),
+            "gflops_per_step": round(flops / 1e9, 2),
+        }
         for who, rate in (("bare", bare), ("nml", ours)):
             achieved = rate / c["batch"] * flops
             out[f"{who}_tflops_per_s"] = round(achieved / 1e12, 3)

@@ -145,9 +145,21 @@ def jpeg_mode(args) -> dict:
     images = jpeg_bytes(spec)
     limit = decode_limit(images, args.repeats)
 
-    def rate(workers: int, train: bool, reduced: bool = True, on_device: bool = True, **kw) -> float:
+    def rate(workers: int, train: bool, reduced: bool = True, on_device: bool = True, **image) -> float:
         """Samples/s out of the loader (uint8 training batches are normalised later, on the GPU)."""
-        dm = ClassificationShards(train=spec, val=spec, num_classes=100, noise=NoiseConfig("symmetric", 0.2), **kw, loader={"batch_size": 64, "num_workers": workers, "persistent_workers": False}, image={"image_size": args.image_size, "reduced_decode": reduced, "normalize_on_device": on_device})  # fmt: skip
+        dm = ClassificationShards(
+            train=spec,
+            val=spec,
+            num_classes=100,
+            noise=NoiseConfig("symmetric", 0.2),
+            loader={"batch_size": 64, "num_workers": workers, "persistent_workers": False},
+            image={
+                "image_size": args.image_size,
+                "reduced_decode": reduced,
+                "normalize_on_device": on_device,
+                **image,  # ImageOptions
+            },
+        )
         dm.setup("fit")
         runs = []
         for _ in range(args.repeats):

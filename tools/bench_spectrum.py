@@ -89,8 +89,10 @@ def main() -> None:
             for method in ("streaming", "svd"):
                 out = subprocess.run(
                     [sys.executable, __file__, "--_one", method, str(m), str(d), str(args.chunk)],
-                    capture_output=True, text=True, check=True,
-                )  # fmt: skip
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 pair[method] = json.loads(out.stdout.strip().splitlines()[-1])
             a = np.load(f"/tmp/nml_bench_spectrum_streaming_{m}_{d}.npy")
             b = np.load(f"/tmp/nml_bench_spectrum_svd_{m}_{d}.npy")

@@ -36,7 +36,7 @@ BACKBONES = {
 def _clip_cfg() -> dict:
     import yaml
 
-    from nml.cli.main import CONFIG_DIR
+    from nml.configfiles import CONFIG_DIR
 
     cfg = yaml.safe_load((CONFIG_DIR / "pretrain_clip.yaml").read_text())
     return cfg["model"]["init_args"]["model_cfg"]
@@ -100,7 +100,13 @@ def run(name: str, methods: list[str], images: int, epochs: int, workers: int, r
     write_export(backbone, tmp / "export", data={"image_size": size, "mean": list(mean), "std": list(std)})
 
     def data(**kw):
-        return ClassificationShards(root=root, task="glyphs_heldout", **kw, loader={"batch_size": 64, "eval_batch_size": 64, "num_workers": workers}, stream={"train_samples": images})  # fmt: skip
+        return ClassificationShards(
+            root=root,
+            task="glyphs_heldout",
+            **kw,
+            loader={"batch_size": 64, "eval_batch_size": 64, "num_workers": workers},
+            stream={"train_samples": images},
+        )
 
     dm = data(image_size=size, mean=mean, std=std)
     dm.test_sets, dm.val_spec = [], None  # the training split only

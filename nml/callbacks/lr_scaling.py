@@ -62,11 +62,23 @@ class ScaleLearningRate(Callback):
         global_batch = per_rank * world * accumulate
         lr = scaled_lr(self.lr_base, global_batch, self.base_batch, self.rule)
         pl_module.lr_override = lr
-        pl_module.provenance["lr"] = {"lr_base": self.lr_base, "base_batch": self.base_batch, "rule": self.rule,
-                                      "global_batch": global_batch, "lr": lr}  # fmt: skip
+        pl_module.provenance["lr"] = {
+            "lr_base": self.lr_base,
+            "base_batch": self.base_batch,
+            "rule": self.rule,
+            "global_batch": global_batch,
+            "lr": lr,
+        }
         if trainer.is_global_zero:
             log.info(
                 "lr %.6g = lr_base %g x %s(%d / %d); global batch %d = %d per rank x %d rank(s) x %d accumulation",
-                lr, self.lr_base, "" if self.rule == "linear" else "sqrt", global_batch, self.base_batch,
-                global_batch, per_rank, world, accumulate,
-            )  # fmt: skip
+                lr,
+                self.lr_base,
+                "" if self.rule == "linear" else "sqrt",
+                global_batch,
+                self.base_batch,
+                global_batch,
+                per_rank,
+                world,
+                accumulate,
+            )

@@ -74,7 +74,11 @@ class TestReport(Callback):
             return  # in DDP a rank's own counts are only part of a set; or it failed before the sets
         metrics, samples = pl_module.finished_test_metrics()
         failed = pl_module.test_sets[pl_module.testing_set].name
-        self.report = {"ckpt_path": trainer.ckpt_path, "metrics": metrics, "samples": samples,
-                       "incomplete": {"failed_set": failed, "error": f"{type(exception).__name__}: {exception}"}}  # fmt: skip
+        self.report = {
+            "ckpt_path": trainer.ckpt_path,
+            "metrics": metrics,
+            "samples": samples,
+            "incomplete": {"failed_set": failed, "error": f"{type(exception).__name__}: {exception}"},
+        }
         log.warning("test set %r failed; writing the %d set(s) finished before it", failed, len(samples))
         self._write(trainer)

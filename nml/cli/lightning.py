@@ -32,6 +32,7 @@ from nml.callbacks.metrics_report import TestReport
 from nml.callbacks.preemption import CheckpointOnSigterm
 from nml.callbacks.progress import progress_callback
 from nml.callbacks.throughput import TrainingThroughput
+from nml.cli.main import LIGHTNING_SUBCOMMANDS
 from nml.models.backbones import check_checkpoint_file, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,6 @@ def check_ckpt_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-
 def check_moved_keys(argv: Sequence[str]) -> None:
     """Refuse a data option of the old flat layout (``--data.batch_size``, or ``batch_size:`` right
     under a config's ``data: init_args:``) with its new place (``data.loader.batch_size``), before
@@ -215,18 +213,33 @@ def _has_option_groups(class_path: str | None) -> bool:
     return isinstance(cls, type) and issubclass(cls, ShardDataModule)
 
 
-def run_lightning(argv: Sequence[str]) -> NMLCLI:
-    argv = check_ckpt_args(argv)
+def build_cli(argv: Sequence[str], run: bool = True, save_config: bool = True) -> NMLCLI:
+    """The one way nml builds its LightningCLI (``nml fit | validate | test | predict``, and the
+    study's pre-training stages with ``run=False``): bare config names resolved to the shipped
+    configs, a ``--ckpt_path`` checked before anything is built, old flat data keys refused by
+    name; subclass mode for model and data; errors raised, not printed."""
+    from nml.cli.main import resolve_config_args
+
+    argv = resolve_config_args(argv)
+    if run:
+        argv = check_ckpt_args(argv)
     check_moved_keys(argv)
+    saving = {"save_config_kwargs": {"overwrite": True}} if save_config else {"save_config_callback": None}
     return NMLCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
         parser_kwargs={
             "exit_on_error": False,
             **{c: {"exit_on_error": False} for c in LIGHTNING_SUBCOMMANDS},
         },
         args=list(argv),
+        run=run,
+        **saving,
     )
+
+
+def run_lightning(argv: Sequence[str]) -> NMLCLI:
+    """``nml fit | validate | test | predict``: :func:`build_cli` run on ``argv``."""
+    return build_cli(argv)

@@ -25,6 +25,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from nml.configfiles import CONFIG_DIR, resolve_config  # noqa: F401  (CONFIG_DIR: for callers)
+from nml.logs import setup_logging
+
 LIGHTNING_SUBCOMMANDS = {
     "fit": "Train a model (LightningCLI): nml fit --config pretrain_clip.yaml",
     "validate": "Run one validation epoch (LightningCLI)",
@@ -50,7 +53,6 @@ COMMANDS: dict[str, str | dict[str, str]] = {
 }
 GROUP_HELP = {"data": "Build, write and inspect WebDataset shards"}
 
-CONFIG_DIR = Path(__file__).parents[1] / "configs"
 log = logging.getLogger("nml")
 
 
@@ -62,50 +64,6 @@ EXPECTED_WARNINGS = (
     r"Found \d+ module\(s\) in eval mode at the start of training",
     r"LightningCLI's args parameter is intended to run from within Python",  # nml passes its argv on
 )
-
-
-class _Stderr(logging.StreamHandler):
-    """A handler writing to whatever ``sys.stderr`` is when a record is emitted (not the stream of
-    the moment it was made: an in-process caller may swap and close its stderr)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    root = logging.getLogger()
-    if not any(getattr(h, "_nml", False) for h in root.handlers):
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("[nml %(levelname)s] %(message)s"))
-        handler._nml = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(level)
-    # Lightning's package logger prints through its own handler ("INFO: ..."): stop it there
-    # instead of also through ours (every Lightning line twice)
-    logging.getLogger("lightning").propagate = False
-
-
-def resolve_config(name: str) -> Path:
-    """A ``--config`` value as a path: the file itself if it exists, else a shipped config."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    candidates = [CONFIG_DIR / name] if (CONFIG_DIR / name).is_file() else sorted(CONFIG_DIR.rglob(p.name))
-    if len(candidates) == 1:
-        return candidates[0]
-    shipped = sorted(str(c.relative_to(CONFIG_DIR)) for c in CONFIG_DIR.rglob("*.yaml"))
-    if not candidates:
-        raise SystemExit(
-            f"nml: config {name!r} is neither a file here nor a shipped config; shipped: {', '.join(shipped)}"
-        )
-    raise SystemExit(
-        f"nml: config {name!r} is ambiguous among shipped configs: {', '.join(map(str, candidates))}"
-    )
 
 
 CONFIG_OPTIONS = ("--config", "--data", "--model", "--trainer")
@@ -301,7 +259,6 @@ def _hint(e: BaseException) -> str:
 def _main(argv: list[str]) -> int:
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    argv = expand_flags(resolve_config_args(argv))
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -312,6 +269,7 @@ def _main(argv: list[str]) -> int:
         except SIGTERMException:  # stopped by SIGTERM: the checkpoint is saved (logged above)
             return 128 + signal.SIGTERM
         return 0
+    argv = expand_flags(resolve_config_args(argv))
     parser = build_parser(argv)
     cfg = parser.instantiate_classes(parser.parse_args(argv))  # dataclass options -> instances
     group = cfg.command

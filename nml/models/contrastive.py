@@ -174,13 +174,15 @@ class ContrastivePretraining(BackboneModule):
         with torch.no_grad():
             hit = (image @ text.T).argmax(1) == torch.arange(n, device=image.device)
             noisy = batch["is_noisy"].bool()
-            self.log_training({
-                "train/loss": (loss * n, n),
-                "train/logit_scale": (scale, 1),
-                "train/retrieval_clean": ((hit & ~noisy).sum(), (~noisy).sum()),
-                "train/retrieval_noisy": ((hit & noisy).sum(), noisy.sum()),
-                "train/noise_rate": (noisy.sum(), n),
-            })  # fmt: skip
+            self.log_training(
+                {
+                    "train/loss": (loss * n, n),
+                    "train/logit_scale": (scale, 1),
+                    "train/retrieval_clean": ((hit & ~noisy).sum(), (~noisy).sum()),
+                    "train/retrieval_noisy": ((hit & noisy).sum(), noisy.sum()),
+                    "train/noise_rate": (noisy.sum(), n),
+                }
+            )
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

@@ -130,11 +130,13 @@ class SupervisedPretraining(BackboneModule):
             loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         n = len(y)
         c = noise_split_counts(logits.detach().argmax(1), y, batch["clean_target"], batch["is_noisy"])
-        self.log_training({
-            "train/loss": (loss * n, n),
-            "train/acc_clean": (c["clean_correct"], c["clean_total"]),
-            "train/acc_noisy": (c["noisy_correct"], c["noisy_total"]),
-            "train/memorised": (c["memorised"], c["noisy_total"]),
-            "train/noise_rate": (c["noisy_total"], n),
-        })  # fmt: skip
+        self.log_training(
+            {
+                "train/loss": (loss * n, n),
+                "train/acc_clean": (c["clean_correct"], c["clean_total"]),
+                "train/acc_noisy": (c["noisy_correct"], c["noisy_total"]),
+                "train/memorised": (c["memorised"], c["noisy_total"]),
+                "train/noise_rate": (c["noisy_total"], n),
+            }
+        )
         return loss

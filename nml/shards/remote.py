@@ -93,8 +93,17 @@ class _Resuming(io.RawIOBase):
                         f"({type(e).__name__}: {e})"
                     ) from e
                 wait = self.backoff * 2**i
-                log.warning("%s: %s failed at byte %d (%s: %s); retry %d of %d in %.2g s",
-                            self.url, what, self.pos, type(e).__name__, e, i + 1, self.retries, wait)  # fmt: skip
+                log.warning(
+                    "%s: %s failed at byte %d (%s: %s); retry %d of %d in %.2g s",
+                    self.url,
+                    what,
+                    self.pos,
+                    type(e).__name__,
+                    e,
+                    i + 1,
+                    self.retries,
+                    wait,
+                )
                 time.sleep(wait)
                 self._close_inner()  # the next try reopens at self.pos
 

@@ -106,9 +106,14 @@ def study(
     from nml.study.runner import StudyFailed, execute, execute_jobs
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"grid": asdict(grid), "tasks": {k: asdict(v) for k, v in tasks.items()},
-                "pretrain": {k: asdict(v) for k, v in recipes.items()}, "benchmark": asdict(benchmark),
-                "features": asdict(features), "tuning": asdict(tuning)}  # fmt: skip
+    settings = {
+        "grid": asdict(grid),
+        "tasks": {k: asdict(v) for k, v in tasks.items()},
+        "pretrain": {k: asdict(v) for k, v in recipes.items()},
+        "benchmark": asdict(benchmark),
+        "features": asdict(features),
+        "tuning": asdict(tuning),
+    }
     (out_dir / IDENTITY).write_text(json.dumps({"name": name, "settings": settings}, indent=1) + "\n")
     t0 = time.perf_counter()
     try:
@@ -124,8 +129,14 @@ def study(
     identity = {"name": name, "settings": settings, "header": header}
     (out_dir / IDENTITY).write_text(json.dumps(identity, indent=1) + "\n")
     report = build_report(out_dir, title=name, extra=header)
-    return {**summary, **counts, "seconds": round(time.perf_counter() - t0, 1), "results": str(out_dir / "results.csv"),
-            "report": report["report"], "claims": report["claims"]}  # fmt: skip
+    return {
+        **summary,
+        **counts,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "results": str(out_dir / "results.csv"),
+        "report": report["report"],
+        "claims": report["claims"],
+    }
 
 
 def report(study_dir: str) -> dict:

@@ -84,12 +84,14 @@ class Features:
         batch_size: Images per forward pass.
         num_workers: Data loading workers.
         limit: At most this many samples per split (default: all).
+        seed: Seeds the stored augmented views (per sample and view).
     """
 
     views: int = 2
     batch_size: int = 256
     num_workers: int = 2
     limit: int | None = None
+    seed: int = 0
 
 
 @dataclass

@@ -16,11 +16,11 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from nml.configfiles import resolve_config
 from nml.study.config import Features, Grid, Recipe, TaskPlan, Tuning
-
-# Rough CPU seconds per stage kind, used by --dry_run until this study directory has timings.
-DEFAULT_SECONDS = {"benchmark": 120.0, "pretrain": 90.0, "random_init": 5.0, "features": 10.0, "tune": 4.0}
+from nml.study.stages import STAGE_KINDS, FeaturesParams, PretrainParams, RecipeParams, TuneParams
 
 
 def content_hash(obj) -> str:
@@ -29,15 +29,20 @@ def content_hash(obj) -> str:
 
 @dataclass
 class Stage:
-    kind: str  # benchmark | pretrain | random_init | features | tune
+    kind: str  # a key of STAGE_KINDS: pretrain | random_init | features | tune
     label: str
-    params: dict
+    params: Any  # the kind's parameter dataclass (STAGE_KINDS[kind].params)
     deps: list[Stage] = field(default_factory=list)
     key: str = ""
 
     def __post_init__(self) -> None:
+        expected = STAGE_KINDS[self.kind].params
+        if type(self.params) is not expected:
+            raise TypeError(
+                f"stage {self.label}: {self.kind} takes {expected.__name__}, got {type(self.params).__name__}"
+            )
         self.key = content_hash(
-            {"kind": self.kind, "params": self.params, "deps": [d.key for d in self.deps]}
+            {"kind": self.kind, "params": asdict(self.params), "deps": [d.key for d in self.deps]}
         )
 
     def directory(self, out: Path) -> Path:
@@ -76,8 +81,6 @@ class Plan:
 
 def recipe_text(config: str) -> str:
     """The recipe config's text (its content, not its path, is part of the pretraining key)."""
-    from nml.cli.main import resolve_config
-
     return resolve_config(config).read_text()
 
 
@@ -97,7 +100,7 @@ def build_plan(
     texts = {o: recipe_text(recipes[o].config) for o in grid.objectives}
     for cell in cells:
         recipe = recipes[cell.objective]
-        params = {
+        common = {
             "objective": cell.objective,
             "seed": cell.seed,
             "config": recipe.config,
@@ -106,22 +109,30 @@ def build_plan(
             "benchmark": manifest_sha256,
         }
         if cell.noise_rate is None:
-            b = Stage("random_init", cell.label, params)
+            b = Stage("random_init", cell.label, RecipeParams(**common))
         else:
-            b = Stage("pretrain", cell.label, params | {"noise_rate": cell.noise_rate})
+            b = Stage("pretrain", cell.label, PretrainParams(**common, noise_rate=cell.noise_rate))
         backbone[cell.label] = b
         stages.append(b)
         for task, plan in tasks.items():
-            p = {"task": task, "test_sets": plan.test_sets, **asdict(features)}
-            f = Stage("features", f"{cell.label}-{task}", p, [b])
+            f = Stage(
+                "features",
+                f"{cell.label}-{task}",
+                FeaturesParams(task, plan.test_sets, **asdict(features)),
+                [b],
+            )
             feats[(cell.label, task)] = f
             stages.append(f)
             for method in plan.methods:
-                runs = []
-                for t in tuning.seeds:
-                    p = {"method": method, "seed": t, "epochs": tuning.epochs, "batch_size": tuning.batch_size,
-                         "view_noise": tuning.view_noise}  # fmt: skip
-                    runs.append(Stage("tune", f"{cell.label}-{task}-{method}-t{t}", p, [f]))
+                runs = [
+                    Stage(
+                        "tune",
+                        f"{cell.label}-{task}-{method}-t{t}",
+                        TuneParams(method, t, tuning.epochs, tuning.batch_size, tuning.view_noise),
+                        [f],
+                    )
+                    for t in tuning.seeds
+                ]
                 tunes[(cell.label, task, method)] = runs
                 stages += runs
     return Plan(cells, stages, backbone, feats, tunes)
@@ -129,14 +140,15 @@ def build_plan(
 
 def _timing_key(kind: str, params: dict) -> str:
     """Stages whose cost differs: pre-training per objective, tuning per method."""
-    detail = params.get("objective") if kind in ("pretrain", "random_init") else params.get("method")
+    field_name = STAGE_KINDS[kind].timing_detail if kind in STAGE_KINDS else None
+    detail = params.get(field_name) if field_name else None
     return f"{kind}/{detail}" if detail else kind
 
 
 def estimated_seconds(plan: Plan, out: Path) -> dict:
     """Seconds still to run: each stage to run costs the mean of this directory's finished stages of
     its kind (per objective for pre-training, per method for tuning; from their done.json and
-    stage.json), else :data:`DEFAULT_SECONDS`."""
+    stage.json), else each kind's ``default_seconds`` (:data:`~nml.study.stages.STAGE_KINDS`)."""
     seen: dict[str, list[float]] = {}
     for done in (out / "stages").glob("*/*/done.json") if (out / "stages").is_dir() else []:
         meta = done.parent / "stage.json"
@@ -149,12 +161,13 @@ def estimated_seconds(plan: Plan, out: Path) -> dict:
     total = 0.0
     for s in plan.stages:
         if s.done(out) is None:
-            key = _timing_key(s.kind, s.params)
+            key = _timing_key(s.kind, asdict(s.params))
             todo[key] = todo.get(key, 0) + 1
-            total += mean.get(key, mean.get(s.kind, DEFAULT_SECONDS[s.kind]))
+            total += mean.get(key, mean.get(s.kind, STAGE_KINDS[s.kind].default_seconds))
     return {
         "stages_to_run": todo,
-        "seconds_per_stage": {k: round(v, 1) for k, v in sorted(mean.items())} or DEFAULT_SECONDS,
+        "seconds_per_stage": {k: round(v, 1) for k, v in sorted(mean.items())}
+        or {k: kind.default_seconds for k, kind in STAGE_KINDS.items()},
         "estimated_seconds": round(total, 0),
         "from": "this study's finished stages" if seen else "defaults (no stage has run here yet)",
     }

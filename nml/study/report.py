@@ -13,6 +13,7 @@ import csv
 import math
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from nml.study.results import read_results
@@ -90,71 +91,192 @@ def _paired(values: dict[tuple, float], a: tuple, b: tuple, seeds: list[int]) ->
     return [values[(*a, s)] - values[(*b, s)] for s in seeds if (*a, s) in values and (*b, s) in values]
 
 
-# -- the report -----------------------------------------------------------------------------------
-def claims(rows: list[dict]) -> list[dict]:
-    """Each claim of the paper against the measured, paired-over-seeds differences."""
+# -- the claims ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper, as data: what is compared, on which metric and groups, in which
+    direction. :func:`claims` evaluates every entry of :data:`CLAIMS` the same way.
+
+    ``comparison``:
+
+    * ``noise``: per noisy rate g of ``rates`` (``noisy``: every g > 0; ``slight``: 0 < g <= 0.1),
+      ``metric(g) - metric(0)`` paired over pre-training seeds, for ``method`` (top-1 on ``group``)
+      or for the frozen features (a spectrum ``metric`` over ``group``'s sets);
+    * ``methods``: ``method - other`` on ``group``, paired over noise rates x seeds;
+    * ``gain_gap``: (``method - other`` on OOD) - (the same on ID), from the point estimates.
+    """
+
+    text: str  # the report's wording; {g}: the noise rate, {other}: the other method's name
+    family: str  # which question it answers: noise_effect | spectrum | nmtune
+    comparison: str  # noise | methods | gain_gap
+    metric: str  # top1 | sve | lsvr
+    direction: str  # decrease | increase | change | not_hurt (see verdict())
+    group: str = "id"
+    method: str | None = "linear"
+    other: str | None = None
+    rates: str = "noisy"  # noise comparisons: noisy | slight
+    missing: str | None = None  # the claim's text when the grid has no rate for it
+
+
+METHOD_NAMES = {"linear": "LP", "mlp": "MLP", "nmtune": "NMTune"}
+
+CLAIMS: list[Claim] = [
+    Claim(
+        "slight noise does not hurt ID (LP): ID({g}) - ID(0)",
+        "noise_effect",
+        "noise",
+        "top1",
+        "not_hurt",
+        rates="slight",
+        missing="slight noise (5-10 %) does not hurt or slightly helps ID (LP)",
+    ),
+    Claim(
+        "OOD falls with noise (LP): OOD({g}) - OOD(0)",
+        "noise_effect",
+        "noise",
+        "top1",
+        "decrease",
+        group="ood",
+    ),
+    Claim(
+        "noise raises SVE (ID sets, frozen features): SVE({g}) - SVE(0)",
+        "spectrum",
+        "noise",
+        "sve",
+        "increase",
+        method=None,
+    ),
+    Claim(
+        "noise changes LSVR (ID sets, frozen features): LSVR({g}) - LSVR(0)",
+        "spectrum",
+        "noise",
+        "lsvr",
+        "change",
+        method=None,
+    ),
+    *(
+        claim
+        for other in ("linear", "mlp")
+        for claim in (
+            Claim(
+                "NMTune beats {other} on ID (paired over noise rates x seeds)",
+                "nmtune",
+                "methods",
+                "top1",
+                "increase",
+                method="nmtune",
+                other=other,
+            ),
+            Claim(
+                "NMTune beats {other} on OOD (paired over noise rates x seeds)",
+                "nmtune",
+                "methods",
+                "top1",
+                "increase",
+                group="ood",
+                method="nmtune",
+                other=other,
+            ),
+            Claim(
+                "NMTune's gain over {other} is larger on OOD than on ID",
+                "nmtune",
+                "gain_gap",
+                "top1",
+                "increase",
+                method="nmtune",
+                other=other,
+            ),
+        )
+    ),
+]  # fmt: skip  (one claim per entry reads as a table)
+
+
+def claims(rows: list[dict], declared: list[Claim] = CLAIMS) -> list[dict]:
+    """Each declared claim against the measured, paired-over-seeds differences, per objective."""
     out = []
     means = group_means(rows)
     seeds = sorted({r["seed"] for r in rows})
-    objectives = sorted({r["objective"] for r in rows})
-    for obj in objectives:
+    for obj in sorted({r["objective"] for r in rows}):
         noises = sorted(
             {r["noise_rate"] for r in rows if r["objective"] == obj and r["noise_rate"] is not None}
         )
         if 0.0 not in noises:
             out.append({"claim": "all", "objective": obj, "verdict": "not measured (no clean gamma = 0 row)"})
             continue
-        noisy = [g for g in noises if g > 0]
         by_seed = {
             (k[4], k[5], k[2], k[3]): v for k, v in means.items() if k[0] == obj and k[1] == "pretrained"
         }
+        gains: dict[tuple, float] = {}
+        for c in declared:
+            found = _evaluate(c, obj, rows, by_seed, noises, seeds, gains)
+            out += [{"claim": "...", "objective": obj, **f} for f in found]
+    return out
 
-        def diff(method: str, group: str, g: float, values: dict = by_seed) -> list[float]:
-            return _paired(values, (method, group, g), (method, group, 0.0), seeds)
 
-        slight = [g for g in noisy if g <= 0.1]
-        if not slight:
-            out.append({"claim": "slight noise (5-10 %) does not hurt or slightly helps ID (LP)", "objective": obj,
-                        "verdict": "not measured (no rate in (0, 0.1] in the grid)"})  # fmt: skip
-        for g in slight:
-            m, lo, hi, n = interval(diff("linear", "id", g))
-            out.append({"claim": f"slight noise does not hurt ID (LP): ID({g:g}) - ID(0)", "objective": obj,
-                        "mean": m, "low": lo, "high": hi, "n": n, "verdict": verdict("not_hurt", lo, hi, n)})  # fmt: skip
-        for g in noisy:
-            m, lo, hi, n = interval(diff("linear", "ood", g))
-            out.append({"claim": f"OOD falls with noise (LP): OOD({g:g}) - OOD(0)", "objective": obj,
-                        "mean": m, "low": lo, "high": hi, "n": n, "verdict": verdict("decrease", lo, hi, n)})  # fmt: skip
-        for metric, kind, text in (
-            ("sve", "increase", "noise raises SVE"),
-            ("lsvr", "change", "noise changes LSVR"),
-        ):
-            sm = {
+def _evaluate(c: Claim, obj: str, rows, by_seed: dict, noises: list, seeds: list, gains: dict) -> list[dict]:
+    """The rows of one claim for one objective (``gains`` carries method gains to ``gain_gap``)."""
+    other = METHOD_NAMES.get(c.other or "", c.other)
+    if c.comparison == "noise":
+        rates = [g for g in noises if g > 0 and (c.rates == "noisy" or g <= 0.1)]
+        if not rates and c.missing:
+            return [{"claim": c.missing, "verdict": "not measured (no rate in (0, 0.1] in the grid)"}]
+        if c.method is None:  # the frozen features' spectrum
+            values = {
                 (k[2], k[3]): v
-                for k, v in spectrum_means(rows, metric).items()
+                for k, v in spectrum_means(rows, c.metric, c.group).items()
                 if k[0] == obj and k[1] == "pretrained"
             }
-            for g in noisy:
-                m, lo, hi, n = interval(_paired(sm, (g,), (0.0,), seeds))
-                out.append({"claim": f"{text} (ID sets, frozen features): {metric.upper()}({g:g}) - {metric.upper()}(0)",
-                            "objective": obj, "mean": m, "low": lo, "high": hi, "n": n, "verdict": verdict(kind, lo, hi, n),
-                            "unit": ""})  # fmt: skip
-        for other in ("linear", "mlp"):
-            gains = {}
-            for group in ("id", "ood"):
-                d = [by_seed[("nmtune", group, g, s)] - by_seed[(other, group, g, s)]
-                     for g in noises for s in seeds
-                     if ("nmtune", group, g, s) in by_seed and (other, group, g, s) in by_seed]  # fmt: skip
-                m, lo, hi, n = interval(d)
-                gains[group] = m
-                name = "LP" if other == "linear" else "MLP"
-                out.append({"claim": f"NMTune beats {name} on {group.upper()} (paired over noise rates x seeds)",
-                            "objective": obj, "mean": m, "low": lo, "high": hi, "n": n,
-                            "verdict": verdict("increase", lo, hi, n) if n else "not measured (no paired runs)"})  # fmt: skip
-            if not any(math.isnan(v) for v in gains.values()):
-                out.append({"claim": f"NMTune's gain over {'LP' if other == 'linear' else 'MLP'} is larger on OOD than on ID",
-                            "objective": obj, "mean": gains["ood"] - gains["id"], "n": None,
-                            "verdict": "holds" if gains["ood"] > gains["id"] else "does not hold"})  # fmt: skip
-    return out
+            key = ()
+        else:
+            values, key = by_seed, (c.method, c.group)
+        found = []
+        for g in rates:
+            m, lo, hi, n = interval(_paired(values, (*key, g), (*key, 0.0), seeds))
+            row = {
+                "claim": c.text.format(g=f"{g:g}"),
+                "mean": m,
+                "low": lo,
+                "high": hi,
+                "n": n,
+                "verdict": verdict(c.direction, lo, hi, n),
+            }
+            found.append(row if c.metric == "top1" else {**row, "unit": ""})
+        return found
+    if c.comparison == "methods":
+        d = [
+            by_seed[(c.method, c.group, g, s)] - by_seed[(c.other, c.group, g, s)]
+            for g in noises
+            for s in seeds
+            if (c.method, c.group, g, s) in by_seed and (c.other, c.group, g, s) in by_seed
+        ]
+        m, lo, hi, n = interval(d)
+        gains[(c.method, c.other, c.group)] = m
+        return [
+            {
+                "claim": c.text.format(other=other),
+                "mean": m,
+                "low": lo,
+                "high": hi,
+                "n": n,
+                "verdict": verdict(c.direction, lo, hi, n) if n else "not measured (no paired runs)",
+            }
+        ]
+    if c.comparison == "gain_gap":
+        ood, id_ = (
+            gains.get((c.method, c.other, "ood"), math.nan),
+            gains.get((c.method, c.other, "id"), math.nan),
+        )
+        if math.isnan(ood) or math.isnan(id_):
+            return []
+        return [
+            {
+                "claim": c.text.format(other=other),
+                "mean": ood - id_,
+                "n": None,
+                "verdict": "holds" if ood > id_ else "does not hold",
+            }
+        ]
+    raise ValueError(f"claim {c.text!r}: unknown comparison {c.comparison!r}")
 
 
 def tables(rows: list[dict]) -> str:
@@ -199,8 +321,15 @@ def tables(rows: list[dict]) -> str:
             for m in methods:
                 vals = []
                 for _group, task, s in sets:
-                    v = [r["top1"] for r in rows if r["objective"] == obj and r["noise_rate"] == g and r["method"] == m
-                         and r["task"] == task and r["test_set"] == s]  # fmt: skip
+                    v = [
+                        r["top1"]
+                        for r in rows
+                        if r["objective"] == obj
+                        and r["noise_rate"] == g
+                        and r["method"] == m
+                        and r["task"] == task
+                        and r["test_set"] == s
+                    ]
                     vals.append(_fmt(v, 1))
                 if any(v != "-" for v in vals):
                     lines.append(f"| {_noise_label(g)} | {m} | " + " | ".join(vals) + " |")
@@ -234,8 +363,19 @@ def tables(rows: list[dict]) -> str:
                 spec[(metric, group)] = [
                     v for k, v in spectrum_means(rows, metric, group).items() if k[:3] == (obj, init, g)
                 ]
-            mem = {c: sorted({(r["seed"], r[c]) for r in rows if r["objective"] == obj and r["noise_rate"] == g and r["init"] == init and r[c] is not None})
-                   for c, _ in fitted}  # fmt: skip
+            mem = {
+                c: sorted(
+                    {
+                        (r["seed"], r[c])
+                        for r in rows
+                        if r["objective"] == obj
+                        and r["noise_rate"] == g
+                        and r["init"] == init
+                        and r[c] is not None
+                    }
+                )
+                for c, _ in fitted
+            }
             lines.append(
                 f"| {_noise_label(g)} | {_fmt(spec[('sve', 'id')], 3)} | {_fmt(spec[('lsvr', 'id')], 3)} | "
                 f"{_fmt(spec[('sve', 'ood')], 3)} | {_fmt(spec[('lsvr', 'ood')], 3)} | {_fmt(spec[('effective_rank', 'id')], 1)} | "
@@ -399,8 +539,11 @@ def figures(rows: list[dict], out: Path) -> list[str]:
                     if c["objective"] == obj and c["noise_rate"] not in ("", "0.0")
                 }
             ):
-                pts = [(int(c["epoch"]), 100 * float(c[metric])) for c in curves
-                       if c["objective"] == obj and c["noise_rate"] == g and c["seed"] == s and c.get(metric)]  # fmt: skip
+                pts = [
+                    (int(c["epoch"]), 100 * float(c[metric]))
+                    for c in curves
+                    if c["objective"] == obj and c["noise_rate"] == g and c["seed"] == s and c.get(metric)
+                ]
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker=".", label=f"gamma {float(g):g}, seed {s}")
             _style(
@@ -430,11 +573,27 @@ def build_report(study_dir: str | Path, title: str | None = None, extra: str = "
         if extra
         else [f"# {title or out.name}", ""]
     )
-    text += ["## Results", "", tables(rows), "## The paper's claims, as measured here", "",
-             "Paired differences over pre-training seeds (top-1 in points, spectra in their units), 95 % "
-             f"t-intervals; *does not hurt* holds when the interval excludes a loss of more than {NOT_HURT_MARGIN:g} point.", "",
-             claims_table(found), "", "## Figures", ""]  # fmt: skip
+    text += [
+        "## Results",
+        "",
+        tables(rows),
+        "## The paper's claims, as measured here",
+        "",
+        "Paired differences over pre-training seeds (top-1 in points, spectra in their units), 95 % "
+        f"t-intervals; *does not hurt* holds when the interval excludes a loss of more than {NOT_HURT_MARGIN:g} point.",
+        "",
+        claims_table(found),
+        "",
+        "## Figures",
+        "",
+    ]
     text += [f"![{m}]({m})" for m in made]
     (out / "report.md").write_text("\n".join(text) + "\n")
-    return {"report": str(out / "report.md"), "figures": made, "rows": len(rows),
-            "claims": [{"objective": c["objective"], "claim": c["claim"], "verdict": c["verdict"]} for c in found]}  # fmt: skip
+    return {
+        "report": str(out / "report.md"),
+        "figures": made,
+        "rows": len(rows),
+        "claims": [
+            {"objective": c["objective"], "claim": c["claim"], "verdict": c["verdict"]} for c in found
+        ],
+    }

@@ -18,10 +18,27 @@ from pathlib import Path
 from nml.study.plan import Plan
 
 COLUMNS = [
-    "objective", "init", "noise_rate", "seed", "method", "task", "test_set", "group", "top1", "top1_tune_sd",
-    "tune_seeds", "sve", "lsvr", "p1", "effective_rank", "memorised", "acc_noisy", "retrieval_noisy",
-    "retrieval_clean", "pretrain_epochs",
-]  # fmt: skip
+    "objective",
+    "init",
+    "noise_rate",
+    "seed",
+    "method",
+    "task",
+    "test_set",
+    "group",
+    "top1",
+    "top1_tune_sd",
+    "tune_seeds",
+    "sve",
+    "lsvr",
+    "p1",
+    "effective_rank",
+    "memorised",
+    "acc_noisy",
+    "retrieval_noisy",
+    "retrieval_clean",
+    "pretrain_epochs",
+]
 TRAIN_COLUMNS = ("memorised", "acc_noisy", "retrieval_noisy", "retrieval_clean")
 
 
@@ -43,17 +60,30 @@ def collect(plan: Plan, out: Path, tasks: dict) -> list[dict]:
                         continue
                     values = [100.0 * r["test"][key] for r in runs]
                     spectrum = f["spectra"].get(name, {})
-                    rows.append({
-                        "objective": cell.objective, "init": cell.init,
-                        "noise_rate": "" if cell.noise_rate is None else cell.noise_rate, "seed": cell.seed,
-                        "method": method, "task": task, "test_set": name, "group": group,
-                        "top1": round(statistics.fmean(values), 4),
-                        "top1_tune_sd": round(statistics.stdev(values), 4) if len(values) > 1 else "",
-                        "tune_seeds": len(values),
-                        **{k: round(spectrum[k], 6) if k in spectrum else "" for k in ("sve", "lsvr", "p1", "effective_rank")},
-                        **{k: round(100.0 * final[f"train/{k}"], 4) if f"train/{k}" in final else "" for k in TRAIN_COLUMNS},
-                        "pretrain_epochs": len(b.get("epochs", [])),
-                    })  # fmt: skip
+                    rows.append(
+                        {
+                            "objective": cell.objective,
+                            "init": cell.init,
+                            "noise_rate": "" if cell.noise_rate is None else cell.noise_rate,
+                            "seed": cell.seed,
+                            "method": method,
+                            "task": task,
+                            "test_set": name,
+                            "group": group,
+                            "top1": round(statistics.fmean(values), 4),
+                            "top1_tune_sd": round(statistics.stdev(values), 4) if len(values) > 1 else "",
+                            "tune_seeds": len(values),
+                            **{
+                                k: round(spectrum[k], 6) if k in spectrum else ""
+                                for k in ("sve", "lsvr", "p1", "effective_rank")
+                            },
+                            **{
+                                k: round(100.0 * final[f"train/{k}"], 4) if f"train/{k}" in final else ""
+                                for k in TRAIN_COLUMNS
+                            },
+                            "pretrain_epochs": len(b.get("epochs", [])),
+                        }
+                    )
     return rows
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 from nml.study.config import Launcher
@@ -32,19 +33,11 @@ def _stage_log(directory: Path) -> logging.Handler:
 
 
 def run_stage(stage: Stage, out: Path, root: str) -> dict:
-    from nml.study import stages
+    """Run ``stage``'s function (:data:`~nml.study.stages.STAGE_KINDS`) on its done dependencies."""
+    from nml.study.stages import STAGE_KINDS, StageContext
 
-    directory = stage.directory(out)
     inputs = [d.done(out) for d in stage.deps]
-    if stage.kind == "pretrain":
-        return stages.pretrain(stage.params, directory, out, root)
-    if stage.kind == "random_init":
-        return stages.random_init(stage.params, directory, root)
-    if stage.kind == "features":
-        return stages.features(stage.params, inputs[0], directory, root)
-    if stage.kind == "tune":
-        return stages.tune(stage.params, inputs[0], directory, out)
-    raise ValueError(f"unknown stage kind {stage.kind!r}")
+    return STAGE_KINDS[stage.kind].run(stage.params, inputs, StageContext(stage.directory(out), out, root))
 
 
 def run_one(stage: Stage, out: Path, root: str) -> dict:
@@ -58,13 +51,13 @@ def run_one(stage: Stage, out: Path, root: str) -> dict:
                 "kind": stage.kind,
                 "label": stage.label,
                 "key": stage.key,
-                "params": stage.params,
+                "params": asdict(stage.params),
                 "deps": [d.directory(out).name for d in stage.deps],
             },
             indent=1,
             default=str,
         )
-        + "\n"  # fmt: skip
+        + "\n"
     )
     handler = _stage_log(directory)
     t0 = time.perf_counter()
@@ -127,7 +120,7 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
 
 def stage_job(stage: Stage, out: Path, root: str) -> dict:
     """What a submitit job runs: one stage, in a fresh process (nml's logging set up first)."""
-    from nml.cli.main import setup_logging
+    from nml.logs import setup_logging
 
     setup_logging()
     return run_one(stage, out, root)
@@ -145,8 +138,14 @@ def execute_jobs(plan: Plan, out: Path, root: str, launcher: Launcher) -> dict:
     slurm = launcher.kind == "slurm"
     folder = Path(launcher.folder or out / "submitit")
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm" if slurm else "local")
-    params = {"timeout_min": launcher.time_min, "gpus_per_node": launcher.gpus_per_node, "nodes": 1,
-              "tasks_per_node": 1, "cpus_per_task": launcher.cpus_per_task, "mem_gb": launcher.mem_gb}  # fmt: skip
+    params = {
+        "timeout_min": launcher.time_min,
+        "gpus_per_node": launcher.gpus_per_node,
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "cpus_per_task": launcher.cpus_per_task,
+        "mem_gb": launcher.mem_gb,
+    }
     if slurm:
         params.update(
             {
@@ -164,16 +163,24 @@ def execute_jobs(plan: Plan, out: Path, root: str, launcher: Launcher) -> dict:
             counts["cached"] += 1
         else:
             waiting.append(stage)
-    log.info("[study] %d stage(s) to run as %s jobs (%d cached); job files in %s", len(waiting), launcher.kind,
-             counts["cached"], folder)  # fmt: skip
+    log.info(
+        "[study] %d stage(s) to run as %s jobs (%d cached); job files in %s",
+        len(waiting),
+        launcher.kind,
+        counts["cached"],
+        folder,
+    )
 
     def submit(stage: Stage) -> None:
         deps = [jobs[d.label][1].job_id for d in stage.deps if d.label in jobs]
         extra = dict(launcher.slurm_parameters)
         if slurm and deps:
             extra.update({"dependency": "afterok:" + ":".join(deps), "kill_on_invalid_dep": "yes"})
-        executor.update_parameters(name=f"nml-{stage.kind}-{stage.label}", **params,
-                                   **({"slurm_additional_parameters": extra} if slurm else {}))  # fmt: skip
+        executor.update_parameters(
+            name=f"nml-{stage.kind}-{stage.label}",
+            **params,
+            **({"slurm_additional_parameters": extra} if slurm else {}),
+        )
         job = executor.submit(stage_job, stage, out, root)
         jobs[stage.label] = (stage, job)
         log.info("[study] submitted %s %s: job %s", stage.kind, stage.label, job.job_id)
