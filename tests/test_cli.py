@@ -352,8 +352,15 @@ def test_flat_data_keys_of_the_old_layout_are_refused_with_their_new_place(tmp_p
         and "data.augment is now data.image.augment" in err
     )
     assert f"(in {old})" in err
-    assert main(["fit", "--config", "tune_linear.yaml", "--data.num_workers", "0"]) == 1
-    assert "--data.num_workers is now --data.loader.num_workers" in capsys.readouterr().err
+    assert (
+        main(
+            ["fit", "--config", "tune_linear.yaml", "--data.num_workers", "0", "--model.init_args.ratio", "2"]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "--data.num_workers is now --data.loader.num_workers" in err
+    assert "--model.init_args.ratio is now --model.head.ratio" in err
     shipped = REPO / "nml" / "configs"
     # cached features (CachedFeatures) keep their own flat batch_size
     check_moved_keys(

@@ -71,3 +71,41 @@ def test_library_modules_set_no_warning_filters_at_import():
         if line.startswith("warnings.filterwarnings") or line.startswith("warnings.simplefilter")
     ]
     assert offenders == []
+
+
+def test_backbone_families_are_branched_on_only_inside_their_adapters():
+    """A family is one adapter class (nml/models/backbones/): no other module compares a library
+    name, so adding a family touches no other file."""
+    import re
+
+    branch = re.compile(r"""library\s*[!=]=|[!=]=\s*["'](timm|open_clip)["']""")
+    offenders = [
+        f"{p.relative_to(REPO)}:{i}"
+        for p in NML.rglob("*.py")
+        if "backbones" not in p.parts
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if branch.search(line)
+    ]
+    assert offenders == []
+
+
+def test_the_study_takes_only_the_cli_builder_from_the_cli():
+    check = _check_layers()
+    from_cli = {
+        (path.name, name)
+        for path in (NML / "study").glob("*.py")
+        for _, name in check.imports_of(path)
+        if name.startswith("nml.cli")
+    }
+    assert from_cli == {("stages.py", "nml.cli.lightning")}
+    assert "from nml.cli.lightning import build_cli" in (NML / "study" / "stages.py").read_text()
+
+
+def test_option_groups_keep_the_constructors_small():
+    import inspect
+
+    from nml.data.modules import ShardDataModule
+    from nml.models.tuning import DownstreamTuning
+
+    assert len(inspect.signature(ShardDataModule.__init__).parameters) - 1 <= 12
+    assert len(inspect.signature(DownstreamTuning.__init__).parameters) - 1 <= 13

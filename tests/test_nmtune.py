@@ -73,9 +73,14 @@ def test_classifier_initialisation_is_the_papers_by_default_or_torchs():
     torch_default = NMTuneHead(dim=d, num_classes=100, head_init="torch").classifier
     assert torch_default.weight.abs().max() <= (1 / d) ** 0.5 and torch_default.bias.abs().sum() > 0
     linear = DownstreamTuning("linear", num_classes=10, feature_dim=d)
-    assert linear.hparams.head_init == "paper" and torch.equal(linear.head.bias.detach(), torch.zeros(10))
+    assert linear.hparams.head["head_init"] == "paper" and torch.equal(
+        linear.head.bias.detach(), torch.zeros(10)
+    )
     assert (
-        DownstreamTuning("linear", num_classes=10, feature_dim=d, head_init="torch").head.bias.abs().sum() > 0
+        DownstreamTuning("linear", num_classes=10, feature_dim=d, head={"head_init": "torch"})
+        .head.bias.abs()
+        .sum()
+        > 0
     )
     with pytest.raises(ValueError, match="head_init: expected 'paper' or 'torch', got 'xavier'"):
         NMTuneHead(dim=4, num_classes=2, head_init="xavier")

@@ -621,3 +621,17 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
     trainer.fit(SupervisedPretraining("test_resnet", num_classes=4), dm)
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
     assert trainer.callback_metrics["data/skipped"] == 1
+
+
+def test_the_audit_reads_the_class_count_from_a_timm_info_json_without_names(tmp_path):
+    """timm's ImageNet shards carry ``_info.json`` with ``num_classes`` and no names: the audit
+    reads it as ``nml fit`` does (one reader of ``_info.json``)."""
+    from nml.data.audit import audit
+
+    spec = write_shards(tmp_path / "d", [6, 4])
+    (tmp_path / "d" / "_info.json").write_text(json.dumps({"num_classes": 5}))
+    report = audit(spec, NoiseConfig("symmetric", 0.2))
+    assert report["num_classes"] == 5 and report["samples"] == 10
+    (tmp_path / "d" / "_info.json").write_text(json.dumps({"name": "no classes"}))
+    with pytest.raises(ValueError, match="no _info.json with 'classes' or 'num_classes'"):
+        audit(spec, NoiseConfig("symmetric", 0.2))

@@ -222,7 +222,7 @@ def test_other_feature_formats_and_bad_input(tmp_path):
     with pytest.raises(ValueError, match="D=3, but the head expects D=8"):
         _trainer(max_steps=1).fit(DownstreamTuning("linear", feature_dim=8, num_classes=3), dm)
     with pytest.raises(ValueError, match="cross-entropy only"):
-        DownstreamTuning("mlp", mse_weight=1.0)
+        DownstreamTuning("mlp", loss={"mse_weight": 1.0})
     with pytest.raises(ValueError, match="method=finetune trains the encoder: give model.backbone"):
         DownstreamTuning("finetune")
 

@@ -164,53 +164,72 @@ def check_ckpt_args(argv: Sequence[str]) -> list[str]:
 
 
 def check_moved_keys(argv: Sequence[str]) -> None:
-    """Refuse a data option of the old flat layout (``--data.batch_size``, or ``batch_size:`` right
-    under a config's ``data: init_args:``) with its new place (``data.loader.batch_size``), before
-    jsonargparse reports it as an unknown key; only for data modules with option groups (the shard
-    modules). ``argv`` has its config paths resolved."""
+    """Refuse an option of the old flat layout (``--data.batch_size``, ``--model.ratio``, or such a
+    key right under a config's ``data:`` / ``model:`` ``init_args``) with its new place
+    (``data.loader.batch_size``, ``model.head.ratio``), before jsonargparse reports it as an unknown
+    key; only for the classes that have the option groups (the shard modules, DownstreamTuning).
+    ``argv`` has its config paths resolved."""
     import yaml
 
-    from nml.data.options import MOVED, moved_keys
+    from nml.data import options as data_options
+    from nml.data.modules import ShardDataModule
+    from nml.models import tuning
+    from nml.typed_options import moved_keys
 
-    found, class_path = [], None
+    grouped = {
+        "data": (data_options.MOVED, ShardDataModule),
+        "model": (tuning.MOVED, tuning.DownstreamTuning),
+    }
+    found = {name: [] for name in grouped}
+    class_path: dict[str, str | None] = dict.fromkeys(grouped)
     for i, a in enumerate(argv):
         option, eq, value = a.partition("=")
         value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-        key = option.removeprefix("--data.").removeprefix("init_args.")
-        if option == "--data.class_path":
-            class_path = value
-        elif option.startswith("--data.") and key in MOVED:
-            found.append(f"{option} is now --data.{MOVED[key]}")
-        elif option in ("--config", "--data"):
+        name = option.removeprefix("--").split(".")[0]
+        if name in grouped and option.startswith(f"--{name}."):
+            key = option.removeprefix(f"--{name}.").removeprefix("init_args.")
+            if key == "class_path":
+                class_path[name] = value
+            elif key in grouped[name][0]:
+                found[name].append(f"{option} is now --{name}.{grouped[name][0][key]}")
+        elif option == "--config" or option.removeprefix("--") in grouped:
             inline = value.lstrip().startswith("{")
             try:
                 content = json.loads(value) if inline else yaml.safe_load(Path(value).read_text())
             except (OSError, ValueError, yaml.YAMLError):
                 continue  # not ours to report: LightningCLI names a bad file
-            section = content.get("data") if option == "--config" and isinstance(content, dict) else content
-            if not isinstance(section, dict):
-                continue
-            class_path = section.get("class_path", class_path)
             where = option if inline else value
-            found += [f"{move.replace(' -> ', ' is now ')} (in {where})" for move in moved_keys(section)]
-    if found and _has_option_groups(class_path):
-        raise ValueError(f"data options are grouped (loader / stream / image): {'; '.join(found)}")
+            sections = (
+                {n: content.get(n) for n in grouped}
+                if option == "--config" and isinstance(content, dict)
+                else {option.removeprefix("--"): content}
+            )
+            for n, section in sections.items():
+                if isinstance(section, dict):
+                    class_path[n] = section.get("class_path", class_path[n])
+                    moves = moved_keys(section, grouped[n][0], n)
+                    found[n] += [f"{m.replace(' -> ', ' is now ')} (in {where})" for m in moves]
+    problems = [f for n, (_, base) in grouped.items() if _is_subclass(class_path[n], base) for f in found[n]]
+    if problems:
+        raise ValueError(
+            f"options are grouped (data: loader / stream / image; model: head / loss): {'; '.join(problems)}"
+        )
 
 
-def _has_option_groups(class_path: str | None) -> bool:
-    """Whether the data module ``class_path`` names takes nml's option groups (a ShardDataModule)."""
+def _is_subclass(class_path: str | None, base: type) -> bool:
+    """Whether the class ``class_path`` names (short names: nml's modules) is ``base`` or below it."""
     import importlib
-
-    from nml.data.modules import ShardDataModule
 
     if not class_path:
         return False
     module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module or "nml.data.modules"), name)
-    except (ImportError, AttributeError):
-        return False
-    return isinstance(cls, type) and issubclass(cls, ShardDataModule)
+    for where in [module] if module else ["nml.data.modules", "nml.models.tuning"]:
+        try:
+            cls = getattr(importlib.import_module(where), name)
+        except (ImportError, AttributeError):
+            continue
+        return isinstance(cls, type) and issubclass(cls, base)
+    return False
 
 
 def build_cli(argv: Sequence[str], run: bool = True, save_config: bool = True) -> NMLCLI:

@@ -42,7 +42,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "data": {
         "embedded": "nml.cli.commands.data:embedded",
         "write": "nml.cli.commands.data:write",
-        "audit": "nml.cli.commands.data:audit",
+        "audit": "nml.data.audit:audit",
     },
     "export": "nml.cli.commands.export:export",
     "features": "nml.features.task:extract_task_features",

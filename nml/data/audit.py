@@ -14,13 +14,14 @@ import logging
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from nml.noise.config import NoiseConfig
 from nml.noise.models import load_transition_matrix
-from nml.shards.manifest import info_classes
-from nml.shards.members import MemberSpec
+from nml.shards.manifest import info_num_classes, read_info
+from nml.shards.members import IMAGE_KEYS, MemberSpec
 from nml.shards.spec import expand_spec, resolve_shards
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,12 @@ def _members(
     if noise.kind == "caption_swap":
         return MemberSpec(image_keys, None, None, caption_key, require_caption=True)
     if num_classes is None:
-        classes = info_classes(shards)
-        if classes is None:
+        num_classes = info_num_classes(read_info(shards))  # timm's _info.json: classes or num_classes
+        if num_classes is None:
             raise ValueError(
-                f"num_classes unknown for {shards!r}: no _info.json with 'classes' beside the shards; "
-                "pass --num_classes"
+                f"num_classes unknown for {shards!r}: no _info.json with 'classes' or 'num_classes' beside "
+                "the shards; pass --num_classes"
             )
-        num_classes = len(classes)
     return MemberSpec(image_keys, label_key, num_classes)
 
 
@@ -65,7 +65,7 @@ def audit_stream(
     resampled: bool = False,
     num_samples: int | None = None,
     shuffle_buffer: int = 1000,
-    image_keys: str = "jpg;png;jpeg;webp",
+    image_keys: str = IMAGE_KEYS,
     label_key: str = "cls",
     caption_key: str = "txt",
     strict: bool = False,
@@ -144,7 +144,7 @@ def audit_shards(
     shards: str,
     noise: NoiseConfig,
     num_classes: int | None = None,
-    image_keys: str = "jpg;png;jpeg;webp",
+    image_keys: str = IMAGE_KEYS,
     label_key: str = "cls",
     caption_key: str = "txt",
     seed: int = 0,
@@ -243,3 +243,105 @@ def audit_shards(
             }
     out["checksum"] = digest.hexdigest()
     return out
+
+
+def audit(
+    shards: str,
+    noise: NoiseConfig | None = None,
+    num_classes: int | None = None,
+    image_keys: str = IMAGE_KEYS,
+    label_key: str = "cls",
+    caption_key: str = "txt",
+    seed: int = 0,
+    num_workers: int = 0,
+    strict: bool = False,
+    stream: Literal["noise", "train"] = "noise",
+    batch_size: int = 64,
+    world_size: int = 1,
+    epochs: int = 1,
+    resampled: bool = False,
+    train_samples: int | None = None,
+    shuffle_buffer: int = 1000,
+    out: str | None = None,
+) -> dict:
+    """Read shards through the training pipeline and report, as JSON, its noise or its coverage.
+
+    ``--stream noise`` (default): the number of samples, the realised noise rate, the per-class
+    transition matrix (labels) or the caption mismatch rate (caption_swap), and a checksum of the
+    noisy labels; the same for any --num_workers. ``--stream train``: the training stream read
+    exactly as ``nml fit`` would for every simulated rank and worker; per epoch, the samples in the
+    data, yielded, unique, never seen, seen more than once, and padding. Images are not decoded.
+
+    Args:
+        shards: Shard spec: brace patterns, several sources joined by '::' (relative to the working directory).
+        noise: The noise to apply (as in the data modules' ``noise``).
+        num_classes: Classes of the labels (default: from the _info.json beside the shards).
+        image_keys: Image member extensions, ';'-separated (checked to exist, not decoded).
+        label_key: Label member (integer class index).
+        caption_key: Caption member for caption_swap: an extension or json:<field>.
+        seed: Data seed; the noise seed when noise.seed is not set.
+        num_workers: DataLoader workers reading the shards (the result does not depend on it).
+        strict: Raise on unreadable data instead of skipping and counting it.
+        stream: What to audit: the noise, or the training stream's coverage per epoch.
+        batch_size: --stream train: the training batch size (per rank).
+        world_size: --stream train: ranks to simulate (nodes x devices).
+        epochs: --stream train: epochs to read.
+        resampled: --stream train: shards drawn with replacement (as data.stream.resampled).
+        train_samples: --stream train: samples per epoch (as data.stream.train_samples).
+        shuffle_buffer: --stream train: the sample shuffle buffer (as data.stream.shuffle_buffer).
+        out: --stream noise: write the transition matrix (transition.npy, transition_counts.csv)
+            here; stdout gets it only up to 64 classes (above: rate ranges and the top confusions).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    if stream == "train":
+        report = audit_stream(
+            shards,
+            batch_size,
+            noise,
+            num_classes=num_classes,
+            world_size=world_size,
+            num_workers=num_workers,
+            epochs=epochs,
+            seed=seed,
+            resampled=resampled,
+            num_samples=train_samples,
+            shuffle_buffer=shuffle_buffer,
+            image_keys=image_keys,
+            label_key=label_key,
+            caption_key=caption_key,
+            strict=strict,
+        )
+        for e in report["epochs"]:
+            log.info(
+                "epoch %d: %d of %d samples seen, %d never, %d more than once, %d padding",
+                e["epoch"],
+                e["unique"],
+                report["samples_in_data"],
+                e["never_seen"],
+                e["seen_more_than_once"],
+                e["padding"],
+            )
+        log.info("read %d epoch(s) in %.1f s", len(report["epochs"]), time.perf_counter() - t0)
+        return report
+    report = audit_shards(
+        shards,
+        noise or NoiseConfig(),
+        num_classes=num_classes,
+        image_keys=image_keys,
+        label_key=label_key,
+        caption_key=caption_key,
+        seed=seed,
+        num_workers=num_workers,
+        strict=strict,
+        out_dir=out,
+    )
+    log.info(
+        "audited %d samples in %.1f s: realised noise rate %.4f (target %s)",
+        report["samples"],
+        time.perf_counter() - t0,
+        report["realised_rate"],
+        report["target_rate"],
+    )
+    return report

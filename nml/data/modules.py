@@ -21,17 +21,22 @@ Validation and test loaders evaluate every sample exactly once across ranks; bat
 ``valid`` mask (padding on ranks with fewer batches). Names of the loaders, in order, are in
 ``val_sets`` / ``test_sets`` so that modules can log ``test/<group>/<name>/top1``.
 
+Options come in three typed groups (:mod:`nml.data.options`): ``loader`` (batch sizes, workers),
+``stream`` (resampling, shard subsets, shuffle buffer, member keys, strictness) and ``image``.
+
 Transforms: on the embedded benchmark, glyph-safe defaults (no flips, no centre crop:
 :mod:`nml.data.transforms`); on your own shards, timm's / open_clip's own defaults (flips, crop
-0.875 ...), with the backbone's ``crop_pct`` for evaluation. ``train_transform`` / ``eval_transform``
-(timm ``create_transform`` arguments) override either. ``reduced_decode`` (on by default): a JPEG
-at least twice the size the transform needs is decoded at 1/2, 1/4 or 1/8 scale (PIL ``draft``; see
-:func:`~nml.data.transforms.min_decode_side`), which leaves the transform's output at full detail.
-``normalize_on_device`` (on by default, as timm's prefetcher): training batches carry uint8 images,
-a quarter of the bytes through the workers' shared memory, and are scaled and normalised on the
-training device (``on_after_batch_transfer``) instead of in the workers. ``decode_on_device`` (off by
+0.875 ...), with the backbone's ``crop_pct`` for evaluation. ``image.train_transform`` /
+``image.eval_transform`` (timm ``create_transform`` arguments) override either.
+``image.reduced_decode`` (on by default): a JPEG at least twice the size the transform needs is
+decoded at 1/2, 1/4 or 1/8 scale (PIL ``draft``; see :func:`~nml.data.transforms.min_decode_side`),
+which leaves the transform's output at full detail. ``image.normalize_on_device`` (on by default,
+as timm's prefetcher): training batches carry uint8 images, a quarter of the bytes through the
+workers' shared memory, and are scaled and normalised on the training device
+(``on_after_batch_transfer``) instead of in the workers. ``image.decode_on_device`` (off by
 default): training JPEGs are decoded where the model trains (nvJPEG on a GPU), after the workers
-drew each view's crop and flip (:mod:`nml.data.device_decode`; crop, resize and flip only).
+drew each view's crop and flip (:class:`~nml.data.device_decode.DeviceDecoder`; crop, resize and
+flip only).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 
 from nml.data.loading import RenamedEvalSuiteMethods, fit_progress
-from nml.data.options import ImageOptions, LoaderOptions, StreamOptions, as_options
+from nml.data.options import ImageOptions, LoaderOptions, StreamOptions
 from nml.data.pipeline import ShardLoader, StreamConfig, collate
 from nml.data.transforms import (
     DEFAULT_IMAGE_SIZE,
@@ -70,6 +75,7 @@ from nml.shards.manifest import (
 )
 from nml.shards.members import MemberSpec
 from nml.shards.spec import resolve_shards
+from nml.typed_options import as_options
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +138,9 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
         """
         super().__init__()
         self.root = root if root is not None else default_root()
-        self.loader = replace(as_options(LoaderOptions, loader, "loader"))
-        self.stream = replace(as_options(StreamOptions, stream, "stream"))
-        self.image = replace(as_options(ImageOptions, image, "image"))  # a copy: models adopt settings
+        self.loader = replace(as_options(LoaderOptions, loader, "data.loader"))
+        self.stream = replace(as_options(StreamOptions, stream, "data.stream"))
+        self.image = replace(as_options(ImageOptions, image, "data.image"))  # a copy: models adopt settings
         self.seed, self.noise = seed, noise or NoiseConfig()
         self._device_decoder = None  # decode_on_device: built once (device_decoder())
         self._check_noise_kind()

@@ -10,15 +10,15 @@ transformed. In YAML they nest under the data section::
         image: {image_size: 224, train_transform: {color_jitter: 0}}
 
 On the command line: ``--data.loader.batch_size 128``. A flat key of the old layout
-(``data.batch_size``) is refused with its new place (:func:`moved_keys`).
+(``data.batch_size``) is refused with its new place (``nml.cli.lightning.check_moved_keys``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from nml.shards.members import IMAGE_KEYS
+from nml.typed_options import flat_key_moves
 
 
 @dataclass
@@ -110,27 +110,4 @@ class ImageOptions:
 
 
 GROUPS: dict[str, type] = {"loader": LoaderOptions, "stream": StreamOptions, "image": ImageOptions}
-MOVED: dict[str, str] = {f.name: f"{group}.{f.name}" for group, cls in GROUPS.items() for f in fields(cls)}
-
-
-def as_options(cls: type, value: Any, group: str):
-    """``value`` (an instance, a dict of its fields, or None) as an instance of ``cls``."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"data.{group}: unknown keys {unknown}; expected some of {sorted(known)}")
-        return cls(**value)
-    raise TypeError(f"data.{group}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
-
-
-def moved_keys(section: dict) -> list[str]:
-    """``old -> new`` for each flat key of the old layout in a data section (its ``init_args``)."""
-    args = section.get("init_args", section) if isinstance(section, dict) else {}
-    if not isinstance(args, dict):
-        return []
-    return [f"data.{k} -> data.{MOVED[k]}" for k in args if k in MOVED]
+MOVED: dict[str, str] = flat_key_moves(GROUPS)  # batch_size -> loader.batch_size ...

@@ -15,6 +15,7 @@ The loss is ``CE + 1.0 * mse + 0.04 * cov + 0.001 * svd`` by default (``../share
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -57,6 +58,42 @@ def nmtune_regularizers(
 
 
 HeadInit = Literal["paper", "torch"]
+
+
+@dataclass
+class HeadOptions:
+    """The MLP / NMTune head (``model.head``).
+
+    Args:
+        ratio: Hidden width = ratio * D.
+        layers: Hidden blocks of ``h``.
+        residual: ``z = f + s * h(f)`` (else ``s * h(f)``).
+        scale_init: The initial s.
+        head_init: The linear classifier's initialisation: ``paper`` (the NMTune authors':
+            kaiming-uniform, bound sqrt(6/D), zero bias) or ``torch`` (``nn.Linear``'s default).
+    """
+
+    ratio: int = 4
+    layers: int = 1
+    residual: bool = True
+    scale_init: float = 1.0
+    head_init: HeadInit = "paper"
+
+
+@dataclass
+class LossOptions:
+    """NMTune's regularisers (``model.loss``).
+
+    Args:
+        k: Top-k of the SVD regulariser.
+        mse_weight / cov_weight / svd_weight: Regulariser weights (None: 1.0 / 0.04 / 0.001 for nmtune
+            and finetune, 0 for mlp; linear has none).
+    """
+
+    k: int = 5
+    mse_weight: float | None = None
+    cov_weight: float | None = None
+    svd_weight: float | None = None
 
 
 def init_classifier(layer: nn.Linear, how: HeadInit) -> nn.Linear:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import asdict
 from typing import Literal
 
 import torch
@@ -32,13 +33,15 @@ from torchmetrics.classification import MulticlassAccuracy
 from nml.data.loading import batch_inputs
 from nml.models.backbones import Backbone, create_backbone
 from nml.models.base import BackboneModule
-from nml.models.nmtune import HeadInit, NMTuneHead, init_classifier, nmtune_regularizers
+from nml.models.nmtune import HeadOptions, LossOptions, NMTuneHead, init_classifier, nmtune_regularizers
+from nml.typed_options import as_options, flat_key_moves
 
 log = logging.getLogger(__name__)
 Method = Literal["linear", "mlp", "nmtune", "finetune"]
 DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3, "nmtune": 1e-3, "finetune": 1e-4}
 DEFAULT_WEIGHT_DECAY = 1e-4
 REGULARISER_DEFAULTS = {"mse": 1.0, "cov": 0.04, "svd": 0.001}
+MOVED = flat_key_moves({"head": HeadOptions, "loss": LossOptions})  # ratio -> head.ratio ...
 
 
 class DownstreamTuning(BackboneModule):
@@ -50,13 +53,10 @@ class DownstreamTuning(BackboneModule):
             the factory (weights from a local file only); None: tune on cached features.
         num_classes: Classes of the head (``nml fit`` links it from ``data.num_classes``).
         feature_dim: D of cached features (default: the data module's).
-        ratio / layers / residual / scale_init: The NMTune head (hidden width ratio * D, hidden blocks,
-            ``z = f + s * h(f)`` or ``s * h(f)``, initial s).
-        head_init: The linear classifier's initialisation: ``paper`` (the NMTune authors':
-            kaiming-uniform, bound sqrt(6/D), zero bias) or ``torch`` (``nn.Linear``'s default).
-        k: Top-k of the SVD regulariser.
-        mse_weight / cov_weight / svd_weight: Regulariser weights (None: 1.0 / 0.04 / 0.001 for nmtune
-            and finetune, 0 for mlp; linear has none).
+        head: The MLP / NMTune head and the classifier's initialisation
+            (:class:`~nml.models.nmtune.HeadOptions`: ratio, layers, residual, scale_init, head_init).
+        loss: The regularisers (:class:`~nml.models.nmtune.LossOptions`: k, mse_weight, cov_weight,
+            svd_weight; weights None: 1.0 / 0.04 / 0.001 for nmtune and finetune, 0 for mlp).
         views: Training views per sample (None: 1 unaugmented for linear, 2 augmented otherwise); the
             data module's own ``views`` / ``augment`` settings win.
         optimizer: Optimizer callable (None: fused AdamW, lr 1e-2 linear / 1e-3 mlp, nmtune / 1e-4
@@ -71,15 +71,8 @@ class DownstreamTuning(BackboneModule):
         backbone: str | dict | None = None,
         num_classes: int | None = None,
         feature_dim: int | None = None,
-        ratio: int = 4,
-        layers: int = 1,
-        residual: bool = True,
-        scale_init: float = 1.0,
-        head_init: HeadInit = "paper",
-        k: int = 5,
-        mse_weight: float | None = None,
-        cov_weight: float | None = None,
-        svd_weight: float | None = None,
+        head: HeadOptions | None = None,
+        loss: LossOptions | None = None,
         views: int | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -93,9 +86,14 @@ class DownstreamTuning(BackboneModule):
         if optimizer is None:
             optimizer = _default_optimizer(method)
         super().__init__(optimizer, lr_scheduler, warmup, min_lr_ratio, channels_last, compile)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.head_options = as_options(HeadOptions, head, "model.head")
+        self.loss_options = as_options(LossOptions, loss, "model.loss")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "head", "loss"])
+        # plain dicts: checkpoints load with torch.load(weights_only=True), which refuses classes
+        self.hparams["head"], self.hparams["loss"] = asdict(self.head_options), asdict(self.loss_options)
         self.method = method
-        self.weights = self._regulariser_weights(method, mse_weight, cov_weight, svd_weight)
+        lo = self.loss_options
+        self.weights = self._regulariser_weights(method, lo.mse_weight, lo.cov_weight, lo.svd_weight)
         if views not in (None, 1, 2):
             raise ValueError(f"views: expected 1 or 2, got {views}")
         self.views = views or (1 if method == "linear" else 2)
@@ -133,14 +131,12 @@ class DownstreamTuning(BackboneModule):
         return {k: float(REGULARISER_DEFAULTS[k] if v is None else v) for k, v in given.items()}
 
     def _build_head(self, dim: int, num_classes: int) -> None:
-        hp = self.hparams
+        hp, o = self.hparams, self.head_options
         hp["feature_dim"], hp["num_classes"] = dim, num_classes
         if self.method in ("mlp", "nmtune"):
-            self.head = NMTuneHead(
-                dim, num_classes, hp.ratio, hp.layers, hp.residual, hp.scale_init, hp.head_init
-            )
+            self.head = NMTuneHead(dim, num_classes, o.ratio, o.layers, o.residual, o.scale_init, o.head_init)
         else:
-            self.head = init_classifier(nn.Linear(dim, num_classes), hp.head_init)
+            self.head = init_classifier(nn.Linear(dim, num_classes), o.head_init)
         self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
 
     def setup(self, stage: str) -> None:
@@ -244,7 +240,7 @@ class DownstreamTuning(BackboneModule):
                     f1 = self._anchor[0].features(x[:n])
             else:
                 f1 = f[:n]
-            regs = nmtune_regularizers(z1, z2, f1, self.hparams.k)
+            regs = nmtune_regularizers(z1, z2, f1, self.loss_options.k)
             for name, value in regs.items():
                 if self.weights[name]:
                     loss = loss + self.weights[name] * value
