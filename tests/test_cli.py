@@ -370,3 +370,14 @@ def test_flat_data_keys_of_the_old_layout_are_refused_with_their_new_place(tmp_p
         from nml.data.modules import ClassificationShards
 
         ClassificationShards(train="x-{0..1}.tar", loader={"bogus": 1})
+
+
+def test_nml_features_refuses_a_data_file_of_the_old_layout(tmp_path):
+    from nml.features.task import task_data_module
+
+    old = tmp_path / "data.yaml"
+    old.write_text(
+        "data:\n  class_path: nml.data.modules.ClassificationShards\n  init_args:\n    image_size: 16\n"
+    )
+    with pytest.raises(ValueError, match=r"data.image_size -> data.image.image_size"):
+        task_data_module(str(old), None, 8, 0)

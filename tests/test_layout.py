@@ -109,3 +109,46 @@ def test_option_groups_keep_the_constructors_small():
 
     assert len(inspect.signature(ShardDataModule.__init__).parameters) - 1 <= 12
     assert len(inspect.signature(DownstreamTuning.__init__).parameters) - 1 <= 13
+
+
+def test_the_formatter_and_the_linter_pass_on_every_file():
+    import shutil
+    import sys
+    from pathlib import Path
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    paths = ["nml", "tests", "tools"]
+    for args in (["format", "--check", *paths], ["check", *paths]):
+        r = subprocess.run([ruff, *args], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    skips = [
+        f"{p.relative_to(REPO)}:{i}"
+        for d in paths
+        for p in (REPO / d).rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if line.rstrip().endswith("# fmt: skip")  # a skip needs its reason after it: "# fmt: skip  (why)"
+    ]
+    assert skips == []
+
+
+def test_every_import_of_an_nml_name_resolves():
+    """Lazy imports inside functions (``from nml.x import y``) fail only when their code path runs:
+    check every one of them, in the package, the tests and the tools."""
+    import ast
+    import importlib
+
+    broken = []
+    for path in [*NML.rglob("*.py"), *(REPO / "tests").glob("*.py"), *(REPO / "tools").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (
+                isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("nml")
+            ):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if (
+                    not hasattr(module, alias.name)
+                    and importlib.util.find_spec(f"{node.module}.{alias.name}") is None
+                ):
+                    broken.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.module}.{alias.name}")
+    assert broken == []

@@ -80,7 +80,8 @@ def task_data_module(data: str, root: str | None, batch_size: int, num_workers: 
     ``data:`` section, or ``class_path`` / ``init_args``), read with ``batch_size`` and
     ``num_workers`` for extraction."""
     from nml.data.modules import ClassificationShards, ShardDataModule
-    from nml.data.options import moved_keys
+    from nml.data.options import MOVED
+    from nml.typed_options import moved_keys
 
     loading = {"eval_batch_size": batch_size, "num_workers": num_workers, "persistent_workers": False}
     if not str(data).endswith((".yaml", ".yml")):
@@ -97,7 +98,7 @@ def task_data_module(data: str, root: str | None, batch_size: int, num_workers: 
         raise ValueError(
             f"{path}: expected a data module (class_path / init_args), or a config with a data: section"
         )
-    moved = moved_keys(section)
+    moved = moved_keys(section, MOVED, "data")
     if moved:
         raise ValueError(f"{path}: data options are grouped (loader / stream / image): {'; '.join(moved)}")
     init = dict(section.get("init_args") or {})
