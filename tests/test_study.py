@@ -10,10 +10,12 @@ import os
 
 import pytest
 
+from nml.study.claims import evaluate
 from nml.study.command import report, study
 from nml.study.config import Grid, Launcher, Recipe, TaskPlan, Tuning
-from nml.study.report import claims, group_means, interval
+from nml.study.report import group_means
 from nml.study.results import COLUMNS, read_results
+from nml.study.stats import fitted_change, holm, min_detectable_effect, paired_test, seeds_needed, verdict
 
 # -- nml report on hand-written results --------------------------------------------------------------
 # supervised, gamma 0 and 0.3, 3 seeds; linear and nmtune; one ID and one OOD test set.
@@ -79,11 +81,34 @@ def _write(path, with_random=True) -> None:
         w.writerows(rows)
 
 
-def test_interval_is_a_paired_t_interval():
-    m, lo, hi, n = interval([-3.0, -4.0, -5.0])  # sd 1, t(0.975, 2) = 4.3027
-    assert (m, n) == (-4.0, 3) and lo == pytest.approx(-4 - 4.3027 / math.sqrt(3), abs=1e-3)
-    assert hi == pytest.approx(-4 + 4.3027 / math.sqrt(3), abs=1e-3)
-    assert math.isnan(interval([1.0])[1])
+def test_the_paired_test_gives_a_t_interval_and_each_verdict_can_come_out_either_way():
+    t = paired_test([-3.0, -4.0, -5.0], "decrease", 1.0)  # sd 1, t(0.975, 2) = 4.3027
+    assert (t.mean, t.n) == (-4.0, 3) and t.low == pytest.approx(-4 - 4.3027 / math.sqrt(3), abs=1e-3)
+    assert t.high == pytest.approx(-4 + 4.3027 / math.sqrt(3), abs=1e-3)
+    assert math.isnan(paired_test([1.0], "decrease", 1.0).low)
+    flat = [0.1, -0.1, 0.0, 0.05, -0.05]  # no effect, tightly: inside any bound of 1
+    down, up = [-3.0, -4.0, -5.0], [3.0, 4.0, 5.0]
+    cases = {  # direction: (values on which it holds, values on which it does not hold)
+        "decrease": (down, flat),
+        "increase": (up, flat),
+        "not_hurt": (flat, down),
+        "change": (up, flat),
+    }
+    for direction, (holding, failing) in cases.items():
+        for values, expected in ((holding, "holds"), (failing, "does not hold")):
+            t = paired_test(values, direction, 1.0)
+            assert verdict(t, t.p_holds, t.p_fails) == expected, (direction, values)
+    assert verdict(paired_test([-1.0, 2.0], "decrease", 1.0), *[0.5, 0.5]) == "inconclusive at n=2"
+    assert paired_test(up, "increase", 1.0).p_fails > 0.5  # the opposite side of a clear effect
+
+
+def test_holm_and_the_minimum_detectable_effect():
+    assert holm([0.01, 0.04, math.nan, 0.03]) == pytest.approx([0.03, 0.06, math.nan, 0.06], nan_ok=True)
+    few, many = (paired_test([1.0, 2.0, 3.0] * k, "increase", 1.0) for k in (1, 4))
+    assert min_detectable_effect(many) < min_detectable_effect(few)
+    needed = seeds_needed(min_detectable_effect(few), few.sd)
+    assert needed in (3, 4)  # the n at which that effect is detectable (rounded up)
+    assert fitted_change([0.0, 0.1, 0.3], [10.0, 9.0, 7.0]) == pytest.approx(-3.0)
 
 
 def test_report_tables_and_verdicts_from_a_hand_written_results_csv(tmp_path):
@@ -91,34 +116,71 @@ def test_report_tables_and_verdicts_from_a_hand_written_results_csv(tmp_path):
     rows = read_results(tmp_path / "results.csv")
     means = group_means(rows)
     assert means[("supervised", "pretrained", 0.3, 1, "nmtune", "ood")] == 58.0 + 2.0
-    found = {c["claim"]: c for c in claims(rows)}
-    ood = found["OOD falls with noise (LP): OOD(0.3) - OOD(0)"]  # diffs -3, -4, -5
+    found = {c["claim"]: c for c in evaluate(rows)}
+    ood = found["OOD falls with noise (LP): fitted OOD change from 0 to 0.3"]  # changes -3, -4, -5
     assert ood["mean"] == pytest.approx(-4.0) and ood["verdict"] == "holds" and ood["n"] == 3
-    sve = found["noise raises SVE (ID sets, frozen features): SVE(0.3) - SVE(0)"]  # diffs 0.5, 0.4, 0.4
-    assert sve["mean"] == pytest.approx(0.4333, abs=1e-4) and sve["verdict"] == "holds"
-    lp = found["NMTune beats LP on OOD (paired over noise rates x seeds)"]  # bonus 1, 2, 3 at both rates
-    assert lp["mean"] == pytest.approx(2.0) and lp["n"] == 6 and lp["verdict"] == "holds"
+    asym = found["OOD falls more than ID (LP, heads with both): ID change - OOD change (t)"]  # 4, 5, 5
     assert (
-        found["NMTune's gain over LP is larger on OOD than on ID"]["verdict"] == "does not hold"
-    )  # equal gains
-    assert found["slight noise (5-10 %) does not hurt or slightly helps ID (LP)"]["verdict"].startswith(
+        asym["mean"] == pytest.approx(14 / 3) and asym["verdict"] == "holds" and asym["family"] == "primary"
+    )
+    assert ood["p"] == pytest.approx(paired_test([-3, -4, -5], "decrease", 1.0).p_holds)  # Holm: the larger p
+    sve = found["noise raises SVE (frozen features, ID sets): fitted change"]  # 0.5, 0.4, 0.4
+    assert sve["mean"] == pytest.approx(0.4333, abs=1e-4) and sve["verdict"] == "holds"
+    lp = found["NMTune - LP on OOD at gamma 0.3"]  # bonus 1, 2, 3
+    assert lp["mean"] == pytest.approx(2.0) and lp["n"] == 3 and lp["family"] == "exploratory"
+    assert found["slight noise does not hurt ID (LP): ID(0.05-0.1) - ID(0)"]["verdict"].startswith(
         "not measured"
     )
-    assert "NMTune beats MLP on ID (paired over noise rates x seeds)" in found  # reported as not measured
-
+    assert found["NMTune - MLP on ID at gamma -"]["verdict"].startswith("not measured")  # no MLP runs
     from nml.cli.main import main
 
     assert main(["report", str(tmp_path)]) == 0  # `nml report DIR`
     r = report(str(tmp_path))
     text = (tmp_path / "report.md").read_text()
-    assert (
-        "| 0 | 91.00 ± 1.00 | 62.00 ± 2.00 | 93.00 ± 2.00 | 64.00 ± 3.00 |" in text
-    )  # linear ID/OOD, nmtune ID/OOD
+    assert text.index("## The primary claims") < text.index("## Results") < text.index("## Exploratory")
+    assert "| supervised | C2 | OOD falls with noise" in text and "p (Holm)" in text
+    assert "-4.000 pt [-6.484, -1.516] | 3 |" in text and "**holds**" in text
+    assert "| 0 | 91.00 ± 1.00 | 62.00 ± 2.00 | 93.00 ± 2.00 | 64.00 ± 3.00 |" in text  # LP / NMTune ID, OOD
     assert "| 0.3 | 91.67 ± 0.58 | 58.00 ± 1.00 |" in text
     assert "| random init | 50.00 | - |" in text
-    assert "**holds**" in text and "-4.000 pt [-6.484, -1.516] | 3 | **holds**" in text
     for fig in ("accuracy_vs_noise_supervised.png", "spectrum_vs_noise_supervised.png"):
         assert fig in r["figures"] and (tmp_path / fig).stat().st_size > 1000
+
+
+def test_methods_are_compared_only_on_the_test_sets_both_ran_on(tmp_path):
+    """NMTune ran on two OOD sets, MLP on one: NMTune - MLP uses the common one only (a mean over
+    NMTune's two sets would add the other set's +30)."""
+    rows = []
+    for g in (0.0, 0.3):
+        for s in range(3):
+            for method, test_set, value in (
+                ("nmtune", "shared", 60.0 + s),
+                ("nmtune", "only_nmtune", 90.0),
+                ("mlp", "shared", 59.0 + s - 0.5 * s),
+                ("linear", "shared", 58.0),
+            ):
+                rows.append(
+                    {
+                        "objective": "supervised",
+                        "init": "pretrained",
+                        "noise_rate": g,
+                        "seed": s,
+                        "method": method,
+                        "task": "t",
+                        "test_set": test_set,
+                        "group": "ood",
+                        "top1": value,
+                        "sve": None,
+                        "lsvr": None,
+                    }
+                )
+    found = {c["claim"]: c for c in evaluate(rows)}
+    mlp = found["NMTune - MLP on OOD at gamma 0.3"]
+    assert mlp["mean"] == pytest.approx(1.5) and mlp["n"] == 3  # 1 + 0.5 s over s = 0, 1, 2
+    # a failed cell (seed 2 at gamma 0.3 has no MLP row): n shrinks, and the report says so
+    rows = [r for r in rows if not (r["method"] == "mlp" and r["seed"] == 2 and r["noise_rate"] == 0.3)]
+    mlp = {c["claim"]: c for c in evaluate(rows)}["NMTune - MLP on OOD at gamma 0.3"]
+    assert mlp["n"] == 2 and "n=2 of 3 seeds" in mlp["note"]
 
 
 def test_report_refuses_what_is_not_a_study(tmp_path):

@@ -1,10 +1,11 @@
 """``report.md`` and figures from ``results.csv`` (plus ``memorisation.csv`` and
 ``singular_values.npz`` when present): what ``nml report STUDY_DIR`` rebuilds.
 
-Tables: ID and OOD mean top-1 per noise rate and method (mean +- sd over pre-training seeds), per
-test set, and the spectrum of the frozen features. Then each claim of the paper next to what was
-measured, as a paired comparison over pre-training seeds with a 95 % t-interval, and a verdict:
-*holds*, *does not hold*, or *inconclusive at this n*. Nothing is tuned to make a claim hold.
+First the primary claims (:mod:`nml.study.claims`) with intervals, Holm-adjusted p, the minimum
+detectable effect and a verdict (*holds*, *does not hold*, or *inconclusive at this n*); then the
+tables (ID and OOD mean top-1 per noise rate and method, mean +- sd over pre-training seeds, per test
+set, and the spectrum of the frozen features), the exploratory comparisons and the figures.
+Nothing is tuned to make a claim hold.
 """
 
 from __future__ import annotations
@@ -13,41 +14,11 @@ import csv
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
+from nml.study.claims import evaluate
 from nml.study.results import read_results
-
-NOT_HURT_MARGIN = 1.0  # points: "does not hurt" holds when the interval excludes a loss larger than this
-
-
-# -- statistics -----------------------------------------------------------------------------------
-def interval(diffs: list[float]) -> tuple[float, float, float, int]:
-    """(mean, low, high, n) of a 95 % t-interval of paired differences (low = high = nan for n < 2)."""
-    n = len(diffs)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    m = statistics.fmean(diffs)
-    if n < 2:
-        return m, math.nan, math.nan, n
-    from scipy.stats import t
-
-    half = t.ppf(0.975, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
-    return m, m - half, m + half, n
-
-
-def verdict(kind: str, lo: float, hi: float, n: int) -> str:
-    """``kind``: decrease | increase | change | not_hurt (the claimed direction of the difference)."""
-    if n < 2 or math.isnan(lo):
-        return f"inconclusive at n={n}"
-    rules = {
-        "decrease": (hi < 0, lo >= 0),
-        "increase": (lo > 0, hi <= 0),
-        "change": (lo > 0 or hi < 0, False),
-        "not_hurt": (lo > -NOT_HURT_MARGIN, hi < 0),
-    }
-    holds, fails = rules[kind]
-    return "holds" if holds else "does not hold" if fails else f"inconclusive at n={n}"
+from nml.study.stats import ALPHA
 
 
 # -- aggregation ----------------------------------------------------------------------------------
@@ -84,199 +55,6 @@ def _fmt(values: list[float], digits: int = 2) -> str:
 
 def _noise_label(noise) -> str:
     return "random init" if noise is None else f"{noise:g}"
-
-
-def _paired(values: dict[tuple, float], a: tuple, b: tuple, seeds: list[int]) -> list[float]:
-    """values[a + (seed,)] - values[b + (seed,)] for the seeds where both exist."""
-    return [values[(*a, s)] - values[(*b, s)] for s in seeds if (*a, s) in values and (*b, s) in values]
-
-
-# -- the claims ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Claim:
-    """One claim of the paper, as data: what is compared, on which metric and groups, in which
-    direction. :func:`claims` evaluates every entry of :data:`CLAIMS` the same way.
-
-    ``comparison``:
-
-    * ``noise``: per noisy rate g of ``rates`` (``noisy``: every g > 0; ``slight``: 0 < g <= 0.1),
-      ``metric(g) - metric(0)`` paired over pre-training seeds, for ``method`` (top-1 on ``group``)
-      or for the frozen features (a spectrum ``metric`` over ``group``'s sets);
-    * ``methods``: ``method - other`` on ``group``, paired over noise rates x seeds;
-    * ``gain_gap``: (``method - other`` on OOD) - (the same on ID), from the point estimates.
-    """
-
-    text: str  # the report's wording; {g}: the noise rate, {other}: the other method's name
-    family: str  # which question it answers: noise_effect | spectrum | nmtune
-    comparison: str  # noise | methods | gain_gap
-    metric: str  # top1 | sve | lsvr
-    direction: str  # decrease | increase | change | not_hurt (see verdict())
-    group: str = "id"
-    method: str | None = "linear"
-    other: str | None = None
-    rates: str = "noisy"  # noise comparisons: noisy | slight
-    missing: str | None = None  # the claim's text when the grid has no rate for it
-
-
-METHOD_NAMES = {"linear": "LP", "mlp": "MLP", "nmtune": "NMTune"}
-
-CLAIMS: list[Claim] = [
-    Claim(
-        "slight noise does not hurt ID (LP): ID({g}) - ID(0)",
-        "noise_effect",
-        "noise",
-        "top1",
-        "not_hurt",
-        rates="slight",
-        missing="slight noise (5-10 %) does not hurt or slightly helps ID (LP)",
-    ),
-    Claim(
-        "OOD falls with noise (LP): OOD({g}) - OOD(0)",
-        "noise_effect",
-        "noise",
-        "top1",
-        "decrease",
-        group="ood",
-    ),
-    Claim(
-        "noise raises SVE (ID sets, frozen features): SVE({g}) - SVE(0)",
-        "spectrum",
-        "noise",
-        "sve",
-        "increase",
-        method=None,
-    ),
-    Claim(
-        "noise changes LSVR (ID sets, frozen features): LSVR({g}) - LSVR(0)",
-        "spectrum",
-        "noise",
-        "lsvr",
-        "change",
-        method=None,
-    ),
-    *(
-        claim
-        for other in ("linear", "mlp")
-        for claim in (
-            Claim(
-                "NMTune beats {other} on ID (paired over noise rates x seeds)",
-                "nmtune",
-                "methods",
-                "top1",
-                "increase",
-                method="nmtune",
-                other=other,
-            ),
-            Claim(
-                "NMTune beats {other} on OOD (paired over noise rates x seeds)",
-                "nmtune",
-                "methods",
-                "top1",
-                "increase",
-                group="ood",
-                method="nmtune",
-                other=other,
-            ),
-            Claim(
-                "NMTune's gain over {other} is larger on OOD than on ID",
-                "nmtune",
-                "gain_gap",
-                "top1",
-                "increase",
-                method="nmtune",
-                other=other,
-            ),
-        )
-    ),
-]  # fmt: skip  (one claim per entry reads as a table)
-
-
-def claims(rows: list[dict], declared: list[Claim] = CLAIMS) -> list[dict]:
-    """Each declared claim against the measured, paired-over-seeds differences, per objective."""
-    out = []
-    means = group_means(rows)
-    seeds = sorted({r["seed"] for r in rows})
-    for obj in sorted({r["objective"] for r in rows}):
-        noises = sorted(
-            {r["noise_rate"] for r in rows if r["objective"] == obj and r["noise_rate"] is not None}
-        )
-        if 0.0 not in noises:
-            out.append({"claim": "all", "objective": obj, "verdict": "not measured (no clean gamma = 0 row)"})
-            continue
-        by_seed = {
-            (k[4], k[5], k[2], k[3]): v for k, v in means.items() if k[0] == obj and k[1] == "pretrained"
-        }
-        gains: dict[tuple, float] = {}
-        for c in declared:
-            found = _evaluate(c, obj, rows, by_seed, noises, seeds, gains)
-            out += [{"claim": "...", "objective": obj, **f} for f in found]
-    return out
-
-
-def _evaluate(c: Claim, obj: str, rows, by_seed: dict, noises: list, seeds: list, gains: dict) -> list[dict]:
-    """The rows of one claim for one objective (``gains`` carries method gains to ``gain_gap``)."""
-    other = METHOD_NAMES.get(c.other or "", c.other)
-    if c.comparison == "noise":
-        rates = [g for g in noises if g > 0 and (c.rates == "noisy" or g <= 0.1)]
-        if not rates and c.missing:
-            return [{"claim": c.missing, "verdict": "not measured (no rate in (0, 0.1] in the grid)"}]
-        if c.method is None:  # the frozen features' spectrum
-            values = {
-                (k[2], k[3]): v
-                for k, v in spectrum_means(rows, c.metric, c.group).items()
-                if k[0] == obj and k[1] == "pretrained"
-            }
-            key = ()
-        else:
-            values, key = by_seed, (c.method, c.group)
-        found = []
-        for g in rates:
-            m, lo, hi, n = interval(_paired(values, (*key, g), (*key, 0.0), seeds))
-            row = {
-                "claim": c.text.format(g=f"{g:g}"),
-                "mean": m,
-                "low": lo,
-                "high": hi,
-                "n": n,
-                "verdict": verdict(c.direction, lo, hi, n),
-            }
-            found.append(row if c.metric == "top1" else {**row, "unit": ""})
-        return found
-    if c.comparison == "methods":
-        d = [
-            by_seed[(c.method, c.group, g, s)] - by_seed[(c.other, c.group, g, s)]
-            for g in noises
-            for s in seeds
-            if (c.method, c.group, g, s) in by_seed and (c.other, c.group, g, s) in by_seed
-        ]
-        m, lo, hi, n = interval(d)
-        gains[(c.method, c.other, c.group)] = m
-        return [
-            {
-                "claim": c.text.format(other=other),
-                "mean": m,
-                "low": lo,
-                "high": hi,
-                "n": n,
-                "verdict": verdict(c.direction, lo, hi, n) if n else "not measured (no paired runs)",
-            }
-        ]
-    if c.comparison == "gain_gap":
-        ood, id_ = (
-            gains.get((c.method, c.other, "ood"), math.nan),
-            gains.get((c.method, c.other, "id"), math.nan),
-        )
-        if math.isnan(ood) or math.isnan(id_):
-            return []
-        return [
-            {
-                "claim": c.text.format(other=other),
-                "mean": ood - id_,
-                "n": None,
-                "verdict": "holds" if ood > id_ else "does not hold",
-            }
-        ]
-    raise ValueError(f"claim {c.text!r}: unknown comparison {c.comparison!r}")
 
 
 def tables(rows: list[dict]) -> str:
@@ -386,20 +164,30 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def claims_table(found: list[dict]) -> str:
-    lines = ["| objective | claim | measured difference (95 % CI) | n | verdict |", "|---|---|---|---|---|"]
-    for c in found:
-        if "mean" not in c or math.isnan(c["mean"]):
-            lines.append(f"| {c['objective']} | {c['claim']} | - | - | {c['verdict']} |")
+def claims_table(found: list[dict], family: str) -> str:
+    """The claims of one family: estimate with its 95 % CI, n, p (Holm-adjusted for the primary
+    family), the minimum detectable effect at this n, the bound, and the verdict."""
+    p_title = "p (Holm)" if family == "primary" else "p"
+    lines = [
+        f"| objective | | claim | estimate [95 % CI] | n | {p_title} | MDE (80 % power) | bound | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in (c for c in found if c["family"] == family):
+        if "mean" not in c:
+            lines.append(
+                f"| {c['objective']} | {c['key']} | {c['claim']} | - | - | - | - | - | {c['verdict']} |"
+            )
             continue
-        unit = c.get("unit", " pt")
-        ci = (
-            ""
-            if c.get("n") in (None, 0, 1) or math.isnan(c.get("low", math.nan))
-            else f" [{c['low']:+.3f}, {c['high']:+.3f}]"
-        )
+        unit = c.get("unit", "")
+        ci = "" if math.isnan(c["low"]) else f" [{c['low']:+.3f}, {c['high']:+.3f}]"
+        est = "-" if math.isnan(c["mean"]) else f"{c['mean']:+.3f}{unit}{ci}"
+        p = "-" if math.isnan(c["p"]) else f"{c['p']:.3g}"
+        mde = "-" if math.isnan(c["mde"]) else f"{c['mde']:.2f}{unit}"
+        bound = f"{'margin' if c['direction'] == 'not_hurt' else 'SESOI'} {c['bound']:g}{unit}"
+        note = f" ({c['note']})" if c.get("note") else ""
         lines.append(
-            f"| {c['objective']} | {c['claim']} | {c['mean']:+.3f}{unit}{ci} | {c.get('n') or '-'} | **{c['verdict']}** |"
+            f"| {c['objective']} | {c['key']} | {c['claim']} | {est} | {c['n']} | {p} | {mde} | {bound} | "
+            f"**{c['verdict']}**{note} |"
         )
     return "\n".join(lines)
 
@@ -566,7 +354,7 @@ def build_report(study_dir: str | Path, title: str | None = None, extra: str = "
     rows = read_results(results)
     if not rows:
         raise ValueError(f"{results}: no rows")
-    found = claims(rows)
+    found = evaluate(rows)
     made = figures(rows, out)
     text = (
         [f"# {title or out.name}: noisy model learning study", "", extra.strip(), ""]
@@ -574,15 +362,27 @@ def build_report(study_dir: str | Path, title: str | None = None, extra: str = "
         else [f"# {title or out.name}", ""]
     )
     text += [
+        "## The primary claims",
+        "",
+        "The paper's central finding as three declared claims, one family per objective with Holm's "
+        "correction: C1 slight noise does not hurt ID (non-inferiority), C2 OOD falls with noise (the "
+        "per-seed trend over the grid), C3 OOD falls more than ID on the same heads. Per-seed values "
+        "over pre-training seeds, 95 % t-intervals, p after Holm, the minimum detectable effect at "
+        f"this n (80 % power, alpha {ALPHA:g} / family size). A claim *holds* when its test rejects "
+        "the null; it *does not hold* when the opposite test rejects (the effect is conclusively "
+        "smaller than the bound, or worse than the margin); otherwise it is inconclusive at this n.",
+        "",
+        claims_table(found, "primary"),
+        "",
         "## Results",
         "",
         tables(rows),
-        "## The paper's claims, as measured here",
+        "## Exploratory comparisons",
         "",
-        "Paired differences over pre-training seeds (top-1 in points, spectra in their units), 95 % "
-        f"t-intervals; *does not hurt* holds when the interval excludes a loss of more than {NOT_HURT_MARGIN:g} point.",
+        "Not corrected for multiplicity: read as estimates with intervals, not as confirmed claims. "
+        "Methods are compared only on the (task, test set) pairs both ran on.",
         "",
-        claims_table(found),
+        claims_table(found, "exploratory"),
         "",
         "## Figures",
         "",
@@ -593,7 +393,5 @@ def build_report(study_dir: str | Path, title: str | None = None, extra: str = "
         "report": str(out / "report.md"),
         "figures": made,
         "rows": len(rows),
-        "claims": [
-            {"objective": c["objective"], "claim": c["claim"], "verdict": c["verdict"]} for c in found
-        ],
+        "claims": [{k: c[k] for k in ("objective", "key", "family", "claim", "verdict")} for c in found],
     }
