@@ -48,12 +48,16 @@ class StepLosses(Callback):
 
 class SendSignals(Callback):
     """Sends this process ``signals[step]`` (a name: SIGTERM, SIGUSR1, SIGKILL) after that global
-    step, on global rank ``rank`` only (None: every rank)."""
+    step, on global rank ``rank`` only (None: every rank); with ``group``, to its whole process group
+    (DataLoader workers included), as ``scancel``, preemption, ``timeout`` and Kubernetes do."""
 
-    def __init__(self, signals: dict[int, str], rank: int | None = None):
-        self.signals, self.rank = {int(k): v for k, v in signals.items()}, rank
+    def __init__(self, signals: dict[int, str], rank: int | None = None, group: bool = False):
+        self.signals, self.rank, self.group = {int(k): v for k, v in signals.items()}, rank, group
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         name = self.signals.get(trainer.global_step)
         if name and self.rank in (None, trainer.global_rank):
-            os.kill(os.getpid(), getattr(signal, name))
+            if self.group:
+                os.killpg(os.getpgid(0), getattr(signal, name))
+            else:
+                os.kill(os.getpid(), getattr(signal, name))

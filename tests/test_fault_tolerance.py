@@ -153,3 +153,69 @@ def test_an_unreachable_rendezvous_fails_within_the_timeout_naming_it(
     assert code == 1 and time.monotonic() - t0 < 60
     err = capsys.readouterr().err
     assert f"MASTER_ADDR=127.0.0.1 MASTER_PORT={port}" in err and "--trainer.strategy.timeout" in err
+
+
+def test_signals_sent_to_the_process_group_reach_only_the_main_process(tiny_benchmark, tmp_path):
+    """A scheduler signals the whole process group, DataLoader workers included: SIGUSR1 at step 2
+    must requeue once (not once per worker) and SIGTERM at step 3 must save step 3 and exit 143,
+    not end in "DataLoader worker ... is killed by signal". The run is its own session, 2 workers."""
+    import subprocess
+
+    from helpers import PYTHON, nml_subprocess_env
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = nml_subprocess_env() | {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{nml_subprocess_env()['PYTHONPATH']}",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_ID": "4343",
+        "SLURM_JOB_NAME": "nml-fit",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "127.0.0.1",
+    }
+    runs = tmp_path / "runs"
+    args = [
+        "fit",
+        "--config",
+        "pretrain_supervised.yaml",
+        "--data.root",
+        str(tiny_benchmark),
+        "--data.loader.num_workers",
+        "2",
+        "--data.loader.batch_size",
+        "16",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_steps",
+        "6",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.callbacks.at_fit_end=false",
+        "--trainer.logger.init_args.save_dir",
+        str(runs),
+        "--trainer.callbacks+=key_recorder.SendSignals",
+        '--trainer.callbacks.signals={"2": "SIGUSR1", "3": "SIGTERM"}',
+        "--trainer.callbacks.group=true",
+    ]
+    r = subprocess.run(
+        [PYTHON, "-m", "nml.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+    )
+    assert r.returncode == 143, r.stderr[-3000:]
+    assert "is killed by signal" not in r.stderr
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4343"]  # once: the main process
+    assert [p.name for p in tmp_path.glob("hpc_ckpt_*.ckpt")] == ["hpc_ckpt_1.ckpt"]
+    last = runs / "pretrain_supervised" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3

@@ -353,3 +353,66 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
         assert [v for v in a.values() if isinstance(v, float)] == pytest.approx(
             [v for v in b.values() if isinstance(v, float)], rel=1e-4, abs=1e-6
         )
+
+
+def test_sigterm_to_the_study_exits_143_naming_the_stage_and_a_rerun_resumes(tiny_benchmark, tmp_path):
+    """``scancel`` / ``timeout`` signal the whole process group: the study must not report success
+    (it used to exit 0 with no results.csv); the finished stages are kept for the re-run."""
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+    from helpers import PYTHON, nml_subprocess_env
+
+    tiny = [
+        "--trainer.max_steps",
+        "40",
+        "--trainer.limit_val_batches",
+        "1",
+        "--data.init_args.stream.train_shards",
+        "4",
+        "--data.init_args.loader.batch_size",
+        "4",
+        "--data.init_args.loader.num_workers",
+        "2",
+    ]
+    config = {
+        "name": "stopped",
+        "grid": {"objectives": ["supervised"], "noise_rates": [0.0, 0.3], "seeds": [0], "random_init": False},
+        "pretrain": {"supervised": {"config": "pretrain_supervised_study.yaml", "args": tiny}},
+        "tasks": {"mnist": {"methods": ["linear"]}},
+        "benchmark": {"root": str(tiny_benchmark)},
+        "features": {"views": 0, "batch_size": 64, "num_workers": 2},
+        "tuning": {"epochs": 1, "seeds": [0], "batch_size": 16},
+        "out": str(tmp_path / "study"),
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    cmd = [PYTHON, "-m", "nml.cli", "study", "--config", str(tmp_path / "study.yaml")]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=nml_subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "study").glob("stages/pretrain/*/done.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next stage
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM in stage" in err and "run it again to resume" in err
+    assert not (tmp_path / "study" / "results.csv").exists()
+    plan = subprocess.run(
+        [*cmd, "--dry_run"],
+        cwd=tmp_path,
+        env=nml_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plan.returncode == 0 and json.loads(plan.stdout)["cached"] >= 1

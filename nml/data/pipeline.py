@@ -519,6 +519,21 @@ def collate(records: list[dict]) -> dict[str, Any]:
     return batch
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")  # what schedulers send to the whole group
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a worker ignores the signals a scheduler sends to the whole
+    process group (``scancel``, preemption, ``timeout``, Kubernetes, SLURM's ``--signal``), so the main
+    process alone acts on them (Lightning saves the step and exits, or requeues) instead of dying on
+    a killed worker or a worker running the handler itself. The main process shuts workers down."""
+    import signal
+
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 class ShardLoader(ResumableLoader, DataLoader):
     """DataLoader over a :class:`ShardStream` with an exact ``len``, eval padding and resume state
     (:class:`~nml.data.loading.ResumableLoader`)."""
@@ -552,6 +567,7 @@ class ShardLoader(ResumableLoader, DataLoader):
             persistent_workers=persistent_workers and cfg.num_workers > 0,
             pin_memory=pin_memory,
             prefetch_factor=prefetch_factor if cfg.num_workers > 0 else None,
+            worker_init_fn=ignore_stop_signals if cfg.num_workers > 0 else None,
         )
 
     def __iter__(self) -> Iterator:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -103,7 +105,7 @@ def study(
         return summary
     from nml.study.report import build_report
     from nml.study.results import write_results
-    from nml.study.runner import StudyFailed, execute, execute_jobs
+    from nml.study.runner import StudyFailed, StudyStopped, execute, execute_jobs, raise_stopped
 
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -116,6 +118,8 @@ def study(
     }
     (out_dir / IDENTITY).write_text(json.dumps({"name": name, "settings": settings}, indent=1) + "\n")
     t0 = time.perf_counter()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_stopped) if on_main_thread else None
     try:
         launcher = launcher or Launcher()
         if launcher.kind == "local":
@@ -124,6 +128,13 @@ def study(
             counts = execute_jobs(plan, out_dir.resolve(), root, launcher)
     except StudyFailed as e:
         raise SystemExit(f"nml study: {e}") from None
+    except StudyStopped as e:  # a scheduler stopped us: not success, and a re-run resumes
+        where = f" in stage {e.stage}" if e.stage else ""
+        log.error("nml study: stopped by SIGTERM%s; finished stages are kept: run it again to resume", where)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     write_results(plan, out_dir, tasks)
     header = _header(name, settings, time.perf_counter() - t0, counts)
     identity = {"name": name, "settings": settings, "header": header}

@@ -25,6 +25,27 @@ class StudyFailed(RuntimeError):
     """Some stages failed; the others' outputs are intact."""
 
 
+class StudyStopped(BaseException):
+    """SIGTERM stopped the study (a scheduler's stop, ``timeout``, ``kill``): not a failure of the
+    stage it stopped in, and not success. A BaseException, like Lightning's ``SIGTERMException``,
+    so that no ``except Exception`` swallows it."""
+
+    def __init__(self, stage: str | None = None):
+        super().__init__(stage)
+        self.stage = stage
+
+
+def raise_stopped(signum, frame) -> None:
+    """SIGTERM handler of ``nml study`` (outside a fit, where Lightning's own handler stops the step)."""
+    raise StudyStopped()
+
+
+def _stopped_types() -> tuple[type[BaseException], ...]:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return (StudyStopped, SIGTERMException)
+
+
 def _stage_log(directory: Path) -> logging.Handler:
     handler = logging.FileHandler(directory / "log.txt", mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -105,6 +126,9 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
         t0 = time.perf_counter()
         try:
             result = run_one(stage, out, root)
+        except _stopped_types():  # SIGTERM: this stage is unfinished (no done.json), the others are kept
+            log.error("%s: stopped by SIGTERM after %.1f s", where, time.perf_counter() - t0)
+            raise StudyStopped(f"{stage.kind} {stage.label}") from None
         except Exception:  # isolate: report with the log path, go on with independent stages
             counts["failed"] += 1
             failed[stage.label] = str(stage.directory(out) / "log.txt")
