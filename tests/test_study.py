@@ -416,3 +416,42 @@ def test_sigterm_to_the_study_exits_143_naming_the_stage_and_a_rerun_resumes(tin
         timeout=120,
     )
     assert plan.returncode == 0 and json.loads(plan.stdout)["cached"] >= 1
+
+
+def test_damaged_stage_records_are_named_and_rerun_and_a_moved_study_reads_its_own_files(tmp_path, caplog):
+    import shutil
+
+    from nml.study.plan import Stage
+    from nml.study.stages import TuneParams
+
+    stage, out = Stage("tune", "x", TuneParams("linear", 0, 1, 16, 0.0)), tmp_path / "a"
+    record = stage.directory(out) / "done.json"
+    record.parent.mkdir(parents=True)
+    for damaged in ("", '{"cache": "stages/features/y/cache"', "[1, 2]"):
+        record.write_text(damaged)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert stage.done(out) is None  # runs again, not a bare JSONDecodeError for the whole study
+        assert str(record) in caplog.text and "runs again" in caplog.text
+    record.write_text(json.dumps({"cache": "stages/features/y/cache", "test": {}}))
+    assert stage.done(out)["cache"] == str(out / "stages" / "features" / "y" / "cache")
+    shutil.copytree(out, tmp_path / "b")  # a copy reads its own stages, not the original's
+    assert stage.done(tmp_path / "b")["cache"] == str(tmp_path / "b" / "stages" / "features" / "y" / "cache")
+
+
+def test_a_second_study_on_the_same_directory_is_refused_naming_the_first(tiny_benchmark, tmp_path):
+    from nml.study.config import Benchmark
+    from nml.study.lock import study_lock
+
+    kw = {
+        "name": "locked",
+        "grid": Grid(["supervised"], [0.0], [0], random_init=False),
+        "tasks": {"mnist": TaskPlan(["linear"])},
+        "benchmark": Benchmark(root=str(tiny_benchmark)),
+        "out": str(tmp_path / "s"),
+    }
+    with study_lock(tmp_path / "s"):  # as another `nml study` on this directory would hold it
+        with pytest.raises(SystemExit, match=rf"in use \(pid {os.getpid()}, host .*, since .*\)"):
+            study(**kw)
+        assert study(**kw, dry_run=True)["stages"] == 3  # reading the plan needs no lock
+    assert not list((tmp_path / "s").glob("stages/*/*/done.json"))

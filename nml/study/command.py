@@ -60,7 +60,6 @@ def study(
         out: Study directory (default: runs/study/<name>).
         dry_run: Print the plan (cells, stages, what is cached, estimated time) and stop.
     """
-    import time
 
     from nml.shards.manifest import default_root
     from nml.study.plan import build_plan, estimated_seconds
@@ -103,6 +102,34 @@ def study(
             state = "cached" if s.done(out_dir) is not None else "to run"
             sys.stderr.write(f"[study] {s.kind:<11} {s.label:<48} {s.key}  {state}\n")
         return summary
+    from nml.study.lock import StudyLocked, study_lock
+
+    try:
+        with study_lock(out_dir):
+            return _run(
+                name,
+                out_dir,
+                root,
+                plan,
+                summary,
+                grid,
+                tasks,
+                recipes,
+                benchmark,
+                features,
+                tuning,
+                launcher,
+            )
+    except StudyLocked as e:
+        raise SystemExit(f"nml study: {e}") from None
+
+
+def _run(
+    name, out_dir, root, plan, summary, grid, tasks, recipes, benchmark, features, tuning, launcher
+) -> dict:
+    """Run the plan (the caller holds the study directory's lock); write results and the report."""
+    import time
+
     from nml.study.report import build_report
     from nml.study.results import write_results
     from nml.study.runner import StudyFailed, StudyStopped, execute, execute_jobs, raise_stopped

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 from nml.configfiles import resolve_config
 from nml.study.config import Features, Grid, Recipe, TaskPlan, Tuning
 from nml.study.stages import STAGE_KINDS, FeaturesParams, PretrainParams, RecipeParams, TuneParams
+
+log = logging.getLogger("nml.study")
 
 
 def content_hash(obj) -> str:
@@ -49,8 +52,36 @@ class Stage:
         return out / "stages" / self.kind / f"{self.label}-{self.key}"
 
     def done(self, out: Path) -> dict | None:
+        """The stage's record, its paths resolved against the study directory ``out``; None when the
+        stage has not finished, or when its record is damaged (named in a warning: it runs again)."""
         path = self.directory(out) / "done.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+        except (ValueError, UnicodeDecodeError) as e:
+            log.warning(
+                "%s is damaged (%s): the stage %s runs again", path, str(e)[:120] or "empty", self.label
+            )
+            return None
+        for key in PATH_KEYS:
+            if isinstance(record.get(key), str):
+                record[key] = resolve_recorded_path(out, record[key])
+        return record
+
+
+PATH_KEYS = ("export", "cache")  # the paths a stage records for the stages after it
+
+
+def resolve_recorded_path(out: Path, value: str) -> str:
+    """A recorded path back under ``out``. Records of older versions held paths relative to the
+    working directory (or absolute): those are kept when nothing is found under ``out``."""
+    candidate = Path(out) / value
+    if Path(value).is_absolute() or (not candidate.exists() and Path(value).exists()):
+        return value
+    return str(candidate)
 
 
 @dataclass

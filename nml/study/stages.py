@@ -34,6 +34,11 @@ class StageContext:
     out: Path
     root: str
 
+    def recorded(self, path: Path) -> str:
+        """``path`` as ``done.json`` records it: relative to the study directory (a moved or copied
+        study stays self-contained; ``Stage.done`` resolves it back)."""
+        return str(Path(path).relative_to(self.out))
+
 
 @dataclass
 class RecipeParams:
@@ -122,7 +127,7 @@ def pretrain(params: PretrainParams, inputs: list[dict], ctx: StageContext) -> d
     final.unlink()  # the export (and the run's own checkpoints in TensorBoard's directory) remain
     last = recorder.epochs[-1] if recorder.epochs else {}
     return {
-        "export": str(ctx.directory / "export"),
+        "export": ctx.recorded(ctx.directory / "export"),
         "epochs": recorder.epochs,
         "final": {k: v for k, v in last.items() if k != "epoch"},
         "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
@@ -141,7 +146,7 @@ def random_init(params: RecipeParams, inputs: list[dict], ctx: StageContext) -> 
         raise ValueError(f"{params.config}: the model builds its backbone only in setup(); give num_classes")
     meta = write_export(module.backbone, ctx.directory / "export", data=dm.describe())
     return {
-        "export": str(ctx.directory / "export"),
+        "export": ctx.recorded(ctx.directory / "export"),
         "epochs": [],
         "final": {},
         "feature_dim": meta["feature_dim"],
@@ -180,7 +185,7 @@ def features(params: FeaturesParams, inputs: list[dict], ctx: StageContext) -> d
         values[name] = res.pop("singular_values")
         spectra[name] = {"group": info.get("group", "id"), **{k: float(v) for k, v in res.items()}}
     np.savez(ctx.directory / "singular_values.npz", **values)
-    return {"cache": str(cache), "spectra": spectra}
+    return {"cache": ctx.recorded(cache), "spectra": spectra}
 
 
 def tune(params: TuneParams, inputs: list[dict], ctx: StageContext) -> dict:
