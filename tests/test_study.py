@@ -455,3 +455,31 @@ def test_a_second_study_on_the_same_directory_is_refused_naming_the_first(tiny_b
             study(**kw)
         assert study(**kw, dry_run=True)["stages"] == 3  # reading the plan needs no lock
     assert not list((tmp_path / "s").glob("stages/*/*/done.json"))
+
+
+def test_files_a_recipe_reads_are_part_of_its_key(tmp_path, monkeypatch):
+    """Editing a file a recipe's args name (``--trainer extra.yaml``) re-runs the pre-training and
+    everything after it; it used to be reported as cached with the old epochs."""
+    from nml.study.config import Features
+    from nml.study.plan import build_plan
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "extra.yaml").write_text("max_epochs: 4\n")
+    recipe = {"supervised": Recipe("pretrain_supervised_study.yaml", ["--trainer", "extra.yaml"])}
+
+    def keys():
+        plan = build_plan(
+            Grid(["supervised"], [0.0], [0], random_init=False),
+            recipe,
+            {"mnist": TaskPlan(["linear"])},
+            Features(),
+            Tuning(),
+            "sha",
+        )
+        return [s.key for s in plan.stages]
+
+    before = keys()
+    assert keys() == before  # stable
+    (tmp_path / "extra.yaml").write_text("max_epochs: 2\n")
+    after = keys()
+    assert all(a != b for a, b in zip(before, after, strict=True))  # pretrain, features, tune

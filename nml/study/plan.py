@@ -115,6 +115,48 @@ def recipe_text(config: str) -> str:
     return resolve_config(config).read_text()
 
 
+FILE_SUFFIXES = (".yaml", ".yml", ".json", ".txt", ".csv", ".tsv", ".npy")  # what a recipe may read
+
+
+def referenced_files(config: str, args: list[str]) -> dict[str, str]:
+    """``{reference: sha256}`` of every file a recipe reads besides its config: the files its ``args``
+    name (``--trainer extra.yaml``, ``--data.init_args.class_names names.txt``, ``--x=y.yaml``) and
+    those its config's values name (a noise matrix, class names). Their content, not their name, is
+    part of the pre-training stage's key: editing one re-runs the stage."""
+    import yaml
+
+    from nml.checksums import file_sha256
+
+    values = [a.partition("=")[2] if a.startswith("--") and "=" in a else a for a in args]
+
+    def strings(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                yield from strings(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from strings(v)
+        elif isinstance(node, str):
+            yield node
+
+    values += list(strings(yaml.safe_load(recipe_text(config)) or {}))
+    found = {}
+    for value in values:
+        if (
+            not value.endswith(FILE_SUFFIXES) or "{" in value
+        ):  # shard specs are the benchmark's (its manifest)
+            continue
+        path = Path(value)
+        if not path.is_file() and value.endswith((".yaml", ".yml")):
+            try:
+                path = resolve_config(value)
+            except (FileNotFoundError, ValueError):
+                continue
+        if path.is_file():
+            found[value] = file_sha256(path)
+    return found
+
+
 def build_plan(
     grid: Grid,
     recipes: dict[str, Recipe],
@@ -129,6 +171,7 @@ def build_plan(
     stages: list[Stage] = []
     backbone, feats, tunes = {}, {}, {}
     texts = {o: recipe_text(recipes[o].config) for o in grid.objectives}
+    files = {o: referenced_files(recipes[o].config, list(recipes[o].args)) for o in grid.objectives}
     for cell in cells:
         recipe = recipes[cell.objective]
         common = {
@@ -137,6 +180,7 @@ def build_plan(
             "config": recipe.config,
             "config_text": texts[cell.objective],
             "args": list(recipe.args),
+            "files": files[cell.objective],
             "benchmark": manifest_sha256,
         }
         if cell.noise_rate is None:

@@ -49,6 +49,7 @@ class RecipeParams:
     config: str
     config_text: str
     args: list[str]
+    files: dict[str, str]  # the other files it reads (args files, class names ...): their sha256
     benchmark: str  # the benchmark manifest's sha256
 
 
