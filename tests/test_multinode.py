@@ -160,7 +160,7 @@ def two_node_fit(tiny_benchmark, tmp_path_factory) -> Path:
     )
     tasks = [(out / f"task{r}.err").read_text() if (out / f"task{r}.err").exists() else "" for r in (0, 1)]
     assert run.returncode == 0, (run.stderr[-2000:], tasks[0][-3000:], tasks[1][-3000:])
-    assert (out / "runs" / "pretrain_supervised" / "job777" / "checkpoints" / "last.ckpt").exists()
+    assert len(list((out / "runs" / "pretrain_supervised").glob("run-*/checkpoints/last.ckpt"))) == 1
     assert "MEMBER: 2/2" in tasks[1]  # SLURM_PROCID 1: global rank 1 of 2
     return out
 
@@ -244,3 +244,32 @@ def test_torchrun_nodes_killed_mid_epoch_resume_from_last_to_the_same_losses(
     ref_final = json.loads((two_node_fit / "losses" / "rank0.final.json").read_text())
     val = {k for k in ref_final if k.startswith("val/")}
     assert val and {k: final[k] for k in val} == {k: ref_final[k] for k in val}
+
+
+def test_the_sbatch_template_names_the_run_after_the_command_so_a_resubmit_resumes(tmp_path):
+    """A requeue keeps its job id, a resubmit gets a new one: both must land in the same run directory
+    (``--ckpt_path last`` resumes there), and another command in another one."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text('#!/bin/sh\necho "$@" >> srun.log\n')
+    (tmp_path / "bin" / "srun").chmod(0o755)
+
+    def version(job_id: str, *args: str) -> str:
+        env = _env(
+            SLURM_JOB_ID=job_id,
+            SLURM_JOB_NUM_NODES="1",
+            SLURM_NTASKS_PER_NODE="1",
+            PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        )
+        subprocess.run(
+            ["bash", str(REPO / "tools" / "slurm" / "fit.sbatch"), "c.yaml", *args],
+            env=env,
+            cwd=tmp_path,
+            check=True,
+            timeout=30,
+        )
+        words = (tmp_path / "srun.log").read_text().splitlines()[-1].split()
+        return words[words.index("--trainer.logger.init_args.version") + 1]
+
+    first = version("100", "--data.noise.rate", "0.4")
+    assert first.startswith("run-") and version("101", "--data.noise.rate", "0.4") == first  # resubmitted
+    assert version("102", "--data.noise.rate", "0.2") != first
