@@ -635,3 +635,29 @@ def test_the_audit_reads_the_class_count_from_a_timm_info_json_without_names(tmp
     (tmp_path / "d" / "_info.json").write_text(json.dumps({"name": "no classes"}))
     with pytest.raises(ValueError, match="no _info.json with 'classes' or 'num_classes'"):
         audit(spec, NoiseConfig("symmetric", 0.2))
+
+
+def test_decode_on_device_fills_a_batch_none_of_whose_images_decode_from_an_earlier_batch(tmp_path):
+    """The CPU path skips undecodable images and repeats earlier samples in their places; the device
+    path does the same when a whole batch fails (it used to stop the run)."""
+    from helpers import write_pattern_shards
+
+    from nml.data.device_decode import DeviceDecoder
+    from nml.data.modules import ClassificationShards
+
+    spec = write_pattern_shards(tmp_path, 16, 64, 48)  # all JPEGs
+    image = {"image_size": 32, "train_transform": {"color_jitter": 0}, "decode_on_device": True}
+    dm = ClassificationShards(
+        train=spec, val=spec, num_classes=4, loader={"batch_size": 4, "num_workers": 0}, image=image
+    )
+    dm.setup("fit")
+    good, bad = list(iter(dm.train_dataloader()))[:2]
+    decoder = dm.device_decoder()
+    assert isinstance(decoder, DeviceDecoder) and decoder is dm.device_decoder()  # built once
+    with pytest.raises(BadImage, match="none of the batch's 4 images could be decoded"):
+        DeviceDecoder(dm.transform(True)).decode({**bad, "encoded": [b[:10] for b in bad["encoded"]]}, "cpu")
+    assert decoder.decode(good, torch.device("cpu")) == []
+    bad["encoded"] = [data[: len(data) // 3] for data in bad["encoded"]]  # every JPEG truncated
+    assert decoder.decode(bad, torch.device("cpu")) == [0, 1, 2, 3]
+    assert bad["image"].shape == good["image"].shape and torch.equal(bad["image"][1], good["image"][0])
+    assert bad["key"] == [good["key"][0]] * 4 and torch.equal(bad["target"], good["target"][:1].expand(4))

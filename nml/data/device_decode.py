@@ -103,10 +103,10 @@ def is_jpeg(data: torch.Tensor) -> bool:
 
 def decode_batch(
     encoded: list[torch.Tensor], boxes: torch.Tensor, plan: DevicePlan, device: torch.device
-) -> tuple[torch.Tensor, list[int]]:
+) -> tuple[torch.Tensor | None, list[int]]:
     """(images, failed): normalised float images on ``device``, (B, C, S, S) or (B, V, C, S, S) when
     ``boxes`` is (B, V, 5), and the rows whose image could not be decoded (their image is another
-    row's: :func:`fill_failed` makes the rest of the row match). JPEGs are decoded in one
+    row's: :func:`fill_failed` makes the rest of the row match); images is None when none decoded. JPEGs are decoded in one
     ``decode_jpeg`` call on ``device``, other images through PIL on the host."""
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2 import InterpolationMode
@@ -129,7 +129,7 @@ def decode_batch(
                 pass
     failed = [i for i, img in enumerate(images) if img is None]
     if len(failed) == len(images):
-        raise BadImage(f"decode_on_device: none of the batch's {len(images)} images could be decoded")
+        return None, failed  # the caller fills the batch from an earlier one (DeviceDecoder.decode)
     mode = InterpolationMode.BICUBIC if plan.interpolation == "bicubic" else InterpolationMode.BILINEAR
     per_view = (boxes if boxes.ndim == 3 else boxes[:, None]).tolist()  # boxes live on the host
     substitute = next(i for i, img in enumerate(images) if img is not None)
@@ -163,17 +163,38 @@ class DeviceDecoder:
 
     def __init__(self, transform: Callable):
         self.plan = device_plan(transform)
+        self._spare: dict | None = None  # one decoded row of an earlier batch: fills a batch with none
 
     def draw_view(self, width: int, height: int) -> torch.Tensor:
         return draw_view(self.plan, width, height)
 
     def decode(self, batch: dict, device: torch.device) -> list[int]:
         """Turn a batch's ``encoded`` bytes and ``boxes`` into its normalised ``image`` on ``device``
-        (in place); rows whose image did not decode become copies of a good row. Returns those rows."""
+        (in place); rows whose image did not decode become copies of a good row of the batch, or of
+        an earlier batch when none decoded (as the CPU path repeats a sample it read before).
+        Returns those rows."""
         encoded, boxes = batch.pop("encoded"), batch.pop("boxes")
-        batch["image"], failed = decode_batch(encoded, boxes, self.plan, device)
+        images, failed = decode_batch(encoded, boxes, self.plan, device)
+        if images is None:  # not one image of the batch decoded
+            if self._spare is None:
+                raise BadImage(
+                    f"decode_on_device: none of the batch's {len(encoded)} images could be decoded, and no "
+                    "earlier batch to repeat a sample of"
+                )
+            n = len(batch["valid"])
+            for k, v in self._spare.items():
+                batch[k] = v.expand(n, *v.shape[1:]).clone() if isinstance(v, torch.Tensor) else v * n
+            return failed
+        batch["image"] = images
         if failed:
             fill_failed(batch, failed)
+        good = next(i for i in range(len(images)) if i not in failed)
+        self._spare = {
+            k: (v[good : good + 1].clone() if isinstance(v, torch.Tensor) else [v[good]])
+            for k, v in batch.items()
+            if (isinstance(v, torch.Tensor) and v.ndim and len(v) == len(images))
+            or (isinstance(v, list) and len(v) == len(images))
+        }
         return failed
 
 
