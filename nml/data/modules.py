@@ -223,11 +223,10 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
         drawn in the worker; decoded, cropped and normalised here on the training device."""
         if isinstance(batch, dict) and "encoded" in batch:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            keys = list(batch["key"])
             failed = self.device_decoder().decode(batch, device)
             if failed:  # skipped and counted, their places taken by a repeat, as on the CPU path
-                log.warning(
-                    "decode_on_device: skipped undecodable images %s", [batch["key"][i] for i in failed]
-                )
+                log.warning("decode_on_device: skipped undecodable images %s", [keys[i] for i in failed])
                 if "train" in self._loaders:
                     self._loaders["train"].count_dropped(len(failed))
         return batch
