@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import pytest
@@ -559,3 +560,39 @@ def test_a_backbone_family_is_one_registry_entry():
             register_family(TinyFamily)
     finally:
         _FAMILIES.pop("tiny_test", None)
+
+
+@pytest.mark.slow
+def test_clip_on_shards_without_class_names_trains_and_keeps_its_last_checkpoint(tmp_path, caplog):
+    """Zero-shot validation needs class names; without them a checkpoint monitoring
+    val/zeroshot_top1 used to stop the run at its first validation (no checkpoint at all)."""
+    from helpers import write_shards
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from nml.data.modules import ImageTextShards
+    from nml.models.contrastive import ContrastivePretraining
+
+    spec = write_shards(tmp_path / "d", [8, 8])
+    info = json.loads((tmp_path / "d" / "_info.json").read_text())
+    (tmp_path / "d" / "_info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "classes"}))
+    dm = ImageTextShards(train=spec, val=spec, context_length=16, loader={"batch_size": 4, "num_workers": 0})
+    best = ModelCheckpoint(tmp_path / "ckpt", monitor="val/zeroshot_top1", mode="max", filename="best")
+    last = ModelCheckpoint(tmp_path / "ckpt", filename="last")
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        callbacks=[best, last],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with caplog.at_level("WARNING"):
+        trainer.fit(ContrastivePretraining("tiny", TINY_CLIP), dm)
+    assert trainer.global_step == 2 and (tmp_path / "ckpt" / "last.ckpt").is_file()
+    assert (
+        best not in trainer.callbacks
+        and "monitoring val/zeroshot_top1 (filename 'best') is removed" in caplog.text
+    )

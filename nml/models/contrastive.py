@@ -118,15 +118,34 @@ class ContrastivePretraining(BackboneModule):
         elif dm is not None and dm.val_sets and stage == "fit":
             log.warning(
                 "zero-shot validation is off: the validation set %r has no class names (its _info.json has no "
-                "'classes'); val/zeroshot_top1 is not logged and a checkpoint monitoring it never fires. Set "
-                "data.class_names: imagenet for ImageNet-1k, or a file with one name per line",
+                "'classes'); val/zeroshot_top1 is not logged. Set data.class_names: imagenet for ImageNet-1k, "
+                "or a file with one name per line",
                 dm.val_sets[0].shards,
             )
+            self._drop_checkpoints_monitoring(self.val_metric)
         self.adopt_input_of_the_model()
         self.record_data()
         self.prepare_model()
         if stage == "test":
             self.setup_test_suite()
+
+    def _drop_checkpoints_monitoring(self, metric: str) -> None:
+        """A ModelCheckpoint monitoring ``metric``, which this run will not log, would stop the run at
+        the first validation (Lightning raises on a missing monitor key): it is removed, and said so;
+        the checkpoints that monitor nothing (``last.ckpt``, the step checkpoints) stay."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        for cb in [
+            c for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == metric
+        ]:
+            self.trainer.callbacks.remove(cb)
+            log.warning(
+                "the checkpoint callback monitoring %s (filename %r) is removed: no best-by-%s checkpoint this "
+                "run; last.ckpt and the step checkpoints are still written",
+                metric,
+                cb.filename,
+                metric,
+            )
 
     def _tokenizer(self):
         import open_clip
