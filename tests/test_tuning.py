@@ -409,3 +409,50 @@ def test_feature_shards_is_the_former_name_of_cached_features(feature_cache):
     with pytest.warns(DeprecationWarning, match="renamed CachedFeatures"):
         dm = FeatureShards(str(feature_cache), batch_size=16)
     assert isinstance(dm, CachedFeatures) and dm.batch_size == 16
+
+
+@pytest.mark.slow
+def test_a_fit_into_a_run_directory_with_checkpoints_is_refused_or_overwritten(
+    feature_cache, tmp_path, capsys
+):
+    """A fixed version re-used by a fresh fit would mix two runs' checkpoints (``nml test --ckpt_path
+    RUN`` then read the first run's): refused naming the directory; ``--overwrite_run true`` cleans."""
+    from nml.cli.main import main
+
+    def fit(epochs: str, *extra: str) -> int:
+        return main(
+            [
+                "fit",
+                "--config",
+                "tune_linear.yaml",
+                "--data",
+                "data/features.yaml",
+                "--data.init_args.root",
+                str(feature_cache),
+                "--model.init_args.backbone",
+                "null",
+                "--trainer.max_epochs",
+                epochs,
+                "--trainer.logger.init_args.save_dir",
+                str(tmp_path / "runs"),
+                "--trainer.logger.init_args.version",
+                "cached",
+                "--trainer.enable_progress_bar",
+                "false",
+                *extra,
+            ]
+        )
+
+    run = tmp_path / "runs" / "tune_linear" / "cached"
+    assert fit("2") == 0
+    first = {p.name for p in (run / "checkpoints").glob("*.ckpt")}
+    assert fit("1") == 1
+    err = capsys.readouterr().err
+    assert (
+        f"the run directory '{run}' holds checkpoints of an earlier run" in err
+        and "--overwrite_run true" in err
+    )
+    assert {p.name for p in (run / "checkpoints").glob("*.ckpt")} == first  # untouched
+    assert fit("1", "--overwrite_run", "true") == 0
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # the new run's
+    assert not {p.name for p in (run / "checkpoints").glob("epoch=1*.ckpt")}  # nothing of the first run

@@ -62,10 +62,21 @@ class NMLCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.add_argument(
+            "--overwrite_run",
+            type=bool,
+            default=False,
+            help="fit: delete the checkpoints of an earlier run in the same run directory (a fixed "
+            "logger version) before training, instead of refusing to mix the two runs",
+        )
 
     def before_instantiate_classes(self) -> None:
-        if self.subcommand == "fit" and self.config.fit.get("ckpt_path") == "last":
+        if self.subcommand != "fit":
+            return
+        if self.config.fit.get("ckpt_path") == "last":
             continue_last_run(self.config.fit)
+        elif self.config.fit.get("ckpt_path") is None:
+            refuse_a_used_run_directory(self.config.fit)
 
     def instantiate_trainer(self, **kwargs):
         """The trainer, with nml's default callbacks (:func:`add_default_callbacks`)."""
@@ -140,6 +151,35 @@ def continue_last_run(fit_cfg) -> None:
             return
     fit_cfg.ckpt_path = None
     log.info("--ckpt_path last: no checkpoint under %s yet; starting the run", root)
+
+
+def refuse_a_used_run_directory(fit_cfg) -> None:
+    """A fresh fit into a run directory (an explicit logger version) that holds an earlier run's
+    checkpoints would mix the two: its ``last.ckpt`` would outlive this run wherever this run saves
+    less (``nml test --ckpt_path RUN`` then tests the old model). Refused, naming the directory and the
+    ways on; ``--overwrite_run true`` deletes the old checkpoints first."""
+    logger = fit_cfg.trainer.get("logger")
+    if not (hasattr(logger, "class_path") and logger.class_path.rsplit(".", 1)[-1] in VERSIONED_LOGGERS):
+        return
+    args = logger.init_args
+    version = args.get("version")
+    if version is None:  # a new version_N each run: nothing to mix
+        return
+    run = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+    run = run / (version if isinstance(version, str) else f"version_{version}")
+    old = sorted(p for p in (run / "checkpoints").glob("*.ckpt") if p.exists() or p.is_symlink())
+    if not old:
+        return
+    if fit_cfg.get("overwrite_run"):
+        for p in old:
+            p.unlink()
+        log.warning("--overwrite_run: deleted %d checkpoint(s) of the earlier run in %s", len(old), run)
+        return
+    raise ValueError(
+        f"the run directory {str(run)!r} holds checkpoints of an earlier run ({', '.join(p.name for p in old[:4])}"
+        f"{' ...' if len(old) > 4 else ''}): resume it with --ckpt_path last, give another "
+        "--trainer.logger.init_args.version, or pass --overwrite_run true to delete them first"
+    )
 
 
 def check_ckpt_args(argv: Sequence[str]) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,10 @@ def pretrain(params: PretrainParams, inputs: list[dict], ctx: StageContext) -> d
     cli = _recipe_cli(params, ctx.root, ["--data.init_args.noise.rate", str(params.noise_rate)])
     trainer = cli.trainer
     trainer.logger = _tensorboard(ctx.out, "pretrain", ctx.directory.name)
+    stale = Path(trainer.logger.log_dir) / "checkpoints"
+    if stale.is_dir():  # an earlier, stopped attempt of this stage: cleaned, never mixed with this one
+        shutil.rmtree(stale)
+        log.info("removed the checkpoints of an earlier attempt of this stage in %s", stale.parent)
     recorder = EpochMetrics()
     trainer.callbacks.append(recorder)
     trainer.fit(cli.model, cli.datamodule)
