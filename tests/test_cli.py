@@ -381,3 +381,42 @@ def test_nml_features_refuses_a_data_file_of_the_old_layout(tmp_path):
     )
     with pytest.raises(ValueError, match=r"data.image_size -> data.image.image_size"):
         task_data_module(str(old), None, 8, 0)
+
+
+def test_an_error_raised_in_a_dataloader_worker_keeps_its_own_message():
+    """torch re-raises a worker's exception as "Caught X in DataLoader worker process 0." with the
+    worker's traceback as the message: the one-line error is the worker's own line."""
+    import sys
+
+    from torch._utils import ExceptionWrapper
+
+    from nml.cli.main import error_line
+    from nml.shards.members import ShardFormatError
+
+    try:
+        raise ShardFormatError("shard 'x.tar', sample 'k1': cls 7 is outside [0, 5)")
+    except ShardFormatError:
+        wrapped = ExceptionWrapper(sys.exc_info(), where="in DataLoader worker process 1")
+    with pytest.raises(ShardFormatError) as caught:
+        wrapped.reraise()
+    assert error_line(caught.value) == (
+        "ShardFormatError: shard 'x.tar', sample 'k1': cls 7 is outside [0, 5) (in DataLoader worker 1)"
+    )
+
+
+def test_a_bad_value_inside_a_nested_union_is_named_by_its_own_reason():
+    """``--data.noise.rate 1.5`` fails inside two jsonargparse unions (the data module, then the
+    noise): the one-line error is the noise's own reason, not "Does not validate ..."."""
+    from nml.cli.main import error_line
+
+    dump = """Does not validate against any of the Union subtypes
+Subtypes: [<class 'lightning.pytorch.core.datamodule.LightningDataModule'>, <class 'NoneType'>]
+Errors:
+  - Does not validate against any of the Union subtypes
+    Subtypes: [<class 'nml.noise.config.NoiseConfig'>, <class 'NoneType'>]
+    Errors:
+      - noise.rate must be in [0, 1), got 1.5
+      - Expected a <class 'NoneType'>
+    Given value type: <class 'jsonargparse._namespace.Namespace'>
+  - Expected a <class 'NoneType'>"""
+    assert error_line(ValueError(dump)) == "noise.rate must be in [0, 1), got 1.5"

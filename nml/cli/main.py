@@ -205,7 +205,7 @@ USER_ERRORS = (
     tarfile.TarError,
 )
 _PARSER_KEY = re.compile(r'^Parser key "([^"]+)":?$')
-_UNION_NOISE = ("Does not validate", "Subtypes:", "Errors:", "- Problem with given class_path", "Given value")
+_UNION_NOISE = ("Does not validate", "Subtypes:", "Errors:", "Problem with given class_path", "Given value")
 
 
 def error_line(e: BaseException) -> str:
@@ -218,15 +218,22 @@ def error_line(e: BaseException) -> str:
         m = _PARSER_KEY.match(ln)
         if m:
             keys.append(m.group(1))
-        elif not ln.startswith(_UNION_NOISE) and "<class 'NoneType'>" not in ln:
-            reason = ln.removeprefix("- ")
+        elif not ln.removeprefix("- ").startswith(_UNION_NOISE) and "<class 'NoneType'>" not in ln:
+            reason = ln.removeprefix("- ")  # nested unions: the first line that is not their dump
             break
     if keys and reason:
         return f"--{'.'.join(keys)}: {reason}"
     if lines[0].startswith(_UNION_NOISE) and reason:  # a union that failed when instantiated
         return reason
     name = "" if isinstance(e, argparse.ArgumentError) else f"{type(e).__name__}: "
+    worker = _WORKER_ERROR.match(lines[0])
+    if worker and len(lines) > 1:  # torch re-raises a worker's error with its traceback as the message:
+        last = re.sub(r"^[\w.]+\.(\w+: )", r"\1", lines[-1])  # the worker's "ShardFormatError: shard ..."
+        return f"{last} (in DataLoader worker {worker.group(1)})"
     return f"{name}{lines[0]}" + (" [...]" if len(lines) > 1 else "")
+
+
+_WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process (\d+)\.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
