@@ -60,6 +60,8 @@ class TrainingThroughput(Callback):
         self.flops_per_batch: int | None = None  # counted on the first training batch
         self.throughput: Throughput | None = None
         self._counter: FlopCounterMode | None = None
+        self._t0: float | None = None  # set by setup("fit"); validate / test / predict leave them unset
+        self._t_val: float | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
