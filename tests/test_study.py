@@ -193,7 +193,7 @@ def test_report_refuses_what_is_not_a_study(tmp_path):
 
 # -- bad configs: clear errors before any work ---------------------------------------------------------
 def test_bad_study_configs_fail_before_any_work(tiny_benchmark, tmp_path):
-    from nml.study.config import Benchmark
+    from nml.study.config import Benchmark, Features
 
     common = {"benchmark": Benchmark(root=str(tiny_benchmark)), "out": str(tmp_path / "s"), "dry_run": True}
     ok = {"print_to_mnist": TaskPlan(["linear"])}
@@ -204,10 +204,21 @@ def test_bad_study_configs_fail_before_any_work(tiny_benchmark, tmp_path):
         ({"tasks": ok, "grid": Grid(noise_rates=[0.0, 1.0])}, r"1.0 is outside \[0, 1\)"),
         ({"tasks": ok, "grid": Grid(seeds=[])}, "the grid has no cells"),
         ({"tasks": {}}, "the study has no downstream task"),
+        (
+            {"tasks": {"mnist": TaskPlan(["linear"], ["mnist", "no_such_set"])}},
+            r"\['no_such_set'\] not in the task",
+        ),
     ]
     for kw, message in cases:
         with pytest.raises(ValueError, match=message):
             study(**common, **kw)
+    for make, message in (  # caught when the config is read, before the plan: no stage runs first
+        (lambda: Tuning(seeds=[0, 0]), r"tuning.seeds: expected distinct seeds"),
+        (lambda: Tuning(epochs=-1), r"tuning.epochs: expected >= 1, got -1"),
+        (lambda: Features(views=-1), r"features.views: expected >= 0, got -1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make()
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "study.json").write_text(json.dumps({"name": "other"}))
     with pytest.raises(SystemExit, match="holds the study 'other', not 'study'"):

@@ -77,13 +77,13 @@ def study(
         from nml.benchmark.plan import TASK_NAMES
 
         task_names = list(TASK_NAMES)
-    validate(grid, recipes, tasks, task_names)
+    validate(grid, recipes, tasks, task_names, _test_sets(manifest, tasks))
     if not manifest.is_file():
         if dry_run:
             log.info("the benchmark at %s is missing: a run builds it first (%s)", root, benchmark.size)
         else:
             _build_benchmark(root, benchmark)
-            validate(grid, recipes, tasks, _task_names(manifest))
+            validate(grid, recipes, tasks, _task_names(manifest), _test_sets(manifest, tasks))
     from nml.checksums import file_sha256
 
     sha = file_sha256(manifest) if manifest.is_file() else "to-be-built"
@@ -199,6 +199,16 @@ def _check_identity(out: Path, name: str) -> None:
                 f"nml study: {str(out)!r} holds the study {theirs!r}, not {name!r}: give another --out "
                 "(or the same name to resume / update that study)"
             )
+
+
+def _test_sets(manifest: Path, tasks: dict) -> dict[str, list[str]] | None:
+    """Each known task's test suite (set names), read from the benchmark's manifest when it exists."""
+    if not manifest.is_file():
+        return None
+    from nml.shards.manifest import load_manifest, task_names, task_sets
+
+    data, known = load_manifest(manifest.parent), set(task_names(load_manifest(manifest.parent)))
+    return {t: [s.name for s in task_sets(data, t, manifest.parent)["test"]] for t in tasks if t in known}
 
 
 def _task_names(manifest: Path) -> list[str] | None:

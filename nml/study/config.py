@@ -93,6 +93,15 @@ class Features:
     limit: int | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _at_least(
+            "features",
+            views=(self.views, 0),
+            batch_size=(self.batch_size, 1),
+            num_workers=(self.num_workers, 0),
+            limit=(self.limit, 1),
+        )
+
 
 @dataclass
 class Tuning:
@@ -109,6 +118,23 @@ class Tuning:
     seeds: list[int] = field(default_factory=lambda: [0])
     batch_size: int = 64
     view_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        _at_least(
+            "tuning",
+            epochs=(self.epochs, 1),
+            batch_size=(self.batch_size, 1),
+            view_noise=(self.view_noise, 0),
+        )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"tuning.seeds: expected distinct seeds, at least one, got {self.seeds}")
+
+
+def _at_least(section: str, **values: tuple) -> None:
+    """Each ``name=(value, minimum)`` of ``section`` is None or at least its minimum."""
+    for name, (value, minimum) in values.items():
+        if value is not None and value < minimum:
+            raise ValueError(f"{section}.{name}: expected >= {minimum}, got {value}")
 
 
 @dataclass
@@ -151,9 +177,14 @@ DEFAULT_RECIPES = {
 
 
 def validate(
-    grid: Grid, recipes: dict[str, Recipe], tasks: dict[str, TaskPlan], task_names: list[str]
+    grid: Grid,
+    recipes: dict[str, Recipe],
+    tasks: dict[str, TaskPlan],
+    task_names: list[str],
+    test_sets: dict[str, list[str]] | None = None,
 ) -> None:
-    """Every error a study config can have, raised before any work starts."""
+    """Every error a study config can have, raised before any work starts (``test_sets``: each
+    task's test suite, when the benchmark is there to read it)."""
     if not grid.objectives or not grid.noise_rates or not grid.seeds:
         raise ValueError(
             f"the grid has no cells: objectives={grid.objectives}, noise_rates={grid.noise_rates}, "
@@ -176,6 +207,11 @@ def validate(
             raise ValueError(f"tasks: unknown task {name!r}; the benchmark has {task_names}")
         if not plan.methods:
             raise ValueError(f"tasks.{name}.methods: no tuning method")
+        unknown = sorted(set(plan.test_sets or []) - set((test_sets or {}).get(name, plan.test_sets or [])))
+        if unknown:
+            raise ValueError(
+                f"tasks.{name}.test_sets: {unknown} not in the task's test suite {test_sets[name]}"
+            )
         for m in plan.methods:
             if m not in METHODS:
                 raise ValueError(
