@@ -180,7 +180,7 @@ def test_caption_tables_bom_latin1_and_archives(tmp_path):
 def test_output_directory_is_refused_unless_overwrite_and_a_stop_leaves_no_shards(imagefolder, tmp_path):
     out = tmp_path / "shards"
     write_imagefolder(imagefolder, out, shard_size=5, progress=False)
-    with pytest.raises(SystemExit, match=r"output directory .* is not empty .*--overwrite"):
+    with pytest.raises(SystemExit, match=r"already holds shards of the split 'train' .*--overwrite"):
         write_imagefolder(imagefolder, out, shard_size=5, progress=False)
     res = write_imagefolder(imagefolder, out, shard_size=20, progress=False, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["_info.json", "sizes.json", "train-000000.tar"]
@@ -190,3 +190,29 @@ def test_output_directory_is_refused_unless_overwrite_and_a_stop_leaves_no_shard
             imagefolder, tmp_path / "strict", shard_size=1, strict=True, progress=False, seed=None
         )
     assert list((tmp_path / "strict").iterdir()) == []  # no complete or partial shard left
+
+
+def test_splits_share_a_directory_and_overwrite_replaces_only_its_own(imagefolder, tmp_path):
+    """train and val written into one directory (the documented layout) with merged index files;
+    ``--overwrite`` of one split removes that split's shards and nothing else (it used to delete the
+    other split's shards and indexes)."""
+    out = tmp_path / "shards"
+    write_imagefolder(imagefolder, out, shard_size=5, progress=False)
+    train = sorted(p.name for p in out.glob("train-*.tar"))
+    write_imagefolder(imagefolder, out, shard_size=20, prefix="val", progress=False)
+    info = json.loads((out / "_info.json").read_text())
+    sizes = json.loads((out / "sizes.json").read_text())
+    assert set(info["splits"]) == {"train", "val"} and info["classes"] == ["cat", "dog", "eel"]
+    assert sorted(sizes) == [*train, "val-000000.tar"] and info["splits"]["train"]["filenames"] == train
+    write_imagefolder(imagefolder, out, shard_size=20, prefix="train", progress=False, overwrite=True)
+    assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar", "val-000000.tar"]
+    sizes = json.loads((out / "sizes.json").read_text())
+    assert sorted(sizes) == ["train-000000.tar", "val-000000.tar"]
+    assert set(json.loads((out / "_info.json").read_text())["splits"]) == {"train", "val"}
+    other = tmp_path / "other"  # a split with other classes does not join them
+    for name in ("ant", "bee"):
+        (other / name).mkdir(parents=True)
+        _img(other / name / "a.png", 1, "PNG")
+    with pytest.raises(ValueError, match=r"the splits already there \(train, val\) have other classes"):
+        write_imagefolder(other, out, prefix="test", progress=False)
+    assert not list(out.glob("test-*"))  # refused before writing

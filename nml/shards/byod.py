@@ -53,22 +53,39 @@ def jpeg_bytes(path: Path, quality: int = 95) -> bytes:
         raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
 
 
-def prepare_output(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty output directory (stale shards would read as duplicates) unless
-    ``overwrite``, which removes the shards and index files nml writes there."""
-    existing = sorted(out.iterdir()) if out.is_dir() else []
+def prepare_output(out: Path, prefix: str, overwrite: bool) -> None:
+    """Refuse to write split ``prefix`` over shards of the same split already in ``out`` (they would
+    read as duplicates) unless ``overwrite``, which removes exactly those; other splits' shards stay
+    (several splits in one directory, their index files merged, is the documented layout)."""
+    existing = (
+        sorted(p for p in out.glob(f"{prefix}-*") if p.suffix in (".tar", ".partial")) if out.is_dir() else []
+    )
     if not existing:
         return
     if not overwrite:
         shown = ", ".join(p.name for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
         raise SystemExit(
-            f"nml data write: output directory {str(out)!r} is not empty ({shown}); choose an empty one "
-            "or pass --overwrite to replace the shards written there"
+            f"nml data write: {str(out)!r} already holds shards of the split {prefix!r} ({shown}); choose "
+            "another --out or --prefix, or pass --overwrite to replace that split (other splits stay)"
         )
-    ours = [p for p in existing if p.suffix in (".tar", ".partial") or p.name in ("sizes.json", "_info.json")]
-    for p in ours:
+    for p in existing:
         p.unlink()
-    log.info("--overwrite: removed %d shard/index file(s) from %s", len(ours), out)
+    log.info("--overwrite: removed the %d shard(s) of split %r from %s", len(existing), prefix, out)
+
+
+def _check_classes_of_other_splits(out: Path, prefix: str, classes: list[str]) -> None:
+    """Before writing: the other splits indexed in ``out`` must have these classes (one label space
+    per directory; timm reads one ``_info.json``)."""
+    import json
+
+    info_path = out / "_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    others = set(info.get("splits") or {}) - {prefix}
+    if others and info.get("classes") not in (None, classes):
+        raise ValueError(
+            f"{info_path}: the splits already there ({', '.join(sorted(others))}) have other classes "
+            f"({len(info['classes'])} vs {len(classes)} here): write this split to another directory"
+        )
 
 
 def _write(samples, out: Path, prefix: str, shard_size: int, strict: bool, progress: bool, total: int):
@@ -152,7 +169,8 @@ def write_imagefolder(
             f"nml data write: class folder(s) {empty} under {root} hold no images ({', '.join(IMAGE_SUFFIXES)}); "
             "remove them or add images"
         )
-    prepare_output(out, overwrite)
+    prepare_output(out, prefix, overwrite)
+    _check_classes_of_other_splits(out, prefix, classes)
     if seed is not None:
         items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
     samples = (
@@ -198,7 +216,7 @@ def write_captions(
         ) from None
     except csv.Error as e:
         raise SystemExit(f"nml data write: {table} is not a CSV/TSV table ({e})") from None
-    prepare_output(out, overwrite)
+    prepare_output(out, prefix, overwrite)
     empty = [i + 2 for i, r in enumerate(rows) if not (r[caption_column] or "").strip()]
     if empty:
         msg = f"{table}: {len(empty)} rows with an empty caption (first at line {empty[0]})"

@@ -130,23 +130,59 @@ def write_index_files(
     name: str,
     extra: Mapping[str, object] | None = None,
 ) -> None:
-    """Write ``sizes.json`` (basename -> count) and ``_info.json`` (timm) for a dataset directory."""
+    """Write ``sizes.json`` (basename -> count) and ``_info.json`` (timm) for a dataset directory,
+    merged with the other splits already indexed there (their entries are kept; the splits written
+    now replace theirs). Splits of one directory must agree on their classes."""
     directory = Path(directory)
-    sizes = {Path(p).name: n for shards in splits.values() for p, n in shards}
-    (directory / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
+    old_sizes = _read_json(directory / "sizes.json") or {}
+    old_info = _read_json(directory / "_info.json") or {}
+    replaced = {
+        f for split in splits for f in (old_info.get("splits", {}).get(split) or {}).get("filenames", [])
+    }
+    sizes = {k: v for k, v in old_sizes.items() if k not in replaced and (directory / k).exists()}
+    sizes |= {Path(p).name: n for shards in splits.values() for p, n in shards}
+    for key in ("classes", "num_classes"):
+        if (
+            extra
+            and key in extra
+            and key in old_info
+            and old_info[key] != extra[key]
+            and set(old_info["splits"]) - set(splits)
+        ):
+            raise ValueError(
+                f"{directory / '_info.json'}: the splits already there have other {key} than this one "
+                f"({old_info[key] if key == 'num_classes' else len(old_info[key])} vs "
+                f"{extra[key] if key == 'num_classes' else len(extra[key])}): write it to another directory"
+            )
     info = {
+        **{k: v for k, v in old_info.items() if k != "splits"},
         "name": name,
         **(extra or {}),
         "splits": {
-            split: {
-                "name": split,
-                "num_samples": sum(n for _, n in shards),
-                "filenames": [Path(p).name for p, _ in shards],
-                "shard_lengths": [n for _, n in shards],
-            }
-            for split, shards in splits.items()
+            **{k: v for k, v in (old_info.get("splits") or {}).items() if k not in splits},
+            **{
+                split: {
+                    "name": split,
+                    "num_samples": sum(n for _, n in shards),
+                    "filenames": [Path(p).name for p, _ in shards],
+                    "shard_lengths": [n for _, n in shards],
+                }
+                for split, shards in splits.items()
+            },
         },
     }
+
+    (directory / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
     (directory / "_info.json").write_text(
         json.dumps(info, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
     )
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); remove it to rewrite the index") from None
+    return data if isinstance(data, dict) else None
