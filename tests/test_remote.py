@@ -24,7 +24,8 @@ SIZES = [5, 7, 3]
 
 class _Handler(BaseHTTPRequestHandler):
     """Serves ``server.root``; ``server.mode``: "ok", "drop" (the first GET of each tar sends half of
-    it and hangs up), "drop-norange" (the same, and Range headers are ignored); names in
+    it and hangs up), "drop-norange" (the same, and Range headers are ignored), "die" (the first GET of
+    each tar sends half of it and hangs up, later ones get 503: the shard is cut off mid-way); names in
     ``server.missing`` 404."""
 
     def log_message(self, *args):  # quiet
@@ -36,6 +37,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = srv.root / name
         if name in srv.missing or not path.is_file():
             self.send_error(404, "Not Found")
+            return
+        if srv.mode == "die" and name.endswith(".tar") and sum(1 for n, _ in srv.requests if n == name) > 1:
+            self.send_error(503, "Service Unavailable")  # gone after the first hang-up
             return
         data = path.read_bytes()
         start = 0
@@ -50,7 +54,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         first = sum(1 for n, _ in srv.requests if n == name) == 1
-        if srv.mode.startswith("drop") and name.endswith(".tar") and first:
+        if (srv.mode.startswith("drop") or srv.mode == "die") and name.endswith(".tar") and first:
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.close_connection = True
@@ -134,6 +138,17 @@ def test_a_404_is_not_retried_and_is_skipped_with_a_count_or_stops_in_strict(sha
     assert sum(1 for n, _ in srv.requests if n == "train-0001.tar") == 1  # not retried
     with pytest.raises(FileNotFoundError, match=r"http://127\.0\.0\.1:\d+/train-0001\.tar: HTTP 404"):
         _samples(url, strict=True)
+
+
+def test_samples_lost_when_a_server_dies_mid_shard_are_counted_as_samples(shards, serve, caplog):
+    """data/skipped counts lost samples, not errors: a shard cut off mid-way after its retries loses
+    every sample it did not deliver (it used to count 1 error against dozens of samples)."""
+    srv, url = serve("die")
+    with caplog.at_level(logging.WARNING):
+        got = _samples(url)
+    lost = sum(SIZES) - len(got)
+    assert lost > len(SIZES)  # more than one sample per shard went missing
+    assert f"skipped {lost} unreadable sample(s)" in caplog.text and "train-0000.tar" in caplog.text
 
 
 def test_an_unreachable_server_fails_after_bounded_retries_naming_the_url(monkeypatch):

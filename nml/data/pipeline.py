@@ -213,13 +213,14 @@ class _TarErrors:
     """webdataset exception handler: strict raises; otherwise warn (first few), count, continue."""
 
     def __init__(self, cfg: StreamConfig, state: SharedState, where: str):
-        self.cfg, self.state, self.where, self.count = cfg, state, where, 0
+        self.cfg, self.state, self.where, self.count, self.samples = cfg, state, where, 0, 0
 
     def __call__(self, exn: Exception, samples: int = 1) -> bool:
         if self.cfg.strict:
             raise exn
         self.state.add_skipped(samples)
         self.count += 1
+        self.samples += samples
         if self.count <= MAX_WARNINGS:
             log.warning("%s: skipped unreadable data (%s: %s)", self.where, type(exn).__name__, exn)
         return True
@@ -322,7 +323,7 @@ class ShardStream(wds.DataPipeline):
         """Parse the samples of one shard; a truncated shard (Python's tarfile reads it as a short
         archive whose last sample lacks members) is reported and counted like a corrupt member.
         ``stop``: a reader of the first ``stop`` samples only counts what is missing among them."""
-        n, pending = 0, None
+        n, ok, pending = 0, 0, None
         expected = shard.size if stop is None else min(stop, shard.size)
         for r in raw:
             if pending is not None:  # a bad sample followed by more: the data is wrong
@@ -337,6 +338,7 @@ class ShardStream(wds.DataPipeline):
                 n += 1
                 continue
             n += 1
+            ok += 1
             yield rec
         if pending is not None:
             if n >= shard.size:
@@ -345,10 +347,12 @@ class ShardStream(wds.DataPipeline):
                 ShardFormatError(f"{shard.url}: truncated after {n - 1} of {shard.size} samples ({pending})"),
                 max(expected - n + 1, 0),
             )
-        elif shard.size and n < expected and not errors.count:
+        elif shard.size and ok < expected and expected - ok > errors.samples:
+            # a shard cut off mid-way (a server gone after its retries): every sample it did not deliver
+            # is lost, not just the read errors counted so far
             errors(
-                ShardFormatError(f"{shard.url}: read {n} samples, but the size index says {shard.size}"),
-                expected - n,
+                ShardFormatError(f"{shard.url}: read {ok} samples, but the size index says {shard.size}"),
+                expected - ok - errors.samples,
             )
 
     def _samples(self) -> Iterator[dict]:
