@@ -165,6 +165,7 @@ def train_tiny(
     accelerator: str = "cpu",
     max_epochs: int | None = None,
     num_workers: int = 0,
+    callbacks: list | None = None,
 ) -> list[float]:
     """The golden-loss run: ``steps`` steps of the tiny supervised or CLIP model on the tiny
     benchmark (noise 0.3), checkpointing every ``stop_at`` steps; returns the per-step losses."""
@@ -192,7 +193,7 @@ def train_tiny(
             "tiny", TINY_CLIP, optimizer=partial(torch.optim.AdamW, lr=1e-3), warmup=0.25
         )
     losses = LossRecorder(stop_at)
-    callbacks = [losses]
+    callbacks = [losses, *(callbacks or [])]
     if stop_at is not None:
         callbacks.append(ModelCheckpoint(dirpath=out, every_n_train_steps=stop_at, save_top_k=-1))
     trainer = Trainer(

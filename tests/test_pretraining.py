@@ -180,6 +180,26 @@ def test_resume_under_max_epochs_continues_the_interrupted_epoch(
 
 
 @pytest.mark.parametrize("kind", ["supervised", "clip"])
+def test_a_resumed_epoch_logs_the_whole_epochs_training_metrics(tiny_benchmark, tmp_path, kind):
+    """The ``*_epoch`` training metrics (memorised, noise rate ...) of an epoch resumed mid-way cover
+    the whole epoch, as uninterrupted: the sums before the resume are in the checkpoint."""
+    from nml.callbacks.epoch_metrics import EpochMetrics
+
+    run = {"max_epochs": 2}
+    reference, resumed = EpochMetrics(), EpochMetrics()  # train/<name>_epoch of every epoch
+    train_tiny(kind, tiny_benchmark, tmp_path / "a", 0, callbacks=[reference], **run)
+    train_tiny(kind, tiny_benchmark, tmp_path / "b", 0, stop_at=25, **run)  # epoch 1, batch 5
+    ckpt = next((tmp_path / "b").glob("*step=25.ckpt"))
+    train_tiny(kind, tiny_benchmark, tmp_path / "c", 0, ckpt_path=str(ckpt), callbacks=[resumed], **run)
+    noise = "train/noise_rate" if kind == "supervised" else "train/retrieval_noisy"
+    last_ref, last = reference.epochs[-1], resumed.epochs[-1]  # epoch 1: the resumed one
+    assert noise in last and set(last) == set(last_ref)
+    assert {k: v for k, v in last.items() if k != "epoch"} == pytest.approx(
+        {k: v for k, v in last_ref.items() if k != "epoch"}, rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("kind", ["supervised", "clip"])
 def test_golden_losses_and_resume_reproduces_the_tail(tiny_benchmark, tmp_path, kind):
     steps, stop = 8, 5  # 5 is mid-epoch: the tiny corpus has 312 samples = 20 batches of 16
     reference = train_tiny(kind, tiny_benchmark, tmp_path, steps)

@@ -32,6 +32,7 @@ from nml.models.backbones import Backbone
 from nml.models.optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
+TRAIN_STATS = "nml_train_stats"  # the checkpoint key of log_training's epoch sums
 
 
 class BackboneModule(LightningModule):
@@ -67,6 +68,7 @@ class BackboneModule(LightningModule):
         self.val_top1: MulticlassAccuracy | None = None
         self.train_stats: Fraction | None = None  # log_training's epoch sums, created on first use
         self._train_stat_names: list[str] = []
+        self._resumed_stats: dict | None = None  # the epoch's sums from a mid-epoch checkpoint
         self.lr_override: float | None = None  # the optimizer's lr replaced (ScaleLearningRate sets it)
         self.test_sets: list = []  # set by setup_test_suite
         self.test_top1 = nn.ModuleList()
@@ -89,9 +91,26 @@ class BackboneModule(LightningModule):
         if self.backbone is not None:
             self.provenance["backbone"] = self.backbone.config.to_dict()
         checkpoint["nml"] = dict(self.provenance)
+        if self.train_stats is not None and self._trainer is not None:
+            # the epoch's sums so far, over all ranks (every rank saves: a collective is safe here), so
+            # that a mid-epoch resume logs the whole epoch's metrics, not those of the batches after it
+            sums = [self.train_stats.numerator.clone(), self.train_stats.denominator.clone()]
+            if self.trainer.world_size > 1:
+                sums = [self.trainer.strategy.reduce(t, reduce_op="sum") for t in sums]
+            checkpoint[TRAIN_STATS] = {
+                "names": list(self._train_stat_names),
+                "numerator": sums[0].cpu(),
+                "denominator": sums[1].cpu(),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.provenance = {**checkpoint.get("nml", {}), **self.provenance}
+        self._resumed_stats = checkpoint.get(TRAIN_STATS)
+        if self._resumed_stats is None and "loops" in checkpoint:
+            log.warning(
+                "the checkpoint has no training-metric sums (written by an older nml): the resumed epoch's "
+                "*_epoch training metrics cover only the batches after the resume"
+            )
 
     def prepare_model(self) -> None:
         """GPU switches, applied at the end of ``setup()`` (not ``configure_model``, which weight
@@ -176,6 +195,12 @@ class BackboneModule(LightningModule):
         names = list(stats)
         if self.train_stats is None:
             self.train_stats, self._train_stat_names = Fraction(len(names)).to(self.device), names
+            saved = self._resumed_stats
+            if saved is not None and saved["names"] == names and self.trainer.global_rank == 0:
+                # a mid-epoch resume: the epoch's sums before it (all ranks', held by rank 0 alone)
+                self.train_stats.numerator += saved["numerator"].to(self.device)
+                self.train_stats.denominator += saved["denominator"].to(self.device)
+            self._resumed_stats = None
         elif names != self._train_stat_names:
             raise ValueError(
                 f"log_training: got {names}, expected the same metrics every step: {self._train_stat_names}"
