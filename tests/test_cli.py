@@ -445,3 +445,22 @@ def test_validate_runs_on_the_shipped_pretraining_configs_with_their_loggers(tin
         )
     results = nml_in_one_process(runs, tmp_path)
     assert len(results) == 2 and all("_t0" not in err for _, err in results)
+
+
+def test_ckpt_path_last_names_a_damaged_newest_checkpoint(tmp_path):
+    from jsonargparse import Namespace
+
+    from nml.cli.lightning import continue_last_run
+
+    run = tmp_path / "runs" / "tune" / "version_0" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "epoch=0.ckpt").write_bytes(b"PK\x03\x04 an older one")
+    (run / "step-step=9.ckpt").write_bytes(b"")  # the newest: cut off by a kill
+    os.utime(run / "epoch=0.ckpt", ns=(1_000_000_000, 1_000_000_000))
+    logger = Namespace(
+        class_path="lightning.pytorch.loggers.TensorBoardLogger",
+        init_args=Namespace(save_dir=str(tmp_path / "runs"), name="tune", version=None),
+    )
+    fit = Namespace(trainer=Namespace(logger=logger), ckpt_path="last")
+    with pytest.raises(ValueError, match=r"step-step=9.ckpt' is not a PyTorch checkpoint \(0 bytes, empty\)"):
+        continue_last_run(fit)

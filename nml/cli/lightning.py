@@ -144,6 +144,7 @@ def continue_last_run(fit_cfg) -> None:
         ckpts = [p for p in (run / "checkpoints").glob("*.ckpt") if p.exists()]
         if ckpts:
             newest = max(ckpts, key=lambda p: p.stat().st_mtime_ns)
+            check_checkpoint_file(newest)  # a damaged newest checkpoint is named, not passed over
             if args.get("version") is None:
                 args.version = int(run.name[8:])
             fit_cfg.ckpt_path = str(newest)
