@@ -464,3 +464,26 @@ def test_ckpt_path_last_names_a_damaged_newest_checkpoint(tmp_path):
     fit = Namespace(trainer=Namespace(logger=logger), ckpt_path="last")
     with pytest.raises(ValueError, match=r"step-step=9.ckpt' is not a PyTorch checkpoint \(0 bytes, empty\)"):
         continue_last_run(fit)
+
+
+def test_damaged_inputs_are_named_with_their_cause(tmp_path):
+    """A corrupt encoder.json, a truncated results.csv and a mistyped shard path each name the file
+    and the cause (they used to surface as a bare JSONDecodeError, a TypeError in float(), and
+    "num_classes not given")."""
+    from nml.data.modules import ClassificationShards
+    from nml.models.backbones import create_backbone
+    from nml.study.results import COLUMNS, read_results
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "encoder.json").write_text('{"backbone": {"library": "timm"')
+    with pytest.raises(
+        ValueError, match=r"encoder.json: not a readable nml export description \(JSONDecodeError"
+    ):
+        create_backbone(str(export))
+    results = tmp_path / "results.csv"
+    results.write_text(",".join(COLUMNS) + "\nsupervised,pretrained,0.0,0,linear,t\n")
+    with pytest.raises(ValueError, match=r"results.csv, line 2: expected \d+ columns, got a row of 6"):
+        read_results(results)
+    with pytest.raises(FileNotFoundError, match=r"1 shard file\(s\) missing, first .*trian-0000.tar"):
+        ClassificationShards(train=str(tmp_path / "trian-{0000..0000}.tar"))

@@ -25,6 +25,8 @@ if [ ! -f "$stamp" ]; then
   log "installing dependencies into $VENV (first install: ~3-15 min, ~6 GB; see README)"
   t0=$SECONDS
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  # the distribution was once named "nml" (PyPI's nml is another project): drop a stale install of it
+  "$VENV/bin/python" -m pip uninstall --quiet --yes nml >/dev/null 2>&1 || true
   "$VENV/bin/python" -m pip install --quiet -c "$ROOT/tools/constraints.txt" -e "$ROOT[dev]"
   rm -f "$VENV"/.nml-deps-*
   touch "$stamp"

@@ -74,7 +74,7 @@ from nml.shards.manifest import (
     task_sets,
 )
 from nml.shards.members import MemberSpec
-from nml.shards.spec import resolve_shards
+from nml.shards.spec import expand_spec, resolve_shards
 from nml.typed_options import as_options
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,9 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
         self.named = load_class_names(class_names)  # (names, info) for sets that have none
 
         task_classes = None
+        for given in (train, val):  # a mistyped path is named now, not as a missing class count later
+            if given is not None:
+                expand_spec(given)
         if train is not None:  # your shards win over a task (a shipped config's task: pretraining)
             if task is not None:
                 log.info(

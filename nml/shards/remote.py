@@ -5,7 +5,7 @@
   the byte it stopped at (a ``Range`` request; a server that ignores it is read past that byte);
 - ``pipe:COMMAND`` (as open_clip users write them, e.g. ``pipe:aws s3 cp s3://b/x.tar -``): the
   command's stdout; a command that exits non-zero is an error naming it and its stderr;
-- any other scheme through fsspec (``s3://``, ``gs://``: ``pip install 'nml[cloud]'``).
+- any other scheme through fsspec (``s3://``, ``gs://``: ``pip install 'noisy-model-learning[cloud]'``).
 
 A failed read is retried ``NML_SHARD_RETRIES`` times (default 3), waiting ``NML_SHARD_BACKOFF``
 seconds (default 1) doubled after each try; each request times out after ``NML_SHARD_TIMEOUT``
@@ -182,12 +182,14 @@ def _fsspec_open_at(url: str) -> Callable[[int], BinaryIO]:
         import fsspec
     except ImportError as e:  # pragma: no cover - fsspec comes with lightning
         raise ValueError(
-            f"{url}: reading {scheme(url)}:// shards needs fsspec: pip install 'nml[cloud]'"
+            f"{url}: reading {scheme(url)}:// shards needs fsspec: pip install 'noisy-model-learning[cloud]'"
         ) from e
     try:
         fs, path = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:
-        raise ValueError(f"{url}: no filesystem for {scheme(url)}:// ({e}); pip install 'nml[cloud]'") from e
+        raise ValueError(
+            f"{url}: no filesystem for {scheme(url)}:// ({e}); pip install 'noisy-model-learning[cloud]'"
+        ) from e
 
     def open_at(offset: int) -> BinaryIO:
         try:

@@ -140,7 +140,7 @@ def _at_least(section: str, **values: tuple) -> None:
 @dataclass
 class Launcher:
     """Where the stages run. ``local`` (default): one after another in this process. ``slurm``: each
-    stage is a SLURM job submitted through submitit (``pip install 'nml[slurm]'``), a stage's
+    stage is a SLURM job submitted through submitit (``pip install 'noisy-model-learning[slurm]'``), a stage's
     dependencies are job dependencies (``afterok``), and this process waits for the jobs and then
     writes the results and the report (run it again to collect, once the jobs have finished).
     ``submitit_local``: the same job objects as processes on this machine (submitit's local executor).

@@ -119,7 +119,12 @@ def read_results(path: str | Path) -> list[dict]:
     """results.csv with numbers parsed (empty cells become None)."""
     out = []
     with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
+        for line, row in enumerate(csv.DictReader(fh), 2):
+            if None in row or None in row.values():  # a cut-off or over-long row
+                raise ValueError(
+                    f"{path}, line {line}: expected {len(COLUMNS)} columns, got a row of "
+                    f"{len([v for v in row.values() if v is not None])} (a truncated or edited results.csv?)"
+                )
             parsed = {}
             for k, v in row.items():
                 if k in ("objective", "init", "method", "task", "test_set", "group"):
@@ -127,7 +132,12 @@ def read_results(path: str | Path) -> list[dict]:
                 elif v == "":
                     parsed[k] = None
                 else:
-                    x = float(v)
+                    try:
+                        x = float(v)
+                    except ValueError:
+                        raise ValueError(
+                            f"{path}, line {line}: column {k!r} is not a number: {v!r}"
+                        ) from None
                     parsed[k] = (
                         int(x) if k in ("seed", "tune_seeds", "pretrain_epochs") and math.isfinite(x) else x
                     )

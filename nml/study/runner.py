@@ -158,7 +158,9 @@ def execute_jobs(plan: Plan, out: Path, root: str, launcher: Launcher) -> dict:
     try:
         import submitit
     except ImportError as e:
-        raise ValueError(f"launcher.kind {launcher.kind!r} needs submitit: pip install 'nml[slurm]'") from e
+        raise ValueError(
+            f"launcher.kind {launcher.kind!r} needs submitit: pip install 'noisy-model-learning[slurm]'"
+        ) from e
     slurm = launcher.kind == "slurm"
     folder = Path(launcher.folder or out / "submitit")
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm" if slurm else "local")

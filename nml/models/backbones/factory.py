@@ -160,9 +160,16 @@ def load_export(d: Path) -> Backbone:
             f"backbone {str(d)!r}: not an nml export directory (no {EXPORT_META}); export a checkpoint "
             "with `nml export`, or give {library, name, pretrained: <local weights>}"
         )
-    meta = json.loads(meta_path.read_text())
-    cfg = meta["backbone"]
-    config = BackboneConfig(cfg["library"], cfg["name"], cfg.get("model_cfg"), 0, cfg.get("kwargs") or {})
+    try:
+        meta = json.loads(meta_path.read_text())
+        cfg = meta["backbone"]
+        library, name = cfg["library"], cfg["name"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{meta_path}: not a readable nml export description ({type(e).__name__}: {str(e)[:120]}); "
+            "export the checkpoint again with `nml export`"
+        ) from None
+    config = BackboneConfig(library, name, cfg.get("model_cfg"), 0, cfg.get("kwargs") or {})
     model = config.family.instantiate(config)
     state = load_state(d / EXPORT_WEIGHTS)
     missing, unexpected = model.load_state_dict(state, strict=False)
