@@ -216,3 +216,24 @@ def test_splits_share_a_directory_and_overwrite_replaces_only_its_own(imagefolde
     with pytest.raises(ValueError, match=r"the splits already there \(train, val\) have other classes"):
         write_imagefolder(other, out, prefix="test", progress=False)
     assert not list(out.glob("test-*"))  # refused before writing
+
+
+def test_a_tree_of_splits_is_one_command(imagefolder, tmp_path, capsys):
+    """root/train/<class>/, root/val/<class>/ (timm's ImageNet layout): one `nml data write` writes
+    train-*.tar and val-*.tar into one directory with merged index files."""
+    import shutil
+
+    from nml.cli.main import main
+
+    tree = tmp_path / "tree"
+    shutil.copytree(imagefolder, tree / "train")
+    shutil.copytree(imagefolder, tree / "val")
+    assert (
+        main(["data", "write", "--source", str(tree), "--out", str(tmp_path / "out"), "--progress", "false"])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["splits"]) == {"train", "val"}
+    info = json.loads((tmp_path / "out" / "_info.json").read_text())
+    assert set(info["splits"]) == {"train", "val"} and info["classes"] == ["cat", "dog", "eel"]
+    assert sorted(p.name[:5] for p in (tmp_path / "out").glob("*.tar")) == ["train", "val-0"]

@@ -70,21 +70,24 @@ def write(
     """Write your own data as WebDataset shards (timm- or img2dataset-style).
 
     An ImageFolder tree (root/<class>/<image>) becomes classification shards (jpg + cls + json,
-    _info.json with the class names); a CSV/TSV of (image path, caption) becomes image-text shards
-    (jpg + txt + json, sizes.json). Images are re-encoded as JPEG unless already JPEG.
+    _info.json with the class names); a tree of splits (root/train/<class>/<image>, root/val/...,
+    as timm's ImageNet layout) becomes one set of shards per split in --out (train-*.tar, val-*.tar,
+    one merged _info.json and sizes.json). A CSV/TSV of (image path, caption) becomes image-text
+    shards (jpg + txt + json, sizes.json). Images are re-encoded as JPEG unless already JPEG.
 
     Args:
         source: An ImageFolder directory, or a .csv/.tsv file with a header row.
         out: Output directory.
         format: imagefolder, captions, or auto (a directory is an ImageFolder, a file a caption table).
         shard_size: Samples per shard.
-        prefix: Shard name prefix (default: "train").
+        prefix: Shard name prefix: the split (default: "train"; a tree of splits uses their names).
         image_column: Caption tables: the column with image paths (relative to the table's folder).
         caption_column: Caption tables: the column with captions.
         strict: Fail on the first missing or unreadable image instead of skipping it (skips are counted).
         seed: ImageFolder: seed of the order samples are written in (null: sorted order).
         progress: Show a progress bar on stderr.
-        overwrite: Replace the shards and index files in a non-empty --out (default: refuse it).
+        overwrite: Replace this split's shards if --out already holds some (default: refuse); other
+            splits' shards stay.
     """
     from pathlib import Path
 
@@ -108,5 +111,28 @@ def write(
         "overwrite": overwrite,
     }
     if fmt == "imagefolder":
+        splits = _split_folders(src)
+        if splits and not prefix:
+            return {
+                "out": out,
+                "splits": {
+                    name: write_imagefolder(src / name, out, seed=seed, **{**common, "prefix": name})
+                    for name in splits
+                },
+            }
         return write_imagefolder(src, out, seed=seed, **common)
     return write_captions(src, out, image_column=image_column, caption_column=caption_column, **common)
+
+
+SPLIT_NAMES = ("train", "val", "validation", "test")  # what timm / torchvision split folders are called
+
+
+def _split_folders(root) -> list[str]:
+    """The split folders of ``root`` (train first) when every folder in it is a split that holds class
+    folders (root/train/<class>/<image>); else [] (root is a plain ImageFolder tree)."""
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if "train" not in folders or not set(folders) <= set(SPLIT_NAMES):
+        return []
+    if not all(any(c.is_dir() for c in (root / f).iterdir()) for f in folders):
+        return []
+    return sorted(folders, key=SPLIT_NAMES.index)
