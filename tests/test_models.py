@@ -596,3 +596,14 @@ def test_clip_on_shards_without_class_names_trains_and_keeps_its_last_checkpoint
         best not in trainer.callbacks
         and "monitoring val/zeroshot_top1 (filename 'best') is removed" in caplog.text
     )
+
+
+def test_the_clip_log_scale_is_clamped_after_every_step_so_the_logged_scale_stays_in_1_to_100():
+    from nml.models.contrastive import MAX_LOGIT_SCALE, ContrastivePretraining
+
+    module = ContrastivePretraining("tiny", TINY_CLIP)
+    for start, end in ((10.0, MAX_LOGIT_SCALE), (-3.0, 0.0), (2.0, 2.0)):
+        module.clip.logit_scale.data.fill_(start)
+        module.on_train_batch_end(None, None, 0)
+        assert float(module.clip.logit_scale) == pytest.approx(end)
+        assert 1.0 <= float(module.clip.logit_scale.exp()) <= 100.0 + 1e-4
