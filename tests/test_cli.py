@@ -487,3 +487,16 @@ def test_damaged_inputs_are_named_with_their_cause(tmp_path):
         read_results(results)
     with pytest.raises(FileNotFoundError, match=r"1 shard file\(s\) missing, first .*trian-0000.tar"):
         ClassificationShards(train=str(tmp_path / "trian-{0000..0000}.tar"))
+
+
+def test_a_config_option_whose_value_is_not_a_file_is_passed_on_as_typed():
+    """``nml features --data glyphs_heldout`` (a task, space-separated) lost its value: the resolver
+    took it as a config file's place and then dropped it."""
+    from nml.cli.main import resolve_config_args
+
+    argv = ["features", "--backbone", "x", "--data", "glyphs_heldout", "--out", "o"]
+    assert resolve_config_args(argv) == argv
+    assert resolve_config_args(["features", "--data=glyphs_heldout"]) == ["features", "--data=glyphs_heldout"]
+    resolved = resolve_config_args(["features", "--data", "tune_nmtune.yaml", "--views", "2"])
+    assert resolved[1].startswith("--data=") and resolved[1].endswith("tune_nmtune.yaml")
+    assert resolved[2:] == ["--views", "2"]

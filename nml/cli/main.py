@@ -83,16 +83,18 @@ def resolve_config_args(argv: Sequence[str]) -> list[str]:
     while i < len(argv):
         a = argv[i]
         option, eq, value = a.partition("=")
-        if not eq and a in CONFIG_OPTIONS and i + 1 < len(argv):
-            option, value, i = a, argv[i + 1], i + 1
+        separate = not eq and a in CONFIG_OPTIONS and i + 1 < len(argv)  # "--data X", not "--data=X"
+        if separate:
+            option, value = a, argv[i + 1]
         if option in CONFIG_OPTIONS and value and _is_config_value(option, value):
             path = resolve_config(value)
             log.info("using %s %s", option.lstrip("-"), path.resolve())
             lightning = bool(argv) and argv[0] in LIGHTNING_SUBCOMMANDS  # nml features reads files itself
             out.append(f"{option}={_section(option, path) if lightning else path}")
-        else:
+            i += 1 + separate
+        else:  # not a config file (``--data glyphs_heldout``: a task name): passed on as typed
             out.append(a)
-        i += 1
+            i += 1
     return out
 
 
