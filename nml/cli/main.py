@@ -58,11 +58,14 @@ log = logging.getLogger("nml")
 
 # Warnings that are expected by design, silenced here (the entry point), never at library import:
 # ShardLoader/FeatureLoader lengths are exact by construction; a frozen backbone stays in eval mode
-# on purpose (BatchNorm statistics must not move).
+# on purpose (BatchNorm statistics must not move); nml's epoch-level values are already summed over
+# ranks (torchmetrics states reduced at compute, data counts logged with sync_dist), so Lightning's
+# advice to add sync_dist=True to them would average exact totals.
 EXPECTED_WARNINGS = (
     r"Your `IterableDataset` has `__len__` defined",
     r"Found \d+ module\(s\) in eval mode at the start of training",
     r"LightningCLI's args parameter is intended to run from within Python",  # nml passes its argv on
+    r"It is recommended to use `self\.log\(.*sync_dist=True\)` when logging on epoch level",
 )
 
 
