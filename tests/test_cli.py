@@ -515,3 +515,32 @@ def test_lightnings_sync_dist_advice_is_expected_for_nmls_exact_epoch_values():
     )
     assert sum(bool(re.match(p, advice)) for p in EXPECTED_WARNINGS) == 1
     assert not any(re.match(p, "It is recommended to use a GPU") for p in EXPECTED_WARNINGS)
+
+
+def test_progress_lines_after_a_mid_epoch_resume_time_the_resumed_part(caplog):
+    """A resume mid-epoch gets no epoch start from Lightning: the lines used to time the epoch from
+    the clock's origin ("0 samples/s | ETA 2:26:06", "epoch 1 done in 51:12" for 6-minute epochs)."""
+    import time
+    from types import SimpleNamespace
+
+    from nml.callbacks.progress import ProgressLines
+
+    class Lines(ProgressLines):
+        total_train_batches = 40  # what Lightning's property reads from a trainer
+
+    bar = Lines(every_n_steps=5)
+    bar._trainer = SimpleNamespace(is_global_zero=True, current_epoch=1, global_step=30, world_size=1)
+    bar.get_metrics = lambda trainer, module: {}
+    batch = {"valid": [True] * 16}
+    with caplog.at_level("INFO", logger="nml.progress"):
+        bar.on_train_batch_start(bar._trainer, None, batch, 25)  # resumed at batch 25 of 40
+        for i in range(25, 30):
+            time.sleep(0.01)
+            bar.on_train_batch_end(bar._trainer, None, None, batch, i)
+        bar.on_train_epoch_end(bar._trainer, None)
+    step = next(r.getMessage() for r in caplog.records if "step 30/40" in r.getMessage())
+    rate = float(step.split(" samples/s")[0].rsplit("| ", 1)[1])
+    assert 500 < rate < 16 * 5 / 0.04  # 80 samples in about 0.05 s, not ~0
+    assert "ETA 0:00" in step  # 10 batches at ~0.01 s each, not hours
+    done = next(r.getMessage() for r in caplog.records if "done in" in r.getMessage())
+    assert "done in 0:00 (resumed at batch 25)" in done

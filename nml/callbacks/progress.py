@@ -65,7 +65,8 @@ class ProgressLines(ProgressBar):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps, self._enabled = every_n_steps, True
-        self._t0, self._samples = 0.0, 0
+        self._t0: float | None = None  # when this process started reading the epoch
+        self._samples, self._first = 0, 0  # samples read since _t0; the batch index it started at
 
     def disable(self) -> None:
         self._enabled = False
@@ -86,7 +87,11 @@ class ProgressLines(ProgressBar):
         return " ".join(f"{k}={v:.4g}" for k, v in items)
 
     def on_train_epoch_start(self, trainer, module) -> None:
-        self._t0, self._samples = time.perf_counter(), 0
+        self._t0, self._samples, self._first = time.perf_counter(), 0, 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self._t0 is None:  # a resume mid-epoch: Lightning does not start the epoch again
+            self._t0, self._samples, self._first = time.perf_counter(), 0, batch_idx
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         valid = batch.get("valid") if isinstance(batch, dict) else None
@@ -96,7 +101,8 @@ class ProgressLines(ProgressBar):
         if not self.is_enabled or (n % self.every_n_steps and not last):
             return
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
-        eta = f" | ETA {_duration((total - n) * elapsed / n)}" if isinstance(total, int) else ""
+        done_here = max(n - self._first, 1)  # batches read by this process (after a resume: since it)
+        eta = f" | ETA {_duration((total - n) * elapsed / done_here)}" if isinstance(total, int) else ""
         log.info(
             "epoch %d step %d/%s (global %d) | %.0f samples/s | %s%s",
             trainer.current_epoch,
@@ -109,13 +115,15 @@ class ProgressLines(ProgressBar):
         )
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        if self.is_enabled:
+        if self.is_enabled and self._t0 is not None:
             log.info(
-                "epoch %d done in %s | %s",
+                "epoch %d done in %s%s | %s",
                 trainer.current_epoch,
                 _duration(time.perf_counter() - self._t0),
+                f" (resumed at batch {self._first})" if self._first else "",
                 self._metrics(trainer, module, "train/"),
             )
+        self._t0 = None
 
     def on_validation_end(self, trainer, module) -> None:
         if self.is_enabled and not trainer.sanity_checking:
