@@ -123,20 +123,33 @@ CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's special --ckp
 VERSIONED_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 
 
+def _versioned_logger(fit_cfg):
+    """(the logger's init_args, its ``<save_dir>/<name>`` root) when the fit config's logger keeps
+    versioned run directories (TensorBoard, CSV); None for any other logger."""
+    logger = fit_cfg.trainer.get("logger")
+    if not (hasattr(logger, "class_path") and logger.class_path.rsplit(".", 1)[-1] in VERSIONED_LOGGERS):
+        return None
+    args = logger.init_args
+    return args, Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+
+
+def _run_dir(root: Path, version) -> Path:
+    """A run directory as the logger names it: a string version as is, a number as version_N."""
+    return root / (version if isinstance(version, str) else f"version_{version}")
+
+
 def continue_last_run(fit_cfg) -> None:
     """``--ckpt_path last``: resume the newest checkpoint (by time: a step, epoch or SIGTERM save) of
     the newest run of the config's logger (``<save_dir>/<name>/version_N``, the highest N that has
     one, or the logger's explicit ``version``), logging in that run's directory. With no such
     checkpoint the run starts from scratch: the same command serves a job and its requeues.
     Lightning's own "last" only looks at ``last*.ckpt`` of a new version directory."""
-    logger = fit_cfg.trainer.get("logger")
-    if not (hasattr(logger, "class_path") and logger.class_path.rsplit(".", 1)[-1] in VERSIONED_LOGGERS):
+    found = _versioned_logger(fit_cfg)
+    if found is None:
         return  # another logger: Lightning's meaning of "last"
-    args = logger.init_args
-    root = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+    args, root = found
     if args.get("version") is not None:
-        version = args.version
-        runs = [root / (version if isinstance(version, str) else f"version_{version}")]
+        runs = [_run_dir(root, args.version)]
     else:
         numbered = [d for d in root.glob("version_*") if d.name[8:].isdigit()]
         runs = sorted(numbered, key=lambda d: int(d.name[8:]), reverse=True)
@@ -159,15 +172,10 @@ def refuse_a_used_run_directory(fit_cfg) -> None:
     checkpoints would mix the two: its ``last.ckpt`` would outlive this run wherever this run saves
     less (``nml test --ckpt_path RUN`` then tests the old model). Refused, naming the directory and the
     ways on; ``--overwrite_run true`` deletes the old checkpoints first."""
-    logger = fit_cfg.trainer.get("logger")
-    if not (hasattr(logger, "class_path") and logger.class_path.rsplit(".", 1)[-1] in VERSIONED_LOGGERS):
+    found = _versioned_logger(fit_cfg)
+    if found is None or found[0].get("version") is None:  # a new version_N each run: nothing to mix
         return
-    args = logger.init_args
-    version = args.get("version")
-    if version is None:  # a new version_N each run: nothing to mix
-        return
-    run = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
-    run = run / (version if isinstance(version, str) else f"version_{version}")
+    run = _run_dir(found[1], found[0].version)
     old = sorted(p for p in (run / "checkpoints").glob("*.ckpt") if p.exists() or p.is_symlink())
     if not old:
         return

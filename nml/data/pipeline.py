@@ -121,9 +121,7 @@ class StreamConfig:
     strict: bool = False
     decode: bool = True
     reduced_decode: bool = True  # JPEGs at 1/2..1/8 scale when the transform loses nothing by it
-    device_decoder: DeviceDecoder | None = (
-        None  # pass encoded images + drawn crops on (decoded on the device)
-    )
+    device_decoder: DeviceDecoder | None = None  # decode on the device: workers pass bytes + crops
     transform: Callable | None = None
     collate: Callable | None = None
     views: int = 1  # augmented views per image (> 1: ``image`` is (views, C, H, W))

@@ -96,12 +96,6 @@ def get_transforms(name: str) -> TransformFamily:
         raise ValueError(f"transforms: expected one of {sorted(TRANSFORM_FAMILIES)}, got {name!r}") from None
 
 
-def default_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) when neither the data nor the backbone fixes them: timm's ImageNet statistics for
-    timm models, OpenAI's CLIP statistics for open_clip. The one place nml knows these defaults."""
-    return get_transforms(name).normalization()
-
-
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 images (..., C, H, W) -> normalised float, on their device: the operations of
     torchvision's ``ToTensor`` + ``Normalize``, in the same order (the same result on the CPU)."""

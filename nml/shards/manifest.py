@@ -176,12 +176,6 @@ def resolve_classes(
     return classes, info, num_classes
 
 
-def info_classes(spec: str) -> list[str] | None:
-    """Class names from the ``_info.json`` beside the shards of ``spec``, if it lists them."""
-    classes = (read_info(spec) or {}).get("classes")
-    return [str(c) for c in classes] if isinstance(classes, list) else None
-
-
 def prompt_fields(info: dict | None, classes: list[str]) -> tuple[tuple[str, ...], list[list[dict]]]:
     """(templates, per-class template fields) for zero-shot prompts: the data's own ``prompts`` when
     ``info`` has them for these classes, else :data:`DEFAULT_TEMPLATES` with each class name."""

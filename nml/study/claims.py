@@ -186,8 +186,9 @@ def evaluate(rows: list[dict], declared: list[Claim] = CLAIMS) -> list[dict]:
             )
             continue
         found = []
+        cells = {metric: Cells(rows, obj, metric) for metric in {c.metric for c in declared}}
         for c in declared:
-            for label, values, note in _values(c, Cells(rows, obj, c.metric), rates, seeds):
+            for label, values, note in _values(c, cells[c.metric], rates, seeds):
                 found.append(
                     {
                         "objective": obj,
