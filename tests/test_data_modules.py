@@ -17,17 +17,19 @@ from nml.shards.manifest import EvalSet
 def test_defaults_point_at_the_embedded_benchmark(tiny_benchmark, monkeypatch):
     monkeypatch.setenv("NML_DATA", str(tiny_benchmark))
     dm = ClassificationShards(loader={"num_workers": 0, "batch_size": 16})
-    assert dm.task == "pretraining" and dm.num_classes == 52
+    assert dm.task == "pretraining" and dm.num_classes == 44
     names = {s.name: s.group for s in dm.test_sets}
     assert names["glyphs_heldout"] == "id" and names["glyphs_blur_3"] == "ood" and len(names) == 13
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (16, 3, 32, 32) and batch["target"].max() < 52
+    assert batch["image"].shape == (16, 3, 32, 32) and batch["target"].max() < 44
     test = dm.test_dataloader()
-    assert len(test) == 13 and sum(int(b["valid"].sum()) for b in test[0]) == 52 * 3
+    assert len(test) == 13 and sum(int(b["valid"].sum()) for b in test[0]) == 44 * 3
 
     greek = ClassificationShards(task="greek", loader={"num_workers": 0})
-    assert greek.num_classes == 23 and [s.name for s in greek.test_sets] == ["greek"]
+    assert greek.num_classes == 23 and [s.name for s in greek.test_sets] == ["greek"] + [
+        f"greek_{k}_2" for k in ("blur", "noise", "contrast", "elastic")
+    ]
     with pytest.raises(ValueError, match="task 'nope' is not in the benchmark manifest"):
         ClassificationShards(task="nope")
 
@@ -106,10 +108,10 @@ def test_audit_cli_same_json_for_any_workers(tiny_benchmark):
     (out0, err0), (out2, _), (swap, _), (_, bad) = nml_in_one_process(runs, REPO, expect=[0, 0, 0, 1])
     assert out0 == out2
     report = json.loads(out0)
-    assert report["samples"] == 52 * 6 and report["num_classes"] == 52
+    assert report["samples"] == 44 * 6 and report["num_classes"] == 44
     assert abs(report["realised_rate"] - 0.2) < 0.01 and report["noisy_to_true_class"] == 0
     t = np.array(report["transition"])
-    assert t.shape == (52, 52) and np.allclose(t.sum(1), 1, atol=1e-3)
+    assert t.shape == (44, 44) and np.allclose(t.sum(1), 1, atol=1e-3)
     assert "realised noise rate" in err0
 
     report = json.loads(swap)
@@ -125,10 +127,11 @@ def test_zero_shot_prompts_come_from_the_data(tiny_benchmark, tmp_path):
 
     dm = ImageTextShards(root=str(tiny_benchmark), loader={"num_workers": 0})
     prompts = dm.prompts_of(None)
-    assert len(prompts) == len(dm.classes) == 52 and dm.classes[0] == "0/O/o"
-    assert prompts[0][:3] == ["the digit 0", "the uppercase O", "the lowercase o"]
-    assert "an image of the character 'O'" in prompts[0] and len(prompts[0]) == 4 * 3
-    assert dm.prompts_of(None, ["a {name}"])[0] == ["a digit 0", "a uppercase O", "a lowercase o"]
+    assert len(prompts) == len(dm.classes) == 44 and dm.classes[0] == "A"
+    o = dm.classes.index("O/o")  # a merged class: one prompt per member and template
+    assert prompts[o][:2] == ["the uppercase O", "the lowercase o"]
+    assert "an image of the character 'O'" in prompts[o] and len(prompts[o]) == 4 * 2
+    assert dm.prompts_of(None, ["a {name}"])[o] == ["a uppercase O", "a lowercase o"]
     with pytest.raises(ValueError, match=r"use a field 'ch' that class 0 does not have"):
         plain = write_shards(tmp_path / "plain", [6], num_classes=3)
         ClassificationShards(train=plain, val=plain, loader={"num_workers": 0}).prompts_of(None, ["the {ch}"])
@@ -353,3 +356,41 @@ def test_the_eval_suite_getters_former_names_still_work_with_a_deprecation_warni
             assert getattr(dm, old)(s) == getattr(dm, new)(s)
     with pytest.warns(DeprecationWarning, match="set_prompts"):
         assert dm.set_prompts(None) == dm.prompts_of(None)
+
+
+def test_cpu_threads_leave_the_loader_workers_their_cores(monkeypatch):
+    import torch
+
+    from nml.data import loading
+
+    monkeypatch.setattr(loading, "usable_cores", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert loading.share_cores_with_workers(0, "cpu") is None and torch.get_num_threads() == 4
+        assert loading.share_cores_with_workers(2, "cuda") is None and torch.get_num_threads() == 4
+        assert loading.share_cores_with_workers(3, "cpu") == 1 and torch.get_num_threads() == 1
+        assert (
+            loading.share_cores_with_workers(1, "cpu") is None and torch.get_num_threads() == 1
+        )  # never raised
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_each_downstream_head_has_id_and_ood_test_sets_and_novel_classes(tiny_benchmark):
+    from nml.shards.manifest import load_manifest, task_sets
+
+    manifest = load_manifest(tiny_benchmark)
+    pretraining = set(task_sets(manifest, "pretraining", tiny_benchmark)["classes"])
+    heads = {
+        "digits_print": {"digits_print": "id", "print_to_mnist": "ood", "print_to_handwriting_font": "ood"},
+        "greek": {"greek": "id", **{f"greek_{k}_2": "ood" for k in ("blur", "noise", "contrast", "elastic")}},
+        "symbols": {
+            "symbols": "id",
+            **{f"symbols_{k}_2": "ood" for k in ("blur", "noise", "contrast", "elastic")},
+        },
+    }
+    for task, expected in heads.items():
+        sets = task_sets(manifest, task, tiny_benchmark)
+        assert {s.name: s.group for s in sets["test"]} == expected
+        assert not pretraining & set(sets["classes"])  # a label space pre-training never saw

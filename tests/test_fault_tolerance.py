@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,37 @@ def test_signals_sent_to_the_process_group_reach_only_the_main_process(tiny_benc
     assert [p.name for p in tmp_path.glob("hpc_ckpt_*.ckpt")] == ["hpc_ckpt_1.ckpt"]
     last = runs / "pretrain_supervised" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 3
+
+
+def _late_worker_init() -> None:
+    import time
+
+    from nml.data.pipeline import ignore_stop_signals
+
+    time.sleep(0.5)  # a worker still starting up when the group's SIGTERM arrives
+    ignore_stop_signals(0)
+
+
+def test_a_stop_signal_while_a_worker_starts_does_not_kill_it():
+    """Workers are created with the stop signals blocked: a SIGTERM sent to the process group
+    between a worker's fork and its worker_init_fn stays pending and is then ignored."""
+    import multiprocessing as mp
+    import signal
+
+    from nml.data.pipeline import stop_signals_blocked
+
+    ctx = mp.get_context("fork")
+    with stop_signals_blocked():
+        assert signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        worker = ctx.Process(target=_late_worker_init)
+        worker.start()
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # this process: as before
+    os.kill(worker.pid, signal.SIGTERM)
+    worker.join(10)
+    assert worker.exitcode == 0
+    unprotected = ctx.Process(target=_late_worker_init)
+    unprotected.start()
+    time.sleep(0.1)
+    os.kill(unprotected.pid, signal.SIGTERM)
+    unprotected.join(10)
+    assert unprotected.exitcode == -signal.SIGTERM  # what the block prevents

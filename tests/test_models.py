@@ -410,7 +410,7 @@ def test_zero_shot_head_is_batched_over_classes_and_built_once_per_class_set(tin
         enable_model_summary=False,
         limit_test_batches=1,
     ).test(contrastive.ContrastivePretraining("tiny", TINY_CLIP), dm, verbose=False)
-    assert len(dm.test_sets) == 13 and len(calls) == 1  # 13 test sets over the same 52 classes
+    assert len(dm.test_sets) == 13 and len(calls) == 1  # 13 test sets over the same 44 classes
 
 
 @pytest.mark.parametrize("rule,expected", [("linear", 0.1 * 32 / 256), ("sqrt", 0.1 * (32 / 256) ** 0.5)])

@@ -112,7 +112,7 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     assert "spectrum/glyphs_heldout/singular_values" in tb.Tags()["histograms"]
     assert "spectrum/glyphs_heldout/normalised" in tb.Tags()["images"]
     npz = np.load(next((tmp_path / "runs").rglob("spectrum/glyphs_heldout_fit_end.npz")))
-    assert float(npz["samples"]) == 52 * 3 and float(npz["sve"]) > 0
+    assert float(npz["samples"]) == 44 * 3 and float(npz["sve"]) > 0
 
     (test_out, test_err), (export_out, _) = nml_in_one_process(
         [
@@ -135,7 +135,7 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     )
     report = json.loads(test_out)
     metrics = report["metrics"]
-    assert report["samples"]["glyphs_heldout"] == 52 * 3  # N per set: every test sample once
+    assert report["samples"]["glyphs_heldout"] == 44 * 3  # N per set: every test sample once
     assert {
         "test/id/glyphs_heldout/top1",
         "test/ood/glyphs_elastic_2/top1",
@@ -152,7 +152,7 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     meta = backbone.export_meta
     assert meta["feature_dim"] == summary["feature_dim"] == backbone.feature_dim
     assert meta["noise"]["rate"] == 0.3 and meta["data"]["manifest_sha256"]
-    assert meta["pretraining_classes"] == (52 if "supervised" in config else None)  # CLIP has no classes
+    assert meta["pretraining_classes"] == (44 if "supervised" in config else None)  # CLIP has no classes
     assert meta["image_size"] == 32 and len(meta["mean"]) == 3
     x = torch.randn(2, 3, 32, 32)
     assert backbone.eval().features(x).shape == (2, meta["feature_dim"])
@@ -160,7 +160,7 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
 
 @pytest.mark.parametrize(
     "kind,workers,steps",
-    [("supervised", 0, 0), ("clip", 0, 0), ("supervised", 2, 36), ("clip", 2, 0)],
+    [("supervised", 0, 0), ("clip", 0, 0), ("supervised", 2, 30), ("clip", 2, 0)],
 )
 def test_resume_under_max_epochs_continues_the_interrupted_epoch(
     tiny_benchmark, tmp_path, kind, workers, steps
@@ -170,9 +170,9 @@ def test_resume_under_max_epochs_continues_the_interrupted_epoch(
     per-step losses as the uninterrupted run. (Before the fix the loader's state was never applied
     and the epoch restarted at batch 0.)"""
     run = {"max_epochs": 2, "num_workers": workers}
-    reference = train_tiny(kind, tiny_benchmark, tmp_path / "a", steps, **run)  # 2 x 20 batches (or 36)
-    assert len(reference) == (steps or 40)
-    head = train_tiny(kind, tiny_benchmark, tmp_path / "b", steps, stop_at=25, **run)  # epoch 1, batch 5
+    reference = train_tiny(kind, tiny_benchmark, tmp_path / "a", steps, **run)  # 2 x 17 batches (or 30)
+    assert len(reference) == (steps or 34)
+    head = train_tiny(kind, tiny_benchmark, tmp_path / "b", steps, stop_at=25, **run)  # epoch 1, batch 8
     assert head == reference[:25]
     ckpt = next((tmp_path / "b").glob("*.ckpt"))
     tail = train_tiny(kind, tiny_benchmark, tmp_path / "c", steps, ckpt_path=str(ckpt), **run)
@@ -188,7 +188,7 @@ def test_a_resumed_epoch_logs_the_whole_epochs_training_metrics(tiny_benchmark, 
     run = {"max_epochs": 2}
     reference, resumed = EpochMetrics(), EpochMetrics()  # train/<name>_epoch of every epoch
     train_tiny(kind, tiny_benchmark, tmp_path / "a", 0, callbacks=[reference], **run)
-    train_tiny(kind, tiny_benchmark, tmp_path / "b", 0, stop_at=25, **run)  # epoch 1, batch 5
+    train_tiny(kind, tiny_benchmark, tmp_path / "b", 0, stop_at=25, **run)  # epoch 1, batch 8
     ckpt = next((tmp_path / "b").glob("*step=25.ckpt"))
     train_tiny(kind, tiny_benchmark, tmp_path / "c", 0, ckpt_path=str(ckpt), callbacks=[resumed], **run)
     noise = "train/noise_rate" if kind == "supervised" else "train/retrieval_noisy"
@@ -201,7 +201,7 @@ def test_a_resumed_epoch_logs_the_whole_epochs_training_metrics(tiny_benchmark, 
 
 @pytest.mark.parametrize("kind", ["supervised", "clip"])
 def test_golden_losses_and_resume_reproduces_the_tail(tiny_benchmark, tmp_path, kind):
-    steps, stop = 8, 5  # 5 is mid-epoch: the tiny corpus has 312 samples = 20 batches of 16
+    steps, stop = 8, 5  # 5 is mid-epoch: the tiny corpus has 264 samples = 17 batches of 16
     reference = train_tiny(kind, tiny_benchmark, tmp_path, steps)
     assert len(reference) == steps
     if os.environ.get("NML_UPDATE_GOLDEN"):
@@ -233,7 +233,7 @@ def test_ema_callback_mixup_and_channels_last_switches(tiny_benchmark, caplog):
     dm = ClassificationShards(root=str(tiny_benchmark), loader={"batch_size": 16, "num_workers": 0})
     with caplog.at_level("WARNING"):
         model = SupervisedPretraining(
-            "test_resnet", num_classes=52, mixup=0.2, cutmix=1.0, channels_last=True
+            "test_resnet", num_classes=44, mixup=0.2, cutmix=1.0, channels_last=True
         )
     assert "confound the label-noise" in caplog.text
     ema = EMAWeightAveraging(decay=0.5)

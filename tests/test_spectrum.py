@@ -151,7 +151,7 @@ def test_feature_spectrum_callback_matches_an_independent_computation(tiny_bench
 
     seed_everything(0)
     dm = ClassificationShards(root=str(tiny_benchmark), loader={"batch_size": 16, "num_workers": 0})
-    model = SupervisedPretraining("test_resnet", num_classes=52)
+    model = SupervisedPretraining("test_resnet", num_classes=44)
     cb = FeatureSpectrum(sets=["glyphs_heldout", "glyphs_noise_3"], top_k=3)
     Trainer(
         accelerator="cpu",
@@ -174,4 +174,4 @@ def test_feature_spectrum_callback_matches_an_independent_computation(tiny_bench
     np.testing.assert_allclose(got["singular_values"], ref[: len(got["singular_values"])], atol=1e-6 * ref[0])
     assert got["top3_share"] == pytest.approx(spectrum_metrics(ref, 3)["top3_share"], rel=1e-6)
     saved = np.load(tmp_path / "run" / "version_0" / "spectrum" / "glyphs_noise_3_fit_end.npz")
-    assert float(saved["samples"]) == 52 * 3
+    assert float(saved["samples"]) == 44 * 3

@@ -312,9 +312,10 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
         "out": str(tmp_path / "study"),
     }
     first = study(**kw)
-    # 3 cells (gamma 0, 0.3, random) x {print_to_mnist: 1 test set x linear, mnist: 2 test sets x 2 methods}
+    # 3 cells (gamma 0, 0.3, random) x {print_to_mnist: its head's 3 test sets x linear,
+    # mnist: 2 test sets x 2 methods}
     rows = read_results(tmp_path / "study" / "results.csv")
-    assert len(rows) == 3 * (1 + 2 * 2)
+    assert len(rows) == 3 * (3 + 2 * 2)
     assert {(r["init"], r["noise_rate"]) for r in rows} == {
         ("pretrained", 0.0),
         ("pretrained", 0.3),
@@ -322,11 +323,17 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
     }
     assert {(r["task"], r["test_set"], r["group"]) for r in rows} == {
         ("print_to_mnist", "print_to_mnist", "ood"),
+        ("print_to_mnist", "digits_print", "id"),
+        ("print_to_mnist", "print_to_handwriting_font", "ood"),
         ("mnist", "mnist", "id"),
         ("mnist", "mnist_to_handwriting_font", "ood"),
     }
     assert all(0 <= r["top1"] <= 100 and r["sve"] > 0 for r in rows)
     assert all(r["memorised"] is not None for r in rows if r["noise_rate"] == 0.3)
+    assert all(0 <= r["dead_units"] <= 100 for r in rows)
+    nmtune = [r for r in rows if r["method"] == "nmtune"]  # each loss term as it enters the loss
+    assert nmtune and all(r["loss_ce"] > 0 and r["loss_cov"] >= 0 and r["loss_svd"] < 0 for r in nmtune)
+    assert all(r["loss_ce"] > 0 and r["loss_mse"] is None for r in rows if r["method"] == "linear")
     assert first["ran"] == 3 + 3 * 2 + 3 * 3 and first["cached"] == 0
     out = tmp_path / "study"
     assert (out / "report.md").is_file() and (out / "memorisation.csv").is_file()

@@ -350,7 +350,7 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
     assert "test/id/glyphs_heldout/top1" in report["metrics"] and len(ood) == 12
     assert "ood    mean" in test_err
     spectra = list((tmp_path / "runs" / "tune_nmtune").rglob("spectrum/glyphs_heldout_fit_end.npz"))
-    assert spectra and float(np.load(spectra[0])["samples"]) == 156
+    assert spectra and float(np.load(spectra[0])["samples"]) == 44 * 3  # the held-out test set: 3 per class
     assert list((tmp_path / "runs" / "tune_linear").rglob("last.ckpt"))
 
 
@@ -456,3 +456,41 @@ def test_a_fit_into_a_run_directory_with_checkpoints_is_refused_or_overwritten(
     assert fit("1", "--overwrite_run", "true") == 0
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # the new run's
     assert not {p.name for p in (run / "checkpoints").glob("epoch=1*.ckpt")}  # nothing of the first run
+
+
+def test_cached_features_are_standardised_with_training_statistics(tmp_path):
+    """A head trained on a * x + b predicts what one trained on x predicts: the module standardises
+    with the training split's statistics, kept in its checkpoint."""
+    g = np.random.default_rng(0)
+    n, d = 96, 6
+    x = g.normal(size=(n, d)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0)
+    scale = np.array([100.0, 0.01, 3.0, 1.0, 50.0, 7.0], np.float32)
+    predictions = []
+    for a, b in ((1.0, 0.0), (scale, 40.0)):
+        split = {"features": x * a + b, "labels": y}
+        for name in ("train", "test"):
+            np.savez(tmp_path / f"{name}.npz", **split)
+        dm = CachedFeatures(
+            train=str(tmp_path / "train.npz"),
+            test=[{"name": "t", "shards": str(tmp_path / "test.npz"), "group": "id"}],
+            batch_size=16,
+        )
+        mean, std = dm.feature_statistics()
+        assert np.allclose(mean, (x * a + b).mean(0), rtol=1e-4, atol=1e-3)
+        assert np.allclose(std, (x * a + b).std(0), rtol=1e-4)
+        seed_everything(0)
+        model = DownstreamTuning("linear")
+        trainer = Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        trainer.fit(model, dm)
+        assert torch.allclose(model.feature_mean, mean) and torch.allclose(model.feature_std, std)
+        trainer.save_checkpoint(tmp_path / "head.ckpt")
+        state = torch.load(tmp_path / "head.ckpt", weights_only=True)["state_dict"]
+        assert torch.equal(state["feature_std"], std)
+        with torch.no_grad():
+            predictions.append(model(torch.as_tensor(x * a + b)).argmax(1))
+    assert torch.equal(predictions[0], predictions[1])
+    split = FeatureSplit(np.zeros((4, 3), np.float32), np.zeros(4, np.int64))
+    np.savez(tmp_path / "const.npz", features=split.features, labels=split.labels)
+    _, std = CachedFeatures(train=str(tmp_path / "const.npz")).feature_statistics()
+    assert torch.equal(std, torch.ones(3))  # a constant (dead) unit stays 0 after centring

@@ -261,7 +261,7 @@ def build_embedded(
         },
         "classes": {
             "policy": "inherently ambiguous glyphs are merged into one class (first member names it); "
-            "sizes and positions are random, so e.g. c/C or 0/O/o cannot be told apart",
+            "sizes and positions are random, so e.g. c/C or O/o cannot be told apart",
             "ambiguous_groups": list(AMBIGUOUS_GROUPS),
             "glyphs": [class_name(c) for c in glyph_classes()],
         },

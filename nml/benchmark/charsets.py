@@ -1,8 +1,8 @@
 """Character sets and label spaces of the embedded benchmark.
 
 Inherently ambiguous glyphs are merged into one class. Glyphs are rendered at a random size and
-position, so a lowercase letter that is a scaled copy of its capital (c/C, s/S ...) or a digit
-drawn like a letter (0/O/o, 1/l/I) cannot be told apart from the pixels: keeping them as separate
+position, so a lowercase letter that is a scaled copy of its capital (c/C, s/S, o/O ...) or a
+capital I drawn like a lowercase l cannot be told apart from the pixels: keeping them as separate
 classes would hide label noise in the "clean" corpus, which is exactly the quantity under study.
 """
 
@@ -12,12 +12,14 @@ import string
 import unicodedata
 
 DIGITS = string.digits
-LETTERS_AND_DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase  # 62 characters
+# The pre-training corpus: Latin letters only, so that every downstream task's label space (digits,
+# Greek, symbols) is disjoint from pre-training's, as CIFAR's or Flowers' is from ImageNet's.
+LETTERS = string.ascii_uppercase + string.ascii_lowercase  # 52 characters
 
 # Merged groups: every character of a group gets the group's class. The first member names it.
-AMBIGUOUS_GROUPS: tuple[str, ...] = ("0Oo", "1Il", "Cc", "Ss", "Vv", "Ww", "Xx", "Zz")
+AMBIGUOUS_GROUPS: tuple[str, ...] = ("Oo", "Il", "Cc", "Ss", "Vv", "Ww", "Xx", "Zz")
 
-# Novel classes for the downstream tasks: never seen in pre-training.
+# Novel classes for the downstream tasks: never seen in pre-training (the digits are novel too).
 # Greek lowercase without omicron (an 'o') and final sigma (a variant of sigma).
 GREEK = "".join(chr(c) for c in range(0x3B1, 0x3CA) if chr(c) not in "ος")
 # Symbols whose shapes stay distinct under random size/position (no '-' vs '_', ',' vs '.').
@@ -25,10 +27,11 @@ SYMBOLS = "!#$%&()*+/<=>?@[]{}~^\\"
 
 
 def glyph_classes() -> list[str]:
-    """Class list of the glyph corpus: each entry is the string of characters in that class."""
+    """Class list of the glyph corpus (44 letter classes): each entry is the string of characters in
+    that class."""
     grouped = {ch: g for g in AMBIGUOUS_GROUPS for ch in g}
     classes: list[str] = []
-    for ch in LETTERS_AND_DIGITS:
+    for ch in LETTERS:
         g = grouped.get(ch, ch)
         if g not in classes:
             classes.append(g)
@@ -45,5 +48,5 @@ def char_name(ch: str) -> str:
 
 
 def class_name(members: str) -> str:
-    """Name of a (possibly merged) class, e.g. '0/O/o' or 'A'."""
+    """Name of a (possibly merged) class, e.g. 'O/o' or 'A'."""
     return "/".join(members)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from nml.benchmark.charsets import DIGITS, GREEK, LETTERS_AND_DIGITS, SYMBOLS
+from nml.benchmark.charsets import DIGITS, GREEK, LETTERS, SYMBOLS
 from nml.checksums import file_sha256
 from nml.seeding import hash_order_key
 
@@ -278,7 +278,7 @@ def split_families(families: Iterable[str], heldout_fraction: float = 0.2) -> se
     return set(fams[:k])
 
 
-DEFAULT_CHARSETS = {"glyphs": LETTERS_AND_DIGITS, "digits": DIGITS, "greek": GREEK, "symbols": SYMBOLS}
+DEFAULT_CHARSETS = {"glyphs": LETTERS, "digits": DIGITS, "greek": GREEK, "symbols": SYMBOLS}
 
 
 def select_fonts(

@@ -23,6 +23,9 @@ SIZES: dict[str, dict[str, int]] = {
         "digits_train": 5,
         "digits_val": 2,
         "digits_test": 3,
+        "novel_train": 5,
+        "novel_val": 2,
+        "novel_test": 3,
     },  # for tests and smoke runs
     "small": {
         "corpus": 400,
@@ -33,6 +36,9 @@ SIZES: dict[str, dict[str, int]] = {
         "digits_train": 100,
         "digits_val": 20,
         "digits_test": 50,
+        "novel_train": 40,
+        "novel_val": 10,
+        "novel_test": 40,
     },
     "full": {
         "corpus": 2000,
@@ -43,17 +49,25 @@ SIZES: dict[str, dict[str, int]] = {
         "digits_train": 250,
         "digits_val": 50,
         "digits_test": 100,
+        "novel_train": 100,
+        "novel_val": 20,
+        "novel_test": 100,
     },
 }
 SHOTS = (5, 10)
+NOVEL_SEVERITY = 2  # the Greek and symbol test sets are also rendered under every corruption at this severity
 # The downstream tasks every build has (the study validates a config against them before building).
 TASK_NAMES = (
     "glyphs_heldout",
     *(f"glyphs_heldout_{k}shot" for k in SHOTS),
     "greek",
     "symbols",
+    "greek_corrupted",
+    "symbols_corrupted",
+    "digits_print",
     "mnist",
     "print_to_mnist",
+    "print_to_handwriting_font",
     "handwriting_font_to_mnist",
     "mnist_to_handwriting_font",
     "glyphs_corrupted",
@@ -147,7 +161,17 @@ def plan(faces: list[fontlib.FontFace], size: str) -> tuple[list[GlyphSplit], di
     for name, chars in (("greek", GREEK), ("symbols", SYMBOLS)):
         covering = face_tuple(by_split["heldout"], name)
         for split in ("train", "val", "test"):
-            add(name, split, covering, tuple(chars), n[split])
+            add(name, split, covering, tuple(chars), n[f"novel_{split}"])
+        for kind in CORRUPTIONS:
+            add(
+                name,
+                f"test_{kind}_{NOVEL_SEVERITY}",
+                covering,
+                tuple(chars),
+                n["novel_test"],
+                stream=f"{name}/test",
+                corruption=(kind, NOVEL_SEVERITY),
+            )
     for split in ("train", "val", "test"):
         add("digits_print", split, held_digits, tuple(DIGITS), n[f"digits_{split}"])
         add("digits_handwriting", split, hand_f, tuple(DIGITS), n[f"digits_{split}"], domain="handwriting")
@@ -188,6 +212,27 @@ def plan(faces: list[fontlib.FontFace], size: str) -> tuple[list[GlyphSplit], di
             "val": "val",
             "test": {"symbols": "test"},
         },
+        *(
+            {
+                "name": f"{name}_corrupted",
+                "group": "ood",
+                "data": name,
+                "train": "train",
+                "val": "val",
+                "test": {
+                    f"{name}_{kind}_{NOVEL_SEVERITY}": f"test_{kind}_{NOVEL_SEVERITY}" for kind in CORRUPTIONS
+                },
+            }
+            for name in ("greek", "symbols")
+        ),
+        {
+            "name": "digits_print",
+            "group": "id",
+            "data": "digits_print",
+            "train": "train",
+            "val": "val",
+            "test": {"digits_print": "test"},
+        },
         {
             "name": "mnist",
             "group": "id",
@@ -203,6 +248,14 @@ def plan(faces: list[fontlib.FontFace], size: str) -> tuple[list[GlyphSplit], di
             "train": "train",
             "val": "val",
             "test": {"print_to_mnist": "mnist/test"},
+        },
+        {
+            "name": "print_to_handwriting_font",
+            "group": "ood",
+            "data": "digits_print",
+            "train": "train",
+            "val": "val",
+            "test": {"print_to_handwriting_font": "digits_handwriting/test"},
         },
         {
             "name": "handwriting_font_to_mnist",

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 
-from nml.data.loading import RenamedEvalSuiteMethods, fit_progress
+from nml.data.loading import RenamedEvalSuiteMethods, fit_progress, share_cores_with_workers
 from nml.data.options import ImageOptions, LoaderOptions, StreamOptions
 from nml.data.pipeline import ShardLoader, StreamConfig, collate
 from nml.data.transforms import (
@@ -418,6 +418,8 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
         if not self.train_spec:
             raise ValueError(f"{type(self).__name__}: no training shards (set data.train or data.task)")
         cfg = self._stream(self.train_spec, "train", self.train_members(), collate=self.train_collate())
+        if self.trainer is not None:
+            share_cores_with_workers(self.loader.num_workers, self.trainer.strategy.root_device.type)
         loader = self._loader(
             cfg, epoch_fn=self._epoch, progress_fn=self._progress if self.trainer is not None else None
         )

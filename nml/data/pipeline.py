@@ -524,16 +524,44 @@ def collate(records: list[dict]) -> dict[str, Any]:
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")  # what schedulers send to the whole group
 
 
+def _stop_signals() -> set:
+    import signal
+
+    return {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: a worker ignores the signals a scheduler sends to the whole
     process group (``scancel``, preemption, ``timeout``, Kubernetes, SLURM's ``--signal``), so the main
     process alone acts on them (Lightning saves the step and exits, or requeues) instead of dying on
-    a killed worker or a worker running the handler itself. The main process shuts workers down."""
+    a killed worker or a worker running the handler itself. The main process shuts workers down.
+
+    Workers start with these signals blocked (:func:`stop_signals_blocked` around their creation),
+    so one that arrives before this function runs stays pending and is discarded here."""
     import signal
 
-    for name in STOP_SIGNALS:
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    for signum in _stop_signals():
+        signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _stop_signals())
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block the stop signals in this thread while worker processes are created: a new worker
+    inherits the mask, so a signal sent to the process group in the window between its start and
+    :func:`ignore_stop_signals` cannot kill it (or run the parent's handler in it). In this process a
+    signal that arrived meanwhile is delivered when the block ends."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class ShardLoader(ResumableLoader, DataLoader):
@@ -571,6 +599,11 @@ class ShardLoader(ResumableLoader, DataLoader):
             prefetch_factor=prefetch_factor if cfg.num_workers > 0 else None,
             worker_init_fn=ignore_stop_signals if cfg.num_workers > 0 else None,
         )
+
+    def _get_iterator(self):
+        """The worker processes start with the stop signals blocked (:func:`stop_signals_blocked`)."""
+        with stop_signals_blocked() if self.num_workers > 0 else nullcontext():
+            return super()._get_iterator()
 
     def __iter__(self) -> Iterator:
         epoch, skip = self.begin_epoch()

@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 
@@ -217,6 +218,33 @@ class CachedFeatures(RenamedEvalSuiteMethods, LightningDataModule):
         if spec is None:
             raise ValueError("CachedFeatures: no splits (set root, or train / val / test)")
         return self.split(spec).dim
+
+    def feature_statistics(self, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and standard deviation of the training split's features (float64 sums
+        over chunks, so memory-mapped splits stay on disk); a dimension with std < 1e-6 (a dead
+        unit) gets std 1, so it stays 0 after centring."""
+        if not self.train_spec:
+            raise ValueError("CachedFeatures: no training split to take feature statistics from")
+        x = self.split(self.train_spec).features
+        total = torch.zeros(x.shape[1], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for a in range(0, len(x), chunk):
+            part = torch.as_tensor(np.asarray(x[a : a + chunk]), dtype=torch.float64)
+            total += part.sum(0)
+            squares += part.pow(2).sum(0)
+        n = max(len(x), 1)
+        mean = total / n
+        std = (squares / n - mean.pow(2)).clamp_min(0).sqrt()
+        std = torch.where(std < 1e-6, torch.ones_like(std), std)
+        dead = int((std == 1).logical_and(squares / n - mean.pow(2) < 1e-12).sum())
+        if dead:
+            log.info(
+                "%s: %d of %d feature dimensions are constant on the training split",
+                self.train_spec,
+                dead,
+                x.shape[1],
+            )
+        return mean.float(), std.float()
 
     def configure_views(self, views: int, augment: bool) -> None:
         if self.views is None:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from nml import __version__
+from nml.data.loading import share_cores_with_workers
 from nml.data.modules import ShardDataModule
 from nml.features.cache import CACHE_FORMAT, CACHE_META, FeatureSplit, write_split
 from nml.models.backbones import Backbone
@@ -95,6 +96,7 @@ def extract_features(
     """
     out = Path(out)
     device = torch.device(device)
+    share_cores_with_workers(dm.loader.num_workers, device.type)
     backbone = backbone.to(device).eval()
     splits: list[tuple[str, str, dict]] = []
     if dm.train_spec:

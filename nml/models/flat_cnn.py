@@ -21,7 +21,12 @@ TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", 
 
 class FlatCNN(nn.Module):
     """``stages`` conv blocks (3x3 conv, BatchNorm, ReLU, 2x2 max-pool), widths doubling from
-    ``width``; flatten; ``Linear(C*h*w, feature_dim)`` + ReLU (the features); a linear classifier."""
+    ``width``; flatten; ``Linear(C*h*w, feature_dim)`` (+ ``BatchNorm1d`` with ``feature_norm``) +
+    ReLU (the features); a linear classifier.
+
+    ``feature_norm`` keeps every feature unit's pre-activation centred with unit variance over the
+    batch, so a unit cannot drift to always-negative and die (without it, 50-75 % of the 256 units
+    were dead after 20 epochs of AdamW at lr 3e-3 in a pilot, more with more label noise)."""
 
     def __init__(
         self,
@@ -32,6 +37,7 @@ class FlatCNN(nn.Module):
         stages: int = 3,
         feature_dim: int = 256,
         drop_rate: float = 0.0,
+        feature_norm: bool = False,
         **kwargs,
     ):
         super().__init__()
@@ -53,7 +59,8 @@ class FlatCNN(nn.Module):
         side = img_size // 2**stages
         if side < 1:
             raise ValueError(f"nml_flat_cnn: img_size {img_size} is too small for {stages} pooling stages")
-        self.fc1 = nn.Linear(c_in * side * side, feature_dim)
+        self.fc1 = nn.Linear(c_in * side * side, feature_dim, bias=not feature_norm)
+        self.fc1_norm = nn.BatchNorm1d(feature_dim) if feature_norm else nn.Identity()
         self.drop = nn.Dropout(drop_rate)
         self.num_features = self.head_hidden_size = feature_dim
         self.num_classes = num_classes
@@ -77,7 +84,7 @@ class FlatCNN(nn.Module):
         return self.features_net(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(torch.relu(self.fc1(x.flatten(1))))
+        x = self.drop(torch.relu(self.fc1_norm(self.fc1(x.flatten(1)))))
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

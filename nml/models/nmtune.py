@@ -71,6 +71,9 @@ class HeadOptions:
         scale_init: The initial s.
         head_init: The linear classifier's initialisation: ``paper`` (the NMTune authors':
             kaiming-uniform, bound sqrt(6/D), zero bias) or ``torch`` (``nn.Linear``'s default).
+        standardize: Standardise cached features (tuning with no backbone) per dimension with the
+            training split's mean and std before the head (every method, linear included); the
+            statistics are kept in the checkpoint. Ignored with a backbone.
     """
 
     ratio: int = 4
@@ -78,6 +81,7 @@ class HeadOptions:
     residual: bool = True
     scale_init: float = 1.0
     head_init: HeadInit = "paper"
+    standardize: bool = True
 
 
 @dataclass
@@ -86,14 +90,19 @@ class LossOptions:
 
     Args:
         k: Top-k of the SVD regulariser.
-        mse_weight / cov_weight / svd_weight: Regulariser weights (None: 1.0 / 0.04 / 0.001 for nmtune
-            and finetune, 0 for mlp; linear has none).
+        mse_weight / cov_weight / svd_weight: Regulariser weights at feature dimension
+            ``reference_dim`` (None: the authors' 1.0 / 0.04 / 0.001 for nmtune and finetune, 0 for
+            mlp; linear has none).
+        reference_dim: The D at which the weights hold as given; at another D, ``mse`` and ``cov``
+            are rescaled by their dependence on D (:func:`nml.models.tuning.scaled_weights`), so the
+            terms act at any D as at ResNet-50's 2048. None: the given weights at every D.
     """
 
     k: int = 5
     mse_weight: float | None = None
     cov_weight: float | None = None
     svd_weight: float | None = None
+    reference_dim: int | None = 2048
 
 
 def init_classifier(layer: nn.Linear, how: HeadInit) -> nn.Linear:

@@ -8,12 +8,19 @@ tunes on cached features (``CachedFeatures``): the black-box path for embedding 
 * ``linear``: a linear head on the frozen feature f; one unaugmented view (the reference protocol).
 * ``mlp``: the NMTune head (``z = f + s * h(f)``, linear classifier on z), cross-entropy only.
 * ``nmtune``: the same head, two augmented views, ``CE(both views) + 1.0 * mse + 0.04 * cov +
-  0.001 * svd`` (:func:`nml.models.nmtune.nmtune_regularizers`; Chen et al., ICLR 2024).
+  0.001 * svd`` (:func:`nml.models.nmtune.nmtune_regularizers`; Chen et al., ICLR 2024), the
+  weights as given at D = 2048 and rescaled to the feature dimension (:func:`scaled_weights`).
 * ``finetune``: the whole encoder trains, a linear head on its output, and the regularisers act on
   the encoder output ``z``; the MSE anchor ``f1`` is the *pre-trained* encoder's feature of view 1
   (a frozen copy, kept out of the checkpoint).
 
-Metrics: ``train/{loss,ce,mse,cov,svd,top1}``, ``val/top1`` (for model selection), and the test
+Cached features (no backbone) are standardised per dimension with the training split's mean and
+standard deviation before every method's head (``model.head.standardize``), so that the learning rates and the
+regularisers see one feature scale whatever the backbone; the statistics are buffers of the module,
+kept in its checkpoints, so a tuned head applies to raw features of the same backbone.
+
+Metrics: ``train/{loss,ce,mse,cov,svd,top1}`` (the regularisers unweighted; ``train/w_<name>`` the
+weighted terms that enter the loss), ``val/top1`` (for model selection), and the test
 suite ``test/<group>/<name>/top1``; the reported number is the last epoch's (``last.ckpt``).
 """
 
@@ -53,10 +60,12 @@ class DownstreamTuning(BackboneModule):
             the factory (weights from a local file only); None: tune on cached features.
         num_classes: Classes of the head (``nml fit`` links it from ``data.num_classes``).
         feature_dim: D of cached features (default: the data module's).
-        head: The MLP / NMTune head and the classifier's initialisation
-            (:class:`~nml.models.nmtune.HeadOptions`: ratio, layers, residual, scale_init, head_init).
+        head: The MLP / NMTune head, the classifier's initialisation and the standardisation of cached
+            features (:class:`~nml.models.nmtune.HeadOptions`: ratio, layers, residual, scale_init,
+            head_init, standardize).
         loss: The regularisers (:class:`~nml.models.nmtune.LossOptions`: k, mse_weight, cov_weight,
-            svd_weight; weights None: 1.0 / 0.04 / 0.001 for nmtune and finetune, 0 for mlp).
+            svd_weight, reference_dim; weights None: 1.0 / 0.04 / 0.001 at D = 2048 for nmtune and
+            finetune, 0 for mlp).
         views: Training views per sample (None: 1 unaugmented for linear, 2 augmented otherwise); the
             data module's own ``views`` / ``augment`` settings win.
         optimizer: Optimizer callable (None: fused AdamW, lr 1e-2 linear / 1e-3 mlp, nmtune / 1e-4
@@ -93,7 +102,8 @@ class DownstreamTuning(BackboneModule):
         self.hparams["head"], self.hparams["loss"] = asdict(self.head_options), asdict(self.loss_options)
         self.method = method
         lo = self.loss_options
-        self.weights = self._regulariser_weights(method, lo.mse_weight, lo.cov_weight, lo.svd_weight)
+        self.base_weights = self._regulariser_weights(method, lo.mse_weight, lo.cov_weight, lo.svd_weight)
+        self.weights = dict(self.base_weights)
         if views not in (None, 1, 2):
             raise ValueError(f"views: expected 1 or 2, got {views}")
         self.views = views or (1 if method == "linear" else 2)
@@ -133,6 +143,10 @@ class DownstreamTuning(BackboneModule):
     def _build_head(self, dim: int, num_classes: int) -> None:
         hp, o = self.hparams, self.head_options
         hp["feature_dim"], hp["num_classes"] = dim, num_classes
+        self.weights = scaled_weights(self.base_weights, dim, self.loss_options.reference_dim)
+        # identity until fit sets the training statistics (cached features only); in the checkpoint
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("feature_std", torch.ones(dim))
         if self.method in ("mlp", "nmtune"):
             self.head = NMTuneHead(dim, num_classes, o.ratio, o.layers, o.residual, o.scale_init, o.head_init)
         else:
@@ -165,6 +179,18 @@ class DownstreamTuning(BackboneModule):
             )
         if stage == "fit" and dm is not None:
             dm.configure_views(self.views, augment=self.views > 1 or self.method != "linear")
+            if self.head_options.standardize and self.backbone is None and hasattr(dm, "feature_statistics"):
+                mean, std = dm.feature_statistics()
+                self.feature_mean.copy_(mean)
+                self.feature_std.copy_(std)
+        if stage == "fit" and any(self.weights.values()):
+            log.info(
+                "regulariser weights at D=%d: %s (given: %s, reference D=%s)",
+                self.feature_dim,
+                self.weights,
+                self.base_weights,
+                self.loss_options.reference_dim,
+            )
         self.record_data()
         self.provenance["method"] = self.method
         if self.export_meta is not None:
@@ -188,8 +214,8 @@ class DownstreamTuning(BackboneModule):
     # -- the model -----------------------------------------------------------------------------
     def encode(self, inputs: torch.Tensor) -> torch.Tensor:
         """f: cached features pass through; images go through the backbone (no grad when frozen)."""
-        if inputs.ndim == 2:
-            return inputs
+        if inputs.ndim == 2:  # cached features: standardised with the training statistics
+            return (inputs - self.feature_mean) / self.feature_std
         if self.backbone is None:
             raise ValueError(
                 f"DownstreamTuning without a backbone got images {tuple(inputs.shape)}, not features"
@@ -244,6 +270,7 @@ class DownstreamTuning(BackboneModule):
             for name, value in regs.items():
                 if self.weights[name]:
                     loss = loss + self.weights[name] * value
+                    stats[f"train/w_{name}"] = (self.weights[name] * value * n, n)
                 stats[f"train/{name}"] = (value * n, n)
         stats["train/loss"] = (loss * n, n)
         stats["train/top1"] = ((logits[:n].detach().argmax(1) == y).sum(), n)
@@ -255,6 +282,28 @@ class DownstreamTuning(BackboneModule):
 
     def test_logits(self, inputs: torch.Tensor, set_index: int) -> torch.Tensor:
         return self(inputs)
+
+
+def scaled_weights(weights: dict[str, float], dim: int, reference_dim: int | None) -> dict[str, float]:
+    """The regulariser weights at feature dimension ``dim``, given as the weights at ``reference_dim``.
+
+    For fixed per-sample and per-pair statistics, ``mse`` (a mean over the D elements of a difference of
+    unit vectors) scales as 1 / D and ``cov`` (1/D times a sum over D(D-1) off-diagonal entries) as D - 1;
+    ``svd`` (shares of the 2B singular values) does not depend on D when D >= 2B. So the weights become
+    ``mse * D / D_ref`` and ``cov * (D_ref - 1) / (D - 1)``: each term then weighs what it weighs at
+    D_ref, and at ``dim == reference_dim`` (2048, ResNet-50's) the weights are exactly the given ones.
+    ``reference_dim`` None: the given weights at every D."""
+    if reference_dim is None or dim == reference_dim:
+        return dict(weights)
+    if reference_dim < 2 or dim < 2:
+        raise ValueError(
+            f"reference_dim and the feature dimension must be >= 2, got {reference_dim} and {dim}"
+        )
+    return {
+        **weights,
+        "mse": weights["mse"] * dim / reference_dim,
+        "cov": weights["cov"] * (reference_dim - 1) / (dim - 1),
+    }
 
 
 def _frozen(backbone: Backbone) -> Backbone:

@@ -23,7 +23,16 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
-from nml.study.stats import ALPHA, Test, fitted_change, holm, min_detectable_effect, paired_test, verdict
+from nml.study.stats import (
+    ALPHA,
+    Test,
+    fitted_change,
+    holm,
+    min_detectable_effect,
+    paired_test,
+    seeds_needed,
+    verdict,
+)
 
 METHOD_NAMES = {"linear": "LP", "mlp": "MLP", "nmtune": "NMTune"}
 
@@ -234,6 +243,8 @@ def evaluate(rows: list[dict], declared: list[Claim] = CLAIMS) -> list[dict]:
                 "sd": t.sd,
                 "p": p_holds,
                 "mde": min_detectable_effect(t, alpha),
+                # the power analysis: seeds for 80 % power at the bound with this spread
+                "seeds_needed": seeds_needed(spec.bound, t.sd, alpha, two_sided=spec.direction == "change"),
                 "unit": " pt" if spec.metric == "top1" else "",
                 "verdict": verdict(t, p_holds, p_fails),
             }

@@ -123,11 +123,11 @@ def tables(rows: list[dict]) -> str:
                 ("retrieval_clean", "retrieval on intact pairs (%)"),
             )
         lines += [
-            "| gamma | SVE (ID) | LSVR (ID) | SVE (OOD) | LSVR (OOD) | effective rank (ID) | "
+            "| gamma | SVE (ID) | LSVR (ID) | SVE (OOD) | LSVR (OOD) | effective rank (ID) | dead units (%, ID) | "
             + " | ".join(title for _, title in fitted)
             + " |"
         ]
-        lines += ["|---|---|---|---|---|---|---|---|"]
+        lines += ["|---" * (8 + len(fitted)) + "|"]
         for g in noises:
             init = "random" if g is None else "pretrained"
             spec = {}
@@ -137,6 +137,7 @@ def tables(rows: list[dict]) -> str:
                 ("sve", "ood"),
                 ("lsvr", "ood"),
                 ("effective_rank", "id"),
+                ("dead_units", "id"),
             ):
                 spec[(metric, group)] = [
                     v for k, v in spectrum_means(rows, metric, group).items() if k[:3] == (obj, init, g)
@@ -157,11 +158,38 @@ def tables(rows: list[dict]) -> str:
             lines.append(
                 f"| {_noise_label(g)} | {_fmt(spec[('sve', 'id')], 3)} | {_fmt(spec[('lsvr', 'id')], 3)} | "
                 f"{_fmt(spec[('sve', 'ood')], 3)} | {_fmt(spec[('lsvr', 'ood')], 3)} | {_fmt(spec[('effective_rank', 'id')], 1)} | "
+                f"{_fmt(spec[('dead_units', 'id')], 1)} | "
                 + " | ".join(_fmt([v for _, v in mem[c]], 1) for c, _ in fitted)
                 + " |"
             )
-        lines.append("")
+        lines += ["", *loss_terms_table(rows, obj, noises), ""]
     return "\n".join(lines)
+
+
+def loss_terms_table(rows: list[dict], obj: str, noises: list) -> list[str]:
+    """Each NMTune loss term as it enters the loss at the last epoch (mean over seeds and heads), so
+    a reader sees which regularisers act at this feature dimension."""
+    terms = ("loss_ce", "loss_mse", "loss_cov", "loss_svd")
+    lines = [
+        f"### {obj}: NMTune's loss terms at the last epoch (weighted as in the loss; mean over seeds and heads)",
+        "",
+        "| gamma | CE | MSE | COV | SVD |",
+        "|---|---|---|---|---|",
+    ]
+    for g in noises:
+        per_run = {
+            (r["seed"], r["task"]): r
+            for r in rows
+            if r["objective"] == obj and r["noise_rate"] == g and r["method"] == "nmtune"
+        }
+        if not per_run:
+            continue
+        cells = []
+        for t in terms:
+            values = [r[t] for r in per_run.values() if r.get(t) is not None]
+            cells.append(f"{statistics.fmean(values):.3g}" if values else "-")
+        lines.append(f"| {_noise_label(g)} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 4 else []
 
 
 def claims_table(found: list[dict], family: str) -> str:
@@ -169,13 +197,14 @@ def claims_table(found: list[dict], family: str) -> str:
     family), the minimum detectable effect at this n, the bound, and the verdict."""
     p_title = "p (Holm)" if family == "primary" else "p"
     lines = [
-        f"| objective | | claim | estimate [95 % CI] | n | {p_title} | MDE (80 % power) | bound | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| objective | | claim | estimate [95 % CI] | n | {p_title} | MDE (80 % power) | bound | "
+        "seeds for 80 % power at the bound | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in (c for c in found if c["family"] == family):
         if "mean" not in c:
             lines.append(
-                f"| {c['objective']} | {c['key']} | {c['claim']} | - | - | - | - | - | {c['verdict']} |"
+                f"| {c['objective']} | {c['key']} | {c['claim']} | - | - | - | - | - | - | {c['verdict']} |"
             )
             continue
         unit = c.get("unit", "")
@@ -187,7 +216,7 @@ def claims_table(found: list[dict], family: str) -> str:
         note = f" ({c['note']})" if c.get("note") else ""
         lines.append(
             f"| {c['objective']} | {c['key']} | {c['claim']} | {est} | {c['n']} | {p} | {mde} | {bound} | "
-            f"**{c['verdict']}**{note} |"
+            f"{c.get('seeds_needed') or '-'} | **{c['verdict']}**{note} |"
         )
     return "\n".join(lines)
 

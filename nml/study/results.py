@@ -2,8 +2,11 @@
 
 * ``results.csv``: one row per objective x init x noise rate x seed x method x task x test set:
   top-1 (mean over tuning seeds, in %), the test set's group (id/ood), the spectrum of the frozen
-  features on it (SVE, LSVR, p1, effective rank), and the pre-training run's final training metrics
-  (``memorised`` and ``acc_noisy`` for supervised, ``retrieval_noisy`` / ``retrieval_clean`` for CLIP).
+  features on it (SVE, LSVR, p1, effective rank, and ``dead_units``: the % of feature units that are
+  0 on every sample of the set), the pre-training run's final training metrics (``memorised`` and
+  ``acc_noisy`` for supervised, ``retrieval_noisy`` / ``retrieval_clean`` for CLIP), and the tuning
+  run's last-epoch loss terms as they enter its loss (``loss_ce``, ``loss_mse``, ``loss_cov``,
+  ``loss_svd``; mean over tuning seeds; empty where a method has no such term).
 * ``memorisation.csv``: the training metrics of every pre-training run per epoch.
 * ``singular_values.npz``: the spectrum of every (cell, test set), keys ``<cell>/<task>/<test set>``.
 """
@@ -33,13 +36,30 @@ COLUMNS = [
     "lsvr",
     "p1",
     "effective_rank",
+    "dead_units",
     "memorised",
     "acc_noisy",
     "retrieval_noisy",
     "retrieval_clean",
     "pretrain_epochs",
+    "loss_ce",
+    "loss_mse",
+    "loss_cov",
+    "loss_svd",
 ]
 TRAIN_COLUMNS = ("memorised", "acc_noisy", "retrieval_noisy", "retrieval_clean")
+LOSS_TERMS = {
+    f"loss_{k}": f"train/{w}{k}_epoch" for k, w in (("ce", ""), ("mse", "w_"), ("cov", "w_"), ("svd", "w_"))
+}
+
+
+def _loss_terms(runs: list[dict]) -> dict:
+    """The last epoch's loss terms of a method's tuning runs (mean over tuning seeds)."""
+    out = {}
+    for column, key in LOSS_TERMS.items():
+        values = [r.get("train", {}).get(key) for r in runs]
+        out[column] = round(statistics.fmean(values), 6) if values and None not in values else ""
+    return out
 
 
 def collect(plan: Plan, out: Path, tasks: dict) -> list[dict]:
@@ -51,6 +71,7 @@ def collect(plan: Plan, out: Path, tasks: dict) -> list[dict]:
             f = plan.features[(cell.label, task)].done(out)
             for method in task_plan.methods:
                 runs = [s.done(out) for s in plan.tunes[(cell.label, task, method)]]
+                losses = _loss_terms(runs)
                 for key in sorted(runs[0]["test"]):
                     parts = key.split("/")
                     if len(parts) != 4 or parts[3] != "top1":
@@ -77,11 +98,15 @@ def collect(plan: Plan, out: Path, tasks: dict) -> list[dict]:
                                 k: round(spectrum[k], 6) if k in spectrum else ""
                                 for k in ("sve", "lsvr", "p1", "effective_rank")
                             },
+                            "dead_units": round(100.0 * spectrum["dead_units"], 4)
+                            if "dead_units" in spectrum
+                            else "",
                             **{
                                 k: round(100.0 * final[f"train/{k}"], 4) if f"train/{k}" in final else ""
                                 for k in TRAIN_COLUMNS
                             },
                             "pretrain_epochs": len(b.get("epochs", [])),
+                            **losses,
                         }
                     )
     return rows

@@ -80,7 +80,10 @@ def run_one(stage: Stage, out: Path, root: str) -> dict:
         )
         + "\n"
     )
+    import torch
+
     handler = _stage_log(directory)
+    threads = torch.get_num_threads()  # a stage may cap them (share_cores_with_workers): not the next
     t0 = time.perf_counter()
     try:
         result = run_stage(stage, out, root)
@@ -88,6 +91,7 @@ def run_one(stage: Stage, out: Path, root: str) -> dict:
         logging.getLogger("nml.study").error("stage %s failed:\n%s", stage.label, traceback.format_exc())
         raise
     finally:
+        torch.set_num_threads(threads)
         logging.getLogger().removeHandler(handler)
         handler.close()
     result["seconds"] = round(time.perf_counter() - t0, 2)

@@ -184,12 +184,19 @@ def features(params: FeaturesParams, inputs: list[dict], ctx: StageContext) -> d
         if not split.startswith("test/"):
             continue
         acc = SpectrumAccumulator(normalize_rows=True, center=True)
+        peak = None  # per unit, the largest |feature| over the set: 0 for a dead unit
         for chunk in iter_feature_chunks(str(cache / split)):
             acc.update(chunk)
+            m = np.abs(np.asarray(chunk)).max(0)
+            peak = m if peak is None else np.maximum(peak, m)
         res = acc.compute(k=5, sync=False)
         name = split.split("/", 1)[1]
         values[name] = res.pop("singular_values")
-        spectra[name] = {"group": info.get("group", "id"), **{k: float(v) for k, v in res.items()}}
+        spectra[name] = {
+            "group": info.get("group", "id"),
+            **{k: float(v) for k, v in res.items()},
+            "dead_units": float(np.mean(peak == 0)) if peak is not None else 0.0,
+        }
     np.savez(ctx.directory / "singular_values.npz", **values)
     return {"cache": ctx.recorded(cache), "spectra": spectra}
 
@@ -214,6 +221,8 @@ def tune(params: TuneParams, inputs: list[dict], ctx: StageContext) -> dict:
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=10,
+        check_val_every_n_epoch=params.epochs,  # the last epoch is reported: validate it alone
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, dm)
     train = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}

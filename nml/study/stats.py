@@ -112,19 +112,26 @@ def min_detectable_effect(test: Test, alpha: float = ALPHA) -> float:
 
 
 def seeds_needed(effect: float, sd: float, alpha: float = ALPHA, two_sided: bool = False) -> int | None:
-    """Pre-training seeds a paired t-test needs to detect ``effect`` with 80 % power at ``alpha``."""
+    """Pre-training seeds a paired t-test needs to detect ``effect`` with 80 % power at ``alpha``
+    (at least 2); None when the spread is unknown (n < 2) or zero."""
+    import warnings
+
     from statsmodels.stats.power import TTestPower
 
-    if not sd or math.isnan(sd) or not effect:
+    if not sd or math.isnan(sd) or not effect or math.isnan(effect):
         return None
-    n = TTestPower().solve_power(
-        effect_size=abs(effect) / sd,
-        nobs=None,
-        alpha=alpha,
-        power=POWER,
-        alternative="two-sided" if two_sided else "larger",
-    )
-    return max(2, math.ceil(n))
+    power = TTestPower()
+    kw = {
+        "effect_size": abs(effect) / sd,
+        "alpha": alpha,
+        "alternative": "two-sided" if two_sided else "larger",
+    }
+    if power.power(nobs=2, **kw) >= POWER:
+        return 2
+    with warnings.catch_warnings():  # statsmodels warns, then returns NaN, when its root finder fails
+        warnings.simplefilter("ignore")
+        n = float(power.solve_power(nobs=None, power=POWER, **kw))
+    return max(2, math.ceil(n)) if math.isfinite(n) else None
 
 
 def fitted_change(noise_rates: list[float], values: list[float]) -> float:
