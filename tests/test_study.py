@@ -343,6 +343,9 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
 
     again = study(**kw)  # every stage cached: no work
     assert again["ran"] == 0 and again["cached"] == first["ran"]
+    header = (out / "report.md").read_text()
+    assert f"0 stages ran, {first['ran']} cached" in header and "the stages' own times sum to" in header
+    assert "sum to 0.0 min" not in header  # the cached stages' own times still count
     assert read_results(out / "results.csv") == rows
 
     kw["tuning"] = Tuning(epochs=3, seeds=[0], batch_size=16)  # a tuning setting: only tuning re-runs

@@ -163,7 +163,8 @@ def _run(
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous)
     write_results(plan, out_dir, tasks)
-    header = _header(name, settings, time.perf_counter() - t0, counts)
+    stage_seconds = sum(float((s.done(out_dir) or {}).get("seconds", 0.0)) for s in plan.stages)
+    header = _header(name, settings, time.perf_counter() - t0, counts, stage_seconds)
     identity = {"name": name, "settings": settings, "header": header}
     (out_dir / IDENTITY).write_text(json.dumps(identity, indent=1) + "\n")
     report = build_report(out_dir, title=name, extra=header)
@@ -226,7 +227,7 @@ def _build_benchmark(root: str, b: Benchmark) -> None:
     build_embedded(root, seed=b.seed, size=b.size, fonts=b.fonts, progress=sys.stderr.isatty())
 
 
-def _header(name: str, settings: dict, seconds: float, counts: dict) -> str:
+def _header(name: str, settings: dict, seconds: float, counts: dict, stage_seconds: float) -> str:
     g = settings["grid"]
     return (
         f"Study `{name}`: objectives {g['objectives']}, noise rates {g['noise_rates']}, pre-training seeds "
@@ -235,7 +236,8 @@ def _header(name: str, settings: dict, seconds: float, counts: dict) -> str:
         + "; tuning "
         f"{settings['tuning']['epochs']} epochs x seeds {settings['tuning']['seeds']} on cached features "
         f"(the last epoch is reported). This run: {counts['ran']} stages ran, {counts['cached']} cached, "
-        f"{seconds / 60:.1f} min. Pre-training recipes: "
+        f"{seconds / 60:.1f} min; the stages' own times sum to {stage_seconds / 60:.1f} min, cached or not. "
+        "Pre-training recipes: "
         + "; ".join(
             f"{k}: `{v['config']}` {' '.join(v['args'])}".strip()
             for k, v in settings["pretrain"].items()
