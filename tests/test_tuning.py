@@ -465,7 +465,7 @@ def test_cached_features_are_standardised_with_training_statistics(tmp_path):
     n, d = 96, 6
     x = g.normal(size=(n, d)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0)
-    scale = np.array([100.0, 0.01, 3.0, 1.0, 50.0, 7.0], np.float32)
+    scale = np.array([10.0, 0.1, 3.0, 1.0, 5.0, 7.0], np.float32)  # within the 1 % floor of the median
     predictions = []
     for a, b in ((1.0, 0.0), (scale, 40.0)):
         split = {"features": x * a + b, "labels": y}
@@ -494,3 +494,15 @@ def test_cached_features_are_standardised_with_training_statistics(tmp_path):
     np.savez(tmp_path / "const.npz", features=split.features, labels=split.labels)
     _, std = CachedFeatures(train=str(tmp_path / "const.npz")).feature_statistics()
     assert torch.equal(std, torch.ones(3))  # a constant (dead) unit stays 0 after centring
+
+
+def test_nearly_constant_feature_dimensions_cannot_blow_up_the_standardised_inputs(tmp_path):
+    g = np.random.default_rng(0)
+    x = g.normal(size=(64, 4)).astype(np.float32)
+    x[:, 2] = 5.0 + 1e-4 * g.normal(size=64)  # a nearly dead unit
+    x[:, 3] = 0.0  # a dead one
+    np.savez(tmp_path / "train.npz", features=x, labels=np.zeros(64, np.int64))
+    mean, std = CachedFeatures(train=str(tmp_path / "train.npz")).feature_statistics()
+    live = float(np.median(x[:, :3].std(0)))
+    assert std[2] == pytest.approx(1e-2 * live, rel=1e-3) and std[3] == 1
+    assert np.allclose(std[:2], x[:, :2].std(0), rtol=1e-4)

@@ -221,8 +221,9 @@ class CachedFeatures(RenamedEvalSuiteMethods, LightningDataModule):
 
     def feature_statistics(self, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-dimension mean and standard deviation of the training split's features (float64 sums
-        over chunks, so memory-mapped splits stay on disk); a dimension with std < 1e-6 (a dead
-        unit) gets std 1, so it stays 0 after centring."""
+        over chunks, so memory-mapped splits stay on disk). A constant dimension (std < 1e-6: a dead
+        unit) gets std 1, so it stays 0 after centring; a nearly constant one gets at least 1 % of the
+        median std, so that it cannot blow up inputs (augmented views) where it varies more."""
         if not self.train_spec:
             raise ValueError("CachedFeatures: no training split to take feature statistics from")
         x = self.split(self.train_spec).features
@@ -235,14 +236,20 @@ class CachedFeatures(RenamedEvalSuiteMethods, LightningDataModule):
         n = max(len(x), 1)
         mean = total / n
         std = (squares / n - mean.pow(2)).clamp_min(0).sqrt()
-        std = torch.where(std < 1e-6, torch.ones_like(std), std)
-        dead = int((std == 1).logical_and(squares / n - mean.pow(2) < 1e-12).sum())
-        if dead:
+        constant = std < 1e-6
+        live = std[~constant]
+        floor = 1e-2 * float(live.median()) if len(live) else 0.0
+        floored = int(((std < floor) & ~constant).sum())
+        std = torch.where(constant, torch.ones_like(std), std.clamp_min(floor))
+        if constant.any() or floored:
             log.info(
-                "%s: %d of %d feature dimensions are constant on the training split",
+                "%s: of %d feature dimensions, %d are constant on the training split (std 1) and %d nearly "
+                "so (std raised to 1 %% of the median, %.3g)",
                 self.train_spec,
-                dead,
                 x.shape[1],
+                int(constant.sum()),
+                floored,
+                floor,
             )
         return mean.float(), std.float()
 
