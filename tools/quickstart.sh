@@ -5,11 +5,11 @@
 #   NML_DATA  benchmark directory (default: data/embedded in this checkout)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${NML_VENV:-$HOME/.cache/nml/venv-py311}"
+ENV_DIR="${NML_ENV:-$ROOT/.venv}"
 "$ROOT/tools/setup.sh"
 cd "$ROOT"
 export NML_DATA="${NML_DATA:-data/embedded}"
 if [ ! -f "$NML_DATA/manifest.json" ]; then
-  "$VENV/bin/nml" data embedded --config data/embedded.yaml --out "$NML_DATA"
+  "$ENV_DIR/bin/nml" data embedded --config data/embedded.yaml --out "$NML_DATA"
 fi
-"$VENV/bin/nml" study --config study_quickstart.yaml "$@"
+"$ENV_DIR/bin/nml" study --config study_quickstart.yaml "$@"

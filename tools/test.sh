@@ -2,11 +2,11 @@
 # Set up (or reuse) the environment, then run the whole test suite. Extra args go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${NML_VENV:-$HOME/.cache/nml/venv-py311}"
+ENV_DIR="${NML_ENV:-$ROOT/.venv}"
 "$ROOT/tools/setup.sh"
 cd "$ROOT"
 set +e
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=15 tests "$@"
+"$ENV_DIR/bin/python" -m pytest -q -p no:cacheprovider --durations=15 tests "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then
