@@ -84,7 +84,10 @@ data:
     assert dm.noise == NoiseConfig("pair", 0.4)
     assert dm.loader == LoaderOptions(batch_size=4, num_workers=0) and dm.batch_size == 4
     assert dm.image.image_size == 16 and dm.input_size == 16 and dm.stream == StreamOptions()
-    assert dm.test_sets == [EvalSet("mnist", "mnist/test-{000000..000003}.tar", "ood", 10)]  # as typed
+    # relative to data.root, as every shard spec of a data module whose root is set
+    assert dm.test_sets == [
+        EvalSet("mnist", f"{tiny_benchmark}/mnist/test-{{000000..000003}}.tar", "ood", 10)
+    ]
 
 
 @pytest.mark.slow
@@ -147,11 +150,11 @@ def test_your_shards_win_over_a_configs_task_and_info_num_classes_is_read(tmp_pa
     from helpers import write_shards
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NML_DATA", str(tmp_path / "no_benchmark_here"))  # data.root unset
     write_shards(tmp_path / "shards" / "mine", [5, 5], num_classes=6)
     write_shards(tmp_path / "shards" / "mine", [4], num_classes=6, prefix="val")
     with caplog.at_level("INFO"):
         dm = ClassificationShards(
-            root=str(tmp_path / "no_benchmark_here"),
             task="pretraining",
             train="shards/mine/train-{0000..0001}.tar",
             val="shards/mine/val-0000.tar",

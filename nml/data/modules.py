@@ -74,7 +74,7 @@ from nml.shards.manifest import (
     task_sets,
 )
 from nml.shards.members import MemberSpec
-from nml.shards.spec import expand_spec, resolve_shards
+from nml.shards.spec import expand_spec, rebase_spec, resolve_shards
 from nml.typed_options import as_options
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,24 @@ def load_class_names(spec: str | None) -> tuple[list[str], dict] | None:
     return [str(n) for n in names], {}
 
 
+def rebase_sets(root: str, train: str | None, val: str | None, test: list | None):
+    """``train`` / ``val`` / ``test`` with their relative local shard specs joined onto ``root``
+    (absolute paths and URLs kept): a config names its shards once, relative to ``data.root``, and
+    ``--data.root DIR`` moves them all."""
+    train = rebase_spec(train, root) if train is not None else None
+    val = rebase_spec(val, root) if val is not None else None
+    if test is not None:
+        test = [
+            replace(s, shards=rebase_spec(s.shards, root))
+            if isinstance(s, EvalSet)
+            else {**s, "shards": rebase_spec(s["shards"], root)}
+            if isinstance(s, dict) and "shards" in s
+            else s
+            for s in test
+        ]
+    return train, val, test
+
+
 class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
     """Shared logic of the streaming DataModules (see the module docstring)."""
 
@@ -126,7 +144,9 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
     ):
         """
         Args:
-            root: Where the benchmark's ``manifest.json`` is (default ``data/embedded`` or ``$NML_DATA``).
+            root: The data directory: where the benchmark's ``manifest.json`` is (default
+                ``data/embedded`` or ``$NML_DATA``) and, when set, what the relative shard specs of
+                ``train`` / ``val`` / ``test`` are relative to (unset: the working directory).
             task: A benchmark task (``pretraining``, ``greek``, ...): its shards and test sets.
             train / val: Shard specs; ``train`` replaces the task (its validation and test sets too).
             test: Named evaluation sets (``{name, shards, group, num_classes}``).
@@ -138,6 +158,8 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
         """
         super().__init__()
         self.root = root if root is not None else default_root()
+        if root is not None:  # the one rule for a config's shards: relative to data.root when it is set
+            train, val, test = rebase_sets(root, train, val, test)
         self.loader = replace(as_options(LoaderOptions, loader, "data.loader"))
         self.stream = replace(as_options(StreamOptions, stream, "data.stream"))
         self.image = replace(as_options(ImageOptions, image, "data.image"))  # a copy: models adopt settings

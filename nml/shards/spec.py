@@ -5,7 +5,8 @@ A spec is one or more sources joined by ``::``, each a brace pattern
 :mod:`nml.shards.remote` (retries, resumption, errors naming the URL).
 
 The path rule (one for every path option of nml): a path you type, on the command line or in a
-config, is relative to the working directory; a path stored inside a file nml wrote (the shard
+config, is relative to the working directory, except a data module's shard specs, which are relative
+to ``data.root`` when it is set (:func:`nml.data.modules.rebase_sets`); a path stored inside a file nml wrote (the shard
 specs of ``manifest.json``, the splits of ``features.json``) is relative to that file's directory
 and is rebased onto it when read (:func:`rebase_spec`).
 
