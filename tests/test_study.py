@@ -506,3 +506,58 @@ def test_files_a_recipe_reads_are_part_of_its_key(tmp_path, monkeypatch):
     (tmp_path / "extra.yaml").write_text("max_epochs: 2\n")
     after = keys()
     assert all(a != b for a, b in zip(before, after, strict=True))  # pretrain, features, tune
+
+
+def test_the_dry_run_estimates_each_stage_from_its_own_recipe_and_its_finished_stages(
+    tiny_benchmark, tmp_path
+):
+    """A pre-training stage costs overhead + rate x (the recipe's epochs x its samples per epoch):
+    5 epochs cost 5x the work of 1, read from the recipe as parsed with the study's arguments; once
+    a stage of that kind has finished, its measured seconds per sample set the rate of the rest."""
+    from nml.checksums import file_sha256
+    from nml.shards.manifest import load_manifest, task_sets
+    from nml.shards.spec import resolve_shards
+    from nml.study.command import DEFAULT_RECIPES
+    from nml.study.config import Benchmark, Features
+    from nml.study.estimate import DEFAULT_RATES
+    from nml.study.plan import build_plan
+
+    sets = task_sets(load_manifest(tiny_benchmark), "pretraining", tiny_benchmark)
+    per_epoch = sum(s.size for s in resolve_shards(sets["train"])[:8])  # the recipe's train_shards: 8
+    overhead, rate = DEFAULT_RATES["pretrain/supervised"]
+    kw = {
+        "name": "estimate",
+        "grid": Grid(["supervised"], [0.0], [0, 1]),
+        "tasks": {"mnist": TaskPlan(["linear"])},
+        "benchmark": Benchmark(root=str(tiny_benchmark)),
+        "features": Features(),
+        "tuning": Tuning(),
+        "out": str(tmp_path / "s"),
+    }
+
+    def pretrain_seconds(epochs: int) -> float:
+        recipe = Recipe("pretrain_supervised_study.yaml", ["--trainer.max_epochs", str(epochs)])
+        summary = study(**kw, pretrain={"supervised": recipe}, dry_run=True)
+        assert "the defaults of the 2-core CPU machine" in summary["from"], summary["from"]
+        return summary["seconds_per_stage"]["pretrain/supervised"]
+
+    assert pretrain_seconds(1) == pytest.approx(overhead + rate * per_epoch, abs=0.1)
+    assert pretrain_seconds(5) == pytest.approx(overhead + rate * 5 * per_epoch, abs=0.1)
+
+    recipes = {**DEFAULT_RECIPES, "supervised": Recipe("pretrain_supervised_study.yaml", [])}
+    plan = build_plan(
+        kw["grid"],
+        recipes,
+        kw["tasks"],
+        kw["features"],
+        kw["tuning"],
+        file_sha256(tiny_benchmark / "manifest.json"),
+    )
+    first = next(s for s in plan.stages if s.kind == "pretrain")
+    measured = overhead + 10 * rate * 3 * per_epoch  # a finished 3-epoch stage, 10x slower than the default
+    first.directory(tmp_path / "s").mkdir(parents=True)
+    (first.directory(tmp_path / "s") / "done.json").write_text(json.dumps({"seconds": measured}))
+    summary = study(**kw, pretrain={"supervised": recipes["supervised"]}, dry_run=True)
+    assert "this study's finished stages" in summary["from"] and summary["cached"] == 1
+    assert summary["stages_to_run"]["pretrain/supervised"] == 1
+    assert summary["seconds_per_stage"]["pretrain/supervised"] == pytest.approx(measured, abs=0.1)

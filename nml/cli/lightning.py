@@ -281,7 +281,35 @@ def _is_subclass(class_path: str | None, base: type) -> bool:
     return False
 
 
-def build_cli(argv: Sequence[str], run: bool = True, save_config: bool = True) -> NMLCLI:
+class _ParseOnlyCLI(NMLCLI):
+    """Parses and validates a config, builds nothing (what a study's plan reads from a recipe)."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_recipe(argv: Sequence[str]):
+    """A recipe's config (a jsonargparse Namespace) as ``nml fit`` parses it, the options in
+    ``argv`` applied, with no model, data module or trainer built."""
+    argv_, sys.argv = sys.argv, sys.argv[:1]  # the calling command's own argv is not the recipe's
+    try:
+        return build_cli(argv, run=False, save_config=False, cli_class=_ParseOnlyCLI).config
+    finally:
+        sys.argv = argv_
+
+
+def recipe_data_module(config) -> LightningDataModule:
+    """The data module of a parsed recipe config, alone (no model, no trainer)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    return parser.instantiate_classes(parser.parse_object({"data": config.data.as_dict()})).data
+
+
+def build_cli(
+    argv: Sequence[str], run: bool = True, save_config: bool = True, cli_class: type[NMLCLI] = NMLCLI
+) -> NMLCLI:
     """The one way nml builds its LightningCLI (``nml fit | validate | test | predict``, and the
     study's pre-training stages with ``run=False``): bare config names resolved to the shipped
     configs, a ``--ckpt_path`` checked before anything is built, old flat data keys refused by
@@ -293,7 +321,7 @@ def build_cli(argv: Sequence[str], run: bool = True, save_config: bool = True) -
         argv = check_ckpt_args(argv)
     check_moved_keys(argv)
     saving = {"save_config_kwargs": {"overwrite": True}} if save_config else {"save_config_callback": None}
-    return NMLCLI(
+    return cli_class(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

@@ -389,6 +389,14 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
             **kw,
         )
 
+    def train_samples_per_epoch(self) -> int:
+        """Training samples in one epoch, over all ranks: ``stream.train_samples`` when set (resampled
+        streams), else the sizes of the training shards it reads (``stream.train_shards`` of them)."""
+        if self.stream.train_samples is not None:
+            return int(self.stream.train_samples)
+        shards = resolve_shards(self.train_spec, strict=self.stream.strict)
+        return sum(s.size for s in shards[: self.stream.train_shards])
+
     @property
     def eval_batch_size(self) -> int:
         return self.loader.eval_batch_size or self.loader.batch_size

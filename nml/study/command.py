@@ -62,7 +62,8 @@ def study(
     """
 
     from nml.shards.manifest import default_root
-    from nml.study.plan import build_plan, estimated_seconds
+    from nml.study.estimate import estimated_seconds
+    from nml.study.plan import build_plan
 
     grid, benchmark = grid or Grid(), benchmark or Benchmark()
     features, tuning = features or Features(), tuning or Tuning()
@@ -95,7 +96,7 @@ def study(
         "cells": [c.label for c in plan.cells],
         "stages": len(plan.stages),
         "cached": sum(1 for s in plan.stages if s.done(out_dir) is not None),
-        **estimated_seconds(plan, out_dir),
+        **estimated_seconds(plan, out_dir, root),
     }
     if dry_run:
         for s in plan.stages:

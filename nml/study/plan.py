@@ -211,38 +211,3 @@ def build_plan(
                 tunes[(cell.label, task, method)] = runs
                 stages += runs
     return Plan(cells, stages, backbone, feats, tunes)
-
-
-def _timing_key(kind: str, params: dict) -> str:
-    """Stages whose cost differs: pre-training per objective, tuning per method."""
-    field_name = STAGE_KINDS[kind].timing_detail if kind in STAGE_KINDS else None
-    detail = params.get(field_name) if field_name else None
-    return f"{kind}/{detail}" if detail else kind
-
-
-def estimated_seconds(plan: Plan, out: Path) -> dict:
-    """Seconds still to run: each stage to run costs the mean of this directory's finished stages of
-    its kind (per objective for pre-training, per method for tuning; from their done.json and
-    stage.json), else each kind's ``default_seconds`` (:data:`~nml.study.stages.STAGE_KINDS`)."""
-    seen: dict[str, list[float]] = {}
-    for done in (out / "stages").glob("*/*/done.json") if (out / "stages").is_dir() else []:
-        meta = done.parent / "stage.json"
-        params = json.loads(meta.read_text()).get("params", {}) if meta.is_file() else {}
-        seconds = json.loads(done.read_text()).get("seconds", 0.0)
-        for key in {done.parent.parent.name, _timing_key(done.parent.parent.name, params)}:
-            seen.setdefault(key, []).append(seconds)
-    mean = {k: sum(v) / len(v) for k, v in seen.items()}
-    todo: dict[str, int] = {}
-    total = 0.0
-    for s in plan.stages:
-        if s.done(out) is None:
-            key = _timing_key(s.kind, asdict(s.params))
-            todo[key] = todo.get(key, 0) + 1
-            total += mean.get(key, mean.get(s.kind, STAGE_KINDS[s.kind].default_seconds))
-    return {
-        "stages_to_run": todo,
-        "seconds_per_stage": {k: round(v, 1) for k, v in sorted(mean.items())}
-        or {k: kind.default_seconds for k, kind in STAGE_KINDS.items()},
-        "estimated_seconds": round(total, 0),
-        "from": "this study's finished stages" if seen else "defaults (no stage has run here yet)",
-    }
