@@ -97,8 +97,13 @@ def test_the_study_takes_only_the_cli_builder_from_the_cli():
         for _, name in check.imports_of(path)
         if name.startswith("nml.cli")
     }
-    assert from_cli == {("stages.py", "nml.cli.lightning")}
+    assert from_cli == {("stages.py", "nml.cli.lightning"), ("estimate.py", "nml.cli.lightning")}
     assert "from nml.cli.lightning import build_cli" in (NML / "study" / "stages.py").read_text()
+    # the plan's estimate parses recipes with the same builder, and builds nothing
+    assert (
+        "from nml.cli.lightning import parse_recipe, recipe_data_module"
+        in (NML / "study" / "estimate.py").read_text()
+    )
 
 
 def test_option_groups_keep_the_constructors_small():
