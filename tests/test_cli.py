@@ -432,31 +432,6 @@ Errors:
     assert error_line(ValueError(dump)) == "noise.rate must be in [0, 1), got 1.5"
 
 
-@pytest.mark.slow
-def test_validate_runs_on_the_shipped_pretraining_configs_with_their_loggers(tiny_benchmark, tmp_path):
-    """``nml validate`` used to crash with any logger (the throughput callback's clock is set up for
-    fit only)."""
-    runs = []
-    for config in ("pretrain_supervised.yaml", "pretrain_clip.yaml"):
-        runs.append(
-            [
-                "validate",
-                "--config",
-                config,
-                "--data.root",
-                str(tiny_benchmark),
-                "--data.loader.num_workers",
-                "0",
-                "--trainer.limit_val_batches",
-                "1",
-                "--trainer.logger.init_args.save_dir",
-                str(tmp_path / "runs"),
-            ]
-        )
-    results = nml_in_one_process(runs, tmp_path)
-    assert len(results) == 2 and all("_t0" not in err for _, err in results)
-
-
 def test_ckpt_path_last_names_a_damaged_newest_checkpoint(tmp_path):
     from jsonargparse import Namespace
 

@@ -506,3 +506,45 @@ def test_nearly_constant_feature_dimensions_cannot_blow_up_the_standardised_inpu
     live = float(np.median(x[:, :3].std(0)))
     assert std[2] == pytest.approx(1e-2 * live, rel=1e-3) and std[3] == 1
     assert np.allclose(std[:2], x[:, :2].std(0), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_validate_and_predict_run_on_every_shipped_config(tiny_benchmark, exports, tmp_path):
+    """`nml validate` and `nml predict` on each shipped pre-training and tuning config, as written
+    (with their loggers), on the embedded data: predict writes one CSV per test set with a row per
+    sample, and prints where."""
+    import csv
+
+    from nml.configfiles import CONFIG_DIR
+
+    configs = sorted(c.name for c in CONFIG_DIR.glob("*.yaml") if c.name.startswith(("pretrain_", "tune_")))
+    assert len(configs) == 7, configs
+    runs = []
+    for config in configs:
+        backbone = ["--model.init_args.backbone", str(exports["clip"])] if config.startswith("tune_") else []
+        for command, limit in (("validate", "limit_val_batches"), ("predict", "limit_predict_batches")):
+            runs.append(
+                [
+                    command,
+                    "--config",
+                    config,
+                    *backbone,
+                    "--data.root",
+                    str(tiny_benchmark),
+                    "--data.loader.num_workers",
+                    "0",
+                    f"--trainer.{limit}",
+                    "1",
+                    "--trainer.logger.init_args.save_dir",
+                    str(tmp_path / "runs" / config),
+                ]
+            )
+    results = nml_in_one_process(runs, tmp_path)
+    for config, (out, _) in zip(configs, results[1::2], strict=True):
+        sets = json.loads(out)["predictions"]
+        assert "glyphs_heldout" in sets, (config, sets)
+        for name, written in sets.items():
+            with open(written["file"]) as f:
+                rows = list(csv.DictReader(f))
+            assert written["rows"] == len(rows) > 0 and Path(written["file"]).name == f"{name}.csv"
+            assert all(0 <= float(r["score"]) <= 1 and r["key"].startswith("glyphs_heldout-") for r in rows)

@@ -29,6 +29,7 @@ import nml.models.contrastive
 import nml.models.supervised
 import nml.models.tuning  # noqa: F401
 from nml.callbacks.metrics_report import TestReport
+from nml.callbacks.predictions import PredictionWriter
 from nml.callbacks.preemption import CheckpointOnSigterm
 from nml.callbacks.progress import progress_callback
 from nml.callbacks.throughput import TrainingThroughput
@@ -111,6 +112,18 @@ class NMLCLI(LightningCLI):
         )
         if not any(isinstance(c, TestReport) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(TestReport())
+
+    def before_predict(self) -> None:
+        # written batch by batch to CSV (PredictionWriter), not gathered in memory
+        self.config_init[self.subcommand]["return_predictions"] = False
+        if not any(isinstance(c, PredictionWriter) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
+
+    def after_predict(self) -> None:
+        writer = next(c for c in self.trainer.callbacks if isinstance(c, PredictionWriter))
+        if self.trainer.is_global_zero and writer.report is not None:
+            json.dump(writer.report, sys.stdout, indent=1)
+            sys.stdout.write("\n")
 
     def after_test(self) -> None:
         report = next(c for c in self.trainer.callbacks if isinstance(c, TestReport)).report

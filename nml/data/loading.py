@@ -65,6 +65,21 @@ def fit_progress(trainer) -> tuple[int, int]:
     return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
+class IteratedAsIs:
+    """A loader that Lightning iterates as it is. Lightning re-creates every ``DataLoader`` of a
+    predict run around an index-tracking sampler; a :class:`~nml.data.pipeline.ShardLoader` streams
+    shards split by sample count across ranks and workers and has no sampler to replace."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
 class ResumableLoader:
     """Mixin: exact length, epoch, resume state and evaluation padding (see the module docstring).
 

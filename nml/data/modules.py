@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 
-from nml.data.loading import RenamedEvalSuiteMethods, fit_progress, share_cores_with_workers
+from nml.data.loading import IteratedAsIs, RenamedEvalSuiteMethods, fit_progress, share_cores_with_workers
 from nml.data.options import ImageOptions, LoaderOptions, StreamOptions
 from nml.data.pipeline import ShardLoader, StreamConfig, collate
 from nml.data.transforms import (
@@ -510,6 +510,10 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
 
     def test_dataloader(self) -> list[ShardLoader]:
         return self._eval_loaders(self.test_sets, persistent=False)  # one pass; many sets
+
+    def predict_dataloader(self) -> list[IteratedAsIs]:
+        """``nml predict`` predicts the test sets, sample by sample."""
+        return [IteratedAsIs(loader) for loader in self.test_dataloader()]
 
 
 class ClassificationShards(ShardDataModule):

@@ -347,6 +347,10 @@ class CachedFeatures(RenamedEvalSuiteMethods, LightningDataModule):
     def test_dataloader(self) -> list[FeatureLoader]:
         return [self.eval_loader(s) for s in self.test_sets]
 
+    def predict_dataloader(self) -> list[FeatureLoader]:
+        """``nml predict`` predicts the test sets, sample by sample."""
+        return self.test_dataloader()
+
 
 class FeatureShards(CachedFeatures):
     """The former name of :class:`CachedFeatures` (it reads ``.npy`` directories and ``.npz`` files

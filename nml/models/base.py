@@ -301,6 +301,26 @@ class BackboneModule(LightningModule):
         logits = self.test_logits(batch_inputs(batch)[valid], dataloader_idx)
         self.test_top1[dataloader_idx].update(logits.argmax(1), batch["clean_target"][valid])
 
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict | None:
+        """Per sample of test set ``dataloader_idx``: its key, clean label, predicted class and that
+        class's softmax probability (written by :class:`~nml.callbacks.predictions.PredictionWriter`);
+        None for a set the model cannot classify or a batch of padding."""
+        valid = batch["valid"]
+        if not valid.any() or dataloader_idx in self._skipped:
+            return None
+        probs = self.test_logits(batch_inputs(batch)[valid], dataloader_idx).float().softmax(1)
+        score, pred = probs.max(1)
+        keys = batch.get("key")
+        s = self.test_sets[dataloader_idx]
+        return {
+            "set": s.name,
+            "group": s.group,
+            "key": [k for k, v in zip(keys, valid.tolist(), strict=True) if v] if keys is not None else None,
+            "target": batch["clean_target"][valid].cpu(),
+            "pred": pred.cpu(),
+            "score": score.cpu(),
+        }
+
     def on_test_epoch_end(self) -> None:
         groups: dict[str, list[torch.Tensor]] = {}
         for i, (s, metric) in enumerate(zip(self.test_sets, self.test_top1, strict=True)):

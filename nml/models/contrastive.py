@@ -126,7 +126,7 @@ class ContrastivePretraining(BackboneModule):
         self.adopt_input_of_the_model()
         self.record_data()
         self.prepare_model()
-        if stage == "test":
+        if stage in ("test", "predict"):  # predict: the test suite, sample by sample
             self.setup_test_suite()
 
     def _drop_checkpoints_monitoring(self, metric: str) -> None:
@@ -177,6 +177,9 @@ class ContrastivePretraining(BackboneModule):
             if key not in built:
                 built[key] = zeroshot_classifier(self.clip, self._tokenizer(), prompts, self.device)
             self._test_classifiers[i] = built[key]
+
+    def on_predict_epoch_start(self) -> None:
+        self.on_test_epoch_start()
 
     def test_logits(self, images: torch.Tensor, set_index: int) -> torch.Tensor:
         return self.encode_images(images) @ self._test_classifiers[set_index]

@@ -106,7 +106,7 @@ class SupervisedPretraining(BackboneModule):
         self.adopt_input_of_the_model()
         self.record_data()
         self.prepare_model()
-        if stage == "test":
+        if stage in ("test", "predict"):  # predict: the test suite, sample by sample
             self.setup_test_suite()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

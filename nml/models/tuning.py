@@ -198,7 +198,7 @@ class DownstreamTuning(BackboneModule):
                 k: self.export_meta.get(k) for k in ("backbone", "noise", "weights_sha256")
             }
         self.prepare_model()
-        if stage == "test":
+        if stage in ("test", "predict"):  # predict: the test suite, sample by sample
             self.setup_test_suite()
 
     def train(self, mode: bool = True):
