@@ -90,9 +90,17 @@ def noise_stage_us(dm, noise: NoiseConfig, repeats: int) -> float:
     return 1e6 * best / n
 
 
-def write_jpeg_shards(out: Path, n: int, size: tuple[int, int] = (500, 375), classes: int = 100) -> str:
+def write_jpeg_shards(
+    out: Path,
+    n: int,
+    size: tuple[int, int] = (500, 375),
+    classes: int = 100,
+    captions: bool = False,
+    index: bool = False,
+) -> str:
     """``n`` JPEGs of smooth colour fields plus noise (decode cost like a photo's, unlike pure
-    noise), quality 90, 128 per shard; returns the shard spec."""
+    noise), quality 90, 128 per shard; with ``captions`` a ``txt`` member, with ``index`` the
+    ``sizes.json`` / ``_info.json`` that open_clip and timm read; returns the shard spec."""
     import numpy as np
     from PIL import Image
 
@@ -107,7 +115,15 @@ def write_jpeg_shards(out: Path, n: int, size: tuple[int, int] = (500, 375), cla
             field = np.stack([x * a + y * b, x * b - y * c, (x + y) * c], -1) + rng.normal(0, 12, (h, w, 3))
             buf = io.BytesIO()
             Image.fromarray((field % 256).astype(np.uint8)).save(buf, "JPEG", quality=90)
-            writer.write({"__key__": f"{i:06d}", "jpg": buf.getvalue(), "cls": i % classes})
+            sample = {"__key__": f"{i:06d}", "jpg": buf.getvalue(), "cls": i % classes}
+            if captions:
+                sample["txt"] = f"a photo of pattern {i % classes}"
+            writer.write(sample)
+    if index:
+        from nml.shards.writer import write_index_files
+
+        names = {"num_classes": classes, "classes": [f"pattern {c}" for c in range(classes)]}
+        write_index_files(out, {"train": [(str(p), c) for p, c in writer.shards]}, out.name, names)
     return str(out / shard_spec(writer.shards))
 
 
