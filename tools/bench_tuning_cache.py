@@ -10,7 +10,8 @@ backbone on the views every epoch (two augmented views for mlp/nmtune, one eval 
 as the authors' code does. Epoch times are the mean over epochs after the first (worker start-up,
 allocator warm-up); the ratio image / cached is printed. The one-off extraction time is reported
 too. Then a breakdown of one cached NMTune step (gather, head forward, each regulariser, backward,
-optimizer) in a plain loop. JSON lines on stdout; a table on stderr.
+optimizer) in a plain loop, and the same step against its FLOP floor (:func:`flop_floor`, also at
+``--floor_dims``). JSON lines on stdout; a table on stderr.
 
 Backbones: ``clip_tiny`` (the image tower of configs/pretrain_clip.yaml, D=64, 32 px),
 ``test_resnet`` (configs/pretrain_supervised.yaml, 32 px), ``resnet50`` (timm, D=2048, 224 px).
@@ -208,6 +209,61 @@ def head_breakdown(dim: int, batch: int = 64, steps: int = 50) -> dict:
     return {"feature_dim": dim, "batch": batch, **out}
 
 
+def flop_floor(dim: int, batch: int = 64, steps: int = 50, classes: int = 52) -> dict:
+    """A cached NMTune step (head forward, CE + the regularisers, backward, fused AdamW) against its
+    FLOP floor: the step's FLOPs (torch's ``FlopCounterMode``) over this machine's matmul rate at the
+    head's main shape, ``(2B x D) @ (D x 4D)``, measured in the same process."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nml.models.nmtune import NMTuneHead, nmtune_regularizers
+
+    torch.manual_seed(0)
+    feats, labels = torch.randn(4096, 2, dim), torch.randint(0, classes, (4096,))
+    head = NMTuneHead(dim, classes)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4, fused=True)
+
+    def step(i: int) -> None:
+        idx = torch.randint(0, 4096, (batch,), generator=torch.Generator().manual_seed(i))
+        x, y = feats[idx], labels[idx]
+        f = torch.cat([x[:, 0], x[:, 1]])
+        z = head.transform(f)
+        loss = F.cross_entropy(head.classifier(z), y.repeat(2))
+        loss = loss + sum(nmtune_regularizers(z[:batch], z[batch:], f[:batch]).values())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        step(0)
+    flops = counter.get_total_flops()
+    for i in range(5):
+        step(i)
+    t = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    step_s = (time.perf_counter() - t) / steps
+    a, w = torch.randn(2 * batch, dim), torch.randn(4 * dim, dim)
+    for _ in range(5):
+        a @ w.T
+    reps = max(20, steps)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ w.T
+    rate = 2 * (2 * batch) * dim * (4 * dim) * reps / (time.perf_counter() - t)
+    floor_s = flops / rate
+    return {
+        "feature_dim": dim,
+        "batch": batch,
+        "gflops_per_step": round(flops / 1e9, 4),
+        "matmul_gflops_per_s": round(rate / 1e9, 2),
+        "floor_ms": round(1e3 * floor_s, 3),
+        "step_ms": round(1e3 * step_s, 3),
+        "over_floor": round(step_s / floor_s, 2),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -218,6 +274,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--root", default=None, help="benchmark directory (default: $NML_DATA or data/embedded)")
+    p.add_argument(
+        "--floor_dims", type=int, nargs="*", default=[2048], help="also the FLOP floor of the step at these D"
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     import warnings
@@ -235,6 +294,9 @@ def main() -> None:
     breakdown = [head_breakdown(d) for d in dims]
     for b in breakdown:
         print(json.dumps({"head_breakdown": b}), flush=True)
+    floors = [flop_floor(d) for d in sorted({*dims, *args.floor_dims})]
+    for f in floors:
+        print(json.dumps({"flop_floor": f}), flush=True)
     w = sys.stderr.write
     w(
         f"\n{'backbone':<12} {'px':>4} {'D':>5} {'method':<7} {'image s/ep':>10} {'cached s/ep':>11} {'speedup':>8}\n"
@@ -250,6 +312,14 @@ def main() -> None:
     for b in breakdown:
         stages = ", ".join(f"{k} {v}" for k, v in b.items() if k not in ("feature_dim", "batch"))
         w(f"  D={b['feature_dim']}: {stages}\n")
+    w(
+        "\ncached NMTune step against its FLOP floor (step FLOPs / this machine's matmul rate at (2B x D) @ (D x 4D)):\n"
+    )
+    for f in floors:
+        w(
+            f"  D={f['feature_dim']}: {f['step_ms']} ms, floor {f['floor_ms']} ms "
+            f"({f['gflops_per_step']} GFLOP at {f['matmul_gflops_per_s']} GFLOP/s): {f['over_floor']}x\n"
+        )
 
 
 if __name__ == "__main__":
