@@ -22,13 +22,12 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
-from bench_gpu_step import _case, _sync, bare_loop
+from bench_gpu_step import _case, bare_loop, timed_fit
 from bench_pipeline import write_jpeg_shards
 
 
@@ -37,10 +36,6 @@ def pipeline_rate(
 ):
     """samples/s of ``nml fit``'s model and data module on the JPEG shards (timed after ``warmup``
     steps, to the end of the last step)."""
-    from lightning.pytorch import Callback, Trainer
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from nml.cli.lightning import add_default_callbacks
     from nml.data.modules import ClassificationShards
     from nml.models.supervised import SupervisedPretraining
     from nml.noise.config import NoiseConfig
@@ -59,35 +54,7 @@ def pipeline_rate(
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4, weight_decay=0.05),
     )
 
-    class Timer(Callback):
-        t0 = t1 = 0.0
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == warmup:
-                _sync(device)
-                self.t0 = time.perf_counter()
-
-        def on_train_end(self, trainer, pl_module):
-            _sync(device)
-            self.t1 = time.perf_counter()
-
-    timer = Timer()
-    with tempfile.TemporaryDirectory() as logs:
-        trainer = Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu",
-            devices=1,
-            precision="bf16-mixed" if c["bf16"] else "32-true",
-            max_steps=warmup + steps,
-            logger=TensorBoardLogger(logs, name="bench"),
-            log_every_n_steps=50,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            callbacks=[timer],
-        )
-        add_default_callbacks(trainer).fit(module, dm)
-    return steps * c["batch"] / (timer.t1 - timer.t0)
+    return steps * c["batch"] / timed_fit(module, dm, device, c["bf16"], warmup, steps)
 
 
 def main() -> int:

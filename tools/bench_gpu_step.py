@@ -189,17 +189,19 @@ class _Repeat:
         return (self.batch for _ in range(self.n))
 
 
-def nml_module(c: dict, device: torch.device, warmup: int, steps: int, monitor: str = "nml") -> float:
-    """samples/s of the nml LightningModule under a Lightning Trainer as ``nml fit`` builds it."""
-    from lightning.pytorch import Callback, Trainer
+def timed_fit(
+    module, data, device: torch.device, bf16: bool, warmup: int, steps: int, monitor: str = "nml"
+) -> float:
+    """Seconds of ``steps`` training steps after ``warmup`` of ``module`` on ``data`` (a data module
+    or a loader) under a Lightning Trainer built as ``nml fit`` builds it: a TensorBoard logger
+    logging every 50 steps and the callbacks nml adds; ``monitor="lightning"`` swaps nml's
+    throughput callback for Lightning's ``ThroughputMonitor``."""
+    from lightning.pytorch import Callback, LightningDataModule, Trainer
     from lightning.pytorch.callbacks import ThroughputMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from nml.callbacks.throughput import TrainingThroughput, batch_size
     from nml.cli.lightning import add_default_callbacks
-
-    module = _module(c)
-    batch = _batch(c, module, device)
 
     class Timer(Callback):
         t0 = t1 = 0.0
@@ -221,7 +223,7 @@ def nml_module(c: dict, device: torch.device, warmup: int, steps: int, monitor: 
         trainer = Trainer(
             accelerator="gpu" if device.type == "cuda" else "cpu",
             devices=1,
-            precision="bf16-mixed" if c["bf16"] else "32-true",
+            precision="bf16-mixed" if bf16 else "32-true",
             max_steps=warmup + steps,
             logger=TensorBoardLogger(logs, name="bench"),
             log_every_n_steps=50,
@@ -234,8 +236,19 @@ def nml_module(c: dict, device: torch.device, warmup: int, steps: int, monitor: 
         trainer = add_default_callbacks(trainer)
         if monitor == "lightning":
             trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, TrainingThroughput)]
-        trainer.fit(module, train_dataloaders=_Repeat(batch, warmup + steps))
-    return steps * c["batch"] / (timer.t1 - timer.t0)
+        if isinstance(data, LightningDataModule):
+            trainer.fit(module, datamodule=data)
+        else:
+            trainer.fit(module, train_dataloaders=data)
+    return timer.t1 - timer.t0
+
+
+def nml_module(c: dict, device: torch.device, warmup: int, steps: int, monitor: str = "nml") -> float:
+    """samples/s of the nml LightningModule under a Lightning Trainer as ``nml fit`` builds it."""
+    module = _module(c)
+    batch = _batch(c, module, device)
+    seconds = timed_fit(module, _Repeat(batch, warmup + steps), device, c["bf16"], warmup, steps, monitor)
+    return steps * c["batch"] / seconds
 
 
 def main() -> int:
