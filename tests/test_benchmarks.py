@@ -49,3 +49,16 @@ def test_the_peer_benchmark_reads_the_same_shards_through_open_clip_and_timm(tin
         assert r["nml_over_peer"] == pytest.approx(
             r["nml_samples_per_s"]["median"] / r["peer_samples_per_s"]["median"], rel=1e-2
         )
+
+
+@pytest.mark.slow
+def test_the_study_pretraining_benchmark_times_the_recipe_and_its_bare_loop(tiny_benchmark):
+    out = run_tool(
+        "bench_study_pretrain.py", ["--root", str(tiny_benchmark), "--batches", "3", "--repeats", "1"]
+    )
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["config"] == "pretrain_supervised_study.yaml"
+    assert row["nml_samples_per_s"]["median"] > 0 and row["bare_samples_per_s"]["median"] > 0
+    assert row["nml_over_bare"] == pytest.approx(
+        row["nml_samples_per_s"]["median"] / row["bare_samples_per_s"]["median"], rel=1e-2
+    )
