@@ -254,3 +254,32 @@ def test_a_stop_signal_while_a_worker_starts_does_not_kill_it():
     os.kill(unprotected.pid, signal.SIGTERM)
     unprotected.join(10)
     assert unprotected.exitcode == -signal.SIGTERM  # what the block prevents
+
+
+def _ignore_sigterm_and_wait(ready) -> None:
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as nml's loader workers do
+    ready.set()
+    time.sleep(600)
+
+
+def test_worker_processes_that_ignore_sigterm_are_stopped_before_exit():
+    """After a stop signal, nml fit and nml study stop the loader workers an interrupted loop left:
+    they ignore SIGTERM, which is what multiprocessing sends its children at exit, so the exit would
+    otherwise wait on them for ever (a study stopped mid-epoch hung so)."""
+    import multiprocessing
+
+    from nml.data.loading import stop_worker_processes
+
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    worker = ctx.Process(target=_ignore_sigterm_and_wait, args=(ready,), daemon=True)
+    worker.start()
+    assert ready.wait(30)
+    worker.terminate()  # multiprocessing's own exit-time stop: ignored
+    worker.join(1)
+    assert worker.is_alive()
+    assert stop_worker_processes(grace=10) >= 1
+    assert not worker.is_alive()

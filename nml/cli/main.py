@@ -279,6 +279,9 @@ def _main(argv: list[str]) -> int:
         try:
             run_lightning(argv)
         except SIGTERMException:  # stopped by SIGTERM: the checkpoint is saved (logged above)
+            from nml.data.loading import stop_worker_processes
+
+            stop_worker_processes()  # loader workers an interrupted loop left: else the exit waits on them
             return 128 + signal.SIGTERM
         return 0
     argv = expand_flags(resolve_config_args(argv))

@@ -65,6 +65,25 @@ def fit_progress(trainer) -> tuple[int, int]:
     return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
+def stop_worker_processes(grace: float = 5.0) -> int:
+    """Stop the worker processes this process still has, before it exits after a stop signal; how
+    many there were. Workers ignore the stop signals (so that the main process alone acts on a
+    signal sent to the whole group), so one left running by an interrupted loop would ignore the
+    SIGTERM that ``multiprocessing`` sends its children at exit, and the exit would wait on it for
+    ever. Iterators that are only garbage shut their workers down in order (``gc.collect``); the
+    rest are killed. They hold nothing to save: a run's state lives in the main process."""
+    import gc
+    import multiprocessing
+
+    gc.collect()
+    children = multiprocessing.active_children()
+    for p in children:
+        p.kill()
+    for p in children:
+        p.join(grace)
+    return len(children)
+
+
 class IteratedAsIs:
     """A loader that Lightning iterates as it is. Lightning re-creates every ``DataLoader`` of a
     predict run around an index-tracking sampler; a :class:`~nml.data.pipeline.ShardLoader` streams

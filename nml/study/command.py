@@ -159,6 +159,9 @@ def _run(
     except StudyStopped as e:  # a scheduler stopped us: not success, and a re-run resumes
         where = f" in stage {e.stage}" if e.stage else ""
         log.error("nml study: stopped by SIGTERM%s; finished stages are kept: run it again to resume", where)
+        from nml.data.loading import stop_worker_processes
+
+        stop_worker_processes()  # the interrupted stage's loader workers: else the exit waits on them
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         if on_main_thread:
