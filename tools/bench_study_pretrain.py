@@ -38,11 +38,7 @@ def _cli(config: str, root: str, batches: int):
         "[]",
     ]
     args += ["--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false"]
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        return build_cli(args, run=False, save_config=False)
-    finally:
-        sys.argv = argv
+    return build_cli(args, run=False, save_config=False)
 
 
 def nml_rate(config: str, root: str, batches: int) -> float:

@@ -304,11 +304,7 @@ class _ParseOnlyCLI(NMLCLI):
 def parse_recipe(argv: Sequence[str]):
     """A recipe's config (a jsonargparse Namespace) as ``nml fit`` parses it, the options in
     ``argv`` applied, with no model, data module or trainer built."""
-    argv_, sys.argv = sys.argv, sys.argv[:1]  # the calling command's own argv is not the recipe's
-    try:
-        return build_cli(argv, run=False, save_config=False, cli_class=_ParseOnlyCLI).config
-    finally:
-        sys.argv = argv_
+    return build_cli(argv, run=False, save_config=False, cli_class=_ParseOnlyCLI).config
 
 
 def recipe_data_module(config) -> LightningDataModule:
@@ -334,6 +330,16 @@ def build_cli(
         argv = check_ckpt_args(argv)
     check_moved_keys(argv)
     saving = {"save_config_kwargs": {"overwrite": True}} if save_config else {"save_config_callback": None}
+    if not run:  # built from inside another command (a study stage, a plan): its argv is not ours
+        saved, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            return _construct(cli_class, argv, run, saving)
+        finally:
+            sys.argv = saved
+    return _construct(cli_class, argv, run, saving)
+
+
+def _construct(cli_class: type[NMLCLI], argv: Sequence[str], run: bool, saving: dict) -> NMLCLI:
     return cli_class(
         LightningModule,
         LightningDataModule,

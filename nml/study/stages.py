@@ -89,7 +89,6 @@ def _tensorboard(out: Path, name: str, version: str):
 
 def _recipe_cli(params: RecipeParams, root: str, extra: list[str]):
     """The recipe's LightningCLI, instantiated (model, data module, trainer) but not run."""
-    import sys
 
     from nml.cli.lightning import build_cli
 
@@ -105,11 +104,7 @@ def _recipe_cli(params: RecipeParams, root: str, extra: list[str]):
         *extra,
         *params.args,
     ]
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the study's own argv is not the recipe's
-    try:
-        return build_cli(args, run=False, save_config=False)
-    finally:
-        sys.argv = argv
+    return build_cli(args, run=False, save_config=False)
 
 
 def pretrain(params: PretrainParams, inputs: list[dict], ctx: StageContext) -> dict:
