@@ -231,10 +231,12 @@ def test_setup_gives_each_checkout_its_own_environment_over_one_shared_stack(tmp
     import shutil
 
     deps = Path(os.environ.get("NML_VENV", Path.home() / ".cache/nml/venv-py311"))
-    key = hashlib.sha256(
-        (REPO / "pyproject.toml").read_bytes() + (REPO / "tools/constraints.txt").read_bytes()
-    )
-    assert (deps / f".nml-deps-{key.hexdigest()[:16]}").exists(), f"run tools/setup.sh first ({deps})"
+    pinned = (REPO / "pyproject.toml").read_bytes() + (REPO / "tools/constraints.txt").read_bytes()
+    stamps = [  # as tools/setup.sh names them: the pins and the extras installed (--text: dev,text)
+        deps / f".nml-deps-{hashlib.sha256(pinned + extras).hexdigest()[:16]}"
+        for extras in (b"dev\n", b"dev,text\n")
+    ]
+    assert any(s.exists() for s in stamps), f"run tools/setup.sh first ({deps})"
     clones = [tmp_path / "a", tmp_path / "b"]
     for root in clones:
         (root / "tools").mkdir(parents=True)

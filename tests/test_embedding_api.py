@@ -4,77 +4,14 @@ answers that cache nothing, and the key that never reaches a file."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from embedding_stub import DIM, KEY, Stub, vector
 
 from nml.models.embedding_api import EmbeddingAPI, EmbeddingAPIError
-
-KEY = "sk-test-DO-NOT-LEAK-1234567890"
-DIM = 8
-
-
-def vector(text: str, dim: int = DIM) -> list[float]:
-    digest = hashlib.sha256(text.encode()).digest()
-    return [b / 255.0 for b in digest[:dim]]
-
-
-class Stub:
-    """A server whose next answers follow ``script`` (then plain 200s): "ok", "429", "503", "drop",
-    "html", "401", "few", "dim4"; it records each request's inputs and Authorization header."""
-
-    def __init__(self, script: list[str] | None = None):
-        self.script, self.requests = list(script or []), []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append({"input": body["input"], "auth": self.headers.get("Authorization")})
-                action = stub.script.pop(0) if stub.script else "ok"
-                if action == "drop":
-                    self.connection.close()
-                    return
-                if action in ("429", "503", "401"):
-                    self.send_response(int(action))
-                    if action == "429":
-                        self.send_header("Retry-After", "0")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if action == "html":
-                    page = b"<html><body>502 Bad Gateway</body></html>"
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/html")
-                    self.send_header("Content-Length", str(len(page)))
-                    self.end_headers()
-                    self.wfile.write(page)
-                    return
-                texts = body["input"][:-1] if action == "few" else body["input"]
-                dim = 4 if action == "dim4" else DIM
-                data = [{"index": i, "embedding": vector(t, dim)} for i, t in enumerate(texts)][::-1]
-                answer = json.dumps({"data": data, "usage": {"total_tokens": 3 * len(texts)}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -528,7 +528,7 @@ def test_a_backbone_family_is_one_registry_entry():
 
     assert {"timm", "open_clip"} <= set(list_families())
     with pytest.raises(
-        ValueError, match=r"backbone library: expected one of \[.*'open_clip', 'timm'.*got 'nope'"
+        ValueError, match=r"backbone library: expected one of \[.*'open_clip'.*'timm'\], got 'nope'"
     ):
         create_backbone({"library": "nope", "name": "x"})
 

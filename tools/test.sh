@@ -3,7 +3,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ENV_DIR="${NML_ENV:-$ROOT/.venv}"
-"$ROOT/tools/setup.sh"
+"$ROOT/tools/setup.sh" --text  # the suite tests the text modality too
 cd "$ROOT"
 set +e
 "$ENV_DIR/bin/python" -m pytest -q -p no:cacheprovider --durations=15 tests "$@"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
-from nml.data.loading import EvalSuite, batch_inputs, eval_suite
+from nml.data.loading import EvalSuite, batch_inputs, eval_suite, select_rows, to_device
 from nml.metrics.spectrum import SpectrumAccumulator
 from nml.shards.manifest import EvalSet
 
@@ -96,7 +96,7 @@ class FeatureSpectrum(Callback):
                 for batch in suite.eval_loader(s):
                     valid = batch["valid"]
                     if valid.any():
-                        inputs = batch_inputs(batch)[valid].to(pl_module.device)
+                        inputs = to_device(select_rows(batch_inputs(batch), valid), pl_module.device)
                         acc.update(pl_module.spectrum_features(inputs).float())
                 res = acc.compute(self.top_k, sync=True, dim=pl_module.feature_dim)
                 out[s.name] = res

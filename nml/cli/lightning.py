@@ -41,14 +41,19 @@ log = logging.getLogger(__name__)
 
 def add_default_callbacks(trainer: Trainer) -> Trainer:
     """What ``nml fit`` / ``nml test`` add to a trainer: Lightning's progress bar replaced (bars on
-    stderr on a terminal, plain lines every ``log_every_n_steps`` otherwise: stdout is for JSON), a
+    stderr on a terminal, plain lines every ``log_every_n_steps`` otherwise: stdout is for JSON; with
+    ``rich`` installed, Lightning's Rich bar and model-summary table, which print on stdout, too), a
     checkpoint saved on SIGTERM (:class:`~nml.callbacks.preemption.CheckpointOnSigterm`) and, with a
     logger, the learning rate (``LearningRateMonitor``, ``train/lr/*``) and the throughput
     (:class:`~nml.callbacks.throughput.TrainingThroughput`). A config that lists its own instance of
     one of these keeps it."""
+    from lightning.pytorch.callbacks import ModelSummary, RichModelSummary, RichProgressBar
+
     for i, callback in enumerate(trainer.callbacks):
-        if type(callback) is TQDMProgressBar:
+        if type(callback) in (TQDMProgressBar, RichProgressBar):  # Lightning's default (Rich: when installed)
             trainer.callbacks[i] = progress_callback(trainer.log_every_n_steps or 50)
+        elif type(callback) is RichModelSummary:  # Rich prints its table on stdout; ModelSummary logs it
+            trainer.callbacks[i] = ModelSummary(max_depth=callback._max_depth)
     defaults = [CheckpointOnSigterm()]
     if trainer.loggers:
         defaults += [LearningRateMonitor(logging_interval="step"), TrainingThroughput()]

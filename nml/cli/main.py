@@ -41,6 +41,7 @@ LIGHTNING_SUBCOMMANDS = {
 COMMANDS: dict[str, str | dict[str, str]] = {
     "data": {
         "embedded": "nml.cli.commands.data:embedded",
+        "embedded_text": "nml.cli.commands.data:embedded_text",
         "write": "nml.cli.commands.data:write",
         "audit": "nml.data.audit:audit",
     },

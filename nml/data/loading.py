@@ -55,9 +55,25 @@ def share_cores_with_workers(num_workers: int, device_type: str) -> int | None:
     return want
 
 
-def batch_inputs(batch: dict) -> torch.Tensor:
-    """What a model consumes from a batch: cached ``feature`` rows, else ``image``."""
-    return batch["feature"] if "feature" in batch else batch["image"]
+def batch_inputs(batch: dict):
+    """What a model consumes from a batch: cached ``feature`` rows, else ``image``, else ``text`` (an
+    object array of documents)."""
+    for key in ("feature", "image", "text"):
+        if key in batch:
+            return batch[key]
+    raise KeyError(f"the batch holds no model input (feature, image or text): keys {sorted(batch)}")
+
+
+def to_device(inputs, device: torch.device):
+    """A tensor moved to ``device``; documents (an object array) as they are."""
+    return inputs.to(device, non_blocking=True) if isinstance(inputs, torch.Tensor) else inputs
+
+
+def select_rows(inputs, mask: torch.Tensor):
+    """``inputs[mask]`` for a tensor, or for an object array of documents (mask read on the CPU)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[mask]
+    return inputs[mask.cpu().numpy()]
 
 
 def fit_progress(trainer) -> tuple[int, int]:

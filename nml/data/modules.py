@@ -66,6 +66,7 @@ from nml.shards.manifest import (
     EvalSet,
     class_prompts,
     default_root,
+    default_text_root,
     info_num_classes,
     load_manifest,
     prompt_fields,
@@ -157,7 +158,7 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
             loader / stream / image: The option groups of :mod:`nml.data.options`.
         """
         super().__init__()
-        self.root = root if root is not None else default_root()
+        self.root = root if root is not None else self.default_root()
         if root is not None:  # the one rule for a config's shards: relative to data.root when it is set
             train, val, test = rebase_sets(root, train, val, test)
         self.loader = replace(as_options(LoaderOptions, loader, "data.loader"))
@@ -200,6 +201,11 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
             raise ValueError(f"test set names must be unique, got {names}")
         self.rank, self.world_size = 0, 1
         self._loaders: dict[str, Any] = {}
+
+    @staticmethod
+    def default_root() -> str:
+        """Where the benchmark is when ``root`` is unset: ``$NML_DATA`` or data/embedded."""
+        return default_root()
 
     @property
     def batch_size(self) -> int:
@@ -340,8 +346,12 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
                 f"expected none or one of {LABEL_KINDS} (caption_swap is for ImageTextShards)"
             )
 
+    def members(self, num_classes: int | None) -> MemberSpec:
+        """What the evaluation and extraction streams read (labels checked against ``num_classes``)."""
+        return MemberSpec(self.stream.image_keys, self.stream.label_key, num_classes)
+
     def train_members(self) -> MemberSpec:
-        return MemberSpec(self.stream.image_keys, self.stream.label_key, self.num_classes)
+        return self.members(self.num_classes)
 
     def train_collate(self):
         return collate
@@ -418,7 +428,7 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
     def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:
         """Every sample of ``spec`` once, in order, on one process: with the eval transform
         (``views=0``) or as ``views`` augmented views seeded per (seed, sample, view)."""
-        members = MemberSpec(self.stream.image_keys, self.stream.label_key, None)
+        members = self.members(None)
         cfg = replace(
             self._stream(spec, "eval", members, collate=collate),
             rank=0,
@@ -471,7 +481,7 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
 
     def eval_loader(self, s: EvalSet, persistent: bool = False) -> ShardLoader:
         """A loader over one evaluation set: every sample once across ranks, ``valid`` mask."""
-        members = MemberSpec(self.stream.image_keys, self.stream.label_key, self.num_classes_of(s))
+        members = self.members(self.num_classes_of(s))
         return self._loader(self._stream(s.shards, "eval", members, collate=collate), persistent)
 
     def num_classes_of(self, s: EvalSet) -> int | None:
@@ -521,6 +531,74 @@ class ClassificationShards(ShardDataModule):
 
     Training batches: ``image``, ``target`` (noisy), ``clean_target``, ``is_noisy``, ``valid``, ``key``.
     """
+
+
+class TextClassificationShards(ShardDataModule):
+    """Text classification shards (``txt`` + ``cls``, optionally ``json``) with label noise: the same
+    pipeline, noise models and guarantees as images (noise fixed per sample, exact evaluation,
+    mid-epoch resume). The default root is the embedded text benchmark (``data/embedded_text``, built
+    by ``nml data embedded_text``).
+
+    Batches: ``text`` (an object array of the documents, which the text backbone tokenises), ``target``
+    (noisy), ``clean_target``, ``is_noisy``, ``valid``, ``key``. A document must be non-empty UTF-8;
+    anything else raises an error naming the shard and sample. Text has no augmentation: one view.
+
+    Args (besides those of ClassificationShards; ``image`` options do not apply):
+        text_key: The document's member (``txt``).
+    """
+
+    library = "text"
+
+    def __init__(self, *args, text_key: str = "txt", **kwargs):
+        self.text_key = text_key
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def default_root() -> str:
+        """Where the text benchmark is when ``root`` is unset: ``$NML_TEXT_DATA`` or data/embedded_text."""
+        return default_text_root()
+
+    def members(self, num_classes: int | None) -> MemberSpec:
+        return MemberSpec(None, self.stream.label_key, num_classes, self.text_key, require_caption=True)
+
+    def transform(self, augment: bool, uint8: bool = False):
+        return None
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return (), ()
+
+    @property
+    def input_size(self) -> None:
+        return None
+
+    @property
+    def eval_crop_pct(self) -> None:
+        return None
+
+    def match_preprocessing(self, *args, **kwargs) -> None:
+        """Text backbones tokenise the documents themselves: nothing to adopt."""
+
+    def configure_views(self, views: int, augment: bool) -> None:
+        if views > 1:
+            raise ValueError(
+                f"{views} augmented views asked of text shards: text has no augmentation; tune NMTune on "
+                "cached text features (its second view: tuning.view_noise)"
+            )
+        self.image.views, self.image.augment = 1, False
+
+    def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:
+        if views > 0:
+            raise ValueError(f"--views {views}: text has no augmented views (use --views 0)")
+        return super().extraction_loader(spec, 0, seed)
+
+
+def benchmark_data_module(root: str | None, task: str, **kwargs) -> ShardDataModule:
+    """The data module of a benchmark task: text shards when the benchmark's manifest says
+    ``"modality": "text"``, else image classification shards."""
+    root = root if root is not None else default_root()  # a task of $NML_DATA's benchmark
+    modality = load_manifest(root).get("modality", "image")
+    cls = TextClassificationShards if modality == "text" else ClassificationShards
+    return cls(root=root, task=task, **kwargs)
 
 
 class ImageTextShards(ShardDataModule):

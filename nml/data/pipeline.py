@@ -437,7 +437,7 @@ class ShardStream(wds.DataPipeline):
     def _decode_one(self, rec: dict, count: bool = True) -> dict | None:
         """``rec`` with its image decoded and transformed; None (counted, warned) if undecodable."""
         cfg = self.cfg
-        if not cfg.decode:
+        if not cfg.decode or cfg.members.text_only:  # text samples: the document is already parsed
             rec.pop("image", None)
             return rec
         where = f"shard {rec['__url__']!r}, sample {rec['__key__']!r}"
@@ -504,7 +504,8 @@ def seeded_rng(name: str) -> Iterator[None]:
 
 
 def collate(records: list[dict]) -> dict[str, Any]:
-    """Classification batch: image, target (possibly noisy), clean_target, is_noisy, valid, key."""
+    """Classification batch: image (text samples: ``text``, an object array of the documents), target
+    (possibly noisy), clean_target, is_noisy, valid, key."""
     batch: dict[str, Any] = {
         "key": [r["__key__"] for r in records],
         "valid": torch.ones(len(records), dtype=torch.bool),
@@ -512,6 +513,10 @@ def collate(records: list[dict]) -> dict[str, Any]:
     }
     if "image" in records[0]:
         batch["image"] = torch.stack([r["image"] for r in records])
+    elif "caption" in records[0]:  # text samples: one object array (a mask indexes it like a tensor)
+        import numpy as np
+
+        batch["text"] = np.array([r["caption"] for r in records], dtype=object)
     if "encoded" in records[0]:  # decoded on the device (nml.data.device_decode)
         batch["encoded"] = [r["encoded"] for r in records]
         batch["boxes"] = torch.stack([r["boxes"] for r in records])

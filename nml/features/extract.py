@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from nml import __version__
-from nml.data.loading import share_cores_with_workers
+from nml.data.loading import batch_inputs, select_rows, share_cores_with_workers
 from nml.data.modules import ShardDataModule
 from nml.features.cache import CACHE_FORMAT, CACHE_META, FeatureSplit, write_split
 from nml.models.backbones import Backbone
@@ -57,7 +57,8 @@ class _Progress:
 @torch.inference_mode()
 def _extract(
     backbone: Backbone, loader, device: torch.device, limit: int | None = None, name: str = ""
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+) -> tuple[np.ndarray, np.ndarray, list[str], int | None]:
+    """(features, labels, keys, documents truncated: None for image backbones)."""
     feats, labels, keys = [], [], []
     progress = _Progress(name, len(loader))
     for i, batch in enumerate(loader):
@@ -67,15 +68,29 @@ def _extract(
         valid = batch["valid"]
         if not valid.any():
             continue
-        x = batch["image"][valid].to(device, non_blocking=True)
-        lead = x.shape[:-3]  # (B,) or (B, K)
-        f = backbone.features(x.flatten(0, len(lead) - 1)).float()
-        feats.append(f.view(*lead, f.shape[-1]).cpu().numpy())
+        inputs = select_rows(batch_inputs(batch), valid)
+        if isinstance(inputs, torch.Tensor):  # images: (B, C, H, W) or (B, K, C, H, W)
+            x = inputs.to(device, non_blocking=True)
+            lead = x.shape[:-3]
+            f = backbone.features(x.flatten(0, len(lead) - 1)).float()
+            f = f.view(*lead, f.shape[-1])
+        else:  # documents: the text backbone tokenises them
+            f = backbone.features(inputs).float()
+        feats.append(f.cpu().numpy())
         labels.append(batch["clean_target"][valid].numpy())
         keys += [k for k, v in zip(batch["key"], valid.tolist(), strict=True) if v]
     progress.close()
+    truncated = backbone.pop_truncated()
+    if truncated is not None and truncated[0]:
+        log.warning(
+            "%s: %d of %d documents were longer than the encoder's limit (%s) and were truncated",
+            name,
+            truncated[0],
+            len(keys),
+            truncated[1],
+        )
     n = len(keys) if limit is None else min(limit, len(keys))
-    return np.concatenate(feats)[:n], np.concatenate(labels)[:n], keys[:n]
+    return np.concatenate(feats)[:n], np.concatenate(labels)[:n], keys[:n], truncated and truncated[0]
 
 
 def extract_features(
@@ -111,10 +126,10 @@ def extract_features(
         t0 = time.perf_counter()
         if spec not in done:
             done[spec] = _extract(backbone, dm.extraction_loader(spec), device, limit, name)
-        x, y, keys = done[spec]
+        x, y, keys, truncated = done[spec]
         views_arr = None
         if name == "train" and views > 0:
-            v, y2, keys2 = _extract(
+            v, y2, keys2, _ = _extract(
                 backbone, dm.extraction_loader(spec, views, seed), device, limit, f"{name} ({views} views)"
             )
             if keys2 != keys or not np.array_equal(y, y2):
@@ -127,6 +142,7 @@ def extract_features(
             "shards": spec,
             "samples": len(split),
             "views": split.num_views,
+            **({"truncated": truncated} if truncated is not None else {}),
             "seconds": round(seconds, 2),
             **extra,
         }

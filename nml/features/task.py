@@ -79,13 +79,13 @@ def task_data_module(data: str, root: str | None, batch_size: int, num_workers: 
     """A ShardDataModule from a task name, or from a YAML file holding a data module (a tune config's
     ``data:`` section, or ``class_path`` / ``init_args``), read with ``batch_size`` and
     ``num_workers`` for extraction."""
-    from nml.data.modules import ClassificationShards, ShardDataModule
+    from nml.data.modules import ShardDataModule, benchmark_data_module
     from nml.data.options import MOVED
     from nml.typed_options import moved_keys
 
     loading = {"eval_batch_size": batch_size, "num_workers": num_workers, "persistent_workers": False}
     if not str(data).endswith((".yaml", ".yml")):
-        return ClassificationShards(root=root, task=data, loader=loading)
+        return benchmark_data_module(root, data, loader=loading)
     import yaml
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule
@@ -111,6 +111,6 @@ def task_data_module(data: str, root: str | None, batch_size: int, num_workers: 
     dm = parser.instantiate_classes(cfg).data
     if not isinstance(dm, ShardDataModule):
         raise ValueError(
-            f"{path}: nml features reads image shards; {type(dm).__name__} is not a ShardDataModule"
+            f"{path}: nml features reads image or text shards; {type(dm).__name__} is not a ShardDataModule"
         )
     return dm

@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from nml.data.loading import EvalSuite, ResumableLoader, batch_inputs, eval_suite, training_data
+from nml.data.loading import EvalSuite, ResumableLoader, batch_inputs, eval_suite, select_rows, training_data
 from nml.metrics.noisy import Fraction
 from nml.models.backbones import Backbone
 from nml.models.optim import param_groups, warmup_cosine
@@ -128,6 +128,8 @@ class BackboneModule(LightningModule):
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
         """Images in the memory format the model runs in (channels-last when asked; features as they are)."""
+        if not isinstance(x, torch.Tensor):  # documents (text backbones tokenise them)
+            return x
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def spectrum_features(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -233,6 +235,16 @@ class BackboneModule(LightningModule):
         if isinstance(loader, ResumableLoader):
             for name, n in loader.epoch_counts().items():
                 self.log(f"data/{name}", float(n), reduce_fx="sum", sync_dist=True)
+        truncated = self.backbone.pop_truncated() if self.backbone is not None else None
+        if truncated is not None:  # text backbones: documents cut to the encoder's limit (this rank)
+            self.log("data/truncated", float(truncated[0]), reduce_fx="sum", sync_dist=True)
+            if truncated[0]:
+                log.info(
+                    "rank %d: %d training documents this epoch were longer than %s tokens and truncated",
+                    self.global_rank,
+                    truncated[0],
+                    truncated[1],
+                )
 
     # -- validation ----------------------------------------------------------------------------
     def val_logits(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -246,7 +258,7 @@ class BackboneModule(LightningModule):
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         valid = batch["valid"]
         if self.validating() and valid.any():
-            logits = self.val_logits(batch_inputs(batch)[valid])
+            logits = self.val_logits(select_rows(batch_inputs(batch), valid))
             self.val_top1.update(logits.argmax(1), batch["clean_target"][valid])
 
     def on_validation_epoch_end(self) -> None:
@@ -298,7 +310,7 @@ class BackboneModule(LightningModule):
         valid = batch["valid"]
         if not valid.any() or dataloader_idx in self._skipped:
             return
-        logits = self.test_logits(batch_inputs(batch)[valid], dataloader_idx)
+        logits = self.test_logits(select_rows(batch_inputs(batch), valid), dataloader_idx)
         self.test_top1[dataloader_idx].update(logits.argmax(1), batch["clean_target"][valid])
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict | None:
@@ -308,7 +320,7 @@ class BackboneModule(LightningModule):
         valid = batch["valid"]
         if not valid.any() or dataloader_idx in self._skipped:
             return None
-        probs = self.test_logits(batch_inputs(batch)[valid], dataloader_idx).float().softmax(1)
+        probs = self.test_logits(select_rows(batch_inputs(batch), valid), dataloader_idx).float().softmax(1)
         score, pred = probs.max(1)
         keys = batch.get("key")
         s = self.test_sets[dataloader_idx]

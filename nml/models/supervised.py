@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
+from nml.data.loading import batch_inputs
 from nml.metrics.noisy import noise_split_counts
 from nml.models.backbones import create_backbone
 from nml.models.base import BackboneModule
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class SupervisedPretraining(BackboneModule):
-    """Supervised pre-training of a timm model on noisy labels.
+    """Supervised pre-training of a timm model (or an nml_text model on documents) on noisy labels.
 
     Logs ``train/loss``; ``train/acc_clean`` (accuracy on samples whose label is intact),
     ``train/acc_noisy`` (on corrupted samples, agreement with the *clean* label) and
@@ -26,13 +27,15 @@ class SupervisedPretraining(BackboneModule):
     and the throughput: see :class:`~nml.callbacks.throughput.TrainingThroughput`.)
 
     Args:
-        model: timm model name (``test_resnet``, ``resnet50`` ...).
+        model: Model name in ``library`` (timm: ``test_resnet``, ``resnet50`` ...; nml_text: ``text_bag``).
         num_classes: Classes of the head; ``nml fit`` links it from ``data.num_classes`` (without it,
             the model is built in ``setup()`` from the data module).
-        model_kwargs: Extra ``timm.create_model`` arguments (``drop_rate``, ``drop_path_rate`` ...).
+        model_kwargs: Extra model arguments (timm: ``drop_rate``, ``drop_path_rate`` ...).
         pretrained: Initial weights: a local file or an nml export directory (never a download).
             All of the model's tensors must be in it (an error lists what differs), unless
             ``pretrained_partial``: load what matches and log what was skipped.
+        library: The backbone family: ``timm`` (images) or ``nml_text`` (documents, on
+            TextClassificationShards).
         label_smoothing: Off by default: it changes the targets and blurs the noise level.
         mixup: Mixup alpha (0: off). Off by default for the same reason.
         cutmix: CutMix alpha (0: off).
@@ -46,6 +49,7 @@ class SupervisedPretraining(BackboneModule):
         model_kwargs: dict | None = None,
         pretrained: str | None = None,
         pretrained_partial: bool = False,
+        library: str = "timm",
         label_smoothing: float = 0.0,
         mixup: float = 0.0,
         cutmix: float = 0.0,
@@ -74,12 +78,14 @@ class SupervisedPretraining(BackboneModule):
         hp = self.hparams
         self.hparams["num_classes"] = num_classes
         self.backbone = create_backbone(
-            {"library": "timm", "name": hp.model, "kwargs": hp.model_kwargs or {}},
+            {"library": hp.get("library", "timm"), "name": hp.model, "kwargs": hp.model_kwargs or {}},
             num_classes=num_classes,
             pretrained=hp.pretrained,
             partial=hp.pretrained_partial,
         )
         self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
+        if (hp.mixup or hp.cutmix) and self.backbone.modality != "image":
+            raise ValueError(f"mixup / cutmix mix images; the {hp.get('library')} backbone reads text")
         if hp.mixup or hp.cutmix:
             from timm.data import Mixup
 
@@ -120,7 +126,7 @@ class SupervisedPretraining(BackboneModule):
         return self(images)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x, y = batch["image"], batch["target"]
+        x, y = batch_inputs(batch), batch["target"]
         if self.mixup_fn is not None:
             x, soft = self.mixup_fn(x, y)
             logits = self(x)

@@ -31,6 +31,7 @@ from nml.shards.spec import local_directory, rebase_spec
 MANIFEST = "manifest.json"
 INFO = "_info.json"
 DEFAULT_ROOT = "data/embedded"
+DEFAULT_TEXT_ROOT = "data/embedded_text"
 # Zero-shot prompts when the data has class names but no prompts of its own (CLIP's plainest template).
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {name}.",)
 
@@ -48,6 +49,12 @@ class EvalSet:
 def default_root() -> str:
     """Where the benchmark lives unless ``data.root`` says otherwise: ``$NML_DATA`` or data/embedded."""
     return os.environ.get("NML_DATA", DEFAULT_ROOT)
+
+
+def default_text_root() -> str:
+    """Where the text benchmark lives unless ``data.root`` says otherwise: ``$NML_TEXT_DATA`` or
+    data/embedded_text."""
+    return os.environ.get("NML_TEXT_DATA", DEFAULT_TEXT_ROOT)
 
 
 def load_manifest(root: str | Path) -> dict:

@@ -30,14 +30,15 @@ class MemberSpec:
     """What to read from each sample.
 
     Args:
-        image_keys: Image member extensions to try, in order, ';'-separated.
+        image_keys: Image member extensions to try, in order, ';'-separated (None: text samples, no
+            image; their ``caption_key`` member is the document, which must be non-empty UTF-8).
         label_key: Member with the integer class (None: no labels).
         num_classes: Labels must be in [0, num_classes) (None: unchecked).
         caption_key: Member with the caption: an extension (``txt``) or ``json:<field>`` (None: none).
         require_caption: Missing captions are an error (else the sample has no caption).
     """
 
-    image_keys: str = IMAGE_KEYS
+    image_keys: str | None = IMAGE_KEYS
     label_key: str | None = "cls"
     num_classes: int | None = None
     caption_key: str | None = None
@@ -45,7 +46,11 @@ class MemberSpec:
 
     @property
     def image_exts(self) -> list[str]:
-        return [e.strip().lower() for e in self.image_keys.split(";") if e.strip()]
+        return [e.strip().lower() for e in (self.image_keys or "").split(";") if e.strip()]
+
+    @property
+    def text_only(self) -> bool:
+        return self.image_keys is None
 
 
 def _where(raw: dict) -> str:
@@ -62,6 +67,11 @@ def parse_sample(raw: dict, spec: MemberSpec, index: int) -> dict:
             "dot, so keys must not contain dots (rewrite the shards, e.g. with `nml data write`)"
         )
     rec = {"__key__": raw["__key__"], "__url__": raw.get("__url__", ""), "__index__": index}
+    if spec.text_only:
+        rec["caption"] = parse_document(raw, spec.caption_key or "txt")
+        if spec.label_key is not None:
+            rec["cls"] = parse_label(raw, spec)
+        return rec
     for ext in spec.image_exts:
         if ext in raw:
             rec["image"] = raw[ext]
@@ -101,6 +111,24 @@ def parse_label(raw: dict, spec: MemberSpec) -> int:
             "(num_classes comes from the data module / _info.json)"
         )
     return c
+
+
+def parse_document(raw: dict, key: str) -> str:
+    """The document of a text sample: member ``key``, which must be non-empty UTF-8 text."""
+    if key not in raw:
+        members = sorted(k for k in raw if not k.startswith("__"))
+        raise ShardFormatError(f"{_where(raw)}: missing text member {key!r} (found {members})")
+    try:
+        text = raw[key].decode("utf-8") if isinstance(raw[key], bytes) else str(raw[key])
+    except UnicodeDecodeError as e:
+        raise ShardFormatError(
+            f"{_where(raw)}: .{key} is not UTF-8 text (byte {raw[key][e.start]:#04x} at offset {e.start}); "
+            "re-encode the documents as UTF-8"
+        ) from None
+    text = text.strip()
+    if not text:
+        raise ShardFormatError(f"{_where(raw)}: .{key} is empty (a text sample needs a document)")
+    return text
 
 
 def parse_caption(raw: dict, caption_key: str) -> str | None:

@@ -153,10 +153,10 @@ CLAIMS: list[Claim] = [
 class Cells:
     """Per (method, group) and cell (noise rate, seed): the metric of each (task, test set)."""
 
-    def __init__(self, rows: list[dict], objective: str, metric: str):
+    def __init__(self, rows: list[dict], objective: str, metric: str, init: str = "pretrained"):
         self.values: dict[tuple, dict[tuple, dict[tuple, float]]] = defaultdict(lambda: defaultdict(dict))
         for r in rows:
-            if r["objective"] != objective or r["init"] != "pretrained" or r[metric] is None:
+            if r["objective"] != objective or r["init"] != init or r[metric] is None:
                 continue
             method = "" if metric != "top1" else r["method"]  # spectra: the frozen features, any method
             self.values[(method, r["group"])][(r["noise_rate"], r["seed"])][(r["task"], r["test_set"])] = r[
@@ -179,6 +179,9 @@ def evaluate(rows: list[dict], declared: list[Claim] = CLAIMS) -> list[dict]:
     Holm-corrected within the objective)."""
     out = []
     for obj in sorted({r["objective"] for r in rows}):
+        if all(r["init"] == "fixed" for r in rows if r["objective"] == obj):
+            out += _frozen_encoder(rows, obj, declared)
+            continue
         rates = sorted(
             {r["noise_rate"] for r in rows if r["objective"] == obj and r["noise_rate"] is not None}
         )
@@ -254,6 +257,54 @@ def evaluate(rows: list[dict], declared: list[Claim] = CLAIMS) -> list[dict]:
                 )
             out.append(f)
     return out
+
+
+def _frozen_encoder(rows: list[dict], obj: str, declared: list[Claim]) -> list[dict]:
+    """A frozen encoder's method comparisons (exploratory): per replicate (its tuning seeds), the
+    method minus the other on their common (task, test set) pairs, a paired test over replicates."""
+    cells = Cells(rows, obj, "top1", init="fixed")
+    seeds = sorted({r["seed"] for r in rows if r["objective"] == obj})
+    found = []
+    for c in declared:
+        if c.comparison != "methods":
+            continue
+        other = METHOD_NAMES.get(c.other or "", c.other)
+        label = c.text.format(g="-", gmax="-", other=other, group=c.group.upper()).replace(
+            " at gamma -", " (frozen encoder; n = replicates)"
+        )
+        sets = cells.sets(c.method, c.group) & cells.sets(c.other, c.group)
+        base = {"objective": obj, "key": c.key, "claim": label, "family": "exploratory"}
+        if not sets:
+            found.append(
+                base | {"verdict": f"not measured ({c.method} and {c.other} share no {c.group} test set)"}
+            )
+            continue
+        values = []
+        for s in seeds:
+            a = cells.mean(c.method, c.group, (None, s), sets)
+            b = cells.mean(c.other, c.group, (None, s), sets)
+            if a is not None and b is not None:
+                values.append(a - b)
+        t = paired_test(values, c.direction, c.bound)
+        found.append(
+            base
+            | {
+                "note": "",
+                "direction": c.direction,
+                "bound": c.bound,
+                "mean": t.mean,
+                "low": t.low,
+                "high": t.high,
+                "n": t.n,
+                "sd": t.sd,
+                "p": t.p_holds,
+                "mde": min_detectable_effect(t, ALPHA),
+                "seeds_needed": seeds_needed(c.bound, t.sd, ALPHA, two_sided=c.direction == "change"),
+                "unit": " pt",
+                "verdict": verdict(t, t.p_holds, t.p_fails),
+            }
+        )
+    return found
 
 
 def _values(c: Claim, cells: Cells, rates: list[float], seeds: list[int]):

@@ -13,6 +13,7 @@ from pathlib import Path
 from nml.study.config import (
     DEFAULT_RECIPES,
     Benchmark,
+    Encoder,
     Features,
     Grid,
     Launcher,
@@ -31,6 +32,7 @@ def study(
     grid: Grid | None = None,
     tasks: dict[str, TaskPlan] | None = None,
     pretrain: dict[str, Recipe] | None = None,
+    encoders: dict[str, Encoder] | None = None,
     benchmark: Benchmark | None = None,
     features: Features | None = None,
     tuning: Tuning | None = None,
@@ -52,6 +54,8 @@ def study(
         grid: Objectives, noise rates, seeds, random-init floor.
         tasks: Downstream tasks of the benchmark, each with its tuning methods and test sets.
         pretrain: A recipe (nml fit config + options) per objective.
+        encoders: Frozen encoders tuned as black boxes beside the grid (name -> {backbone: factory
+            dict}): a sentence-embedding model, an embedding API ...; one replicate per grid seed.
         benchmark: The embedded benchmark (built first when missing).
         features: Feature extraction settings.
         tuning: Tuning settings (epochs, seeds, batch size).
@@ -61,34 +65,31 @@ def study(
         dry_run: Print the plan (cells, stages, what is cached, estimated time) and stop.
     """
 
-    from nml.shards.manifest import default_root
     from nml.study.estimate import estimated_seconds
     from nml.study.plan import build_plan
 
     grid, benchmark = grid or Grid(), benchmark or Benchmark()
     features, tuning = features or Features(), tuning or Tuning()
     recipes = {**DEFAULT_RECIPES, **(pretrain or {})}
-    tasks = tasks or {}
+    tasks, encoders = tasks or {}, encoders or {}
     out_dir = Path(out or f"runs/study/{name}")
-    root = str(Path(benchmark.root or default_root()).resolve())
+    root = str(Path(benchmark.root or _default_root(benchmark)).resolve())
     manifest = Path(root) / "manifest.json"
     _check_identity(out_dir, name)
     task_names = _task_names(manifest)
     if task_names is None:  # the embedded benchmark, to be built: its task table is known
-        from nml.benchmark.plan import TASK_NAMES
-
-        task_names = list(TASK_NAMES)
-    validate(grid, recipes, tasks, task_names, _test_sets(manifest, tasks))
+        task_names = _built_task_names(benchmark)
+    validate(grid, recipes, tasks, task_names, _test_sets(manifest, tasks), encoders)
     if not manifest.is_file():
         if dry_run:
             log.info("the benchmark at %s is missing: a run builds it first (%s)", root, benchmark.size)
         else:
             _build_benchmark(root, benchmark)
-            validate(grid, recipes, tasks, _task_names(manifest), _test_sets(manifest, tasks))
+            validate(grid, recipes, tasks, _task_names(manifest), _test_sets(manifest, tasks), encoders)
     from nml.checksums import file_sha256
 
     sha = file_sha256(manifest) if manifest.is_file() else "to-be-built"
-    plan = build_plan(grid, recipes, tasks, features, tuning, sha)
+    plan = build_plan(grid, recipes, tasks, features, tuning, sha, encoders)
     summary = {
         "name": name,
         "out": str(out_dir),
@@ -116,6 +117,7 @@ def study(
                 grid,
                 tasks,
                 recipes,
+                encoders,
                 benchmark,
                 features,
                 tuning,
@@ -126,7 +128,7 @@ def study(
 
 
 def _run(
-    name, out_dir, root, plan, summary, grid, tasks, recipes, benchmark, features, tuning, launcher
+    name, out_dir, root, plan, summary, grid, tasks, recipes, encoders, benchmark, features, tuning, launcher
 ) -> dict:
     """Run the plan (the caller holds the study directory's lock); write results and the report."""
     import time
@@ -140,6 +142,7 @@ def _run(
         "grid": asdict(grid),
         "tasks": {k: asdict(v) for k, v in tasks.items()},
         "pretrain": {k: asdict(v) for k, v in recipes.items()},
+        "encoders": {k: asdict(v) for k, v in encoders.items()},
         "benchmark": asdict(benchmark),
         "features": asdict(features),
         "tuning": asdict(tuning),
@@ -224,18 +227,49 @@ def _task_names(manifest: Path) -> list[str] | None:
     return [t for t in task_names(load_manifest(manifest.parent)) if t != "pretraining"]
 
 
+def _default_root(b: Benchmark) -> str:
+    from nml.shards.manifest import default_root, default_text_root
+
+    return default_text_root() if b.modality == "text" else default_root()
+
+
+def _built_task_names(b: Benchmark) -> list[str]:
+    """The tasks a build of the benchmark will have (it is not there yet)."""
+    if b.modality == "text":
+        from nml.benchmark.text import TASK_NAMES
+    else:
+        from nml.benchmark.plan import TASK_NAMES
+    return list(TASK_NAMES)
+
+
 def _build_benchmark(root: str, b: Benchmark) -> None:
+    log.info("[study] building the %s benchmark (%s) at %s", b.modality, b.size, root)
+    if b.modality == "text":
+        from nml.benchmark.text import build_text_benchmark
+
+        build_text_benchmark(root, seed=b.seed, size=b.size)
+        return
     from nml.benchmark.build import build_embedded
 
-    log.info("[study] building the benchmark (%s) at %s", b.size, root)
     build_embedded(root, seed=b.seed, size=b.size, fonts=b.fonts, progress=sys.stderr.isatty())
+
+
+def _encoders_text(encoders: dict) -> str:
+    if not encoders:
+        return ""
+    named = [
+        f"{k} ({v['backbone'].get('library')}: {v['backbone'].get('name')})" for k, v in encoders.items()
+    ]
+    return "; frozen encoders " + ", ".join(named)
 
 
 def _header(name: str, settings: dict, seconds: float, counts: dict, stage_seconds: float) -> str:
     g = settings["grid"]
     return (
         f"Study `{name}`: objectives {g['objectives']}, noise rates {g['noise_rates']}, pre-training seeds "
-        f"{g['seeds']}{', plus a random-init floor' if g['random_init'] else ''}; tasks "
+        f"{g['seeds']}{', plus a random-init floor' if g['random_init'] else ''}"
+        + _encoders_text(settings.get("encoders") or {})
+        + "; tasks "
         + ", ".join(f"{k} ({'/'.join(v['methods'])})" for k, v in settings["tasks"].items())
         + "; tuning "
         f"{settings['tuning']['epochs']} epochs x seeds {settings['tuning']['seeds']} on cached features "

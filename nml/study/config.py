@@ -63,16 +63,38 @@ class Benchmark:
     """The embedded benchmark the study runs on (built first when it is missing).
 
     Args:
-        root: Its directory (default: $NML_DATA or data/embedded).
-        size: small, full or tiny (built only when missing).
+        root: Its directory (default: $NML_DATA or data/embedded; text: $NML_TEXT_DATA or
+            data/embedded_text).
+        modality: image (the glyph benchmark, ``nml data embedded``) or text (``nml data embedded_text``).
+        size: small, full (image only) or tiny (built only when missing).
         seed: Seed of a build.
-        fonts: auto, debian or fallback.
+        fonts: auto, debian or fallback (image only).
     """
 
     root: str | None = None
+    modality: Literal["image", "text"] = "image"
     size: Literal["tiny", "small", "full"] = "small"
     seed: int = 0
     fonts: Literal["auto", "debian", "fallback"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.modality == "text" and self.size == "full":
+            raise ValueError("benchmark.size: the text benchmark is built small or tiny (got full)")
+
+
+@dataclass
+class Encoder:
+    """A frozen encoder tuned as a black box beside the grid (no pre-training stage): a
+    sentence-embedding model, a model2vec static encoder, an embedding API, any backbone factory
+    dict. Each grid seed is one replicate: its tuning seeds are ``1000 * seed + t`` for t in
+    ``tuning.seeds``, so replicates differ only in the tuned head, the one source of variation of a
+    frozen encoder's results.
+
+    Args:
+        backbone: A backbone factory dict: {library, name, kwargs} (``nml features --backbone``).
+    """
+
+    backbone: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -182,9 +204,18 @@ def validate(
     tasks: dict[str, TaskPlan],
     task_names: list[str],
     test_sets: dict[str, list[str]] | None = None,
+    encoders: dict[str, Encoder] | None = None,
 ) -> None:
     """Every error a study config can have, raised before any work starts (``test_sets``: each
     task's test suite, when the benchmark is there to read it)."""
+    for name, enc in (encoders or {}).items():
+        if name in OBJECTIVES:
+            raise ValueError(f"encoders.{name}: the name of an objective; name the encoder otherwise")
+        if not isinstance(enc.backbone, dict) or not enc.backbone.get("name"):
+            raise ValueError(
+                f"encoders.{name}.backbone: expected a backbone factory dict with a name, e.g. "
+                "{library: sentence_transformers, name: all-minilm-l6-v2}, got " + repr(enc.backbone)
+            )
     if not grid.objectives or not grid.noise_rates or not grid.seeds:
         raise ValueError(
             f"the grid has no cells: objectives={grid.objectives}, noise_rates={grid.noise_rates}, "

@@ -31,6 +31,7 @@ DEFAULT_RATES: dict[str, tuple[float, float]] = {
     "pretrain/supervised": (4.0, 5.8e-4),
     "pretrain/clip": (4.0, 1.78e-3),
     "random_init": (5.0, 0.0),
+    "encoder": (2.0, 0.0),
     "features": (3.0, 3.1e-4),
     "tune/linear": (0.8, 1.3e-5),
     "tune/mlp": (1.0, 6.7e-5),
@@ -80,7 +81,7 @@ def stage_work(stage, root: str) -> int | None:
     try:
         if isinstance(p, PretrainParams):
             return _recipe_work(p.config, tuple(p.args), root)
-        if isinstance(p, RecipeParams):  # random init: no training
+        if isinstance(p, RecipeParams) or stage.kind == "encoder":  # random init, frozen encoder: no training
             return 0
         if stage.kind == "features":
             train, evaluation = _split_sizes(root, p.task)

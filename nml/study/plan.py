@@ -3,6 +3,7 @@
 Stages, per cell (objective, noise rate, seed) and per downstream task::
 
     pretrain (or random_init)  ->  features (+ spectra of the frozen features)  ->  tune (x method x seed)
+    encoder (a frozen encoder)  ->  features  ->  tune (x method x seed, per replicate)
 
 Each stage's key is a hash of everything its output depends on: its own settings, the text of the
 recipe's config file, the benchmark manifest, and the keys of the stages it reads. Its output lives
@@ -20,8 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from nml.configfiles import resolve_config
-from nml.study.config import Features, Grid, Recipe, TaskPlan, Tuning
-from nml.study.stages import STAGE_KINDS, FeaturesParams, PretrainParams, RecipeParams, TuneParams
+from nml.study.config import Encoder, Features, Grid, Recipe, TaskPlan, Tuning
+from nml.study.stages import (
+    STAGE_KINDS,
+    EncoderParams,
+    FeaturesParams,
+    PretrainParams,
+    RecipeParams,
+    TuneParams,
+)
 
 log = logging.getLogger("nml.study")
 
@@ -86,16 +94,19 @@ def resolve_recorded_path(out: Path, value: str) -> str:
 
 @dataclass
 class Cell:
-    objective: str
-    noise_rate: float | None  # None: random init
-    seed: int
+    objective: str  # or the name of a frozen encoder
+    noise_rate: float | None  # None: random init, or a frozen encoder
+    seed: int  # a frozen encoder: the replicate
+    fixed: bool = False  # a frozen encoder of the study's encoders
 
     @property
     def init(self) -> str:
-        return "random" if self.noise_rate is None else "pretrained"
+        return "fixed" if self.fixed else "random" if self.noise_rate is None else "pretrained"
 
     @property
     def label(self) -> str:
+        if self.fixed:
+            return f"{self.objective}-r{self.seed}"
         if self.noise_rate is None:
             return f"{self.objective}-random-s{self.seed}"
         return f"{self.objective}-g{self.noise_rate:g}-s{self.seed}"
@@ -164,6 +175,7 @@ def build_plan(
     features: Features,
     tuning: Tuning,
     manifest_sha256: str,
+    encoders: dict[str, Encoder] | None = None,
 ) -> Plan:
     cells = [Cell(o, float(g), s) for o in grid.objectives for g in grid.noise_rates for s in grid.seeds]
     if grid.random_init:
@@ -210,4 +222,32 @@ def build_plan(
                 ]
                 tunes[(cell.label, task, method)] = runs
                 stages += runs
+    for name, enc in (encoders or {}).items():  # frozen encoders: one stage, features shared by replicates
+        e = Stage("encoder", name, EncoderParams(name, dict(enc.backbone)))
+        stages.append(e)
+        shared = {}
+        for task, plan in tasks.items():
+            params = FeaturesParams(task, plan.test_sets, **{**asdict(features), "views": 0})
+            shared[task] = Stage("features", f"{name}-{task}", params, [e])
+            stages.append(shared[task])
+        for seed in grid.seeds:
+            cell = Cell(name, None, seed, fixed=True)
+            cells.append(cell)
+            backbone[cell.label] = e
+            for task, plan in tasks.items():
+                feats[(cell.label, task)] = shared[task]
+                for method in plan.methods:
+                    runs = [
+                        Stage(
+                            "tune",
+                            f"{cell.label}-{task}-{method}-t{t}",
+                            TuneParams(
+                                method, 1000 * seed + t, tuning.epochs, tuning.batch_size, tuning.view_noise
+                            ),
+                            [shared[task]],
+                        )
+                        for t in tuning.seeds
+                    ]
+                    tunes[(cell.label, task, method)] = runs
+                    stages += runs
     return Plan(cells, stages, backbone, feats, tunes)

@@ -53,8 +53,17 @@ def _fmt(values: list[float], digits: int = 2) -> str:
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def _noise_label(noise) -> str:
+def _noise_label(noise, init: str = "") -> str:
+    if init == "fixed":
+        return "frozen"
     return "random init" if noise is None else f"{noise:g}"
+
+
+def _init_of(rows: list[dict], obj: str, noise) -> str:
+    """``pretrained``, ``random`` or ``fixed`` (a frozen encoder) for an objective's noise level."""
+    if noise is not None:
+        return "pretrained"
+    return "fixed" if any(r["objective"] == obj and r["init"] == "fixed" for r in rows) else "random"
 
 
 def tables(rows: list[dict]) -> str:
@@ -69,14 +78,16 @@ def tables(rows: list[dict]) -> str:
         noises = sorted(
             {r["noise_rate"] for r in rows if r["objective"] == obj}, key=lambda g: (g is None, g or 0)
         )
-        lines += [
-            f"### {obj}: mean top-1 (%) over the ID and OOD test sets, mean ± sd over pre-training seeds",
-            "",
-        ]
+        over = (
+            "replicates (tuning seeds) of the frozen encoder"
+            if any(r["objective"] == obj and r["init"] == "fixed" for r in rows)
+            else "pre-training seeds"
+        )
+        lines += [f"### {obj}: mean top-1 (%) over the ID and OOD test sets, mean ± sd over {over}", ""]
         lines += ["| gamma | " + " | ".join(f"{m} ID | {m} OOD" for m in methods) + " |"]
         lines += ["|---|" + "---|---|" * len(methods)]
         for g in noises:
-            init = "random" if g is None else "pretrained"
+            init = _init_of(rows, obj, g)
             cells = []
             for m in methods:
                 for group in ("id", "ood"):
@@ -86,7 +97,7 @@ def tables(rows: list[dict]) -> str:
                         if k[:3] == (obj, init, g) and k[4] == m and k[5] == group
                     ]
                     cells.append(_fmt(v))
-            lines.append(f"| {_noise_label(g)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_noise_label(g, init)} | " + " | ".join(cells) + " |")
         lines += [
             "",
             f"### {obj}: top-1 (%) per test set (linear probe unless noted), mean ± sd over seeds",
@@ -110,7 +121,9 @@ def tables(rows: list[dict]) -> str:
                     ]
                     vals.append(_fmt(v, 1))
                 if any(v != "-" for v in vals):
-                    lines.append(f"| {_noise_label(g)} | {m} | " + " | ".join(vals) + " |")
+                    lines.append(
+                        f"| {_noise_label(g, _init_of(rows, obj, g))} | {m} | " + " | ".join(vals) + " |"
+                    )
         lines += [
             "",
             f"### {obj}: spectrum of the frozen features (mean over the ID / OOD test sets) and memorisation",
@@ -127,9 +140,9 @@ def tables(rows: list[dict]) -> str:
             + " | ".join(title for _, title in fitted)
             + " |"
         ]
-        lines += ["|---" * (8 + len(fitted)) + "|"]
+        lines += ["|---" * (7 + len(fitted)) + "|"]
         for g in noises:
-            init = "random" if g is None else "pretrained"
+            init = _init_of(rows, obj, g)
             spec = {}
             for metric, group in (
                 ("sve", "id"),
@@ -156,7 +169,7 @@ def tables(rows: list[dict]) -> str:
                 for c, _ in fitted
             }
             lines.append(
-                f"| {_noise_label(g)} | {_fmt(spec[('sve', 'id')], 3)} | {_fmt(spec[('lsvr', 'id')], 3)} | "
+                f"| {_noise_label(g, init)} | {_fmt(spec[('sve', 'id')], 3)} | {_fmt(spec[('lsvr', 'id')], 3)} | "
                 f"{_fmt(spec[('sve', 'ood')], 3)} | {_fmt(spec[('lsvr', 'ood')], 3)} | {_fmt(spec[('effective_rank', 'id')], 1)} | "
                 f"{_fmt(spec[('dead_units', 'id')], 1)} | "
                 + " | ".join(_fmt([v for _, v in mem[c]], 1) for c, _ in fitted)
@@ -188,7 +201,7 @@ def loss_terms_table(rows: list[dict], obj: str, noises: list) -> list[str]:
         for t in terms:
             values = [r[t] for r in per_run.values() if r.get(t) is not None]
             cells.append(f"{statistics.fmean(values):.3g}" if values else "-")
-        lines.append(f"| {_noise_label(g)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_noise_label(g, _init_of(rows, obj, g))} | " + " | ".join(cells) + " |")
     return lines if len(lines) > 4 else []
 
 
@@ -257,7 +270,7 @@ def figures(rows: list[dict], out: Path) -> list[str]:
 
     made = []
     means = group_means(rows)
-    for obj in sorted({r["objective"] for r in rows}):
+    for obj in sorted({r["objective"] for r in rows if r["init"] != "fixed"}):  # frozen encoders: tables
         noises = sorted(
             {r["noise_rate"] for r in rows if r["objective"] == obj and r["noise_rate"] is not None}
         )
@@ -313,7 +326,10 @@ def figures(rows: list[dict], out: Path) -> list[str]:
             by_obj: dict[str, list[str]] = defaultdict(list)
             for k in z.files:
                 by_obj[k.split("-")[0]].append(k)
+            frozen = {r["objective"] for r in rows if r["init"] == "fixed"}
             for obj, keys in by_obj.items():
+                if obj in frozen:  # one spectrum per frozen encoder: in the tables
+                    continue
                 id_sets = sorted(
                     {(r["task"], r["test_set"]) for r in rows if r["objective"] == obj and r["group"] == "id"}
                 )

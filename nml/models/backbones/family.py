@@ -29,6 +29,7 @@ class BackboneFamily:
     name: ClassVar[str]
     transforms: ClassVar[str]  # the transform family in nml.data.transforms (its name)
     features_description: ClassVar[str]  # what features() returns, written into encoder.json
+    modality: ClassVar[str] = "image"  # what features() takes: image tensors, or documents ("text")
 
     def instantiate(self, config: BackboneConfig) -> nn.Module:
         raise NotImplementedError
@@ -59,6 +60,10 @@ class BackboneFamily:
 
     def pretraining_classes(self, config: BackboneConfig, hparams: dict) -> int | None:
         """The class count a pre-training run of this family trained on (None: not a classifier)."""
+        return None
+
+    def pop_truncated(self, model: nn.Module) -> tuple[int, int | None] | None:
+        """(inputs truncated since the last call, the limit) for families that truncate (text)."""
         return None
 
 
