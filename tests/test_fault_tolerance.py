@@ -283,3 +283,27 @@ def test_worker_processes_that_ignore_sigterm_are_stopped_before_exit():
     assert worker.is_alive()
     assert stop_worker_processes(grace=10) >= 1
     assert not worker.is_alive()
+
+
+@pytest.mark.slow
+def test_a_script_that_leaves_persistent_workers_running_exits(tmp_path):
+    """A loader's persistent workers ignore SIGTERM, which multiprocessing stops its children with
+    at exit before joining them: a script that reads an epoch and ends without closing the loader
+    hung at exit until nml shut tracked workers down in order from an exit handler."""
+    import subprocess
+    import sys
+
+    from helpers import nml_subprocess_env, write_shards
+
+    spec = write_shards(tmp_path / "d", [40, 40])
+    script = (
+        "from nml.data.modules import ClassificationShards\n"
+        f"dm = ClassificationShards(train={spec!r}, num_classes=5, image={{'image_size': 8}},\n"
+        "    loader={'batch_size': 8, 'num_workers': 2, 'persistent_workers': True})\n"
+        "dm.setup('fit')\n"
+        "print(sum(len(b['key']) for b in dm.train_dataloader()))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=nml_subprocess_env()
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "80", r.stderr[-2000:]

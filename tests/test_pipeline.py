@@ -661,3 +661,20 @@ def test_decode_on_device_fills_a_batch_none_of_whose_images_decode_from_an_earl
     assert decoder.decode(bad, torch.device("cpu")) == [0, 1, 2, 3]
     assert bad["image"].shape == good["image"].shape and torch.equal(bad["image"][1], good["image"][0])
     assert bad["key"] == [good["key"][0]] * 4 and torch.equal(bad["target"], good["target"][:1].expand(4))
+
+
+@pytest.mark.slow
+def test_bench_pipeline_measures_the_cost_of_noise_on_the_embedded_shards(tiny_benchmark):
+    from helpers import run_tool
+
+    argv = ["--root", str(tiny_benchmark), "--num_workers", "0", "--repeats", "2", "--batch_size", "16"]
+    out = json.loads(run_tool("bench_pipeline.py", argv))
+    for modality, kinds in (
+        ("classification", {"none", "symmetric"}),
+        ("image_text", {"none", "caption_swap"}),
+    ):
+        result = out[modality]
+        assert set(result["samples_per_s"]) == kinds and all(len(v) == 2 for v in result["all_runs"].values())
+        assert (
+            all(v > 0 for v in result["samples_per_s"].values()) and result["noise_stage_us_per_sample"] > 0
+        )

@@ -17,7 +17,7 @@ rate when it decodes and when it only reads headers and draws crops for decoding
 
 Default mode:
 Runs one training epoch per setting, alternating settings within each repeat so that machine
-noise hits all of them alike, and prints JSON: samples/s per setting (median over repeats,
+noise hits all of them alike (``bench_timing.alternate``), and prints JSON: samples/s per setting (median over repeats,
 timed from the second batch on, so worker start-up is excluded) and the end-to-end difference.
 On a shared 2-core machine that difference swings by +-20 % from run to run, so the noise stage
 is also timed on its own (records already in memory, best of the repeats) and reported as a share
@@ -31,7 +31,6 @@ import argparse
 import io
 import json
 import os
-import statistics
 import sys
 import tarfile
 import tempfile
@@ -43,6 +42,9 @@ from nml.data.pipeline import ShardLoader, StreamConfig
 from nml.noise.config import NoiseConfig
 from nml.noise.models import NoiseModel
 from nml.shards.spec import resolve_shards
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+from bench_timing import alternate
 
 SETTINGS = {
     "classification": (ClassificationShards, [NoiseConfig(), NoiseConfig("symmetric", 0.2)]),
@@ -237,32 +239,26 @@ def main() -> None:
         sys.stdout.write("\n")
         return
     results = {}
+    loader = {"batch_size": args.batch_size, "num_workers": args.num_workers, "persistent_workers": False}
     for modality in SETTINGS if args.modality == "all" else [args.modality]:
         cls, noises = SETTINGS[modality]
-        rates: dict[str, list[float]] = {n.kind: [] for n in noises}
-        for r in range(args.repeats):
-            for noise in noises if r % 2 == 0 else reversed(noises):
-                dm = cls(
-                    root=args.root,
-                    noise=noise,
-                    batch_size=args.batch_size,
-                    num_workers=args.num_workers,
-                    persistent_workers=False,
-                )
-                rate, samples = epoch_rate(dm)
-                rates[noise.kind].append(rate)
-                print(
-                    f"[bench] {modality} {noise.kind}: {rate:,.0f} samples/s ({samples} samples)",
-                    file=sys.stderr,
-                )
-        base, noisy = (statistics.median(rates[n.kind]) for n in noises)
-        dm = cls(root=args.root, batch_size=args.batch_size, num_workers=0)
+
+        def epoch(noise: NoiseConfig, cls=cls, modality=modality) -> float:
+            rate, samples = epoch_rate(cls(root=args.root, noise=noise, loader=loader))
+            print(
+                f"[bench] {modality} {noise.kind}: {rate:,.0f} samples/s ({samples} samples)", file=sys.stderr
+            )
+            return rate
+
+        stats = alternate({n.kind: (lambda n=n: epoch(n)) for n in noises}, args.repeats)
+        base, noisy = (stats[n.kind]["median"] for n in noises)
+        dm = cls(root=args.root, loader={"batch_size": args.batch_size, "num_workers": 0})
         dm.setup("fit")
         stage_us = noise_stage_us(dm, noises[1], args.repeats)
         pipeline_us = 1e6 * max(1, args.num_workers) / base  # CPU time per sample across the workers
         results[modality] = {
-            "samples_per_s": {n.kind: round(statistics.median(rates[n.kind]), 1) for n in noises},
-            "all_runs": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+            "samples_per_s": {k: round(v["median"], 1) for k, v in stats.items()},
+            "all_runs": {k: [round(x, 1) for x in v["runs"]] for k, v in stats.items()},
             "end_to_end_difference_percent": round(100 * (base - noisy) / base, 2),
             "noise_stage_us_per_sample": round(stage_us, 2),
             "pipeline_us_per_sample": round(pipeline_us, 1),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
@@ -98,6 +99,42 @@ def stop_worker_processes(grace: float = 5.0) -> int:
     for p in children:
         p.join(grace)
     return len(children)
+
+
+_ITERATORS: weakref.WeakSet = weakref.WeakSet()  # multi-process loader iterators this process made
+
+
+def track_workers(iterator) -> None:
+    """Remember a multi-process loader iterator, to shut its workers down when this process exits:
+    workers ignore SIGTERM (:func:`~nml.data.pipeline.ignore_stop_signals`), which is what
+    ``multiprocessing`` stops its daemonic children with at exit before it joins them, so a loader
+    still holding persistent workers at exit (a script that never closed it) would hang there."""
+    global _AT_EXIT_REGISTERED
+    if not hasattr(iterator, "_shutdown_workers"):  # single-process: nothing to stop
+        return
+    if not _AT_EXIT_REGISTERED:
+        import atexit
+
+        # registered after multiprocessing's own exit handler, so it runs before it (atexit is LIFO)
+        atexit.register(_shut_tracked_workers_down)
+        _AT_EXIT_REGISTERED = True
+    _ITERATORS.add(iterator)
+
+
+_AT_EXIT_REGISTERED = False
+
+
+def _shut_tracked_workers_down() -> None:
+    """torch's own orderly shutdown (what an iterator's ``__del__`` does): the workers are told to
+    stop and joined; any that did not stop is killed."""
+    for iterator in list(_ITERATORS):
+        try:
+            iterator._shutdown_workers()
+        except Exception:  # at exit: kill what is left instead
+            pass
+        for p in getattr(iterator, "_workers", ()):
+            if p.is_alive():
+                p.kill()
 
 
 class IteratedAsIs:

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from nml.data.device_decode import DeviceDecoder
-from nml.data.loading import ResumableLoader
+from nml.data.loading import ResumableLoader, track_workers
 from nml.data.transforms import min_decode_side
 from nml.noise.config import NoiseConfig
 from nml.noise.models import NoiseModel
@@ -608,7 +608,9 @@ class ShardLoader(ResumableLoader, DataLoader):
     def _get_iterator(self):
         """The worker processes start with the stop signals blocked (:func:`stop_signals_blocked`)."""
         with stop_signals_blocked() if self.num_workers > 0 else nullcontext():
-            return super()._get_iterator()
+            iterator = super()._get_iterator()
+        track_workers(iterator)  # its workers are shut down at exit if still alive
+        return iterator
 
     def __iter__(self) -> Iterator:
         epoch, skip = self.begin_epoch()
