@@ -109,6 +109,8 @@ def test_text_shards_noise_is_fixed_per_sample_and_evaluation_reads_every_docume
             loader={"batch_size": 8, "num_workers": workers},
         )
         assert isinstance(dm, TextClassificationShards)
+        with pytest.raises(ValueError, match="text has no augmented views"):
+            dm.check_views(2)  # what nml features --views asks first
         dm.setup("fit")
         batches = list(dm.train_dataloader())
         b = batches[0]

@@ -102,6 +102,7 @@ def stop_worker_processes(grace: float = 5.0) -> int:
 
 
 _ITERATORS: weakref.WeakSet = weakref.WeakSet()  # multi-process loader iterators this process made
+_WORKERS: weakref.WeakSet = weakref.WeakSet()  # and their worker processes
 
 
 def track_workers(iterator) -> None:
@@ -119,6 +120,8 @@ def track_workers(iterator) -> None:
         atexit.register(_shut_tracked_workers_down)
         _AT_EXIT_REGISTERED = True
     _ITERATORS.add(iterator)
+    for p in getattr(iterator, "_workers", ()):
+        _WORKERS.add(p)
 
 
 _AT_EXIT_REGISTERED = False
@@ -126,15 +129,23 @@ _AT_EXIT_REGISTERED = False
 
 def _shut_tracked_workers_down() -> None:
     """torch's own orderly shutdown (what an iterator's ``__del__`` does): the workers are told to
-    stop and joined; any that did not stop is killed."""
+    stop and joined. Then any loader worker still alive (one whose iterator is gone or failed to stop
+    it) is killed, as ``multiprocessing`` is about to stop it anyway: a worker that ignores or blocks
+    SIGTERM would make that stop wait for ever."""
+    import signal
+
     for iterator in list(_ITERATORS):
         try:
             iterator._shutdown_workers()
         except Exception:  # at exit: kill what is left instead
             pass
-        for p in getattr(iterator, "_workers", ()):
-            if p.is_alive():
-                p.kill()
+    left = [p for p in list(_WORKERS) if p.is_alive()]
+    if left and hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler raises on a killed worker
+    for p in left:
+        p.kill()
+    for p in left:
+        p.join(5)
 
 
 class IteratedAsIs:

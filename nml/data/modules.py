@@ -425,6 +425,9 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
             uint8=uint8,
         )
 
+    def check_views(self, views: int) -> None:
+        """Raise now if this data cannot give ``views`` augmented views (text cannot)."""
+
     def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:
         """Every sample of ``spec`` once, in order, on one process: with the eval transform
         (``views=0``) or as ``views`` augmented views seeded per (seed, sample, view)."""
@@ -586,9 +589,12 @@ class TextClassificationShards(ShardDataModule):
             )
         self.image.views, self.image.augment = 1, False
 
-    def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:
+    def check_views(self, views: int) -> None:
         if views > 0:
             raise ValueError(f"--views {views}: text has no augmented views (use --views 0)")
+
+    def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:
+        self.check_views(views)
         return super().extraction_loader(spec, 0, seed)
 
 

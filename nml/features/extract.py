@@ -109,6 +109,7 @@ def extract_features(
     augmented views per sample (seeded per (seed, sample, view)), for NMTune's two-view loss.
     ``limit``: at most this many samples per split (the first, in shard order).
     """
+    dm.check_views(views)  # before any work
     out = Path(out)
     device = torch.device(device)
     share_cores_with_workers(dm.loader.num_workers, device.type)
