@@ -282,6 +282,8 @@ def test_an_embedding_api_backbone_gives_the_local_models_features_and_caches_th
             a, b = load_split(tmp_path / "api" / split), load_split(tmp_path / "direct" / split)
             assert a.keys == b.keys
             np.testing.assert_allclose(a.features, b.features, atol=1e-5)
+        splits = json.loads((tmp_path / "direct" / "features.json").read_text())["splits"]
+        assert splits["test/conventions_2012"]["truncated"] == 20  # 400-word speeches, 128 tokens kept
         asked = len(server.requests)
         extract_task_features(api, str(tmp_path / "again"), "party", root=str(text_benchmark), num_workers=0)
         assert len(server.requests) == asked  # the second run is answered from the cache
