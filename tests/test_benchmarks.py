@@ -62,3 +62,35 @@ def test_the_study_pretraining_benchmark_times_the_recipe_and_its_bare_loop(tiny
     assert row["nml_over_bare"] == pytest.approx(
         row["nml_samples_per_s"]["median"] / row["bare_samples_per_s"]["median"], rel=1e-2
     )
+
+
+@pytest.mark.slow
+def test_the_spectrum_benchmark_times_every_contender_on_the_same_rows_and_reports_errors():
+    out = run_tool("bench_spectrum.py", ["--rows", "600", "--dims", "32", "--chunk", "256", "--repeats", "1"])
+    (row,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert (row["rows"], row["dim"], row["reference"]) == (600, 32, "svd_torch")
+    assert row["svd_torch"]["max_error_over_s_max"] == 0.0
+    # float64 throughout: the streamed spectrum is the SVD's to rounding; float32 products are not
+    assert row["streaming"]["max_error_over_s_max"] < 1e-12
+    assert row["gram_float32"]["max_error_over_s_max"] > 100 * row["streaming"]["max_error_over_s_max"]
+    assert row["svd_numpy"]["max_error_over_s_max"] < 1e-12
+    assert row["svd_torch_over_streaming"] == pytest.approx(
+        row["svd_torch"]["seconds"]["median"] / row["streaming"]["seconds"]["median"]
+    )
+    assert row["allreduce_s_2_gloo_ranks"] > 0 and row["float64_matmul_gflops"] > 0
+
+
+@pytest.mark.slow
+def test_the_tuning_cache_benchmark_alternates_image_and_cached_epochs(tiny_benchmark):
+    out = run_tool(
+        "bench_tuning_cache.py",
+        ["--root", str(tiny_benchmark), "--backbones", "test_resnet", "--methods", "linear"]
+        + ["--images", "64", "--epochs", "2", "--num_workers", "0", "--repeats", "2", "--floor_dims"],
+    )
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    (row,) = [r for r in lines if "backbone" in r]
+    assert (row["backbone"], row["method"], row["images"]) == ("test_resnet", "linear", 64)
+    assert len(row["image_epoch_s_runs"]) == len(row["cached_epoch_s_runs"]) == 2
+    assert row["speedup"] == pytest.approx(row["image_epoch_s"] / row["cached_epoch_s"], rel=0.01)
+    (floor,) = [r["flop_floor"] for r in lines if "flop_floor" in r]
+    assert floor["feature_dim"] == row["feature_dim"] and floor["over_floor"] > 0

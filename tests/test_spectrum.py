@@ -75,6 +75,22 @@ def test_invariant_to_batch_split_and_fewer_rows_than_dims():
         SpectrumAccumulator().update(np.full((2, 3), np.nan))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batches_of_varying_size_leave_the_callers_tensors_alone(dtype):
+    f = _features(500, 32, rank=4).astype(dtype)
+    batches = [torch.from_numpy(f[a:b].copy()) for a, b in ((0, 64), (64, 300), (300, 310), (310, 500))]
+    before = [b.clone() for b in batches]
+    acc = SpectrumAccumulator()
+    for b in batches:  # the scratch buffer grows for the 236-row batch and is reused after
+        acc.update(b)
+    assert all(torch.equal(b, c) for b, c in zip(batches, before, strict=True))
+    ref = _reference(f.astype(np.float64), True, True)
+    np.testing.assert_allclose(acc.compute(sync=False)["singular_values"], ref, rtol=0, atol=1e-10 * ref[0])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        acc.update(torch.tensor([[1.0] * 31 + [float("inf")]], dtype=batches[0].dtype))
+    assert acc.count == 500  # the bad batch added nothing
+
+
 def _spectrum_worker(rank: int, world: int, port: int, out: str) -> None:
     init_gloo(rank, world, port)
     f = _features(500, 24)

@@ -1,6 +1,6 @@
 """The real training pipeline against the model-bound rate: does the data keep the GPU busy?
 
-    python tools/bench_gpu_pipeline.py [--samples 4096] [--num_workers 15] [--steps 30] [--repeats 2]
+    python tools/bench_gpu_pipeline.py [--samples 4096] [--num_workers 15] [--steps 30] [--repeats 3]
 
 The model-bound rate is ResNet-50 (bf16-mixed, channels-last) training on one batch resident on the
 device: :func:`bench_gpu_step.bare_loop`, what no pipeline can beat. The real rate is the same model
@@ -9,8 +9,8 @@ reading JPEG shards through ``ClassificationShards`` (timm's ImageNet augmentati
 symmetric noise 0.2, ``--num_workers`` workers), once decoding in the workers and once with
 ``decode_on_device`` (nvJPEG; the workers read the bytes and draw the crops). The shards are
 ``--samples`` synthetic 500 x 375 JPEGs (ImageNet's typical size) written to a temporary directory
-first, read for several epochs. The two rates alternate ``--repeats`` times; the best of each is
-reported. Prints one JSON object per setting: samples/s, the model-bound samples/s, their ratio.
+first, read for several epochs. The rates alternate ``--repeats`` times (``bench_timing.alternate``);
+the median of each is reported with its runs. Prints one JSON object per setting: samples/s, the model-bound samples/s, their ratio.
 
 Without CUDA it runs small stand-ins on the CPU (a tiny timm ResNet at 32 px, 1 worker,
 ``decode_on_device`` skipped) so that CI exercises the script; the ratio there is not the GPU's.
@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
 from bench_gpu_step import _case, bare_loop, timed_fit
 from bench_pipeline import write_jpeg_shards
+from bench_timing import alternate
 
 
 def pipeline_rate(
@@ -65,7 +66,7 @@ def main() -> int:
     ap.add_argument("--num_workers", type=int, default=None, help="default: 15 on CUDA (16 cores), 1 on CPU")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each, alternated; the best is reported")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each, alternated; the median is reported")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -78,16 +79,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         size = (500, 375) if cuda else (64, 48)
         spec = write_jpeg_shards(Path(tmp), samples, size=size, classes=c["classes"])
-        bound, real = [], {label: [] for label, _ in settings}
-        for _ in range(args.repeats):  # alternated, best of each: machine noise hits all alike
-            bound.append(bare_loop(c, device, args.warmup, args.steps)[0])
-            for label, on_device in settings:
-                real[label].append(
-                    pipeline_rate(c, spec, device, workers, on_device, args.warmup, args.steps)
-                )
-    limit = max(bound)
+        contenders = {"model_bound": lambda: bare_loop(c, device, args.warmup, args.steps)[0]}
+        for label, on_device in settings:
+            contenders[label] = lambda on_device=on_device: pipeline_rate(
+                c, spec, device, workers, on_device, args.warmup, args.steps
+            )
+        stats = alternate(contenders, args.repeats)  # machine noise hits every contender alike
+    limit = stats["model_bound"]["median"]
     for label, on_device in settings:
-        rate = max(real[label])
+        rate = stats[label]["median"]
         print(
             json.dumps(
                 {
@@ -102,6 +102,8 @@ def main() -> int:
                     "samples_per_s": round(rate, 1),
                     "model_bound_samples_per_s": round(limit, 1),
                     "over_model_bound": round(rate / limit, 3),
+                    "runs": [round(r, 1) for r in stats[label]["runs"]],
+                    "model_bound_runs": [round(r, 1) for r in stats["model_bound"]["runs"]],
                 }
             ),
             flush=True,

@@ -11,7 +11,8 @@ Each case trains one model on one synthetic batch kept on the device, two ways:
   the cloud configs do.
 
 ``--warmup`` steps are untimed, then ``--steps`` are timed; the bare loop and the module run
-alternately ``--repeats`` times and the best of each is reported (shared machines are noisy). The FLOPs of a step come from torch's
+alternately ``--repeats`` times (``bench_timing.alternate``) and the median of each is reported with
+its min and max (shared machines are noisy). The FLOPs of a step come from torch's
 ``FlopCounterMode`` on the bare loop's first step. MFU is the achieved FLOP/s over the device's
 peak at that precision (Lightning's table; none for a CPU). ``--with_throughput_monitor`` also
 times the nml module with Lightning's ``ThroughputMonitor``, which synchronises after every batch,
@@ -29,10 +30,14 @@ import json
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_timing import alternate
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -258,7 +263,7 @@ def main() -> int:
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each, alternated; the best is reported")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each, alternated; the median is reported")
     ap.add_argument(
         "--with_throughput_monitor",
         action="store_true",
@@ -272,12 +277,20 @@ def main() -> int:
     for case in args.cases.split(","):
         c = _case(case, cuda)
         peak = get_available_flops(device, torch.bfloat16 if c["bf16"] else torch.float32) if cuda else None
-        bares, ours_runs = [], []
-        for _ in range(args.repeats):  # alternated, best of each: machine noise hits both alike
-            bare, flops = bare_loop(c, device, args.warmup, args.steps)
-            bares.append(bare)
-            ours_runs.append(nml_module(c, device, args.warmup, args.steps))
-        bare, ours = max(bares), max(ours_runs)
+        flops_of = []
+
+        def bare_rate(c=c, flops_of=flops_of):
+            rate, flops = bare_loop(c, device, args.warmup, args.steps)
+            flops_of.append(flops)
+            return rate
+
+        contenders = {"bare": bare_rate, "nml": lambda c=c: nml_module(c, device, args.warmup, args.steps)}
+        if args.with_throughput_monitor:
+            contenders["lightning_monitor"] = lambda c=c: nml_module(
+                c, device, args.warmup, args.steps, "lightning"
+            )
+        stats = alternate(contenders, args.repeats)  # machine noise hits every contender alike
+        bare, ours, flops = stats["bare"]["median"], stats["nml"]["median"], flops_of[0]
         out = {
             "case": case,
             "device": name,
@@ -287,6 +300,8 @@ def main() -> int:
             "bare_samples_per_s": round(bare, 1),
             "nml_samples_per_s": round(ours, 1),
             "nml_over_bare": round(ours / bare, 3),
+            "bare_runs": [round(r, 1) for r in stats["bare"]["runs"]],
+            "nml_runs": [round(r, 1) for r in stats["nml"]["runs"]],
             "gflops_per_step": round(flops / 1e9, 2),
         }
         for who, rate in (("bare", bare), ("nml", ours)):
@@ -294,9 +309,7 @@ def main() -> int:
             out[f"{who}_tflops_per_s"] = round(achieved / 1e12, 3)
             out[f"{who}_mfu"] = round(achieved / peak, 4) if peak else None
         if args.with_throughput_monitor:
-            theirs = max(
-                nml_module(c, device, args.warmup, args.steps, "lightning") for _ in range(args.repeats)
-            )
+            theirs = stats["lightning_monitor"]["median"]
             out["nml_with_lightning_throughput_monitor_samples_per_s"] = round(theirs, 1)
             out["lightning_monitor_over_bare"] = round(theirs / bare, 3)
         print(json.dumps(out), flush=True)

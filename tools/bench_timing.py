@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 
 def alternate(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict]:
-    """Run each contender (a callable returning a rate, e.g. samples/s) once per repeat, in turn;
-    per contender: ``median``, ``min``, ``max`` and the ``runs``."""
+    """Run each contender (a callable returning one figure: a rate such as samples/s, or a time)
+    once per repeat, in turn; per contender: ``median``, ``min``, ``max`` and the ``runs``."""
     runs: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():

@@ -2,13 +2,15 @@
 
     python tools/bench_tuning_cache.py [--backbones clip_tiny test_resnet resnet50] [--images 256]
                                        [--methods linear nmtune] [--epochs 3] [--num_workers 2]
+                                       [--repeats 3]
 
 For each backbone (random weights: timing does not depend on them) and method, one Lightning run of
 ``DownstreamTuning`` on ``--images`` training images of the embedded benchmark (``glyphs_heldout``),
 and one on their cached features (``CachedFeatures``, no backbone): the image path runs the frozen
 backbone on the views every epoch (two augmented views for mlp/nmtune, one eval view for linear),
 as the authors' code does. Epoch times are the mean over epochs after the first (worker start-up,
-allocator warm-up); the ratio image / cached is printed. The one-off extraction time is reported
+allocator warm-up); the image run and the cached run alternate ``--repeats`` times
+(``bench_timing.alternate``) and the ratio of their medians is printed. The one-off extraction time is reported
 too. Then a breakdown of one cached NMTune step (gather, head forward, each regulariser, backward,
 optimizer) in a plain loop, and the same step against its FLOP floor (:func:`flop_floor`, also at
 ``--floor_dims``). JSON lines on stdout; a table on stderr.
@@ -26,6 +28,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_timing import alternate
 
 BACKBONES = {
     "clip_tiny": ({"library": "open_clip", "name": "tiny-vit-glyphs"}, 32),
@@ -79,7 +84,9 @@ def _fit(model, dm, epochs: int) -> float:
     return timer.per_epoch()
 
 
-def run(name: str, methods: list[str], images: int, epochs: int, workers: int, root: str) -> list[dict]:
+def run(
+    name: str, methods: list[str], images: int, epochs: int, workers: int, root: str, repeats: int
+) -> list[dict]:
     import numpy as np
     import torch
 
@@ -109,7 +116,7 @@ def run(name: str, methods: list[str], images: int, epochs: int, workers: int, r
             stream={"train_samples": images},
         )
 
-    dm = data(image_size=size, mean=mean, std=std)
+    dm = data(image={"image_size": size, "mean": list(mean), "std": list(std)})
     dm.test_sets, dm.val_spec = [], None  # the training split only
     t0 = time.perf_counter()
     extract_features(backbone, dm, tmp / "features", views=2, limit=images)
@@ -117,23 +124,30 @@ def run(name: str, methods: list[str], images: int, epochs: int, workers: int, r
     train = np.load(tmp / "features" / "train" / "features.npy")
     rows = []
     for method in methods:
-        torch.manual_seed(0)
-        image_model = DownstreamTuning(method, backbone=str(tmp / "export"), num_classes=52)
-        image_s = _fit(image_model, data(), epochs)
-        torch.manual_seed(0)
-        cached_dm = CachedFeatures(train=str(tmp / "features" / "train"), num_classes=52, batch_size=64)
-        cached_s = _fit(
-            DownstreamTuning(method, num_classes=52, feature_dim=train.shape[1]), cached_dm, epochs
-        )
+
+        def image(method=method):
+            torch.manual_seed(0)
+            model = DownstreamTuning(method, backbone=str(tmp / "export"), num_classes=52)
+            return _fit(model, data(), epochs)
+
+        def cached(method=method):
+            torch.manual_seed(0)
+            dm = CachedFeatures(train=str(tmp / "features" / "train"), num_classes=52, batch_size=64)
+            return _fit(DownstreamTuning(method, num_classes=52, feature_dim=train.shape[1]), dm, epochs)
+
+        stats = alternate({"image": image, "cached": cached}, repeats)
+        image_s, cached_s = stats["image"]["median"], stats["cached"]["median"]
         row = {
             "backbone": name,
             "image_size": size,
             "feature_dim": int(train.shape[1]),
             "method": method,
             "images": images,
-            "image_epoch_s": round(image_s, 4),
-            "cached_epoch_s": round(cached_s, 4),
-            "speedup": round(image_s / cached_s, 1),
+            "image_epoch_s": round(image_s, 5),
+            "cached_epoch_s": round(cached_s, 5),
+            "speedup": round(image_s / cached_s, 2),
+            "image_epoch_s_runs": [round(t, 4) for t in stats["image"]["runs"]],
+            "cached_epoch_s_runs": [round(t, 4) for t in stats["cached"]["runs"]],
             "extraction_s": round(extraction, 2),
             "train_features": int(train.shape[0]),
         }
@@ -209,10 +223,11 @@ def head_breakdown(dim: int, batch: int = 64, steps: int = 50) -> dict:
     return {"feature_dim": dim, "batch": batch, **out}
 
 
-def flop_floor(dim: int, batch: int = 64, steps: int = 50, classes: int = 52) -> dict:
+def flop_floor(dim: int, batch: int = 64, steps: int = 50, classes: int = 52, repeats: int = 3) -> dict:
     """A cached NMTune step (head forward, CE + the regularisers, backward, fused AdamW) against its
     FLOP floor: the step's FLOPs (torch's ``FlopCounterMode``) over this machine's matmul rate at the
-    head's main shape, ``(2B x D) @ (D x 4D)``, measured in the same process."""
+    head's main shape, ``(2B x D) @ (D x 4D)``, measured in the same process, the two alternated
+    ``repeats`` times."""
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
@@ -240,18 +255,25 @@ def flop_floor(dim: int, batch: int = 64, steps: int = 50, classes: int = 52) ->
     flops = counter.get_total_flops()
     for i in range(5):
         step(i)
-    t = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    step_s = (time.perf_counter() - t) / steps
     a, w = torch.randn(2 * batch, dim), torch.randn(4 * dim, dim)
     for _ in range(5):
         a @ w.T
-    reps = max(20, steps)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ w.T
-    rate = 2 * (2 * batch) * dim * (4 * dim) * reps / (time.perf_counter() - t)
+
+    def step_seconds() -> float:
+        t = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        return (time.perf_counter() - t) / steps
+
+    def matmul_rate() -> float:
+        reps = max(20, steps)
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ w.T
+        return 2 * (2 * batch) * dim * (4 * dim) * reps / (time.perf_counter() - t)
+
+    stats = alternate({"step": step_seconds, "matmul": matmul_rate}, repeats)
+    step_s, rate = stats["step"]["median"], stats["matmul"]["median"]
     floor_s = flops / rate
     return {
         "feature_dim": dim,
@@ -273,6 +295,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="alternated runs of each contender; medians")
     p.add_argument("--root", default=None, help="benchmark directory (default: $NML_DATA or data/embedded)")
     p.add_argument(
         "--floor_dims", type=int, nargs="*", default=[2048], help="also the FLOP floor of the step at these D"
@@ -288,13 +311,13 @@ def main() -> None:
     rows = [
         r
         for b in args.backbones
-        for r in run(b, args.methods, args.images, args.epochs, args.num_workers, root)
+        for r in run(b, args.methods, args.images, args.epochs, args.num_workers, root, args.repeats)
     ]
     dims = sorted({r["feature_dim"] for r in rows})
     breakdown = [head_breakdown(d) for d in dims]
     for b in breakdown:
         print(json.dumps({"head_breakdown": b}), flush=True)
-    floors = [flop_floor(d) for d in sorted({*dims, *args.floor_dims})]
+    floors = [flop_floor(d, repeats=args.repeats) for d in sorted({*dims, *args.floor_dims})]
     for f in floors:
         print(json.dumps({"flop_floor": f}), flush=True)
     w = sys.stderr.write
