@@ -67,6 +67,19 @@ class EpochTimer:
         return sum(rest) / len(rest)
 
 
+_THREADS: list[int] = []
+
+
+def _restore_threads() -> None:
+    """torch's intra-op threads as the process started: a run with loader workers caps them
+    (``share_cores_with_workers``), which must not carry over to the next, worker-less run."""
+    import torch
+
+    if not _THREADS:
+        _THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(_THREADS[0])
+
+
 def _fit(model, dm, epochs: int) -> float:
     from lightning.pytorch import Trainer
 
@@ -81,6 +94,7 @@ def _fit(model, dm, epochs: int) -> float:
         enable_model_summary=False,
         callbacks=[timer.callback],
     ).fit(model, dm)
+    _restore_threads()
     return timer.per_epoch()
 
 
@@ -121,6 +135,7 @@ def run(
     t0 = time.perf_counter()
     extract_features(backbone, dm, tmp / "features", views=2, limit=images)
     extraction = time.perf_counter() - t0
+    _restore_threads()
     train = np.load(tmp / "features" / "train" / "features.npy")
     rows = []
     for method in methods:
@@ -283,13 +298,19 @@ def flop_floor(dim: int, batch: int = 64, steps: int = 50, classes: int = 52, re
         "floor_ms": round(1e3 * floor_s, 3),
         "step_ms": round(1e3 * step_s, 3),
         "over_floor": round(step_s / floor_s, 2),
+        "step_ms_runs": [round(1e3 * t, 3) for t in stats["step"]["runs"]],
+        "matmul_gflops_per_s_runs": [round(r / 1e9, 2) for r in stats["matmul"]["runs"]],
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
-        "--backbones", nargs="+", default=["clip_tiny", "test_resnet", "resnet50"], choices=list(BACKBONES)
+        "--backbones",
+        nargs="*",
+        default=["clip_tiny", "test_resnet", "resnet50"],
+        choices=list(BACKBONES),
+        help="none: only the head breakdown and FLOP floor at --floor_dims",
     )
     p.add_argument("--methods", nargs="+", default=["linear", "nmtune"])
     p.add_argument("--images", type=int, default=256)
@@ -308,6 +329,7 @@ def main() -> None:
     from nml.shards.manifest import default_root
 
     root = args.root or default_root()
+    _restore_threads()  # records the process's thread count before any run changes it
     rows = [
         r
         for b in args.backbones
