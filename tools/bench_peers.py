@@ -16,7 +16,8 @@
 Every contender gets the same transform object (nml's training transform: timm's augmentation at
 ``--image_size``, normalised in the worker) and the same tokenizer; nml runs with and without noise
 (symmetric 0.2 / caption swap 0.3), which the peers do not have. Sets: ``glyphs`` (the embedded
-benchmark's pre-training shards, the first ``--samples``) and ``jpeg256`` (``--samples`` synthetic
+benchmark's pre-training shards, the first that hold ``--samples``; timm reads the same ones through
+a directory of links whose ``_info.json`` lists only them) and ``jpeg256`` (``--samples`` synthetic
 256 x 256 JPEGs with captions, written to a temporary directory). Each contender reads one epoch,
 timed from its second batch (worker start-up excluded); the contenders alternate ``--repeats`` times
 (``bench_timing.alternate``). Prints one JSON object per (set, task, workers): the medians with
@@ -109,6 +110,25 @@ def nml_module(
     )
 
 
+def _subset_for_timm(directory: Path, keep: list[str], sizes: dict, out: Path) -> str:
+    """A directory that timm's reader sees as holding only the shards ``keep`` (links to them and an
+    ``_info.json`` whose train split lists just those), so that it reads the samples nml reads."""
+    out.mkdir()
+    info = json.loads((directory / "_info.json").read_text())
+    info["splits"] = {
+        "train": {
+            "name": "train",
+            "filenames": keep,
+            "num_samples": sum(sizes[n] for n in keep),
+            "shard_lengths": [sizes[n] for n in keep],
+        }
+    }
+    (out / "_info.json").write_text(json.dumps(info))
+    for name in keep:
+        (out / name).symlink_to((directory / name).resolve())
+    return str(out)
+
+
 def _sets(args, tmp: Path) -> dict[str, tuple[str, str, str, int]]:
     """name -> (directory, timm dataset name, spec, classes)."""
     out = {}
@@ -124,7 +144,7 @@ def _sets(args, tmp: Path) -> dict[str, tuple[str, str, str, int]]:
             total += sizes[n]
         spec = str(directory / f"train-{{{keep[0][6:12]}..{keep[-1][6:12]}}}.tar")
         out["glyphs"] = (
-            str(directory),
+            _subset_for_timm(directory, keep, sizes, tmp / "glyphs"),
             "glyphs",
             spec,
             json.loads((directory / "_info.json").read_text())["num_classes"],
