@@ -94,3 +94,35 @@ def test_the_tuning_cache_benchmark_alternates_image_and_cached_epochs(tiny_benc
     assert row["speedup"] == pytest.approx(row["image_epoch_s"] / row["cached_epoch_s"], rel=0.01)
     (floor,) = [r["flop_floor"] for r in lines if "flop_floor" in r]
     assert floor["feature_dim"] == row["feature_dim"] and floor["over_floor"] > 0
+
+
+@pytest.mark.slow
+def test_the_study_benchmark_splits_the_wall_time_by_stage_kind(tiny_benchmark, tmp_path):
+    import yaml
+
+    tiny = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "1"]
+    tiny += ["--data.init_args.stream.train_shards", "4", "--data.init_args.loader.batch_size", "16"]
+    tiny += ["--data.init_args.loader.num_workers", "0", "--trainer.enable_progress_bar", "false"]
+    config = {
+        "name": "timed",
+        "grid": {"objectives": ["supervised"], "noise_rates": [0.0], "seeds": [0], "random_init": False},
+        "pretrain": {"supervised": {"config": "pretrain_supervised_study.yaml", "args": tiny}},
+        "tasks": {"mnist": {"methods": ["linear", "nmtune"]}},
+        "benchmark": {"root": str(tiny_benchmark)},
+        "features": {"views": 2, "batch_size": 64, "num_workers": 0},
+        "tuning": {"epochs": 1, "seeds": [0], "batch_size": 16},
+    }
+    (tmp_path / "timed.yaml").write_text(yaml.safe_dump(config))
+    out = run_tool("bench_study.py", ["--config", str(tmp_path / "timed.yaml"), "--out", str(tmp_path / "s")])
+    row = json.loads(out.strip().splitlines()[-1])
+    kinds = row["kinds"]
+    assert {k: v["count"] for k, v in kinds.items()} == {
+        "pretrain": 1,
+        "features": 1,
+        "tune": 2,
+        "tune/linear": 1,
+        "tune/nmtune": 1,
+    }
+    assert row["stages"] == 4 and row["stages_sum_s"] > 0 and row["report_s"] > 0
+    assert row["wall_s"] >= row["startup_s"] + row["stages_sum_s"] + row["report_s"] - 1.0
+    assert row["second_run_wall_s"] < row["wall_s"]  # every stage cached the second time
