@@ -380,6 +380,35 @@ def test_cpu_threads_leave_the_loader_workers_their_cores(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_the_threads_lent_to_the_workers_come_back_after_fit_and_extraction(tiny_benchmark, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from nml.data import loading
+    from nml.features.extract import extract_features
+    from nml.models.backbones import create_backbone
+
+    monkeypatch.setattr(loading, "usable_cores", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        dm = ClassificationShards(root=str(tiny_benchmark), task="mnist", loader={"num_workers": 3})
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+        dm.train_dataloader()
+        assert torch.get_num_threads() == 1  # one core for the model, three for the workers
+        dm.teardown("fit")
+        assert torch.get_num_threads() == 4
+        seen = []
+        monkeypatch.setattr(
+            "nml.features.extract._extract_splits", lambda *a, **k: seen.append(torch.get_num_threads()) or {}
+        )
+        extract_features(create_backbone({"library": "timm", "name": "test_resnet"}), dm, "unused")
+        assert seen == [1] and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_each_downstream_head_has_id_and_ood_test_sets_and_novel_classes(tiny_benchmark):
     from nml.shards.manifest import load_manifest, task_sets
 

@@ -363,6 +363,12 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
         self._loaders = {}
 
+    def teardown(self, stage: str | None = None) -> None:
+        """Give torch back the threads :meth:`train_dataloader` left to the loader workers."""
+        threads = self.__dict__.pop("_threads_before_fit", None)
+        if threads is not None:
+            torch.set_num_threads(threads)
+
     def _stream(self, spec: str, mode: str, members: MemberSpec, **kw) -> StreamConfig:
         train, stream, image = mode == "train", self.stream, self.image
         shards = resolve_shards(spec, strict=stream.strict)
@@ -462,7 +468,9 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
             raise ValueError(f"{type(self).__name__}: no training shards (set data.train or data.task)")
         cfg = self._stream(self.train_spec, "train", self.train_members(), collate=self.train_collate())
         if self.trainer is not None:
-            share_cores_with_workers(self.loader.num_workers, self.trainer.strategy.root_device.type)
+            threads = torch.get_num_threads()
+            if share_cores_with_workers(self.loader.num_workers, self.trainer.strategy.root_device.type):
+                self._threads_before_fit = threads  # given back in teardown
         loader = self._loader(
             cfg, epoch_fn=self._epoch, progress_fn=self._progress if self.trainer is not None else None
         )

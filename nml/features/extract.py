@@ -110,9 +110,25 @@ def extract_features(
     ``limit``: at most this many samples per split (the first, in shard order).
     """
     dm.check_views(views)  # before any work
-    out = Path(out)
     device = torch.device(device)
+    threads = torch.get_num_threads()
     share_cores_with_workers(dm.loader.num_workers, device.type)
+    try:
+        return _extract_splits(backbone, dm, Path(out), views, seed, device, provenance, limit)
+    finally:
+        torch.set_num_threads(threads)  # the cap is for the extraction's workers: not the caller's
+
+
+def _extract_splits(
+    backbone: Backbone,
+    dm: ShardDataModule,
+    out: Path,
+    views: int,
+    seed: int,
+    device: torch.device,
+    provenance: dict | None,
+    limit: int | None,
+) -> dict:
     backbone = backbone.to(device).eval()
     splits: list[tuple[str, str, dict]] = []
     if dm.train_spec:
