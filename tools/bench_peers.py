@@ -19,9 +19,9 @@ Every contender gets the same transform object (nml's training transform: timm's
 benchmark's pre-training shards, the first that hold ``--samples``; timm reads the same ones through
 a directory of links whose ``_info.json`` lists only them) and ``jpeg256`` (``--samples`` synthetic
 256 x 256 JPEGs with captions, written to a temporary directory). Each contender reads one epoch,
-timed from its second batch (worker start-up excluded); the contenders alternate ``--repeats`` times
-(``bench_timing.alternate``). Prints one JSON object per (set, task, workers): the medians with
-their spread and nml / peer.
+timed from ``iter`` to its last batch (worker start-up and the first shuffle-buffer fill included);
+the contenders alternate ``--repeats`` times (``bench_timing.alternate``). Prints one JSON object
+per (set, task, workers): the medians with their spread and nml / peer.
 """
 
 from __future__ import annotations
@@ -44,13 +44,15 @@ from nml.noise.config import NoiseConfig
 
 
 def _rate(make_loader, count) -> float:
-    """Samples/s over one pass of the loader ``make_loader()`` builds, from its second batch on; its
-    workers are shut down after (open_clip's and nml's training loaders keep theirs between epochs,
-    which would otherwise outlive the measurement)."""
+    """Samples/s over one whole pass of the loader ``make_loader()`` builds, from ``iter`` to the
+    last batch: worker start-up and the first shuffle-buffer fill count for every contender (before
+    its first batch timm's reader reads 2,048 samples, open_clip's 1,000, nml's 100; timing from the
+    second batch would leave much of the peers' shard reading off the clock). Its workers are shut
+    down after (open_clip's and nml's training loaders keep theirs between epochs, which would
+    otherwise outlive the measurement)."""
     loader = make_loader()
-    it = iter(loader)
-    next(it)
     t0, n = time.perf_counter(), 0
+    it = iter(loader)
     for batch in it:
         n += count(batch)
     rate = n / max(time.perf_counter() - t0, 1e-9)
