@@ -10,7 +10,8 @@ symmetric noise 0.2, ``--num_workers`` workers), once decoding in the workers an
 ``decode_on_device`` (nvJPEG; the workers read the bytes and draw the crops). The shards are
 ``--samples`` synthetic 500 x 375 JPEGs (ImageNet's typical size) written to a temporary directory
 first, read for several epochs. The rates alternate ``--repeats`` times (``bench_timing.alternate``);
-the median of each is reported with its runs. Prints one JSON object per setting: samples/s, the model-bound samples/s, their ratio.
+the median of each is reported with its runs. Prints one JSON object per setting: samples/s, the
+model-bound samples/s, their ratio.
 
 Without CUDA it runs small stand-ins on the CPU (a tiny timm ResNet at 32 px, 1 worker,
 ``decode_on_device`` skipped) so that CI exercises the script; the ratio there is not the GPU's.

@@ -17,8 +17,9 @@ rate when it decodes and when it only reads headers and draws crops for decoding
 
 Default mode:
 Runs one training epoch per setting, alternating settings within each repeat so that machine
-noise hits all of them alike (``bench_timing.alternate``), and prints JSON: samples/s per setting (median over repeats,
-timed from the second batch on, so worker start-up is excluded) and the end-to-end difference.
+noise hits all of them alike (``bench_timing.alternate``), and prints JSON: samples/s per setting
+(median over repeats, timed from the second batch on, so worker start-up is excluded) and the
+end-to-end difference.
 On a shared 2-core machine that difference swings by +-20 % from run to run, so the noise stage
 is also timed on its own (records already in memory, best of the repeats) and reported as a share
 of the per-sample pipeline time: the figure to compare with the 3 % budget.

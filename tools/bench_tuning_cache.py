@@ -67,19 +67,6 @@ class EpochTimer:
         return sum(rest) / len(rest)
 
 
-_THREADS: list[int] = []
-
-
-def _restore_threads() -> None:
-    """torch's intra-op threads as the process started: a run with loader workers caps them
-    (``share_cores_with_workers``), which must not carry over to the next, worker-less run."""
-    import torch
-
-    if not _THREADS:
-        _THREADS.append(torch.get_num_threads())
-    torch.set_num_threads(_THREADS[0])
-
-
 def _fit(model, dm, epochs: int) -> float:
     from lightning.pytorch import Trainer
 
@@ -94,7 +81,6 @@ def _fit(model, dm, epochs: int) -> float:
         enable_model_summary=False,
         callbacks=[timer.callback],
     ).fit(model, dm)
-    _restore_threads()
     return timer.per_epoch()
 
 
@@ -135,7 +121,6 @@ def run(
     t0 = time.perf_counter()
     extract_features(backbone, dm, tmp / "features", views=2, limit=images)
     extraction = time.perf_counter() - t0
-    _restore_threads()
     train = np.load(tmp / "features" / "train" / "features.npy")
     rows = []
     for method in methods:
@@ -329,7 +314,6 @@ def main() -> None:
     from nml.shards.manifest import default_root
 
     root = args.root or default_root()
-    _restore_threads()  # records the process's thread count before any run changes it
     rows = [
         r
         for b in args.backbones

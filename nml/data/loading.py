@@ -103,6 +103,7 @@ def stop_worker_processes(grace: float = 5.0) -> int:
 
 _ITERATORS: weakref.WeakSet = weakref.WeakSet()  # multi-process loader iterators this process made
 _WORKERS: weakref.WeakSet = weakref.WeakSet()  # and their worker processes
+_AT_EXIT_REGISTERED = False
 
 
 def track_workers(iterator) -> None:
@@ -122,9 +123,6 @@ def track_workers(iterator) -> None:
     _ITERATORS.add(iterator)
     for p in getattr(iterator, "_workers", ()):
         _WORKERS.add(p)
-
-
-_AT_EXIT_REGISTERED = False
 
 
 def _shut_tracked_workers_down() -> None:
