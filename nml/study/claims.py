@@ -1,39 +1,32 @@
-"""The paper's claims as data (:data:`CLAIMS`), evaluated on ``results.csv`` rows.
+"""The study's declared analysis, fixed before any result is read: the claims (:data:`CLAIMS`), the
+test-set inclusion rule (:data:`INCLUSION`), each objective's competence gate (:data:`GATES`), the
+sensitivity analyses, and the plan's hash (:func:`plan_sha256`), which ``nml study`` writes before
+its first stage and the report prints.
 
-Primary claims (one family per objective, Holm-corrected within it):
+Primary claims (one family per objective; Holm's p beside intervals at 1 - 0.05/m):
 
-* **C1** slight noise (5 % and 10 %) does not hurt ID transfer: non-inferiority of the linear
-  probe's ID top-1 at each slight rate against gamma = 0, margin 1 point;
-* **C2** OOD falls with noise: the per-seed trend of the linear probe's OOD top-1 across the whole
-  grid (the OLS fit's change from 0 to the largest rate) is negative, SESOI 1 point;
-* **C3** the asymmetry: on the heads that have both an ID and an OOD test set, the ID trend minus the
-  OOD trend is positive (OOD falls more than ID), SESOI 1 point.
+* **C1a** slight noise *improves* ID transfer (the paper's "can benefit"): superiority of the linear
+  probe's ID top-1 at each slight rate (0 < gamma <= 0.1) over gamma = 0, SESOI 1 point;
+* **C1** slight noise does not hurt ID: non-inferiority at each slight rate, margin 1 point;
+* **C2** OOD falls with noise: the per-seed trend of the linear probe's OOD top-1 over the grid (the
+  OLS fit's change from 0 to the largest rate), SESOI 1 point; with a per-set table;
+* **C3** the asymmetry where the paper places it, at slight noise: on heads with both an ID and an
+  OOD test set, [ID(g) - ID(0)] - [OOD(g) - OOD(0)] > 0 at each slight rate g, SESOI 1 point.
 
-Everything else is exploratory (unadjusted, labelled so): NMTune against LP and MLP at each rate,
-whether NMTune's gain grows with noise, and the spectrum's trends. Methods are compared only on the
-(task, test set) pairs both ran on; a value per seed is the mean over those pairs. Each claim states
-its smallest effect of interest (``bound``) and can come out *holds*, *does not hold* or
-*inconclusive* (:mod:`nml.study.stats`).
+Secondary (declared, unadjusted 95 % intervals): **C3t** the asymmetry as trends over the whole
+grid; **S1** a cell's SVE change predicts its ID change (positively), **S2** its LSVR change predicts
+its OOD change (negatively: nml's LSVR is -log p1, so a falling top direction raises it), as
+within-rate partial correlations over cells, SESOI r = 0.3. Exploratory (unadjusted, labelled so):
+NMTune against LP and MLP per rate, its gain's trend, and the spectrum's trends.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
-from collections import defaultdict
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 
-from nml.study.stats import (
-    ALPHA,
-    Test,
-    fitted_change,
-    holm,
-    min_detectable_effect,
-    paired_test,
-    seeds_needed,
-    verdict,
-)
-
+SLIGHT = 0.1  # the paper's "slight" noise: 0 < gamma <= 0.1
 METHOD_NAMES = {"linear": "LP", "mlp": "MLP", "nmtune": "NMTune"}
 
 
@@ -43,359 +36,214 @@ class Claim:
 
     ``comparison``:
 
-    * ``at_rate``: per rate g (``rates``: ``slight`` 0 < g <= 0.1, ``noisy`` g > 0), ``metric(g) -
-      metric(0)`` per seed;
+    * ``at_rate``: per slight rate g, ``metric(g) - metric(0)`` per seed;
     * ``trend``: per seed, the fitted change of ``metric`` over the grid (``stats.fitted_change``);
-    * ``asymmetry``: per seed, on heads with both groups, ID trend minus OOD trend;
+    * ``interaction``: per slight rate g and seed, on heads with both groups,
+      ``[ID(g) - ID(0)] - [OOD(g) - OOD(0)]`` (mean over those heads);
+    * ``asymmetry_trend``: per seed, on heads with both groups, ID trend minus OOD trend;
     * ``methods``: per rate (gamma = 0 included), ``method - other`` per seed on common sets;
-    * ``gain_trend``: per seed, the fitted change of ``method - other`` over the grid.
+    * ``gain_trend``: per seed, the fitted change of ``method - other`` over the grid;
+    * ``association``: over cells (g > 0, seed), the within-rate partial correlation of the change
+      of ``metric`` (a spectrum) from the seed's clean run with the change of the linear probe's
+      top-1 on the same ``group``.
 
     A spectrum ``metric`` (sve, lsvr) is read from the frozen features (any method's row).
     """
 
     key: str
-    text: str  # {g}: the rate, {gmax}: the grid's largest rate, {other}: the other method, {group}
-    family: str  # primary | exploratory
+    text: str  # {g}: the rate, {gmax}: the grid's largest rate, {other}: the other method
+    family: str  # primary | secondary | exploratory
     comparison: str
     metric: str  # top1 | sve | lsvr
-    direction: str  # decrease | increase | not_hurt | change
-    bound: float  # the SESOI, or the non-inferiority margin, in the metric's units
+    direction: str  # decrease | increase | not_hurt
+    bound: float  # the SESOI, or the non-inferiority margin, in the metric's units (r for association)
     group: str = "id"
     method: str = "linear"
     other: str | None = None
-    rates: str = "noisy"
 
 
 CLAIMS: list[Claim] = [
     Claim(
-        "C1",
-        "slight noise does not hurt ID (LP): ID({g}) - ID(0)",
-        "primary",
-        "at_rate",
-        "top1",
-        "not_hurt",
-        1.0,
-        rates="slight",
+        key="C1a",
+        text="slight noise improves ID (LP): ID({g}) - ID(0)",
+        family="primary",
+        comparison="at_rate",
+        metric="top1",
+        direction="increase",
+        bound=1.0,
     ),
     Claim(
-        "C2",
-        "OOD falls with noise (LP): fitted OOD change from 0 to {gmax}",
-        "primary",
-        "trend",
-        "top1",
-        "decrease",
-        1.0,
+        key="C1",
+        text="slight noise does not hurt ID (LP): ID({g}) - ID(0)",
+        family="primary",
+        comparison="at_rate",
+        metric="top1",
+        direction="not_hurt",
+        bound=1.0,
+    ),
+    Claim(
+        key="C2",
+        text="OOD falls with noise (LP): fitted OOD change from 0 to {gmax}",
+        family="primary",
+        comparison="trend",
+        metric="top1",
+        direction="decrease",
+        bound=1.0,
         group="ood",
     ),
     Claim(
-        "C3",
-        "OOD falls more than ID (LP, heads with both): ID change - OOD change",
-        "primary",
-        "asymmetry",
-        "top1",
-        "increase",
-        1.0,
+        key="C3",
+        text="OOD falls more than ID at slight noise (LP): [ID({g}) - ID(0)] - [OOD({g}) - OOD(0)]",
+        family="primary",
+        comparison="interaction",
+        metric="top1",
+        direction="increase",
+        bound=1.0,
+    ),
+    Claim(
+        key="C3t",
+        text="OOD falls more than ID over the grid (LP): ID trend - OOD trend, 0 to {gmax}",
+        family="secondary",
+        comparison="asymmetry_trend",
+        metric="top1",
+        direction="increase",
+        bound=1.0,
+    ),
+    Claim(
+        key="S1",
+        text="a cell's SVE change predicts its ID change (LP; within-rate partial r)",
+        family="secondary",
+        comparison="association",
+        metric="sve",
+        direction="increase",
+        bound=0.3,
+    ),
+    Claim(
+        key="S2",
+        text="a cell's LSVR change predicts its OOD change, negatively (LP; within-rate partial r)",
+        family="secondary",
+        comparison="association",
+        metric="lsvr",
+        direction="decrease",
+        bound=0.3,
+        group="ood",
     ),
     *(
         Claim(
-            f"E{i}",
-            "NMTune - {other} on {group} at gamma {g}",
-            "exploratory",
-            "methods",
-            "top1",
-            "increase",
-            1.0,
+            key=f"E{i}",
+            text="NMTune - {other} on " + group.upper() + " at gamma {g}",
+            family="exploratory",
+            comparison="methods",
+            metric="top1",
+            direction="increase",
+            bound=1.0,
             group=group,
             method="nmtune",
             other=other,
-            rates="all",
         )
         for i, (other, group) in enumerate(
             [("linear", "id"), ("linear", "ood"), ("mlp", "id"), ("mlp", "ood")], 1
         )
     ),
     Claim(
-        "E5",
-        "NMTune's gain over {other} on OOD grows with noise: fitted change",
-        "exploratory",
-        "gain_trend",
-        "top1",
-        "increase",
-        1.0,
+        key="E5",
+        text="NMTune's gain over {other} on OOD grows with noise: fitted change",
+        family="exploratory",
+        comparison="gain_trend",
+        metric="top1",
+        direction="increase",
+        bound=1.0,
         group="ood",
         method="nmtune",
         other="linear",
     ),
     Claim(
-        "E6",
-        "noise raises SVE (frozen features, ID sets): fitted change",
-        "exploratory",
-        "trend",
-        "sve",
-        "increase",
-        0.05,
+        key="E6",
+        text="noise raises SVE (frozen features, ID sets): fitted change",
+        family="exploratory",
+        comparison="trend",
+        metric="sve",
+        direction="increase",
+        bound=0.05,
         method="",
     ),
     Claim(
-        "E7",
-        "noise raises LSVR (frozen features, OOD sets): fitted change",
-        "exploratory",
-        "trend",
-        "lsvr",
-        "increase",
-        0.05,
+        key="E7",
+        text="noise raises LSVR (frozen features, OOD sets): fitted change",
+        family="exploratory",
+        comparison="trend",
+        metric="lsvr",
+        direction="increase",
+        bound=0.05,
         group="ood",
         method="",
     ),
 ]
 
 
-class Cells:
-    """Per (method, group) and cell (noise rate, seed): the metric of each (task, test set)."""
+@dataclass(frozen=True)
+class Inclusion:
+    """Which test sets count. A (task, test set) enters every mean of every claim only when
+    pre-training lifts it: its clean (gamma = 0) linear-probe top-1, mean over seeds, is at least
+    ``margin`` points above the random-init network's linear probe on the same set. A set that the
+    untrained network reads as well as the pre-trained one cannot say what pre-training noise does.
+    Without random-init rows the rule cannot be applied: every set counts, and the report says so."""
 
-    def __init__(self, rows: list[dict], objective: str, metric: str, init: str = "pretrained"):
-        self.values: dict[tuple, dict[tuple, dict[tuple, float]]] = defaultdict(lambda: defaultdict(dict))
-        for r in rows:
-            if r["objective"] != objective or r["init"] != init or r[metric] is None:
-                continue
-            method = "" if metric != "top1" else r["method"]  # spectra: the frozen features, any method
-            self.values[(method, r["group"])][(r["noise_rate"], r["seed"])][(r["task"], r["test_set"])] = r[
-                metric
-            ]
-
-    def sets(self, method: str, group: str) -> set[tuple]:
-        return {s for cell in self.values[(method, group)].values() for s in cell}
-
-    def mean(self, method: str, group: str, cell: tuple, sets: set[tuple]) -> float | None:
-        """The mean over ``sets`` in ``cell``; None unless the cell has every one of them."""
-        have = self.values[(method, group)].get(cell, {})
-        if not sets or not sets <= set(have):
-            return None
-        return statistics.fmean(have[s] for s in sets)
+    margin: float = 5.0
+    method: str = "linear"
 
 
-def evaluate(rows: list[dict], declared: list[Claim] = CLAIMS) -> list[dict]:
-    """Every declared claim per objective: estimate, 95 % CI, n, p, MDE and verdict (primary claims
-    Holm-corrected within the objective)."""
-    out = []
-    for obj in sorted({r["objective"] for r in rows}):
-        if all(r["init"] == "fixed" for r in rows if r["objective"] == obj):
-            out += _frozen_encoder(rows, obj, declared)
-            continue
-        rates = sorted(
-            {r["noise_rate"] for r in rows if r["objective"] == obj and r["noise_rate"] is not None}
-        )
-        seeds = sorted({r["seed"] for r in rows if r["objective"] == obj and r["init"] == "pretrained"})
-        if 0.0 not in rates:
-            out.append(
-                {
-                    "objective": obj,
-                    "key": "-",
-                    "claim": "all",
-                    "family": "primary",
-                    "verdict": "not measured (no clean gamma = 0 row)",
-                }
-            )
-            continue
-        found = []
-        cells = {metric: Cells(rows, obj, metric) for metric in {c.metric for c in declared}}
-        for c in declared:
-            for label, values, note in _values(c, cells[c.metric], rates, seeds):
-                found.append(
-                    {
-                        "objective": obj,
-                        "key": c.key,
-                        "claim": label,
-                        "family": c.family,
-                        "note": note,
-                        "claim_spec": c,
-                        "values": values,
-                    }
-                )
-        primary = [f for f in found if f["family"] == "primary" and f["values"] is not None]
-        tests = {
-            id(f): paired_test(f["values"], f["claim_spec"].direction, f["claim_spec"].bound)
-            for f in found
-            if f["values"] is not None
-        }
-        adjusted_holds = holm([tests[id(f)].p_holds for f in primary])
-        adjusted_fails = holm([tests[id(f)].p_fails for f in primary])
-        family_size = sum(1 for f in primary if not math.isnan(tests[id(f)].p_holds))
-        position = {id(f): i for i, f in enumerate(primary)}
-        for f in found:
-            spec = f.pop("claim_spec")
-            values = f.pop("values")
-            if values is None:
-                f["verdict"] = f.pop("note")
-                out.append(f)
-                continue
-            t: Test = tests[id(f)]
-            if f["family"] == "primary":
-                i = position[id(f)]
-                p_holds, p_fails = adjusted_holds[i], adjusted_fails[i]
-                alpha = ALPHA / max(family_size, 1)  # Holm's first step: the MDE at the strictest level
-            else:
-                p_holds, p_fails, alpha = t.p_holds, t.p_fails, ALPHA
-            f |= {
-                "direction": spec.direction,
-                "bound": spec.bound,
-                "mean": t.mean,
-                "low": t.low,
-                "high": t.high,
-                "n": t.n,
-                "sd": t.sd,
-                "p": p_holds,
-                "mde": min_detectable_effect(t, alpha),
-                # the power analysis: seeds for 80 % power at the bound with this spread
-                "seeds_needed": seeds_needed(spec.bound, t.sd, alpha, two_sided=spec.direction == "change"),
-                "unit": " pt" if spec.metric == "top1" else "",
-                "verdict": verdict(t, p_holds, p_fails),
-            }
-            if t.n < len(seeds):
-                f["note"] = f"n={t.n} of {len(seeds)} seeds: a failed or missing cell" + (
-                    f"; {f['note']}" if f["note"] else ""
-                )
-            out.append(f)
-    return out
+INCLUSION = Inclusion()
 
 
-def _frozen_encoder(rows: list[dict], obj: str, declared: list[Claim]) -> list[dict]:
-    """A frozen encoder's method comparisons (exploratory): per replicate (its tuning seeds), the
-    method minus the other on their common (task, test set) pairs, a paired test over replicates."""
-    cells = Cells(rows, obj, "top1", init="fixed")
-    seeds = sorted({r["seed"] for r in rows if r["objective"] == obj})
-    found = []
-    for c in declared:
-        if c.comparison != "methods":
-            continue
-        other = METHOD_NAMES.get(c.other or "", c.other)
-        label = c.text.format(g="-", gmax="-", other=other, group=c.group.upper()).replace(
-            " at gamma -", " (frozen encoder; n = replicates)"
-        )
-        sets = cells.sets(c.method, c.group) & cells.sets(c.other, c.group)
-        base = {"objective": obj, "key": c.key, "claim": label, "family": "exploratory"}
-        if not sets:
-            found.append(
-                base | {"verdict": f"not measured ({c.method} and {c.other} share no {c.group} test set)"}
-            )
-            continue
-        values = []
-        for s in seeds:
-            a = cells.mean(c.method, c.group, (None, s), sets)
-            b = cells.mean(c.other, c.group, (None, s), sets)
-            if a is not None and b is not None:
-                values.append(a - b)
-        t = paired_test(values, c.direction, c.bound)
-        found.append(
-            base
-            | {
-                "note": "",
-                "direction": c.direction,
-                "bound": c.bound,
-                "mean": t.mean,
-                "low": t.low,
-                "high": t.high,
-                "n": t.n,
-                "sd": t.sd,
-                "p": t.p_holds,
-                "mde": min_detectable_effect(t, ALPHA),
-                "seeds_needed": seeds_needed(c.bound, t.sd, ALPHA, two_sided=c.direction == "change"),
-                "unit": " pt",
-                "verdict": verdict(t, t.p_holds, t.p_fails),
-            }
-        )
-    return found
+@dataclass(frozen=True)
+class Gate:
+    """An objective's competence gate: claims on a group (ID or OOD) are evaluable only when the
+    clean pre-trained model's linear probe, mean over that group's sets, is at least ``min_lift``
+    points above the random-init floor; otherwise they are shown as "not evaluable", not as a finding
+    about noise. ``why``: what failing it means for this objective."""
+
+    min_lift: float
+    why: str
 
 
-def _values(c: Claim, cells: Cells, rates: list[float], seeds: list[int]):
-    """(label, per-seed values or None, note) rows of one claim."""
-    gmax, other = max(rates), METHOD_NAMES.get(c.other or "", c.other)
-    fmt = {"gmax": f"{gmax:g}", "other": other, "group": c.group.upper()}
-    if c.comparison == "at_rate":
-        chosen = [g for g in rates if g > 0 and (c.rates == "noisy" or g <= 0.1)]
-        if not chosen:
-            yield c.text.format(g="0.05-0.1", **fmt), None, "not measured (no rate in (0, 0.1] in the grid)"
-        sets = cells.sets(c.method, c.group)
-        for g in chosen:
-            diffs = [
-                a - b
-                for s in seeds
-                if (a := cells.mean(c.method, c.group, (g, s), sets)) is not None
-                and (b := cells.mean(c.method, c.group, (0.0, s), sets)) is not None
-            ]
-            yield c.text.format(g=f"{g:g}", **fmt), diffs, ""
-    elif c.comparison == "trend":
-        if len(rates) < 2:
-            yield c.text.format(**fmt), None, "not measured (one noise rate)"
-            return
-        sets = cells.sets(c.method, c.group)
-        yield (
-            c.text.format(**fmt),
-            _trends(lambda cell: cells.mean(c.method, c.group, cell, sets), rates, seeds),
-            "",
-        )
-    elif c.comparison == "asymmetry":
-        heads = sorted(
-            {t for t, _ in cells.sets(c.method, "id")} & {t for t, _ in cells.sets(c.method, "ood")}
-        )
-        if not heads:
-            yield c.text.format(**fmt), None, "not measured (no head has both an ID and an OOD test set)"
-            return
-        per_seed: dict[int, list[float]] = defaultdict(list)
-        for head in heads:
-            change = {}
-            for group in ("id", "ood"):
-                sets = {s for s in cells.sets(c.method, group) if s[0] == head}
-                change[group] = dict(
-                    zip(
-                        seeds,
-                        _trends(
-                            lambda cell, g=group, s=sets: cells.mean(c.method, g, cell, s), rates, seeds, True
-                        ),
-                        strict=True,
-                    )
-                )
-            for s in seeds:
-                if not math.isnan(change["id"][s]) and not math.isnan(change["ood"][s]):
-                    per_seed[s].append(change["id"][s] - change["ood"][s])
-        values = [statistics.fmean(v) for s, v in sorted(per_seed.items()) if len(v) == len(heads)]
-        yield c.text.format(**fmt) + f" ({', '.join(heads)})", values, ""
-    elif c.comparison in ("methods", "gain_trend"):
-        sets = cells.sets(c.method, c.group) & cells.sets(c.other, c.group)
-        if not sets:
-            yield (
-                c.text.format(g="-", **fmt),
-                None,
-                f"not measured ({c.method} and {c.other} share no {c.group} test set)",
-            )
-            return
+GATES: dict[str, Gate] = {
+    "supervised": Gate(5.0, "the clean classifier's features are no better than an untrained network's"),
+    "clip": Gate(5.0, "the clean CLIP image tower's features are no better than an untrained network's"),
+}
+DEFAULT_GATE = Gate(5.0, "the clean model's features are no better than an untrained network's")
 
-        def gain(cell):
-            a, b = cells.mean(c.method, c.group, cell, sets), cells.mean(c.other, c.group, cell, sets)
-            return None if a is None or b is None else a - b
-
-        if c.comparison == "methods":
-            for g in rates:
-                yield (
-                    c.text.format(g=f"{g:g}", **fmt),
-                    [v for s in seeds if (v := gain((g, s))) is not None],
-                    "",
-                )
-        else:
-            yield c.text.format(**fmt), _trends(gain, rates, seeds), ""
-    else:
-        raise ValueError(f"claim {c.key}: unknown comparison {c.comparison!r}")
+SENSITIVITY = (
+    "all test sets (the inclusion rule not applied)",
+    "leave one included test set out, each in turn",
+    "top-1 on the logit scale, log(p / (1 - p))",
+)
 
 
-def _trends(value, rates: list[float], seeds: list[int], keep_missing: bool = False) -> list[float]:
-    """Per seed, the fitted change over the grid of ``value((rate, seed))``; a seed missing a rate is
-    dropped (NaN with ``keep_missing``)."""
-    out = []
-    for s in seeds:
-        ys = [value((g, s)) for g in rates]
-        if any(y is None for y in ys):
-            if keep_missing:
-                out.append(math.nan)
-            continue
-        out.append(fitted_change(rates, ys))
-    return out
+def gate(objective: str) -> Gate:
+    return GATES.get(objective, DEFAULT_GATE)
+
+
+def analysis_plan() -> dict:
+    """The declared analysis as data: every claim, the rule, the inclusion rule, the gates, the
+    sensitivity analyses (what the plan hash covers besides the grid)."""
+    from nml.study import stats
+
+    return {
+        "claims": [asdict(c) for c in CLAIMS],
+        "rule": {"alpha_one_sided": stats.ALPHA, "power": stats.POWER, "primary_interval": "1 - 0.05/m"},
+        "slight": SLIGHT,
+        "inclusion": asdict(INCLUSION),
+        "gates": {k: asdict(v) for k, v in sorted(GATES.items())} | {"*": asdict(DEFAULT_GATE)},
+        "sensitivity": list(SENSITIVITY),
+    }
+
+
+def study_plan(grid: dict, tasks: dict[str, list[str]]) -> dict:
+    """The whole plan of a study: its grid (objectives, rates, seeds, floor), its tasks' methods and
+    the declared analysis."""
+    return {"grid": grid, "tasks": {k: sorted(v) for k, v in sorted(tasks.items())}, "analysis": analysis_plan()}
+
+
+def plan_sha256(plan: dict) -> str:
+    return hashlib.sha256(json.dumps(plan, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

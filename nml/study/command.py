@@ -65,6 +65,7 @@ def study(
         dry_run: Print the plan (cells, stages, what is cached, estimated time) and stop.
     """
 
+    from nml.study.claims import plan_sha256
     from nml.study.estimate import estimated_seconds
     from nml.study.plan import build_plan
 
@@ -95,6 +96,7 @@ def study(
         "out": str(out_dir),
         "benchmark": root,
         "cells": [c.label for c in plan.cells],
+        "plan_sha256": plan_sha256(_study_plan(grid, tasks)),
         "stages": len(plan.stages),
         "cached": sum(1 for s in plan.stages if s.done(out_dir) is not None),
         **estimated_seconds(plan, out_dir, root),
@@ -134,7 +136,7 @@ def _run(
     import time
 
     from nml.study.report import build_report
-    from nml.study.results import write_results
+    from nml.study.results import write_plan, write_results
     from nml.study.runner import StudyFailed, StudyStopped, execute, execute_jobs, raise_stopped
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +149,10 @@ def _run(
         "features": asdict(features),
         "tuning": asdict(tuning),
     }
-    (out_dir / IDENTITY).write_text(json.dumps({"name": name, "settings": settings}, indent=1) + "\n")
+    plan_sha = write_plan(out_dir, _study_plan(grid, tasks))
+    (out_dir / IDENTITY).write_text(
+        json.dumps({"name": name, "plan_sha256": plan_sha, "settings": settings}, indent=1) + "\n"
+    )
     t0 = time.perf_counter()
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, raise_stopped) if on_main_thread else None
@@ -172,7 +177,7 @@ def _run(
     write_results(plan, out_dir, tasks)
     stage_seconds = sum(float((s.done(out_dir) or {}).get("seconds", 0.0)) for s in plan.stages)
     header = _header(name, settings, time.perf_counter() - t0, counts, stage_seconds)
-    identity = {"name": name, "settings": settings, "header": header}
+    identity = {"name": name, "plan_sha256": plan_sha, "settings": settings, "header": header}
     (out_dir / IDENTITY).write_text(json.dumps(identity, indent=1) + "\n")
     report = build_report(out_dir, title=name, extra=header)
     return {
@@ -183,6 +188,13 @@ def _run(
         "report": report["report"],
         "claims": report["claims"],
     }
+
+
+def _study_plan(grid: Grid, tasks: dict) -> dict:
+    """The plan ``plan.json`` holds: the grid, each task's methods, the declared analysis."""
+    from nml.study.claims import study_plan
+
+    return study_plan(asdict(grid), {k: list(v.methods) for k, v in tasks.items()})
 
 
 def report(study_dir: str) -> dict:

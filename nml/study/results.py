@@ -9,6 +9,8 @@
   ``loss_svd``; mean over tuning seeds; empty where a method has no such term).
 * ``memorisation.csv``: the training metrics of every pre-training run per epoch.
 * ``singular_values.npz``: the spectrum of every (cell, test set), keys ``<cell>/<task>/<test set>``.
+* ``plan.json``: the plan (grid, tasks' methods, declared analysis) and its sha256, written before
+  the first stage.
 """
 
 from __future__ import annotations
@@ -174,3 +176,38 @@ def read_results(path: str | Path) -> list[dict]:
     if missing:
         raise ValueError(f"{path}: not a study results.csv (missing columns {sorted(missing)})")
     return out
+
+
+PLAN = "plan.json"
+
+
+def write_plan(out: Path, plan: dict) -> str:
+    """Write ``plan.json`` (the plan and its sha256) into the study directory; returns the hash."""
+    import json
+
+    from nml.study.claims import plan_sha256
+
+    sha = plan_sha256(plan)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / PLAN).write_text(json.dumps({"sha256": sha, "plan": plan}, indent=1, sort_keys=True) + "\n")
+    return sha
+
+
+def read_plan(out: Path) -> tuple[dict | None, str | None]:
+    """(plan, sha256) from ``plan.json``; (None, None) when absent. A file whose hash does not match
+    its plan is an error naming it (it was edited by hand)."""
+    import json
+
+    from nml.study.claims import plan_sha256
+
+    path = Path(out) / PLAN
+    if not path.is_file():
+        return None, None
+    try:
+        data = json.loads(path.read_text())
+        plan, sha = data["plan"], data["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a study plan (expected {{'sha256': ..., 'plan': ...}}): {e}") from None
+    if plan_sha256(plan) != sha:
+        raise ValueError(f"{path}: its sha256 {sha} does not match its plan (edited after it was written?)")
+    return plan, sha
