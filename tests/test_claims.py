@@ -53,7 +53,11 @@ def test_each_verdict_kind_comes_out_of_its_interval(direction, values, expected
     crosses_zero = t.low <= 0 <= t.high
     if crosses_zero and direction != "not_hurt":
         assert not verdict(t).startswith("holds")
-    if direction != "not_hurt" and max(abs(t.low), abs(t.high)) >= 1.0 and (t.low < 1 < t.high or t.low < -1 < t.high):
+    if (
+        direction != "not_hurt"
+        and max(abs(t.low), abs(t.high)) >= 1.0
+        and (t.low < 1 < t.high or t.low < -1 < t.high)
+    ):
         assert verdict(t) != "does not hold"
 
 
@@ -172,7 +176,11 @@ def test_c1a_c1_c2_c3_the_paper_pattern_holds_and_the_family_is_bonferroni():
 def test_slight_noise_that_costs_id_is_a_loss_not_a_benefit():
     """The paper grid's situation: ID falls a little at slight noise. C1 must not read as the paper's
     benefit: C1a comes out opposite while C1 holds "but worse"."""
-    rows = _rows(lambda g, s: 80 - 5 * g + 0.05 * JITTER[s] * (1 + g), lambda g, s, o: 60 - 10 * g + JITTER[s], floor={"held": 40.0, "shift": 30.0})
+    rows = _rows(
+        lambda g, s: 80 - 5 * g + 0.05 * JITTER[s] * (1 + g),
+        lambda g, s, o: 60 - 10 * g + JITTER[s],
+        floor={"held": 40.0, "shift": 30.0},
+    )
     found = _by_key(evaluate(rows))
     assert found["C1a"][0]["verdict"] == "opposite"
     assert found["C1"][0]["verdict"] == "holds, but worse"
@@ -185,9 +193,16 @@ def test_the_inclusion_rule_drops_a_set_pre_training_does_not_lift_and_the_sensi
     def ood(g, s, o):
         return 70 - 20 * g + JITTER[s] * (1 + g) if o == "shift" else 20 + 40 * g + JITTER[s] * (1 - g)
 
-    rows = _rows(lambda g, s: 80 + JITTER[s] * (1 + g), ood, sets_ood=("shift", "near_floor"), floor={"held": 40.0, "shift": 30.0, "near_floor": 19.0})
+    rows = _rows(
+        lambda g, s: 80 + JITTER[s] * (1 + g),
+        ood,
+        sets_ood=("shift", "near_floor"),
+        floor={"held": 40.0, "shift": 30.0, "near_floor": 19.0},
+    )
     f = floors(rows, "supervised")
-    assert f.applied and f.included == {("t", "held"), ("t", "shift")} and f.excluded() == [("t", "near_floor")]
+    assert (
+        f.applied and f.included == {("t", "held"), ("t", "shift")} and f.excluded() == [("t", "near_floor")]
+    )
     found = _by_key(evaluate(rows))
     assert found["C2"][0]["mean"] == pytest.approx(-6.0, abs=0.3) and found["C2"][0]["verdict"] == "holds"
     sens = sensitivity(rows, "supervised")
@@ -195,22 +210,35 @@ def test_the_inclusion_rule_drops_a_set_pre_training_does_not_lift_and_the_sensi
     assert every["C2"][0]["mean"] == pytest.approx((-6.0 + 12.0) / 2, abs=0.3)  # the rising set counted
     assert every["C2"][0]["verdict"] == "opposite"
     assert set(sens["leave_one_out"]) == {("t", "held"), ("t", "shift")}
-    assert all(c["verdict"].startswith("not evaluable") for c in sens["leave_one_out"][("t", "shift")] if c["key"] == "C2")
+    assert all(
+        c["verdict"].startswith("not evaluable")
+        for c in sens["leave_one_out"][("t", "shift")]
+        if c["key"] == "C2"
+    )
     assert {c["key"] for c in sens["logit"]} == {"C1a", "C1", "C2", "C3"}
     per_set = {p["test_set"]: p for p in per_set_trends(rows, "supervised")}
     assert per_set["near_floor"]["verdict"] == "opposite" and not per_set["near_floor"]["included"]
     assert per_set["shift"]["verdict"] == "holds" and per_set["shift"]["included"]
     lifts = {(h["task"], h["group"]): h for h in head_lifts(f)}
-    assert lifts[("t", "id")]["lift"] == pytest.approx(40.0 + sum(JITTER) / 4) and lifts[("t", "ood")]["included"] == 1
+    assert (
+        lifts[("t", "id")]["lift"] == pytest.approx(40.0 + sum(JITTER) / 4)
+        and lifts[("t", "ood")]["included"] == 1
+    )
 
 
 def test_a_head_pre_training_does_not_lift_is_not_evaluable():
-    rows = _rows(lambda g, s: 80 - 10 * g + JITTER[s] * (1 + g), lambda g, s, o: 60 - 30 * g + JITTER[s] * (1 + g), floor={"held": 78.0, "shift": 30.0})
+    rows = _rows(
+        lambda g, s: 80 - 10 * g + JITTER[s] * (1 + g),
+        lambda g, s, o: 60 - 30 * g + JITTER[s] * (1 + g),
+        floor={"held": 78.0, "shift": 30.0},
+    )
     found = _by_key(evaluate(rows))
     for key in ("C1a", "C1", "C3"):
         assert all(c["verdict"].startswith("not evaluable") for c in found[key]), key
     assert found["C2"][0]["verdict"] == "holds"  # OOD is lifted 30 points: evaluable
-    assert found["E1"][0]["verdict"] == "not evaluable (no ID test set kept)"  # the rule holds for every claim
+    assert (
+        found["E1"][0]["verdict"] == "not evaluable (no ID test set kept)"
+    )  # the rule holds for every claim
     assert all(c["mean"] == pytest.approx(1.0) for c in found["E2"])  # NMTune = LP + 1 on the lifted OOD set
 
 
@@ -238,7 +266,12 @@ def test_the_spectrum_association_is_evaluated_across_cells():
     def id_at(g, s):
         return 80 + 3 * sve.setdefault((g, s), (0.2 * s if g else 0.0)) * 10 + JITTER[s] * 0
 
-    rows = _rows(id_at, lambda g, s, o: 60 - 10 * g + JITTER[s], sve=lambda g, s: 4.0 + (0.2 * s + 0.01 * g if g else 0.0), floor={"held": 40.0, "shift": 30.0})
+    rows = _rows(
+        id_at,
+        lambda g, s, o: 60 - 10 * g + JITTER[s],
+        sve=lambda g, s: 4.0 + (0.2 * s + 0.01 * g if g else 0.0),
+        floor={"held": 40.0, "shift": 30.0},
+    )
     s1 = _by_key(evaluate(rows))["S1"][0]
     assert s1["family"] == "secondary" and s1["n"] == 8 and s1["mean"] > 0.9 and s1["verdict"] == "holds"
 
@@ -311,7 +344,9 @@ def test_every_published_verdict_follows_the_rule_from_its_printed_interval(path
 def test_every_verdict_the_readme_and_the_study_page_quote_equals_the_report():
     """Quoted claims are written ``KEY ... ESTIMATE [LOW, HIGH] ... *VERDICT*`` with a link to a report
     nearby; each must match a row of that report to the printed digits."""
-    quote = re.compile(r"\b(C1a|C1|C2|C3|C3t|S1|S2|E\d)\b[^*\[\]]*?([+-]?\d+\.\d+) \[([+-]?\d+\.\d+), ([+-]?\d+\.\d+)\][^*]*?\*([^*]+)\*")
+    quote = re.compile(
+        r"\b(C1a|C1|C2|C3|C3t|S1|S2|E\d)\b[^*\[\]]*?([+-]?\d+\.\d+) \[([+-]?\d+\.\d+), ([+-]?\d+\.\d+)\][^*]*?\*([^*]+)\*"
+    )
     published = {p.parent.name: _report_verdicts(p) for p in RESULTS}
     checked = 0
     for doc in (ROOT / "README.md", ROOT / "docs" / "study.md", ROOT / "docs" / "text.md"):
@@ -322,11 +357,16 @@ def test_every_verdict_the_readme_and_the_study_page_quote_equals_the_report():
             (name,) = names
             for key, est, low, high, said in quote.findall(para):
                 matches = [
-                    r for r in published[name]
-                    if r["key"] == key and abs(float(r["est"]) - float(est)) < 0.006
-                    and abs(float(r["low"]) - float(low)) < 0.006 and abs(float(r["high"]) - float(high)) < 0.006
+                    r
+                    for r in published[name]
+                    if r["key"] == key
+                    and abs(float(r["est"]) - float(est)) < 0.006
+                    and abs(float(r["low"]) - float(low)) < 0.006
+                    and abs(float(r["high"]) - float(high)) < 0.006
                 ]
                 assert matches, f"{doc.name}: {key} {est} [{low}, {high}] is not a row of {name}'s report"
-                assert said in {m["verdict"] for m in matches}, f"{doc.name}: {key} says {said!r}, the report {matches[0]['verdict']!r}"
+                assert said in {m["verdict"] for m in matches}, (
+                    f"{doc.name}: {key} says {said!r}, the report {matches[0]['verdict']!r}"
+                )
                 checked += 1
     assert checked >= 8

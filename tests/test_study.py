@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 
 import pytest
 
-from nml.study.evaluate import evaluate
 from nml.study.command import report, study
 from nml.study.config import Grid, Launcher, Recipe, TaskPlan, Tuning
+from nml.study.evaluate import evaluate
 from nml.study.report import group_means
 from nml.study.results import COLUMNS, read_results
 from nml.study.stats import family_level, paired_test
@@ -90,7 +89,9 @@ def test_report_tables_and_verdicts_from_a_hand_written_results_csv(tmp_path):
     ood = found["OOD falls with noise (LP): fitted OOD change from 0 to 0.3"]  # changes -3, -4, -5
     assert ood["mean"] == pytest.approx(-4.0) and ood["verdict"] == "holds" and ood["n"] == 3
     asym = found["OOD falls more than ID over the grid (LP): ID trend - OOD trend, 0 to 0.3 (t)"]  # 4, 5, 5
-    assert asym["mean"] == pytest.approx(14 / 3) and asym["verdict"] == "holds" and asym["family"] == "secondary"
+    assert (
+        asym["mean"] == pytest.approx(14 / 3) and asym["verdict"] == "holds" and asym["family"] == "secondary"
+    )
     assert ood["p"] == pytest.approx(paired_test([-3, -4, -5], "decrease", 1.0).p)  # a family of one
     assert ood["level"] == family_level(1) == 0.95
     sve = found["noise raises SVE (frozen features, ID sets): fitted change"]  # 0.5, 0.4, 0.4
@@ -306,6 +307,11 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
     assert all(r["loss_ce"] > 0 and r["loss_mse"] is None for r in rows if r["method"] == "linear")
     assert first["ran"] == 3 + 3 * 2 + 3 * 3 and first["cached"] == 0
     out = tmp_path / "study"
+    plan = json.loads((out / "plan.json").read_text())  # the plan, its hash in study.json and the report
+    assert plan["plan"]["grid"]["random_init"] and plan["plan"]["tasks"]["mnist"] == ["linear", "nmtune"]
+    assert json.loads((out / "study.json").read_text())["plan_sha256"] == plan["sha256"]
+    assert f"Plan sha256 `{plan['sha256']}`" in (out / "report.md").read_text()
+    assert study(**kw, dry_run=True)["plan_sha256"] == plan["sha256"]
     assert (out / "report.md").is_file() and (out / "memorisation.csv").is_file()
     assert list((out / "tensorboard" / "pretrain").iterdir()) and list(
         (out / "tensorboard" / "tune").iterdir()
@@ -400,6 +406,8 @@ def test_sigterm_to_the_study_exits_143_naming_the_stage_and_a_rerun_resumes(tin
     assert proc.returncode == 143, err[-3000:]
     assert "stopped by SIGTERM in stage" in err and "run it again to resume" in err
     assert not (tmp_path / "study" / "results.csv").exists()
+    stopped = json.loads((tmp_path / "study" / "plan.json").read_text())  # written before the first stage
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["plan_sha256"] == stopped["sha256"]
     plan = subprocess.run(
         [*cmd, "--dry_run"],
         cwd=tmp_path,

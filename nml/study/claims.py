@@ -242,7 +242,11 @@ def analysis_plan() -> dict:
 def study_plan(grid: dict, tasks: dict[str, list[str]]) -> dict:
     """The whole plan of a study: its grid (objectives, rates, seeds, floor), its tasks' methods and
     the declared analysis."""
-    return {"grid": grid, "tasks": {k: sorted(v) for k, v in sorted(tasks.items())}, "analysis": analysis_plan()}
+    return {
+        "grid": grid,
+        "tasks": {k: sorted(v) for k, v in sorted(tasks.items())},
+        "analysis": analysis_plan(),
+    }
 
 
 def plan_sha256(plan: dict) -> str:

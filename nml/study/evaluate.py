@@ -105,7 +105,10 @@ def evaluate_objective(
     """One objective's claims on the sets in ``keep`` (default: those the inclusion rule keeps)."""
     rates, seeds = _rates_seeds(rows, obj)
     keep = floor.included if keep is None else keep
-    cells = {m: Cells(rows, obj, m, keep=keep, transform=transform if m == "top1" else None) for m in {"top1", "sve", "lsvr"}}
+    cells = {
+        m: Cells(rows, obj, m, keep=keep, transform=transform if m == "top1" else None)
+        for m in {"top1", "sve", "lsvr"}
+    }
     found = []
     for c in declared:
         groups = ("id", "ood") if c.comparison in ("interaction", "asymmetry_trend") else (c.group,)
@@ -129,7 +132,9 @@ def evaluate_objective(
                     "closed": closed[0] if closed else "",
                 }
             )
-    primary = [f for f in found if f["family"] == "primary" and f["values"] is not None and len(f["values"]) > 1]
+    primary = [
+        f for f in found if f["family"] == "primary" and f["values"] is not None and len(f["values"]) > 1
+    ]
     m = len(primary)
     level = family_level(m)
     tests = {}
@@ -212,7 +217,11 @@ def _values(c: Claim, cells: dict[str, Cells], rates: list[float], seeds: list[i
     if c.comparison in ("at_rate", "interaction"):
         chosen = _slight(rates)
         if not chosen:
-            yield c.text.format(g=f"0-{SLIGHT:g}", **fmt), None, f"not measured (no rate in (0, {SLIGHT:g}] in the grid)"
+            yield (
+                c.text.format(g=f"0-{SLIGHT:g}", **fmt),
+                None,
+                f"not measured (no rate in (0, {SLIGHT:g}] in the grid)",
+            )
             return
         for g in chosen:
             if c.comparison == "at_rate":
@@ -231,13 +240,21 @@ def _values(c: Claim, cells: dict[str, Cells], rates: list[float], seeds: list[i
             yield c.text.format(**fmt), None, "not measured (one noise rate)"
             return
         sets = cm.sets(c.method, c.group)
-        yield c.text.format(**fmt), _trends(lambda cell: cm.mean(c.method, c.group, cell, sets), rates, seeds), ""
+        yield (
+            c.text.format(**fmt),
+            _trends(lambda cell: cm.mean(c.method, c.group, cell, sets), rates, seeds),
+            "",
+        )
     elif c.comparison == "asymmetry_trend":
         yield from _per_head(c, cm, seeds, fmt, lambda v: _trend_of(v, rates))
     elif c.comparison in ("methods", "gain_trend"):
         sets = cm.sets(c.method, c.group) & cm.sets(c.other, c.group)
         if not sets:
-            yield c.text.format(g="-", **fmt), None, f"not measured ({c.method} and {c.other} share no {c.group} test set)"
+            yield (
+                c.text.format(g="-", **fmt),
+                None,
+                f"not measured ({c.method} and {c.other} share no {c.group} test set)",
+            )
             return
 
         def gain(cell):
@@ -246,7 +263,11 @@ def _values(c: Claim, cells: dict[str, Cells], rates: list[float], seeds: list[i
 
         if c.comparison == "methods":
             for g in rates:
-                yield c.text.format(g=f"{g:g}", **fmt), [v for s in seeds if (v := gain((g, s))) is not None], ""
+                yield (
+                    c.text.format(g=f"{g:g}", **fmt),
+                    [v for s in seeds if (v := gain((g, s))) is not None],
+                    "",
+                )
         else:
             yield c.text.format(**fmt), _trends(gain, rates, seeds), ""
     elif c.comparison == "association":
@@ -326,11 +347,15 @@ def _frozen_encoder(rows: list[dict], obj: str, declared: list[Claim]) -> list[d
         if c.comparison != "methods":
             continue
         other = METHOD_NAMES.get(c.other or "", c.other)
-        label = c.text.format(g="-", gmax="-", other=other).replace(" at gamma -", " (frozen encoder; n = replicates)")
+        label = c.text.format(g="-", gmax="-", other=other).replace(
+            " at gamma -", " (frozen encoder; n = replicates)"
+        )
         sets = cells.sets(c.method, c.group) & cells.sets(c.other, c.group)
         base = {"objective": obj, "key": c.key, "claim": label, "family": "exploratory"}
         if not sets:
-            found.append(base | {"verdict": f"not measured ({c.method} and {c.other} share no {c.group} test set)"})
+            found.append(
+                base | {"verdict": f"not measured ({c.method} and {c.other} share no {c.group} test set)"}
+            )
             continue
         values = []
         for s in seeds:
@@ -376,7 +401,8 @@ def sensitivity(rows: list[dict], obj: str) -> dict:
     out = {
         "all_sets": evaluate_objective(rows, obj, primary, floor, keep=every) if floor.applied else None,
         "leave_one_out": {
-            s: evaluate_objective(rows, obj, primary, floor, keep=floor.included - {s}) for s in sorted(floor.included)
+            s: evaluate_objective(rows, obj, primary, floor, keep=floor.included - {s})
+            for s in sorted(floor.included)
         },
         "logit": evaluate_objective(rows, obj, primary, floor, transform=logit_percent),
     }

@@ -12,7 +12,6 @@ Nothing is tuned to make a claim hold.
 from __future__ import annotations
 
 import csv
-import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -286,7 +285,11 @@ def figures(rows: list[dict], out: Path) -> list[str]:
                 "pre-training noise rate (%)",
                 f"{group.upper()} mean top-1 (%)",
                 f"{obj}: {group.upper()}"
-                + (" (dotted: random init)" if any(r["init"] == "random" and r["objective"] == obj for r in rows) else ""),
+                + (
+                    " (dotted: random init)"
+                    if any(r["init"] == "random" and r["objective"] == obj for r in rows)
+                    else ""
+                ),
                 legend=8,
             )
         made.append(_save(fig, out, f"accuracy_vs_noise_{obj}.png"))

@@ -47,7 +47,9 @@ def claims_table(found: list[dict], family: str) -> str:
     ]
     for c in mine:
         if "mean" not in c:
-            lines.append(f"| {c['objective']} | {c['key']} | {c['claim']} | - | - | - | - | - | - | - | {c['verdict']} |")
+            lines.append(
+                f"| {c['objective']} | {c['key']} | {c['claim']} | - | - | - | - | - | - | - | {c['verdict']} |"
+            )
             continue
         unit = c.get("unit", "")
         p = "-" if math.isnan(c["p"]) else f"{c['p']:.3g}"
@@ -65,8 +67,11 @@ def claims_table(found: list[dict], family: str) -> str:
 def plan_section(plan: dict | None, sha: str | None, current_sha: str | None) -> list[str]:
     lines = ["## The plan", ""]
     if not plan:
-        return lines + ["No plan file (`plan.json`) beside these results: the analysis below is the current "
-                        "declaration, not one fixed before this study ran.", ""]
+        return lines + [
+            "No plan file (`plan.json`) beside these results: the analysis below is the current "
+            "declaration, not one fixed before this study ran.",
+            "",
+        ]
     grid = plan["grid"]
     lines += [
         f"Plan sha256 `{sha}` (`plan.json`, written before the first stage): objectives {grid['objectives']}, "
@@ -76,8 +81,11 @@ def plan_section(plan: dict | None, sha: str | None, current_sha: str | None) ->
         "",
     ]
     if current_sha and current_sha != sha:
-        lines += [f"**The declared analysis has changed since this plan** (now `{current_sha}`): the "
-                  "verdicts below follow the current declaration.", ""]
+        lines += [
+            f"**The declared analysis has changed since this plan** (now `{current_sha}`): the "
+            "verdicts below follow the current declaration.",
+            "",
+        ]
     return lines
 
 
@@ -97,7 +105,10 @@ def floor_section(rows: list[dict], objectives: list[str]) -> list[str]:
     for obj in objectives:
         f = floors(rows, obj)
         if not f.applied:
-            lines += [f"**{obj}**: no random-init rows: the rule and the gate cannot be applied; every set counts.", ""]
+            lines += [
+                f"**{obj}**: no random-init rows: the rule and the gate cannot be applied; every set counts.",
+                "",
+            ]
             continue
         lines += [
             f"### {obj}: how far pre-training lifts each head (linear probe, clean, top-1 %)",
@@ -112,20 +123,29 @@ def floor_section(rows: list[dict], objectives: list[str]) -> list[str]:
                 f"{h['included']} of {h['sets']} |"
             )
         gates = [f"{g.upper()}: {'passes' if ok else why}" for g in ("id", "ood") for ok, why in [f.gate(g)]]
-        dropped = ", ".join(f"{t}/{s} (lift {f.lift((t, s)):+.1f} pt)" for t, s in f.excluded() if f.lift((t, s)) is not None)
+        dropped = ", ".join(
+            f"{t}/{s} (lift {f.lift((t, s)):+.1f} pt)" for t, s in f.excluded() if f.lift((t, s)) is not None
+        )
         lines += ["", f"Gate: {'; '.join(gates)}. Sets left out by the rule: {dropped or 'none'}.", ""]
     return lines
 
 
 def per_set_section(rows: list[dict], objectives: list[str]) -> list[str]:
-    lines = ["## C2 set by set: does every OOD set fall?", "",
-             "Per OOD test set, the per-seed fitted change of the linear probe over the grid (unadjusted 95 % "
-             "intervals, SESOI 1 point), whether the inclusion rule keeps it, and its lift over the floor.", ""]
+    lines = [
+        "## C2 set by set: does every OOD set fall?",
+        "",
+        "Per OOD test set, the per-seed fitted change of the linear probe over the grid (unadjusted 95 % "
+        "intervals, SESOI 1 point), whether the inclusion rule keeps it, and its lift over the floor.",
+        "",
+    ]
     for obj in objectives:
         per = per_set_trends(rows, obj)
         if not per:
             continue
-        lines += ["| objective | OOD set | kept | lift | change [95 % CI] | n | verdict |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| objective | OOD set | kept | lift | change [95 % CI] | n | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for p in per:
             lift = "-" if p["lift"] is None else f"{p['lift']:+.1f}"
             lines.append(
@@ -135,16 +155,24 @@ def per_set_section(rows: list[dict], objectives: list[str]) -> list[str]:
         kept = [p for p in per if p["included"]]
         falls = sum(1 for p in kept if not math.isnan(p["high"]) and p["high"] < 0)
         rises = sum(1 for p in kept if not math.isnan(p["low"]) and p["low"] > 0)
-        lines += ["", f"{obj}: of {len(kept)} kept OOD sets, {falls} fall (interval below 0), {rises} rise "
-                  f"(interval above 0), {len(kept) - falls - rises} are not distinguishable from no change.", ""]
+        lines += [
+            "",
+            f"{obj}: of {len(kept)} kept OOD sets, {falls} fall (interval below 0), {rises} rise "
+            f"(interval above 0), {len(kept) - falls - rises} are not distinguishable from no change.",
+            "",
+        ]
     return lines
 
 
 def sensitivity_section(rows: list[dict], objectives: list[str]) -> list[str]:
-    lines = ["## Sensitivity analyses (declared)", "",
-             "The primary family re-evaluated with the same rule and intervals: on every test set (the "
-             "inclusion rule not applied), with each kept set left out in turn, and with top-1 on the logit "
-             "scale (no declared bound there: read the interval's sign).", ""]
+    lines = [
+        "## Sensitivity analyses (declared)",
+        "",
+        "The primary family re-evaluated with the same rule and intervals: on every test set (the "
+        "inclusion rule not applied), with each kept set left out in turn, and with top-1 on the logit "
+        "scale (no declared bound there: read the interval's sign).",
+        "",
+    ]
     for obj in objectives:
         sens = sensitivity(rows, obj)
         variants = []
@@ -155,12 +183,22 @@ def sensitivity_section(rows: list[dict], objectives: list[str]) -> list[str]:
             continue
         claims = [c for c in variants[0][1] if c["family"] == "primary"]
         header = [f"{c['key']} {c['claim'].split(':')[-1].strip()[:40]}" for c in claims]
-        lines += [f"### {obj}: every set and leave one set out", "",
-                  "| variant | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+        lines += [
+            f"### {obj}: every set and leave one set out",
+            "",
+            "| variant | " + " | ".join(header) + " |",
+            "|---|" + "---|" * len(header),
+        ]
         for name, found in variants:
             cells = [f"{_interval(c, 2)} {c['verdict']}" for c in found if c["family"] == "primary"]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", f"### {obj}: the logit scale", "", "| claim | estimate [CI] (logit) | reading |", "|---|---|---|"]
+        lines += [
+            "",
+            f"### {obj}: the logit scale",
+            "",
+            "| claim | estimate [CI] (logit) | reading |",
+            "|---|---|---|",
+        ]
         for c in sens["logit"]:
             if c["family"] != "primary" or "mean" not in c:
                 continue

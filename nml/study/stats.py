@@ -120,7 +120,9 @@ def min_detectable_effect(test: Test, alpha: float = ALPHA) -> float:
 
     if test.n < 2 or not test.sd or math.isnan(test.sd):
         return math.nan
-    d = TTestPower().solve_power(effect_size=None, nobs=test.n, alpha=alpha, power=POWER, alternative="larger")
+    d = TTestPower().solve_power(
+        effect_size=None, nobs=test.n, alpha=alpha, power=POWER, alternative="larger"
+    )
     return float(d) * test.sd
 
 
@@ -173,7 +175,9 @@ class Association:
     p: float  # one-sided, in the declared direction
 
 
-def association(x: list[float], y: list[float], rates: list[float], seeds: list[int], direction: str) -> Association:
+def association(
+    x: list[float], y: list[float], rates: list[float], seeds: list[int], direction: str
+) -> Association:
     """Regress standardised within-rate y on standardised within-rate x (statsmodels OLS, cluster-
     robust by seed, t reference with clusters - 1 degrees of freedom); the slope is the partial
     correlation. ``direction``: ``increase`` (a positive association is claimed) or ``decrease``."""
@@ -190,7 +194,8 @@ def association(x: list[float], y: list[float], rates: list[float], seeds: list[
         return Association(n, clusters, math.nan, math.nan, math.nan, math.nan)
     zx, zy = (xs - xs.mean()) / xs.std(), (ys - ys.mean()) / ys.std()
     fit = sm.OLS(zy, zx).fit(
-        cov_type="cluster", cov_kwds={"groups": np.asarray(seeds), "use_correction": True, "df_correction": True}
+        cov_type="cluster",
+        cov_kwds={"groups": np.asarray(seeds), "use_correction": True, "df_correction": True},
     )
     r, se = float(fit.params[0]), float(fit.bse[0])
     from scipy import stats as st
