@@ -5,6 +5,7 @@ sensitivity analyses (every set, leave one set out, the logit scale)."""
 from __future__ import annotations
 
 import math
+import re
 
 from nml.study.claims import GATES, INCLUSION, SLIGHT
 from nml.study.evaluate import per_set_trends, sensitivity
@@ -19,8 +20,9 @@ RULE = (
     "below d: real but too small to matter), *does not hold* (0 inside, entirely below d), *opposite* "
     "(entirely on the other side of 0), else *inconclusive at n*. Non-inferiority with margin D: "
     "*holds* (interval above -D; *and better* when above 0, *but worse* when below 0), *does not hold* "
-    "(entirely below -D), else *inconclusive at n*. A claim on a group that fails its objective's "
-    "competence gate is *not evaluable*: it says nothing about noise."
+    "(entirely below -D), else *inconclusive at n*. Holm's p can fall below 0.025 while the "
+    "Bonferroni interval still touches 0: the verdict follows the interval. A claim on a group that "
+    "fails its objective's competence gate is *not evaluable*: it says nothing about noise."
 )
 
 
@@ -181,8 +183,8 @@ def sensitivity_section(rows: list[dict], objectives: list[str]) -> list[str]:
         variants += [(f"without {t}/{s}", v) for (t, s), v in sens["leave_one_out"].items()]
         if not variants:
             continue
-        claims = [c for c in variants[0][1] if c["family"] == "primary"]
-        header = [f"{c['key']} {c['claim'].split(':')[-1].strip()[:40]}" for c in claims]
+        claims = [c for c in variants[0][1] if c["family"] != "exploratory"]
+        header = [f"{c['key']} {re.sub(r' [(][^)]*[)]$', '', c['claim'].split(': ')[-1])}" for c in claims]
         lines += [
             f"### {obj}: every set and leave one set out",
             "",
@@ -190,7 +192,7 @@ def sensitivity_section(rows: list[dict], objectives: list[str]) -> list[str]:
             "|---|" + "---|" * len(header),
         ]
         for name, found in variants:
-            cells = [f"{_interval(c, 2)} {c['verdict']}" for c in found if c["family"] == "primary"]
+            cells = [f"{_interval(c, 2)} {c['verdict']}" for c in found if c["family"] != "exploratory"]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += [
             "",
@@ -200,7 +202,7 @@ def sensitivity_section(rows: list[dict], objectives: list[str]) -> list[str]:
             "|---|---|---|",
         ]
         for c in sens["logit"]:
-            if c["family"] != "primary" or "mean" not in c:
+            if c["family"] == "exploratory" or "mean" not in c:
                 continue
             if math.isnan(c["low"]):
                 reading = "-"
