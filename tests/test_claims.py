@@ -342,24 +342,33 @@ def test_every_published_verdict_follows_the_rule_from_its_printed_interval(path
 
 
 def test_every_verdict_the_readme_and_the_study_page_quote_equals_the_report():
-    """Quoted claims are written ``KEY ... ESTIMATE [LOW, HIGH] ... *VERDICT*`` with a link to a report
-    nearby; each must match a row of that report to the printed digits."""
-    quote = re.compile(
-        r"\b(C1a|C1|C2|C3|C3t|S1|S2|E\d)\b[^*\[\]]*?([+-]?\d+\.\d+) \[([+-]?\d+\.\d+), ([+-]?\d+\.\d+)\][^*]*?\*([^*]+)\*"
+    """A verdict in italics in the README or the manual is quoted as ``KEY ... ESTIMATE [LOW, HIGH]
+    ... *VERDICT*`` and must equal a row of the report linked nearest to it (in its paragraph, else
+    the last one linked before), to the printed digits; no italic verdict goes unchecked."""
+    keys = r"\b(?:C1a|C1|C2|C3t|C3|S1|S2|E\d)\b"
+    quote = re.compile(  # the key nearest before the interval: the gap crosses no other key
+        rf"({keys})(?:(?!{keys})[^*\[\]])*?([+-]?\d+\.\d+) \[([+-]?\d+\.\d+), ([+-]?\d+\.\d+)\]"
+        r"[^*]*?(?<!\*)\*([^*]+)\*(?!\*)"
     )
+    said_verdict = re.compile(
+        r"(?<!\*)\*(holds[^*]*|does not hold|opposite|inconclusive[^*]*|not evaluable)\*(?!\*)"
+    )
+    link = re.compile(r"results/(\w+)/report\.md")
     published = {p.parent.name: _report_verdicts(p) for p in RESULTS}
     checked = 0
     for doc in (ROOT / "README.md", ROOT / "docs" / "study.md", ROOT / "docs" / "text.md"):
-        name = None  # the report a paragraph quotes: the one it links, else the last one linked before it
+        last = None
         for para in doc.read_text().split("\n\n"):
-            names = set(re.findall(r"results/(\w+)/report\.md", para))
-            if len(names) > 1:
-                name = None
-                continue
-            name = names.pop() if names else name
-            if name is None:
-                continue
-            for key, est, low, high, said in quote.findall(para):
+            links = [(m.start(), m.group(1)) for m in link.finditer(para)]
+            quotes = list(quote.finditer(para))
+            assert len(quotes) == len(said_verdict.findall(para)), (
+                f"{doc.name}: a verdict not quoted as KEY EST [CI] *VERDICT*: {para[:200]}"
+            )
+            for q in quotes:
+                key, est, low, high, said = q.groups()
+                said = " ".join(said.split())  # a verdict wrapped across lines
+                name = min(links, key=lambda x: abs(x[0] - q.start()))[1] if links else last
+                assert name, f"{doc.name}: {key} quoted with no report linked before it"
                 matches = [
                     r
                     for r in published[name]
@@ -373,4 +382,5 @@ def test_every_verdict_the_readme_and_the_study_page_quote_equals_the_report():
                     f"{doc.name}: {key} says {said!r}, the report {matches[0]['verdict']!r}"
                 )
                 checked += 1
-    assert checked >= 8
+            last = links[-1][1] if links else last
+    assert checked >= 12

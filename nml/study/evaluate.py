@@ -158,27 +158,34 @@ def evaluate_objective(
             continue
         t = tests[id(f)]
         alpha = ALPHA / max(m, 1) if f["family"] == "primary" else ALPHA
-        f |= {
-            "direction": spec.direction,
-            "bound": spec.bound,
-            "mean": t.mean,
-            "low": t.low,
-            "high": t.high,
-            "level": t.level,
-            "n": t.n,
-            "sd": t.sd,
-            "p": adjusted.get(id(f), t.p),
-            "mde": min_detectable_effect(t, alpha),
-            "seeds_needed": seeds_needed(spec.bound, t.sd, alpha),  # 80 % power at the bound, this spread
-            "unit": " pt" if spec.metric == "top1" and transform is None else "",
-            "verdict": verdict(t),
-        }
+        unit = " pt" if spec.metric == "top1" and transform is None else ""
+        f |= _test_row(t, alpha, unit) | {"p": adjusted.get(id(f), t.p)}
         if t.n < len(seeds):
             f["note"] = f"n={t.n} of {len(seeds)} seeds: a failed or missing cell" + (
                 f"; {f['note']}" if f["note"] else ""
             )
         out.append(f)
     return out
+
+
+def _test_row(t, alpha: float, unit: str) -> dict:
+    """A tested claim's columns: the estimate and interval, n, p, the MDE and the seeds 80 % power at
+    the bound needs with this spread (both at one-sided ``alpha``), and the verdict."""
+    return {
+        "direction": t.direction,
+        "bound": t.bound,
+        "mean": t.mean,
+        "low": t.low,
+        "high": t.high,
+        "level": t.level,
+        "n": t.n,
+        "sd": t.sd,
+        "p": t.p,
+        "mde": min_detectable_effect(t, alpha),
+        "seeds_needed": seeds_needed(t.bound, t.sd, alpha),
+        "unit": unit,
+        "verdict": verdict(t),
+    }
 
 
 def _association_row(spec: Claim, values: tuple) -> dict:
@@ -363,26 +370,7 @@ def _frozen_encoder(rows: list[dict], obj: str, declared: list[Claim]) -> list[d
             b = cells.mean(c.other, c.group, (None, s), sets)
             if a is not None and b is not None:
                 values.append(a - b)
-        t = paired_test(values, c.direction, c.bound)
-        found.append(
-            base
-            | {
-                "note": "",
-                "direction": c.direction,
-                "bound": c.bound,
-                "mean": t.mean,
-                "low": t.low,
-                "high": t.high,
-                "level": t.level,
-                "n": t.n,
-                "sd": t.sd,
-                "p": t.p,
-                "mde": min_detectable_effect(t, ALPHA),
-                "seeds_needed": seeds_needed(c.bound, t.sd, ALPHA),
-                "unit": " pt",
-                "verdict": verdict(t),
-            }
-        )
+        found.append(base | {"note": ""} | _test_row(paired_test(values, c.direction, c.bound), ALPHA, " pt"))
     return found
 
 
