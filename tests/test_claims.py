@@ -89,15 +89,20 @@ def test_holm_power_and_the_trend():
 
 
 def test_the_association_is_within_rate_and_clustered_by_seed():
-    rates = [0.1] * 6 + [0.3] * 6
-    seeds = list(range(6)) * 2
-    x = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0]  # rate shifts x by 10
-    y = [0.1, 1.1, 1.9, 3.2, 3.9, 5.1, -50.0, -49.1, -47.9, -47.2, -46.1, -44.8]  # and y by -50
+    k = 10
+    rates = [0.1] * k + [0.3] * k
+    seeds = list(range(k)) * 2
+    wobble = [0.1, -0.1, 0.2, -0.2, 0.05, -0.05, 0.15, -0.15, 0.0, 0.1]
+    x = [float(i) for i in range(k)] + [10.0 + i for i in range(k)]  # the rate shifts x by 10
+    y = [i + wobble[i] for i in range(k)] + [-50.0 + i - wobble[i] for i in range(k)]  # and y by -50
     a = association(x, y, rates, seeds, "increase")
     assert a.r > 0.95 and a.low > 0.3 and a.p < 0.025  # within a rate: a strong positive link
-    raw = sum((xi - 7.5) * yi for xi, yi in zip(x, y, strict=True))
+    raw = sum((xi - sum(x) / len(x)) * yi for xi, yi in zip(x, y, strict=True))
     assert raw < 0  # pooled over rates the link is negative: the rate, not the spectrum
     assert interval_verdict("increase", a.low, a.high, 0.3, a.n) == "holds"
+    few = [i for i, s in enumerate(seeds) if s < 6]  # 6 seeds: an estimate, no interval to trust
+    b = association(*([v[i] for i in few] for v in (x, y, rates, seeds)), "increase")
+    assert b.r > 0.95 and math.isnan(b.low) and b.clusters == 6
     assert math.isnan(association(x[:3], y[:3], rates[:3], seeds[:3], "increase").r)
 
 
@@ -261,19 +266,26 @@ def test_without_a_floor_every_set_counts_and_the_report_says_so(tmp_path):
 
 
 def test_the_spectrum_association_is_evaluated_across_cells():
-    sve = {}
+    """ID gains 3 points per 0.1 of SVE gained, seed by seed (10 seeds): S1 holds; on 4 seeds the
+    same data give an estimate but no clustered interval, so no verdict."""
+    wobble = [0.3, -0.2, 0.1, -0.25, 0.2, -0.1, 0.05, -0.3, 0.15, 0.0]
 
-    def id_at(g, s):
-        return 80 + 3 * sve.setdefault((g, s), (0.2 * s if g else 0.0)) * 10 + JITTER[s] * 0
+    def sve(g, s):
+        return 4.0 + (0.02 * (s + 1) + 0.01 * g if g else 0.0)
 
     rows = _rows(
-        id_at,
-        lambda g, s, o: 60 - 10 * g + JITTER[s],
-        sve=lambda g, s: 4.0 + (0.2 * s + 0.01 * g if g else 0.0),
+        lambda g, s: 80 + 300 * (sve(g, s) - 4.0) - 5 * g,
+        lambda g, s, o: 60 - 10 * g + wobble[s] * (1 + g),
+        sve=sve,
         floor={"held": 40.0, "shift": 30.0},
+        seeds=range(10),
     )
     s1 = _by_key(evaluate(rows))["S1"][0]
-    assert s1["family"] == "secondary" and s1["n"] == 8 and s1["mean"] > 0.9 and s1["verdict"] == "holds"
+    assert s1["family"] == "secondary" and s1["n"] == 20 and s1["mean"] > 0.9 and s1["verdict"] == "holds"
+    few = [r for r in rows if r["seed"] < 4 or r["init"] == "random"]
+    s1 = _by_key(evaluate(few))["S1"][0]
+    assert s1["mean"] > 0.9 and math.isnan(s1["low"]) and s1["verdict"] == "inconclusive at n=8"
+    assert "a clustered interval needs at least 10" in s1["note"]
 
 
 def test_the_plan_hash_covers_the_grid_the_tasks_and_the_declared_claims(monkeypatch):
@@ -293,8 +305,10 @@ def test_an_edited_plan_file_is_refused_naming_it(tmp_path):
     from nml.study.results import read_plan, write_plan
 
     grid = {"objectives": ["supervised"], "noise_rates": [0.0], "seeds": [3], "random_init": True}
-    sha = write_plan(tmp_path, study_plan(grid, {"d": ["linear"]}))
-    assert read_plan(tmp_path)[1] == sha
+    sha = write_plan(tmp_path, study_plan(grid, {"d": ["linear"]}), "before the first stage")
+    assert read_plan(tmp_path)[1:] == (sha, "before the first stage")
+    assert write_plan(tmp_path, study_plan(grid, {"d": ["linear"]}), "when 3 of 3 stages had finished") == sha
+    assert read_plan(tmp_path)[2] == "before the first stage"  # the same plan keeps when it was fixed
     text = (tmp_path / "plan.json").read_text().replace('"linear"', '"mlp"')
     (tmp_path / "plan.json").write_text(text)
     with pytest.raises(ValueError, match=r"plan.json: its sha256 .* does not match its plan"):
@@ -321,7 +335,7 @@ def test_four_reports_are_published():
 @pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.parent.name)
 def test_every_published_verdict_follows_the_rule_from_its_printed_interval(path):
     rows = _report_verdicts(path)
-    assert len(rows) >= 10, path
+    assert len(rows) >= 4, path
     text = path.read_text()
     assert re.search(r"Plan sha256 `[0-9a-f]{64}`", text), f"{path}: no plan hash"
     assert "## The floor and the inclusion rule" in text and "leave one set out" in text
@@ -347,7 +361,7 @@ def test_every_verdict_the_readme_and_the_study_page_quote_equals_the_report():
     the last one linked before), to the printed digits; no italic verdict goes unchecked."""
     keys = r"\b(?:C1a|C1|C2|C3t|C3|S1|S2|E\d)\b"
     quote = re.compile(  # the key nearest before the interval: the gap crosses no other key
-        rf"({keys})(?:(?!{keys})[^*\[\]])*?([+-]?\d+\.\d+) \[([+-]?\d+\.\d+), ([+-]?\d+\.\d+)\]"
+        rf"({keys})(?:(?!{keys})[^*\[\]])*?([+-]?\d+\.\d+)\s\[([+-]?\d+\.\d+),\s([+-]?\d+\.\d+)\]"
         r"[^*]*?(?<!\*)\*([^*]+)\*(?!\*)"
     )
     said_verdict = re.compile(

@@ -310,7 +310,10 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
     plan = json.loads((out / "plan.json").read_text())  # the plan, its hash in study.json and the report
     assert plan["plan"]["grid"]["random_init"] and plan["plan"]["tasks"]["mnist"] == ["linear", "nmtune"]
     assert json.loads((out / "study.json").read_text())["plan_sha256"] == plan["sha256"]
-    assert f"Plan sha256 `{plan['sha256']}`" in (out / "report.md").read_text()
+    assert (
+        f"Plan sha256 `{plan['sha256']}` (`plan.json`, written before the first stage)"
+        in (out / "report.md").read_text()
+    )
     assert study(**kw, dry_run=True)["plan_sha256"] == plan["sha256"]
     assert (out / "report.md").is_file() and (out / "memorisation.csv").is_file()
     assert list((out / "tensorboard" / "pretrain").iterdir()) and list(

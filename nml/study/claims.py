@@ -231,7 +231,12 @@ def analysis_plan() -> dict:
 
     return {
         "claims": [asdict(c) for c in CLAIMS],
-        "rule": {"alpha_one_sided": stats.ALPHA, "power": stats.POWER, "primary_interval": "1 - 0.05/m"},
+        "rule": {
+            "alpha_one_sided": stats.ALPHA,
+            "power": stats.POWER,
+            "primary_interval": "1 - 0.05/m",
+            "association_min_seeds": stats.MIN_CLUSTERS,
+        },
         "slight": SLIGHT,
         "inclusion": asdict(INCLUSION),
         "gates": {k: asdict(v) for k, v in sorted(GATES.items())} | {"*": asdict(DEFAULT_GATE)},

@@ -149,7 +149,9 @@ def _run(
         "features": asdict(features),
         "tuning": asdict(tuning),
     }
-    plan_sha = write_plan(out_dir, _study_plan(grid, tasks))
+    done = summary["cached"]
+    when = "before the first stage" if not done else f"when {done} of {len(plan.stages)} stages had finished"
+    plan_sha = write_plan(out_dir, _study_plan(grid, tasks), when)
     (out_dir / IDENTITY).write_text(
         json.dumps({"name": name, "plan_sha256": plan_sha, "settings": settings}, indent=1) + "\n"
     )

@@ -18,6 +18,7 @@ from nml.study.claims import CLAIMS, METHOD_NAMES, SLIGHT, Claim
 from nml.study.floors import Floors, floors
 from nml.study.stats import (
     ALPHA,
+    MIN_CLUSTERS,
     association,
     family_level,
     fitted_change,
@@ -193,6 +194,23 @@ def _association_row(spec: Claim, values: tuple) -> dict:
     a = association(xs, ys, rates, seeds, spec.direction)
     if math.isnan(a.r):
         return {"verdict": f"inconclusive at n={a.n} cells", "note": "fewer than 4 cells or 3 seeds"}
+    if math.isnan(a.low):
+        return {
+            "direction": spec.direction,
+            "bound": spec.bound,
+            "mean": a.r,
+            "low": math.nan,
+            "high": math.nan,
+            "level": 0.95,
+            "n": a.n,
+            "sd": math.nan,
+            "p": math.nan,
+            "mde": math.nan,
+            "seeds_needed": None,
+            "unit": "",
+            "verdict": f"inconclusive at n={a.n}",
+            "note": f"{a.clusters} seeds: a clustered interval needs at least {MIN_CLUSTERS}",
+        }
     low, high = max(a.low, -1.0), min(a.high, 1.0)
     return {
         "direction": spec.direction,

@@ -390,7 +390,7 @@ def build_report(study_dir: str | Path, title: str | None = None, extra: str = "
         raise ValueError(f"{results}: no rows")
     found = evaluate(rows)
     made = figures(rows, out)
-    plan, sha = read_plan(out)
+    plan, sha, written = read_plan(out)
     current = plan_sha256(study_plan(plan["grid"], plan["tasks"])) if plan else None
     graded = sorted({r["objective"] for r in rows if r["init"] != "fixed"})
     text = (
@@ -398,7 +398,7 @@ def build_report(study_dir: str | Path, title: str | None = None, extra: str = "
         if extra
         else [f"# {title or out.name}", ""]
     )
-    text += plan_section(plan, sha, current)
+    text += plan_section(plan, sha, current, written)
     text += [
         "## The primary claims",
         "",

@@ -66,7 +66,9 @@ def claims_table(found: list[dict], family: str) -> str:
     return "\n".join(lines)
 
 
-def plan_section(plan: dict | None, sha: str | None, current_sha: str | None) -> list[str]:
+def plan_section(
+    plan: dict | None, sha: str | None, current_sha: str | None, written: str | None
+) -> list[str]:
     lines = ["## The plan", ""]
     if not plan:
         return lines + [
@@ -76,7 +78,8 @@ def plan_section(plan: dict | None, sha: str | None, current_sha: str | None) ->
         ]
     grid = plan["grid"]
     lines += [
-        f"Plan sha256 `{sha}` (`plan.json`, written before the first stage): objectives {grid['objectives']}, "
+        f"Plan sha256 `{sha}` (`plan.json`, written {written or 'at an unrecorded time'}): objectives "
+        f"{grid['objectives']}, "
         f"noise rates {grid['noise_rates']}, seeds {grid['seeds']}, random-init floor "
         f"{'yes' if grid.get('random_init') else 'no'}; slight noise 0 < gamma <= {SLIGHT:g}; the claims, "
         "bounds, inclusion rule, competence gates and sensitivity analyses of `nml/study/claims.py`.",

@@ -181,28 +181,37 @@ def read_results(path: str | Path) -> list[dict]:
 PLAN = "plan.json"
 
 
-def write_plan(out: Path, plan: dict) -> str:
-    """Write ``plan.json`` (the plan and its sha256) into the study directory; returns the hash."""
+def write_plan(out: Path, plan: dict, written: str) -> str:
+    """Write ``plan.json`` (the plan, its sha256, and ``written``: when, against the study's stages,
+    it was fixed) into the study directory; returns the hash. A plan.json holding the same plan is
+    kept as it is, so it keeps saying when that plan was first fixed."""
     import json
 
     from nml.study.claims import plan_sha256
 
     sha = plan_sha256(plan)
     Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / PLAN).write_text(json.dumps({"sha256": sha, "plan": plan}, indent=1, sort_keys=True) + "\n")
+    if (Path(out) / PLAN).is_file():
+        try:
+            if read_plan(out)[1] == sha:
+                return sha
+        except ValueError:
+            pass  # a damaged or edited plan.json is replaced by the plan this run follows
+    record = {"sha256": sha, "written": written, "plan": plan}
+    (Path(out) / PLAN).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return sha
 
 
-def read_plan(out: Path) -> tuple[dict | None, str | None]:
-    """(plan, sha256) from ``plan.json``; (None, None) when absent. A file whose hash does not match
-    its plan is an error naming it (it was edited by hand)."""
+def read_plan(out: Path) -> tuple[dict | None, str | None, str | None]:
+    """(plan, sha256, when it was written) from ``plan.json``; Nones when absent. A file whose hash
+    does not match its plan is an error naming it (it was edited by hand)."""
     import json
 
     from nml.study.claims import plan_sha256
 
     path = Path(out) / PLAN
     if not path.is_file():
-        return None, None
+        return None, None, None
     try:
         data = json.loads(path.read_text())
         plan, sha = data["plan"], data["sha256"]
@@ -210,4 +219,4 @@ def read_plan(out: Path) -> tuple[dict | None, str | None]:
         raise ValueError(f"{path}: not a study plan (expected {{'sha256': ..., 'plan': ...}}): {e}") from None
     if plan_sha256(plan) != sha:
         raise ValueError(f"{path}: its sha256 {sha} does not match its plan (edited after it was written?)")
-    return plan, sha
+    return plan, sha, data.get("written")

@@ -27,6 +27,7 @@ import numpy as np
 
 ALPHA = 0.025  # one-sided: the dual of the two-sided 95 % interval
 POWER = 0.8
+MIN_CLUSTERS = 10  # below this many seeds a cluster-robust interval is too narrow to trust
 DIRECTIONS = ("decrease", "increase", "not_hurt")
 
 
@@ -180,7 +181,9 @@ def association(
 ) -> Association:
     """Regress standardised within-rate y on standardised within-rate x (statsmodels OLS, cluster-
     robust by seed, t reference with clusters - 1 degrees of freedom); the slope is the partial
-    correlation. ``direction``: ``increase`` (a positive association is claimed) or ``decrease``."""
+    correlation. ``direction``: ``increase`` (a positive association is claimed) or ``decrease``.
+    With fewer than ``MIN_CLUSTERS`` seeds the interval is NaN: the sandwich variance is biased
+    down with few clusters, so an interval would claim more than the data hold."""
     import statsmodels.api as sm
 
     xs, ys, gs = (np.asarray(v, dtype=float) for v in (x, y, rates))
@@ -198,6 +201,8 @@ def association(
         cov_kwds={"groups": np.asarray(seeds), "use_correction": True, "df_correction": True},
     )
     r, se = float(fit.params[0]), float(fit.bse[0])
+    if clusters < MIN_CLUSTERS:  # the sandwich estimator's small-cluster bias: an estimate, no interval
+        return Association(n, clusters, r, math.nan, math.nan, math.nan)
     from scipy import stats as st
 
     df = clusters - 1
