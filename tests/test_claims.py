@@ -61,6 +61,27 @@ def test_each_verdict_kind_comes_out_of_its_interval(direction, values, expected
         assert verdict(t) != "does not hold"
 
 
+def test_over_every_interval_a_crossing_of_0_never_holds_and_reaching_the_sesoi_never_fails():
+    ends = [x / 4 for x in range(-12, 13)]  # -3 .. 3 in quarters, bound 1
+    for direction in ("increase", "decrease"):
+        sign = 1 if direction == "increase" else -1
+        for low in ends:
+            for high in (h for h in ends if h >= low):
+                v = interval_verdict(direction, low, high, 1.0, 5)
+                lo, hi = sorted((sign * low, sign * high))
+                if lo <= 0 <= hi:
+                    assert not v.startswith("holds") and v != "opposite", (direction, low, high, v)
+                if hi >= 1.0:
+                    assert v != "does not hold", (direction, low, high, v)
+                if lo > 0 and hi >= 1.0:
+                    assert v == "holds", (direction, low, high, v)
+    for low in ends:  # non-inferiority: holds exactly when the whole interval is above -margin
+        for high in (h for h in ends if h >= low):
+            v = interval_verdict("not_hurt", low, high, 1.0, 5)
+            assert v.startswith("holds") == (low > -1.0), (low, high, v)
+            assert (v == "does not hold") == (high < -1.0), (low, high, v)
+
+
 def test_the_interval_is_95_percent_and_the_p_value_its_one_sided_dual():
     t = paired_test([-3.0, -4.0, -5.0], "decrease", 1.0)  # sd 1, t(0.975, 2) = 4.3027
     assert (t.mean, t.n, t.level) == (-4.0, 3, 0.95)

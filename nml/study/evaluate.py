@@ -131,24 +131,32 @@ def evaluate_objective(
                     "spec": c,
                     "values": None if closed else values,
                     "closed": closed[0] if closed else "",
+                    "planned": values is not None,  # the grid measures it (evaluable or not)
                 }
             )
-    primary = [
-        f for f in found if f["family"] == "primary" and f["values"] is not None and len(f["values"]) > 1
-    ]
-    m = len(primary)
+    # m is fixed by the plan: every primary row the grid measures, whether or not the data can
+    # evaluate it, so a claim that turns out not evaluable does not loosen the others' intervals
+    m = sum(1 for f in found if f["family"] == "primary" and f["planned"])
     level = family_level(m)
+    primary = [f for f in found if f["family"] == "primary" and f["planned"]]
     tests = {}
     for f in found:
         if f["values"] is None or f["spec"].comparison == "association":
             continue
         lvl = level if f["family"] == "primary" else 0.95
         tests[id(f)] = paired_test(f["values"], f["spec"].direction, f["spec"].bound, lvl)
-    adjusted = dict(zip((id(f) for f in primary), holm([tests[id(f)].p for f in primary]), strict=True))
+    # Holm over the planned family: a claim without a p (not evaluable, n < 2) enters as p = 1
+    raw = [tests[id(f)].p if id(f) in tests and not math.isnan(tests[id(f)].p) else 1.0 for f in primary]
+    adjusted = {
+        id(f): p
+        for f, p in zip(primary, holm(raw), strict=True)
+        if id(f) in tests and not math.isnan(tests[id(f)].p)
+    }
     out = []
     for f in found:
         spec, values = f.pop("spec"), f.pop("values")
         closed = f.pop("closed")
+        f.pop("planned")
         if values is None:
             f["verdict"] = closed or f.pop("note")
             f.pop("note", None)
