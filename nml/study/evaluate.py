@@ -102,8 +102,11 @@ def evaluate_objective(
     floor: Floors,
     keep: set[tuple] | None = None,
     transform: Callable[[float], float] | None = None,
+    detail: bool = True,
 ) -> list[dict]:
-    """One objective's claims on the sets in ``keep`` (default: those the inclusion rule keeps)."""
+    """One objective's claims on the sets in ``keep`` (default: those the inclusion rule keeps).
+    ``detail=False`` (the sensitivity analyses, which print estimates, intervals and verdicts only)
+    skips Holm's p, the MDE and the power figure."""
     rates, seeds = _rates_seeds(rows, obj)
     keep = floor.included if keep is None else keep
     cells = {
@@ -149,7 +152,7 @@ def evaluate_objective(
     raw = [tests[id(f)].p if id(f) in tests and not math.isnan(tests[id(f)].p) else 1.0 for f in primary]
     adjusted = {
         id(f): p
-        for f, p in zip(primary, holm(raw), strict=True)
+        for f, p in zip(primary, holm(raw) if detail and primary else [math.nan] * len(primary), strict=True)
         if id(f) in tests and not math.isnan(tests[id(f)].p)
     }
     out = []
@@ -168,7 +171,7 @@ def evaluate_objective(
         t = tests[id(f)]
         alpha = ALPHA / max(m, 1) if f["family"] == "primary" else ALPHA
         unit = " pt" if spec.metric == "top1" and transform is None else ""
-        f |= _test_row(t, alpha, unit) | {"p": adjusted.get(id(f), t.p)}
+        f |= _test_row(t, alpha, unit, detail) | {"p": adjusted.get(id(f), t.p)}
         if t.n < len(seeds):
             f["note"] = f"n={t.n} of {len(seeds)} seeds: a failed or missing cell" + (
                 f"; {f['note']}" if f["note"] else ""
@@ -177,9 +180,10 @@ def evaluate_objective(
     return out
 
 
-def _test_row(t, alpha: float, unit: str) -> dict:
+def _test_row(t, alpha: float, unit: str, detail: bool = True) -> dict:
     """A tested claim's columns: the estimate and interval, n, p, the MDE and the seeds 80 % power at
-    the bound needs with this spread (both at one-sided ``alpha``), and the verdict."""
+    the bound needs with this spread (both at one-sided ``alpha``; NaN / None without ``detail``),
+    and the verdict."""
     return {
         "direction": t.direction,
         "bound": t.bound,
@@ -190,8 +194,8 @@ def _test_row(t, alpha: float, unit: str) -> dict:
         "n": t.n,
         "sd": t.sd,
         "p": t.p,
-        "mde": min_detectable_effect(t, alpha),
-        "seeds_needed": seeds_needed(t.bound, t.sd, alpha),
+        "mde": min_detectable_effect(t, alpha) if detail else math.nan,
+        "seeds_needed": seeds_needed(t.bound, t.sd, alpha) if detail else None,
         "unit": unit,
         "verdict": verdict(t),
     }
@@ -415,12 +419,14 @@ def sensitivity(rows: list[dict], obj: str) -> dict:
     primary = on_accuracy()
     every = {s for s in floor.group}
     out = {
-        "all_sets": evaluate_objective(rows, obj, primary, floor, keep=every) if floor.applied else None,
+        "all_sets": evaluate_objective(rows, obj, primary, floor, keep=every, detail=False)
+        if floor.applied
+        else None,
         "leave_one_out": {
-            s: evaluate_objective(rows, obj, primary, floor, keep=floor.included - {s})
+            s: evaluate_objective(rows, obj, primary, floor, keep=floor.included - {s}, detail=False)
             for s in sorted(floor.included)
         },
-        "logit": evaluate_objective(rows, obj, primary, floor, transform=logit_percent),
+        "logit": evaluate_objective(rows, obj, primary, floor, transform=logit_percent, detail=False),
     }
     return out
 
