@@ -196,17 +196,16 @@ def association(
     if xs.std() == 0 or ys.std() == 0:
         return Association(n, clusters, math.nan, math.nan, math.nan, math.nan)
     zx, zy = (xs - xs.mean()) / xs.std(), (ys - ys.mean()) / ys.std()
-    fit = sm.OLS(zy, zx).fit(
+    fit = sm.OLS(zy, zx).fit(  # t reference with clusters - 1 degrees of freedom (use_t)
         cov_type="cluster",
         cov_kwds={"groups": np.asarray(seeds), "use_correction": True, "df_correction": True},
+        use_t=True,
     )
-    r, se = float(fit.params[0]), float(fit.bse[0])
+    r = float(fit.params[0])
     if clusters < MIN_CLUSTERS:  # the sandwich estimator's small-cluster bias: an estimate, no interval
         return Association(n, clusters, r, math.nan, math.nan, math.nan)
-    from scipy import stats as st
-
-    df = clusters - 1
-    half = st.t.ppf(1 - ALPHA, df) * se
-    t = r / se if se else math.nan
-    p = float(st.t.sf(t, df) if direction == "increase" else st.t.cdf(t, df))
-    return Association(n, clusters, r, r - half, r + half, p)
+    low, high = (float(v) for v in fit.conf_int(alpha=2 * ALPHA)[0])
+    p2 = float(fit.pvalues[0])  # two-sided; the claim's one-sided p from it
+    toward = r > 0 if direction == "increase" else r < 0
+    p = p2 / 2 if toward else 1 - p2 / 2
+    return Association(n, clusters, r, low, high, p)
