@@ -162,6 +162,31 @@ def test_report_refuses_what_is_not_a_study(tmp_path):
         report(str(tmp_path))
 
 
+def test_report_reads_an_older_results_csv_and_names_an_empty_identity_cell(tmp_path, caplog):
+    """A results.csv without the newer optional columns is reported with them missing; a hand-edited
+    one with a blank seed is refused naming the line and the column."""
+    _write(tmp_path / "full.csv")
+    with open(tmp_path / "full.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    older = [c for c in COLUMNS if not c.startswith(("loss_", "retrieval_", "dead_"))]
+    with open(tmp_path / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, older, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    with caplog.at_level("WARNING", logger="nml.study"):
+        r = report(str(tmp_path))
+    assert "written by an earlier nml?" in caplog.text and "'loss_ce'" in caplog.text
+    assert {c["key"] for c in r["claims"]} >= {"C2", "E6"}
+    assert read_results(tmp_path / "results.csv")[0]["loss_ce"] is None
+    rows[4]["seed"] = ""
+    with open(tmp_path / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(ValueError, match=r"results.csv, line 6: empty 'seed'"):
+        report(str(tmp_path))
+
+
 # -- bad configs: clear errors before any work ---------------------------------------------------------
 def test_bad_study_configs_fail_before_any_work(tiny_benchmark, tmp_path):
     from nml.study.config import Benchmark, Features

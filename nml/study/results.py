@@ -145,19 +145,37 @@ def write_results(plan: Plan, out: Path, tasks: dict) -> Path:
     return path
 
 
+REQUIRED = ("objective", "init", "noise_rate", "seed", "method", "task", "test_set", "group", "top1")
+TEXT_COLUMNS = ("objective", "init", "method", "task", "test_set", "group")
+
+
 def read_results(path: str | Path) -> list[dict]:
-    """results.csv with numbers parsed (empty cells become None)."""
+    """results.csv with numbers parsed (empty cells become None). A file written by an earlier nml,
+    without some of the optional columns, is read with those columns missing (None, logged once);
+    a row with an empty identity cell is an error naming its line and column."""
+    import logging
+
     out = []
     with open(path, newline="") as fh:
-        for line, row in enumerate(csv.DictReader(fh), 2):
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise ValueError(f"{path}: not a study results.csv (missing columns {sorted(missing)})")
+        absent = [c for c in COLUMNS if c not in header]
+        if absent:
+            logging.getLogger("nml.study").warning(
+                "%s: no columns %s (written by an earlier nml?): reported as missing", path, absent
+            )
+        for line, row in enumerate(reader, 2):
             if None in row or None in row.values():  # a cut-off or over-long row
                 raise ValueError(
-                    f"{path}, line {line}: expected {len(COLUMNS)} columns, got a row of "
+                    f"{path}, line {line}: expected {len(header)} columns, got a row of "
                     f"{len([v for v in row.values() if v is not None])} (a truncated or edited results.csv?)"
                 )
-            parsed = {}
+            parsed = dict.fromkeys(absent)
             for k, v in row.items():
-                if k in ("objective", "init", "method", "task", "test_set", "group"):
+                if k in TEXT_COLUMNS:
                     parsed[k] = v
                 elif v == "":
                     parsed[k] = None
@@ -171,10 +189,20 @@ def read_results(path: str | Path) -> list[dict]:
                     parsed[k] = (
                         int(x) if k in ("seed", "tune_seeds", "pretrain_epochs") and math.isfinite(x) else x
                     )
+            empty = [
+                k
+                for k in REQUIRED
+                if parsed.get(k) in (None, "")
+                and not (
+                    k == "noise_rate" and parsed.get("init") in ("random", "fixed")
+                )  # no rate: by design
+                and k != "top1"  # a failed run's top-1 is missing, not malformed
+            ]
+            if empty:
+                raise ValueError(
+                    f"{path}, line {line}: empty {empty[0]!r} (every row needs {list(REQUIRED[:-1])})"
+                )
             out.append(parsed)
-    missing = set(COLUMNS) - set(out[0]) if out else set()
-    if missing:
-        raise ValueError(f"{path}: not a study results.csv (missing columns {sorted(missing)})")
     return out
 
 
