@@ -567,3 +567,6 @@ def test_the_dry_run_estimates_each_stage_from_its_own_recipe_and_its_finished_s
     assert "this study's finished stages" in summary["from"] and summary["cached"] == 1
     assert summary["stages_to_run"]["pretrain/supervised"] == 1
     assert summary["seconds_per_stage"]["pretrain/supervised"] == pytest.approx(measured, abs=0.1)
+    (first.directory(tmp_path / "s") / "done.json").write_text('{"seconds": 12')  # damaged: it runs again
+    summary = study(**kw, pretrain={"supervised": recipes["supervised"]}, dry_run=True)
+    assert summary["cached"] == 0 and summary["stages_to_run"]["pretrain/supervised"] == 2

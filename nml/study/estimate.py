@@ -13,7 +13,6 @@ summary says so.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 from functools import cache
@@ -106,7 +105,10 @@ def estimated_seconds(plan, out: Path, root: str) -> dict:
         work = stage_work(stage, root)
         if not work:
             continue
-        seconds = json.loads(done.read_text()).get("seconds", 0.0)
+        record = stage.done(out)  # the one checked reader: a damaged record is named and skipped
+        seconds = record.get("seconds") if record is not None else None
+        if not isinstance(seconds, int | float):
+            continue
         overhead = (DEFAULT_RATES.get(key) or DEFAULT_RATES.get(stage.kind) or (0.0, 0.0))[0]
         acc = spent.setdefault(key, [0.0, 0.0])
         acc[0] += max(0.0, seconds - overhead)
