@@ -199,6 +199,8 @@ def test_bad_study_configs_fail_before_any_work(tiny_benchmark, tmp_path):
         ({"tasks": ok, "grid": Grid(objectives=["moco"])}, "unknown objective 'moco'"),
         ({"tasks": ok, "grid": Grid(noise_rates=[0.0, 1.0])}, r"1.0 is outside \[0, 1\)"),
         ({"tasks": ok, "grid": Grid(seeds=[])}, "the grid has no cells"),
+        ({"tasks": ok, "grid": Grid(objectives=["supervised", "supervised"])}, "repeated objectives"),
+        ({"tasks": {"print_to_mnist": TaskPlan(["linear", "linear"])}}, r"methods: repeated methods"),
         ({"tasks": {}}, "the study has no downstream task"),
         (
             {"tasks": {"mnist": TaskPlan(["linear"], ["mnist", "no_such_set"])}},

@@ -231,6 +231,8 @@ def validate(
             raise ValueError(f"grid.noise_rates: {r} is outside [0, 1)")
     if len(set(grid.noise_rates)) != len(grid.noise_rates) or len(set(grid.seeds)) != len(grid.seeds):
         raise ValueError(f"grid: repeated noise rates or seeds ({grid.noise_rates}, {grid.seeds})")
+    if len(set(grid.objectives)) != len(grid.objectives):  # each would repeat every row of the other
+        raise ValueError(f"grid.objectives: repeated objectives {grid.objectives}")
     if not tasks:
         raise ValueError("tasks: the study has no downstream task")
     for name, plan in tasks.items():
@@ -238,6 +240,10 @@ def validate(
             raise ValueError(f"tasks: unknown task {name!r}; the benchmark has {task_names}")
         if not plan.methods:
             raise ValueError(f"tasks.{name}.methods: no tuning method")
+        if len(set(plan.methods)) != len(plan.methods):
+            raise ValueError(f"tasks.{name}.methods: repeated methods {list(plan.methods)}")
+        if plan.test_sets and len(set(plan.test_sets)) != len(plan.test_sets):
+            raise ValueError(f"tasks.{name}.test_sets: repeated test sets {list(plan.test_sets)}")
         unknown = sorted(set(plan.test_sets or []) - set((test_sets or {}).get(name, plan.test_sets or [])))
         if unknown:
             raise ValueError(
