@@ -426,3 +426,24 @@ def test_each_downstream_head_has_id_and_ood_test_sets_and_novel_classes(tiny_be
         sets = task_sets(manifest, task, tiny_benchmark)
         assert {s.name: s.group for s in sets["test"]} == expected
         assert not pretraining & set(sets["classes"])  # a label space pre-training never saw
+
+
+def test_names_that_become_file_names_cannot_climb_out_of_their_directory(tiny_benchmark, tmp_path):
+    """A test set named ``../../x`` would make ``nml predict`` and ``nml features`` write outside
+    their run; names are checked where they come from: a config's test sets, a manifest's tasks."""
+    from nml.shards.manifest import load_manifest
+
+    for bad in ("../../../../evil_pred", ".hidden", "a/b", "", "x\\y"):
+        with pytest.raises(ValueError, match="test set name: .* is not a valid name"):
+            EvalSet(bad, "shards-{000000..000001}.tar")
+    with pytest.raises(ValueError, match="is not a valid name"):
+        ClassificationShards(
+            root=str(tiny_benchmark), test=[{"name": "../../evil", "shards": "x-{000000..000001}.tar"}]
+        )
+    manifest = json.loads((tiny_benchmark / "manifest.json").read_text())
+    first = manifest["tasks"][0]
+    first["test"] = {"../../evil_feat": next(iter(first["test"].values()))}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"manifest.json: tasks\[0\].test: '../../evil_feat' is not a valid"):
+        load_manifest(tmp_path)
+    assert EvalSet("greek_noise_2", "s.tar").name == "greek_noise_2"  # the shipped names pass

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from nml.names import check_name
 from nml.shards.remote import index_directory, read_index_file
 from nml.shards.spec import local_directory, rebase_spec
 
@@ -44,6 +45,9 @@ class EvalSet:
     shards: str
     group: Literal["id", "ood"] = "id"
     num_classes: int | None = None
+
+    def __post_init__(self):
+        check_name(self.name, "test set name")
 
 
 def default_root() -> str:
@@ -66,9 +70,15 @@ def load_manifest(root: str | Path) -> dict:
             "(or set $NML_DATA), or give data.train / data.val / data.test shard specs"
         )
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    for i, t in enumerate(manifest.get("tasks", []) if isinstance(manifest, dict) else []):
+        if isinstance(t, dict):  # names become file names: checked where they come from
+            check_name(t.get("name"), f"{path}: tasks[{i}].name")
+            for name in t.get("test") or {}:
+                check_name(name, f"{path}: tasks[{i}].test")
+    return manifest
 
 
 def write_manifest(root: str | Path, manifest: dict) -> Path:
