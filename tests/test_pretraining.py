@@ -179,17 +179,19 @@ def test_resume_under_max_epochs_continues_the_interrupted_epoch(
     assert tail == pytest.approx(reference[25:], rel=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["supervised", "clip"])
-def test_a_resumed_epoch_logs_the_whole_epochs_training_metrics(tiny_benchmark, tmp_path, kind):
+@pytest.mark.parametrize("kind,stop", [("supervised", 25), ("clip", 25), ("supervised", 17)])
+def test_a_resumed_epoch_logs_the_whole_epochs_training_metrics(tiny_benchmark, tmp_path, kind, stop):
     """The ``*_epoch`` training metrics (memorised, noise rate ...) of an epoch resumed mid-way cover
-    the whole epoch, as uninterrupted: the sums before the resume are in the checkpoint."""
+    the whole epoch, as uninterrupted: the sums before the resume are in the checkpoint, stamped
+    with their epoch. A checkpoint saved on an epoch's last batch (step 17 of 17) resumes in the
+    next epoch, whose metrics must not include the finished epoch's sums."""
     from nml.callbacks.epoch_metrics import EpochMetrics
 
     run = {"max_epochs": 2}
     reference, resumed = EpochMetrics(), EpochMetrics()  # train/<name>_epoch of every epoch
     train_tiny(kind, tiny_benchmark, tmp_path / "a", 0, callbacks=[reference], **run)
-    train_tiny(kind, tiny_benchmark, tmp_path / "b", 0, stop_at=25, **run)  # epoch 1, batch 8
-    ckpt = next((tmp_path / "b").glob("*step=25.ckpt"))
+    train_tiny(kind, tiny_benchmark, tmp_path / "b", 0, stop_at=stop, **run)  # epoch 1 batch 8, or epoch 0's end
+    ckpt = next((tmp_path / "b").glob(f"*step={stop}.ckpt"))
     train_tiny(kind, tiny_benchmark, tmp_path / "c", 0, ckpt_path=str(ckpt), callbacks=[resumed], **run)
     noise = "train/noise_rate" if kind == "supervised" else "train/retrieval_noisy"
     last_ref, last = reference.epochs[-1], resumed.epochs[-1]  # epoch 1: the resumed one

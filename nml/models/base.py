@@ -98,6 +98,7 @@ class BackboneModule(LightningModule):
             if self.trainer.world_size > 1:
                 sums = [self.trainer.strategy.reduce(t, reduce_op="sum") for t in sums]
             checkpoint[TRAIN_STATS] = {
+                "epoch": self.current_epoch,  # whose sums these are: a resume adds them to that epoch only
                 "names": list(self._train_stat_names),
                 "numerator": sums[0].cpu(),
                 "denominator": sums[1].cpu(),
@@ -106,9 +107,10 @@ class BackboneModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.provenance = {**checkpoint.get("nml", {}), **self.provenance}
         self._resumed_stats = checkpoint.get(TRAIN_STATS)
-        if self._resumed_stats is None and "loops" in checkpoint:
+        if "epoch" not in (self._resumed_stats or {}) and "loops" in checkpoint:
             log.warning(
-                "the checkpoint has no training-metric sums (written by an older nml): the resumed epoch's "
+                "the checkpoint has no epoch-stamped training-metric sums (written by an older nml): the "
+                "resumed epoch's "
                 "*_epoch training metrics cover only the batches after the resume"
             )
 
@@ -198,8 +200,15 @@ class BackboneModule(LightningModule):
         if self.train_stats is None:
             self.train_stats, self._train_stat_names = Fraction(len(names)).to(self.device), names
             saved = self._resumed_stats
-            if saved is not None and saved["names"] == names and self.trainer.global_rank == 0:
-                # a mid-epoch resume: the epoch's sums before it (all ranks', held by rank 0 alone)
+            if (
+                saved is not None
+                and saved["names"] == names
+                and saved.get("epoch") == self.current_epoch
+                and self.trainer.global_rank == 0
+            ):
+                # a mid-epoch resume: the epoch's sums before it (all ranks', held by rank 0 alone).
+                # A checkpoint saved on an epoch's last batch resumes in the next epoch: its sums
+                # belong to the finished epoch, already logged, and are not added to this one.
                 self.train_stats.numerator += saved["numerator"].to(self.device)
                 self.train_stats.denominator += saved["denominator"].to(self.device)
             self._resumed_stats = None
