@@ -437,7 +437,7 @@ Errors:
 def test_ckpt_path_last_names_a_damaged_newest_checkpoint(tmp_path):
     from jsonargparse import Namespace
 
-    from nml.cli.lightning import continue_last_run
+    from nml.cli.run_directory import continue_last_run
 
     run = tmp_path / "runs" / "tune" / "version_0" / "checkpoints"
     run.mkdir(parents=True)

@@ -190,7 +190,9 @@ def test_a_resumed_epoch_logs_the_whole_epochs_training_metrics(tiny_benchmark, 
     run = {"max_epochs": 2}
     reference, resumed = EpochMetrics(), EpochMetrics()  # train/<name>_epoch of every epoch
     train_tiny(kind, tiny_benchmark, tmp_path / "a", 0, callbacks=[reference], **run)
-    train_tiny(kind, tiny_benchmark, tmp_path / "b", 0, stop_at=stop, **run)  # epoch 1 batch 8, or epoch 0's end
+    train_tiny(
+        kind, tiny_benchmark, tmp_path / "b", 0, stop_at=stop, **run
+    )  # epoch 1 batch 8, or epoch 0's end
     ckpt = next((tmp_path / "b").glob(f"*step={stop}.ckpt"))
     train_tiny(kind, tiny_benchmark, tmp_path / "c", 0, ckpt_path=str(ckpt), callbacks=[resumed], **run)
     noise = "train/noise_rate" if kind == "supervised" else "train/retrieval_noisy"

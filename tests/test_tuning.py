@@ -446,6 +446,8 @@ def test_a_fit_into_a_run_directory_with_checkpoints_is_refused_or_overwritten(
     run = tmp_path / "runs" / "tune_linear" / "cached"
     assert fit("2") == 0
     first = {p.name for p in (run / "checkpoints").glob("*.ckpt")}
+    first_events = set(run.glob("events.out.tfevents.*"))
+    assert first_events
     assert fit("1") == 1
     err = capsys.readouterr().err
     assert (
@@ -456,6 +458,59 @@ def test_a_fit_into_a_run_directory_with_checkpoints_is_refused_or_overwritten(
     assert fit("1", "--overwrite_run", "true") == 0
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # the new run's
     assert not {p.name for p in (run / "checkpoints").glob("epoch=1*.ckpt")}  # nothing of the first run
+    events = set(run.glob("events.out.tfevents.*"))  # TensorBoard shows the new run alone
+    assert len(events) == 1 and not events & first_events
+
+
+@pytest.mark.slow
+def test_without_a_logger_the_working_directory_is_one_run_and_last_resumes_only_its_recipe(
+    feature_cache, tmp_path, capsys, monkeypatch
+):
+    """With ``--trainer.logger false`` the checkpoints go to ``./checkpoints``: a fresh fit there is
+    refused as in a fixed version, and ``--ckpt_path last`` resumes only a checkpoint trained with
+    the same model and data options (another command's is refused, naming what differs)."""
+    from nml.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def fit(epochs: str, *extra: str) -> int:
+        return main(
+            [
+                "fit",
+                "--config",
+                "tune_linear.yaml",
+                "--data",
+                "data/features.yaml",
+                "--data.init_args.root",
+                str(feature_cache),
+                "--model.init_args.backbone",
+                "null",
+                "--trainer.max_epochs",
+                epochs,
+                "--trainer.logger",
+                "false",
+                "--trainer.enable_progress_bar",
+                "false",
+                *extra,
+            ]
+        )
+
+    assert fit("1") == 0
+    ckpts = tmp_path / "checkpoints"
+    assert (ckpts / "last.ckpt").exists()
+    capsys.readouterr()
+    assert fit("2") == 1  # a fresh fit into the used directory
+    assert "the run directory '.' holds checkpoints of an earlier run" in capsys.readouterr().err
+    # another recipe (weight decay) with --ckpt_path last: refused, naming the option and both values
+    assert fit("2", "--ckpt_path", "last", "--model.init_args.optimizer.init_args.weight_decay", "0.5") == 1
+    err = capsys.readouterr().err
+    assert "was trained with other options than this command" in err
+    assert "model.init_args.optimizer.init_args.weight_decay" in err and "-> 0.5" in err
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 0  # untouched
+    # the same recipe resumes it (the evaluation batch size may change) and says what it resumed
+    assert fit("2", "--ckpt_path", "last", "--data.init_args.eval_batch_size", "512") == 0
+    assert "--ckpt_path last: resuming" in capsys.readouterr().err
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
 def test_cached_features_are_standardised_with_training_statistics(tmp_path):

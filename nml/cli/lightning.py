@@ -34,6 +34,7 @@ from nml.callbacks.preemption import CheckpointOnSigterm
 from nml.callbacks.progress import progress_callback
 from nml.callbacks.throughput import TrainingThroughput
 from nml.cli.main import LIGHTNING_SUBCOMMANDS
+from nml.cli.run_directory import RecipeStamp, continue_last_run, fit_recipe, refuse_a_used_run_directory
 from nml.models.backbones import check_checkpoint_file, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -77,16 +78,21 @@ class NMLCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
+        self._recipe = None
         if self.subcommand != "fit":
             return
+        self._recipe = fit_recipe(self.config.fit)
         if self.config.fit.get("ckpt_path") == "last":
-            continue_last_run(self.config.fit)
+            continue_last_run(self.config.fit, self._recipe)
         elif self.config.fit.get("ckpt_path") is None:
             refuse_a_used_run_directory(self.config.fit)
 
     def instantiate_trainer(self, **kwargs):
-        """The trainer, with nml's default callbacks (:func:`add_default_callbacks`)."""
+        """The trainer, with nml's default callbacks (:func:`add_default_callbacks`) and, for
+        ``nml fit``, the recipe written into every checkpoint (:class:`RecipeStamp`)."""
         trainer = add_default_callbacks(super().instantiate_trainer(**kwargs))
+        if getattr(self, "_recipe", None) is not None:
+            trainer.callbacks.append(RecipeStamp(self._recipe))
         self._new_run_dir = (
             None if trainer.log_dir is None or Path(trainer.log_dir).exists() else Path(trainer.log_dir)
         )
@@ -138,75 +144,6 @@ class NMLCLI(LightningCLI):
 
 
 CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's special --ckpt_path values
-VERSIONED_LOGGERS = ("TensorBoardLogger", "CSVLogger")
-
-
-def _versioned_logger(fit_cfg):
-    """(the logger's init_args, its ``<save_dir>/<name>`` root) when the fit config's logger keeps
-    versioned run directories (TensorBoard, CSV); None for any other logger."""
-    logger = fit_cfg.trainer.get("logger")
-    if not (hasattr(logger, "class_path") and logger.class_path.rsplit(".", 1)[-1] in VERSIONED_LOGGERS):
-        return None
-    args = logger.init_args
-    return args, Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
-
-
-def _run_dir(root: Path, version) -> Path:
-    """A run directory as the logger names it: a string version as is, a number as version_N."""
-    return root / (version if isinstance(version, str) else f"version_{version}")
-
-
-def continue_last_run(fit_cfg) -> None:
-    """``--ckpt_path last``: resume the newest checkpoint (by time: a step, epoch or SIGTERM save) of
-    the newest run of the config's logger (``<save_dir>/<name>/version_N``, the highest N that has
-    one, or the logger's explicit ``version``), logging in that run's directory. With no such
-    checkpoint the run starts from scratch: the same command serves a job and its requeues.
-    Lightning's own "last" only looks at ``last*.ckpt`` of a new version directory."""
-    found = _versioned_logger(fit_cfg)
-    if found is None:
-        return  # another logger: Lightning's meaning of "last"
-    args, root = found
-    if args.get("version") is not None:
-        runs = [_run_dir(root, args.version)]
-    else:
-        numbered = [d for d in root.glob("version_*") if d.name[8:].isdigit()]
-        runs = sorted(numbered, key=lambda d: int(d.name[8:]), reverse=True)
-    for run in runs:
-        ckpts = [p for p in (run / "checkpoints").glob("*.ckpt") if p.exists()]
-        if ckpts:
-            newest = max(ckpts, key=lambda p: p.stat().st_mtime_ns)
-            check_checkpoint_file(newest)  # a damaged newest checkpoint is named, not passed over
-            if args.get("version") is None:
-                args.version = int(run.name[8:])
-            fit_cfg.ckpt_path = str(newest)
-            log.info("--ckpt_path last: resuming %s in %s", newest.name, run)
-            return
-    fit_cfg.ckpt_path = None
-    log.info("--ckpt_path last: no checkpoint under %s yet; starting the run", root)
-
-
-def refuse_a_used_run_directory(fit_cfg) -> None:
-    """A fresh fit into a run directory (an explicit logger version) that holds an earlier run's
-    checkpoints would mix the two: its ``last.ckpt`` would outlive this run wherever this run saves
-    less (``nml test --ckpt_path RUN`` then tests the old model). Refused, naming the directory and the
-    ways on; ``--overwrite_run true`` deletes the old checkpoints first."""
-    found = _versioned_logger(fit_cfg)
-    if found is None or found[0].get("version") is None:  # a new version_N each run: nothing to mix
-        return
-    run = _run_dir(found[1], found[0].version)
-    old = sorted(p for p in (run / "checkpoints").glob("*.ckpt") if p.exists() or p.is_symlink())
-    if not old:
-        return
-    if fit_cfg.get("overwrite_run"):
-        for p in old:
-            p.unlink()
-        log.warning("--overwrite_run: deleted %d checkpoint(s) of the earlier run in %s", len(old), run)
-        return
-    raise ValueError(
-        f"the run directory {str(run)!r} holds checkpoints of an earlier run ({', '.join(p.name for p in old[:4])}"
-        f"{' ...' if len(old) > 4 else ''}): resume it with --ckpt_path last, give another "
-        "--trainer.logger.init_args.version, or pass --overwrite_run true to delete them first"
-    )
 
 
 def check_ckpt_args(argv: Sequence[str]) -> list[str]:
