@@ -350,6 +350,26 @@ def test_a_test_set_that_fails_midway_keeps_the_finished_sets_metrics(tmp_path, 
     assert list(report["metrics"]) == ["test/id/small/top1"] and report["samples"] == {"small": 12}
     assert report["incomplete"]["failed_set"] == "bad" and "outside [0, 10)" in report["incomplete"]["error"]
 
+    # a complete record (the good set alone) replaces the incomplete one ...
+    dm.test_sets = [dm.test_sets[0]]
+    trainer.test(module, dm, verbose=False)
+    complete = (tmp_path / "metrics.json").read_text()
+    assert "incomplete" not in json.loads(complete)
+    # ... and is never replaced by an incomplete one: that goes beside it
+    dm.test_sets = [EvalSet("small", small, "id"), EvalSet("bad", bad, "ood")]
+    with pytest.raises(ShardFormatError):
+        trainer.test(module, dm, verbose=False)
+    assert (tmp_path / "metrics.json").read_text() == complete
+    aside = json.loads((tmp_path / "metrics.incomplete.json").read_text())
+    assert aside["incomplete"]["failed_set"] == "bad"
+    # a run that scored nothing (it fails on its first set) writes nothing
+    (tmp_path / "metrics.incomplete.json").unlink()
+    dm.test_sets = [EvalSet("bad", bad, "ood")]
+    with pytest.raises(ShardFormatError):
+        trainer.test(module, dm, verbose=False)
+    assert (tmp_path / "metrics.json").read_text() == complete
+    assert not (tmp_path / "metrics.incomplete.json").exists()
+
 
 def test_the_eval_suite_getters_former_names_still_work_with_a_deprecation_warning(tiny_benchmark):
     dm = ClassificationShards(root=str(tiny_benchmark), loader={"num_workers": 0})

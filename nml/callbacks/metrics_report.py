@@ -43,7 +43,9 @@ def format_test_table(metrics: dict[str, float], samples: dict[str, int] | None 
 class TestReport(Callback):
     """Writes ``metrics.json`` and logs the metrics table when a test run ends (global rank 0). When a
     single-process run fails on a set, the sets finished before it are still written, with
-    ``"incomplete"`` naming the failed set and the error."""
+    ``"incomplete"`` naming the failed set and the error. A record is written only when something
+    was scored, and an incomplete one never replaces a complete ``metrics.json``: it goes to
+    ``metrics.incomplete.json`` beside it (removed by the next complete run)."""
 
     __test__ = False  # not a pytest class
 
@@ -56,11 +58,22 @@ class TestReport(Callback):
         return Path(ckpt).parent if ckpt and Path(ckpt).is_file() else Path(trainer.log_dir or ".")
 
     def _write(self, trainer) -> None:
+        if not self.report["samples"] and not self.report["metrics"]:
+            log.warning("nothing was scored: no metrics.json written")
+            return
         directory = self._directory(trainer)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "metrics.json").write_text(json.dumps(self.report, indent=1) + "\n")
+        path, aside = directory / METRICS, directory / INCOMPLETE
+        if "incomplete" in self.report and _is_complete(path):
+            log.warning("%s holds a complete record: this run's incomplete one goes to %s", path, aside.name)
+            path = aside
+        elif "incomplete" not in self.report and aside.exists():
+            aside.unlink()  # superseded by this complete record
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.report, indent=1) + "\n")
+        tmp.replace(path)  # never a half-written record
         log.info("test metrics:\n%s", format_test_table(self.report["metrics"], self.report["samples"]))
-        log.info("wrote %s", directory / "metrics.json")
+        log.info("wrote %s", path)
 
     def on_test_end(self, trainer, pl_module) -> None:
         samples = dict(getattr(pl_module, "test_samples", {}) or {})
@@ -82,3 +95,15 @@ class TestReport(Callback):
         }
         log.warning("test set %r failed; writing the %d set(s) finished before it", failed, len(samples))
         self._write(trainer)
+
+
+METRICS, INCOMPLETE = "metrics.json", "metrics.incomplete.json"
+
+
+def _is_complete(path: Path) -> bool:
+    """Whether ``path`` holds a complete test record (readable, with metrics, not marked incomplete)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and bool(record.get("metrics")) and "incomplete" not in record
