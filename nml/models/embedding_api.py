@@ -9,17 +9,23 @@ ordered by ``data[i].index``), which is what NMTune needs from a model it cannot
   in its ``repr``, in :meth:`describe` (what exports and ``hparams.yaml`` record) or in an error.
 * **Batching:** ``batch_size`` texts per request; texts longer than ``max_chars`` are truncated and
   counted (:attr:`truncated`).
-* **Retries:** HTTP 429 and 5xx, a dropped connection and a timeout are retried ``max_retries``
-  times, waiting ``Retry-After`` seconds when the server sends it, else ``backoff`` doubling each try
-  (capped at ``max_backoff``). 4xx other than 429 (a wrong key: 401) fail at once, naming the status.
+* **Retries:** HTTP 429 and 5xx and every transport error (a refused or dropped connection, a body
+  cut short, a garbled status line, a timeout) are retried ``max_retries`` times, waiting
+  ``Retry-After`` seconds when the server sends it, else ``backoff`` doubling each try (capped at
+  ``max_backoff``); the last failure is raised naming the URL. 4xx other than 429 (a wrong key: 401)
+  fail at once, naming the status.
+* **Deadline:** ``timeout`` bounds each request as a whole, from connecting to the answer's last
+  byte (a server that trickles its answer is cut off and retried), not only each socket read.
 * **Caps:** ``max_requests`` requests and ``max_tokens`` tokens (the answers' ``usage.total_tokens``,
   else characters / 4) per object; reaching one stops with an error naming it, before the request.
-* **The cache:** every vector is stored in a SQLite file under ``cache_dir``, keyed by (model, the
-  text's sha256), so a second run asks only for texts it has not seen. A batch is cached only once
-  its whole answer was checked (one vector per text, of one dimension, finite); a failed batch
-  leaves nothing behind.
-* **Bad answers** (HTML or other non-JSON, too few or too many vectors, vectors of another dimension
-  than earlier ones or than ``dim``) raise :class:`EmbeddingAPIError` naming the URL and the cause.
+* **The cache:** every vector is stored in a SQLite file under ``cache_dir``
+  (:class:`~nml.models.embedding_cache.VectorCache`), keyed by (URL, model, dimension, the text's
+  sha256), so a second run asks only for texts it has not seen. A batch is cached only once its whole
+  answer was checked (its ``index`` values a permutation of 0..n-1, one vector per text, of one
+  dimension, finite); a failed batch leaves nothing behind.
+* **Bad answers** (HTML or other non-JSON, too few or too many vectors, repeated or missing indices,
+  vectors of another dimension than earlier ones or than ``dim``) raise :class:`EmbeddingAPIError`
+  naming the URL and the cause.
 
 Stdlib only (``urllib``, ``sqlite3``); the tests run it against stub servers on 127.0.0.1.
 """
@@ -27,11 +33,13 @@ Stdlib only (``urllib``, ``sqlite3``); the tests run it against stub servers on 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import math
 import os
-import sqlite3
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nml.models.embedding_cache import CacheFileError, VectorCache
+
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY_ENV = "NML_EMBEDDING_API_KEY"
@@ -49,6 +59,57 @@ RETRIED = (429, 500, 502, 503, 504)
 
 class EmbeddingAPIError(RuntimeError):
     """A request or an answer the encoder cannot use (the message names the URL and the cause)."""
+
+
+class _Deadline:
+    """One request's overall deadline: when it passes, the connection's socket is shut down, so that
+    a read blocked on a server that trickles bytes returns at once (per-read timeouts never fire
+    against a byte a second)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.sock: socket.socket | None = None
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """An opener (proxies and HTTPS as urllib's own) whose connections report their socket here."""
+        deadline = self
+
+        class Connection(http.client.HTTPConnection):
+            def connect(self):
+                super().connect()
+                deadline.sock = self.sock
+
+        class SecureConnection(http.client.HTTPSConnection):
+            def connect(self):
+                super().connect()
+                deadline.sock = self.sock
+
+        class Handler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(Connection, req)
+
+        class SecureHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(SecureConnection, req, context=self._context)
+
+        return urllib.request.build_opener(Handler, SecureHandler)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
 
 
 class EmbeddingAPI:
@@ -62,7 +123,7 @@ class EmbeddingAPI:
         batch_size: Texts per request.
         max_chars: Longer texts are cut to this many characters (counted in :attr:`truncated`).
         max_retries / backoff / max_backoff: Retries of 429, 5xx, dropped connections and timeouts.
-        timeout: Seconds per request.
+        timeout: Seconds per request, from connecting to the answer's last byte.
         max_requests / max_tokens: Caps for this object's lifetime (None: no cap).
         cache_dir: Directory of the vector cache (None: no cache).
     """
@@ -99,14 +160,12 @@ class EmbeddingAPI:
         )
         self.max_requests, self.max_tokens = max_requests, max_tokens
         self.requests = self.tokens = self.truncated = self.cached_hits = 0
-        self._db = None
+        self._cache = None
         if cache_dir is not None:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(Path(cache_dir) / "embeddings.sqlite")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS vectors (model TEXT, text_sha256 TEXT, dim INTEGER, vector BLOB, "
-                "PRIMARY KEY (model, text_sha256))"
-            )
+            try:
+                self._cache = VectorCache(Path(cache_dir) / "embeddings.sqlite", self.url, model)
+            except CacheFileError as e:
+                raise EmbeddingAPIError(str(e)) from None
 
     def __repr__(self) -> str:  # no key: it is read from the environment at request time only
         return f"EmbeddingAPI(url={self.url!r}, model={self.model!r}, key from ${self.api_key_env})"
@@ -127,31 +186,19 @@ class EmbeddingAPI:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def _cached(self, keys: list[str]) -> dict[str, np.ndarray]:
-        if self._db is None or not keys:
+        if self._cache is None or not keys:
             return {}
-        found = {}
-        for i in range(0, len(keys), 500):  # SQLite's parameter limit
-            chunk = keys[i : i + 500]
-            rows = self._db.execute(
-                f"SELECT text_sha256, dim, vector FROM vectors WHERE model = ? AND text_sha256 IN "
-                f"({','.join('?' * len(chunk))})",
-                [self.model, *chunk],
-            )
-            for key, dim, blob in rows:
-                found[key] = np.frombuffer(blob, dtype=np.float32, count=dim)
-        return found
+        try:
+            return self._cache.get(keys, self.dim)
+        except CacheFileError as e:
+            raise EmbeddingAPIError(str(e)) from None
 
     def _store(self, keys: list[str], vectors: np.ndarray) -> None:
-        if self._db is None:
-            return
-        with self._db:  # one transaction: a batch is cached whole or not at all
-            self._db.executemany(
-                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
-                [
-                    (self.model, k, v.shape[0], v.astype(np.float32).tobytes())
-                    for k, v in zip(keys, vectors, strict=True)
-                ],
-            )
+        if self._cache is not None:
+            try:
+                self._cache.put(keys, vectors)
+            except CacheFileError as e:
+                raise EmbeddingAPIError(str(e)) from None
 
     # -- requests ------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -193,10 +240,13 @@ class EmbeddingAPI:
             self._check_caps(texts)
             self.requests += 1
             request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
+            deadline = _Deadline(self.timeout)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with deadline, deadline.opener().open(request, timeout=self.timeout) as response:
                     raw = response.read()
                     kind = response.headers.get("Content-Type", "")
+                if deadline.expired:  # the socket was shut down under a read that then "ended"
+                    raise TimeoutError(f"no complete answer within timeout={self.timeout:g} s")
                 break
             except urllib.error.HTTPError as e:
                 if e.code not in RETRIED or attempt == self.max_retries:
@@ -211,8 +261,12 @@ class EmbeddingAPI:
                     self.max_retries,
                     wait,
                 )
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
-                reason = getattr(e, "reason", e)
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                # refused, reset or dropped connections, bodies cut short (IncompleteRead), garbled
+                # status lines (BadStatusLine), timeouts and the deadline: all retried
+                reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+                if deadline.expired:
+                    reason = f"no complete answer within timeout={self.timeout:g} s"
                 if attempt == self.max_retries:
                     raise EmbeddingAPIError(
                         f"{self.url}: no answer after {self.max_retries + 1} tries ({reason})"
@@ -238,9 +292,17 @@ class EmbeddingAPI:
         if len(data) != len(texts):
             raise EmbeddingAPIError(f"{self.url}: {len(data)} vectors for {len(texts)} texts")
         try:
-            ordered = sorted(data, key=lambda d: d.get("index", 0))
+            indices = [d.get("index") for d in data]
+            if all(i is None for i in indices):  # no indices at all: the answer's order is the input's
+                indices = list(range(len(data)))
+            if sorted(i if isinstance(i, int) else -1 for i in indices) != list(range(len(texts))):
+                raise EmbeddingAPIError(
+                    f"{self.url}: the answer's indices are not each of 0..{len(texts) - 1} once "
+                    f"(got {indices[:8]}{' ...' if len(indices) > 8 else ''}): vectors cannot be matched to texts"
+                )
+            ordered = [d for _, d in sorted(zip(indices, data, strict=True), key=lambda p: p[0])]
             vectors = np.asarray([d["embedding"] for d in ordered], dtype=np.float32)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise EmbeddingAPIError(f"{self.url}: malformed embeddings in the answer ({e})") from None
         if vectors.ndim != 2:
             raise EmbeddingAPIError(f"{self.url}: the vectors of one answer differ in length")
@@ -289,6 +351,6 @@ class EmbeddingAPI:
         return np.stack([found[k] for k in keys])
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
