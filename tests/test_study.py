@@ -449,6 +449,99 @@ def test_sigterm_to_the_study_exits_143_naming_the_stage_and_a_rerun_resumes(tin
     assert plan.returncode == 0 and json.loads(plan.stdout)["cached"] >= 1
 
 
+@pytest.mark.slow
+def test_a_study_stopped_twice_mid_pretraining_resumes_it_and_matches_an_uninterrupted_run(
+    tiny_benchmark, tmp_path
+):
+    """A preemption (SIGTERM to the process group) in the middle of a pre-training stage saves that
+    step; the re-run resumes the stage from it instead of starting over, and a study stopped twice
+    ends with the results of one never stopped."""
+    import signal
+    import subprocess
+    import time
+
+    import torch
+    import yaml
+    from helpers import PYTHON, nml_subprocess_env
+
+    tiny = [
+        "--trainer.max_steps",
+        "50",
+        "--trainer.max_epochs",
+        "4",
+        "--trainer.limit_val_batches",
+        "1",
+        "--data.init_args.stream.train_shards",
+        "4",
+        "--data.init_args.loader.batch_size",
+        "4",
+        "--data.init_args.loader.num_workers",
+        "2",
+    ]
+
+    def write(name: str) -> list[str]:
+        config = {
+            "name": name,
+            "grid": {"objectives": ["supervised"], "noise_rates": [0.3], "seeds": [0], "random_init": False},
+            "pretrain": {"supervised": {"config": "pretrain_supervised_study.yaml", "args": tiny}},
+            "tasks": {"mnist": {"methods": ["linear"]}},
+            "benchmark": {"root": str(tiny_benchmark)},
+            "features": {"views": 0, "batch_size": 64, "num_workers": 0},
+            "tuning": {"epochs": 1, "seeds": [0], "batch_size": 16},
+            "out": str(tmp_path / name),
+        }
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        return [PYTHON, "-m", "nml.cli", "study", "--config", str(tmp_path / f"{name}.yaml")]
+
+    def start(cmd):
+        return subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env=nml_subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    cmd = write("stopped")
+    checkpoints = tmp_path / "stopped" / "tensorboard" / "pretrain"
+    for step in (20, 40):  # stopped twice, each time just after a step checkpoint
+        proc = start(cmd)
+        deadline = time.monotonic() + 300
+        while (
+            not list(checkpoints.glob(f"*/checkpoints/step-step={step}.ckpt")) and time.monotonic() < deadline
+        ):
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 143, err[-3000:]
+        assert "SIGTERM: stopped after step" in err
+        if step == 40:
+            assert "resuming this stage's earlier attempt from" in err  # the first stop's save
+        saved = torch.load(next(checkpoints.glob("*/checkpoints/last.ckpt")), weights_only=True)
+        assert saved["global_step"] >= step
+    proc = start(cmd)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "resuming this stage's earlier attempt from" in err and "last.ckpt" in err
+
+    uninterrupted = start(write("whole"))
+    _, err = uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0, err[-3000:]
+    done = [
+        json.loads(next((tmp_path / n).glob("stages/pretrain/*/done.json")).read_text())
+        for n in ("stopped", "whole")
+    ]
+    assert done[0]["global_step"] == done[1]["global_step"] == 50
+    assert done[0]["epochs"] == done[1]["epochs"]  # every epoch's metrics, those before the stops too
+    assert read_results(tmp_path / "stopped" / "results.csv") == read_results(
+        tmp_path / "whole" / "results.csv"
+    )
+
+
 def test_damaged_stage_records_are_named_and_rerun_and_a_moved_study_reads_its_own_files(tmp_path, caplog):
     import shutil
 

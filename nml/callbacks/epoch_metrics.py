@@ -1,5 +1,6 @@
 """EpochMetrics: the epoch-level training metrics of every epoch, kept in memory (the study's
-memorisation curves read them after a fit)."""
+memorisation curves read them after a fit) and in the run's checkpoints, so that a fit resumed from
+one still has the epochs before it."""
 
 from __future__ import annotations
 
@@ -27,3 +28,9 @@ class EpochMetrics(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._record(trainer)
+
+    def state_dict(self) -> dict:
+        return {"epochs": [dict(e) for e in self.epochs]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epochs = [dict(e) for e in state_dict.get("epochs", [])]

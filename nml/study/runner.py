@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import sys
 import time
 import traceback
@@ -37,9 +38,29 @@ class StudyStopped(BaseException):
         self.stage = stage
 
 
+_signalled = False  # a SIGTERM arrived while a Lightning run was handling the signal
+
+
 def raise_stopped(signum, frame) -> None:
-    """SIGTERM handler of ``nml study`` (outside a fit, where Lightning's own handler stops the step)."""
+    """SIGTERM handler of ``nml study``. Outside a Lightning run it stops the study at once. Inside
+    one, Lightning calls it from its own handler: the run stops at the end of the current step and
+    saves it (:class:`~nml.callbacks.preemption.CheckpointOnSigterm`), which a re-run resumes, so
+    raising here (in the middle of the step, before that save) would lose it. The signal is noted
+    instead and the study stops when the run returns (:func:`stop_if_signalled`)."""
+    global _signalled
+    if signal.getsignal(signal.SIGTERM) is not raise_stopped:  # composed into Lightning's handler
+        _signalled = True
+        return
     raise StudyStopped()
+
+
+def stop_if_signalled() -> None:
+    """Raise :class:`StudyStopped` when a SIGTERM was noted during a Lightning run (one that ended
+    without stopping: an evaluation, a prediction)."""
+    global _signalled
+    if _signalled:
+        _signalled = False
+        raise StudyStopped()
 
 
 def _stopped_types() -> tuple[type[BaseException], ...]:
@@ -120,7 +141,10 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
     failed: dict[str, str] = {}
     counts = {"ran": 0, "cached": 0, "failed": 0, "skipped": 0}
     n = len(plan.stages)
+    global _signalled
+    _signalled = False
     for i, stage in enumerate(plan.stages, 1):
+        stop_if_signalled()  # noted during the last stage, which finished (its done.json is kept)
         where = f"[study] ({i}/{n}) {stage.kind} {stage.label}"
         if stage.done(out) is not None:
             counts["cached"] += 1

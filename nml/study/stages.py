@@ -116,6 +116,28 @@ def _recipe_cli(params: RecipeParams, root: str, extra: list[str]):
     return build_cli(args, run=False, save_config=False)
 
 
+def _earlier_attempt(checkpoints: Path) -> str | None:
+    """The newest checkpoint of an earlier, stopped attempt of this stage (its SIGTERM save or its
+    newest step checkpoint), which the fit resumes: the stage's directory is named by its key, so
+    the attempt had the same recipe, data and seed, and the resumed fit is bit-exact with an
+    uninterrupted one. A damaged newest checkpoint (a kill during its write) is named and the
+    attempt's checkpoints are removed: the stage starts over."""
+    from nml.models.backbones import check_checkpoint_file
+
+    found = [p for p in checkpoints.glob("*.ckpt") if p.exists()] if checkpoints.is_dir() else []
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+    try:
+        check_checkpoint_file(newest)
+    except ValueError as e:
+        log.warning("%s; starting this stage over", e)
+        shutil.rmtree(checkpoints)
+        return None
+    log.info("resuming this stage's earlier attempt from %s", newest)
+    return str(newest)
+
+
 def pretrain(params: PretrainParams, inputs: list[dict], ctx: StageContext) -> dict:
     from nml.callbacks.epoch_metrics import EpochMetrics
     from nml.models.export import export_checkpoint
@@ -123,13 +145,10 @@ def pretrain(params: PretrainParams, inputs: list[dict], ctx: StageContext) -> d
     cli = _recipe_cli(params, ctx.root, ["--data.init_args.noise.rate", str(params.noise_rate)])
     trainer = cli.trainer
     trainer.logger = _tensorboard(ctx.out, "pretrain", ctx.directory.name)
-    stale = Path(trainer.logger.log_dir) / "checkpoints"
-    if stale.is_dir():  # an earlier, stopped attempt of this stage: cleaned, never mixed with this one
-        shutil.rmtree(stale)
-        log.info("removed the checkpoints of an earlier attempt of this stage in %s", stale.parent)
-    recorder = EpochMetrics()
+    recorder = EpochMetrics()  # stateful: a resumed fit has the epochs before the stop too
     trainer.callbacks.append(recorder)
-    trainer.fit(cli.model, cli.datamodule)
+    resume = _earlier_attempt(Path(trainer.logger.log_dir) / "checkpoints")
+    trainer.fit(cli.model, cli.datamodule, ckpt_path=resume)
     final = ctx.directory / "final.ckpt"
     # the final epoch's weights, whatever the checkpoint callbacks kept
     trainer.save_checkpoint(final, weights_only=False)
