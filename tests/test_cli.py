@@ -531,3 +531,51 @@ def test_progress_lines_after_a_mid_epoch_resume_time_the_resumed_part(caplog):
     assert "ETA 0:00" in step  # 10 batches at ~0.01 s each, not hours
     done = next(r.getMessage() for r in caplog.records if "done in" in r.getMessage())
     assert "done in 0:00 (resumed at batch 25)" in done
+
+
+def test_an_optional_grouped_option_can_be_set_to_null_on_the_command_line():
+    """``--data.stream.train_shards null`` (a 1-shard corpus under pretrain_text.yaml, which reads the
+    first 5) works as it does in YAML, in every spelling, and keeps the group's other options."""
+    from nml.cli.lightning import parse_recipe
+
+    for args in (
+        ["--data.stream.train_shards", "null"],
+        ["--data.init_args.stream.train_shards=null"],
+        ["--data.stream.train_shards", "7", "--data.stream.train_shards", "none"],
+    ):
+        data = parse_recipe(["--config", "pretrain_text.yaml", "--data.loader.batch_size", "32", *args]).data
+        assert data.init_args.stream.train_shards is None, args
+        assert data.init_args.loader.batch_size == 32 and data.init_args.noise.kind == "symmetric"
+    later = parse_recipe(
+        [
+            "--config",
+            "pretrain_text.yaml",
+            "--data.stream.train_shards",
+            "null",
+            "--data.stream.train_shards",
+            "3",
+        ]
+    )
+    assert later.data.init_args.stream.train_shards == 3  # applied in order
+
+
+def test_a_config_that_is_not_yaml_options_is_named_and_its_content_never_echoed(tmp_path, capsys):
+    from nml.cli.main import main
+
+    secret = "root:x:0:0:root:/root:/bin/bash"
+    account = tmp_path / "passwd"
+    account.write_text(f"{secret}\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_epochs: [1, 2\n")
+    binary = tmp_path / "key.bin"
+    binary.write_bytes(bytes(range(256)))
+    for command in (["fit"], ["report"], ["study"]):
+        for path, expected in (
+            (account, "expected a YAML mapping of options"),
+            (broken, "not a YAML config ("),
+            (binary, "not a text file"),
+        ):
+            assert main([*command, "--config", str(path)]) == 1
+            err = capsys.readouterr().err
+            assert f"{path}: {expected}" in err, err
+            assert "root:x" not in err and "daemon" not in err and "max_epochs" not in err

@@ -167,6 +167,39 @@ def check_ckpt_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
+NULLS = ("null", "none", "None", "Null", "NULL")
+
+
+def nulls_as_fragments(argv: Sequence[str]) -> list[str]:
+    """``argv`` with every ``--data.<group>.<key> null`` (or ``--model...``: an option two levels
+    below the class's arguments, ``init_args.`` optional) rewritten as the equivalent fragment
+    ``--data '{"init_args": {"<group>": {"<key>": null}}}'``. jsonargparse refuses a null given that
+    deep on the command line for an optional value (``Expected a <class 'int'>``) although it takes
+    it from YAML; the fragment is merged into the class's arguments in place, in order, as the
+    option would have been."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        option, eq, value = a.partition("=")
+        separate = not eq and a.startswith("--") and i + 1 < len(argv)
+        if separate:
+            value = argv[i + 1]
+        section, _, rest = option.removeprefix("--").partition(".")
+        path = rest.removeprefix("init_args.").split(".") if rest else []
+        if section in ("data", "model") and len(path) >= 2 and (eq or separate) and value in NULLS:
+            fragment: dict = {}
+            node = fragment
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = None
+            out.append(f"--{section}={json.dumps({'init_args': fragment})}")
+            i += 1 + separate
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def check_moved_keys(argv: Sequence[str]) -> None:
     """Refuse an option of the old flat layout (``--data.batch_size``, ``--model.ratio``, or such a
     key right under a config's ``data:`` / ``model:`` ``init_args``) with its new place
@@ -267,7 +300,7 @@ def build_cli(
     name; subclass mode for model and data; errors raised, not printed."""
     from nml.cli.main import resolve_config_args
 
-    argv = resolve_config_args(argv)
+    argv = nulls_as_fragments(resolve_config_args(argv))
     if run:
         argv = check_ckpt_args(argv)
     check_moved_keys(argv)

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nml.configfiles import CONFIG_DIR, resolve_config  # noqa: F401  (CONFIG_DIR: for callers)
+from nml.configfiles import CONFIG_DIR, read_config_file, resolve_config  # noqa: F401  (CONFIG_DIR: for callers)
 from nml.logs import setup_logging
 
 LIGHTNING_SUBCOMMANDS = {
@@ -92,6 +92,7 @@ def resolve_config_args(argv: Sequence[str]) -> list[str]:
             option, value = a, argv[i + 1]
         if option in CONFIG_OPTIONS and value and _is_config_value(option, value):
             path = resolve_config(value)
+            read_config_file(path)  # a file that is not a YAML mapping is named, its content never echoed
             log.info("using %s %s", option.lstrip("-"), path.resolve())
             lightning = bool(argv) and argv[0] in LIGHTNING_SUBCOMMANDS  # nml features reads files itself
             out.append(f"{option}={_section(option, path) if lightning else path}")
@@ -108,12 +109,7 @@ def _section(option: str, path: Path) -> str:
     key = option.lstrip("-")
     if key == "config":
         return str(path)
-    import yaml
-
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not a YAML file ({e})") from e
+    content = read_config_file(path)
     if isinstance(content, dict) and isinstance(content.get(key), dict) and "class_path" not in content:
         log.info("--%s %s: its %s: section", key, path.name, key)
         return json.dumps(content[key])
