@@ -579,3 +579,24 @@ def test_a_config_that_is_not_yaml_options_is_named_and_its_content_never_echoed
             err = capsys.readouterr().err
             assert f"{path}: {expected}" in err, err
             assert "root:x" not in err and "daemon" not in err and "max_epochs" not in err
+
+
+def test_a_state_dict_mismatch_is_one_line_with_counts_and_the_first_keys():
+    import torch
+
+    from nml.cli.main import error_line
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    saved = torch.nn.Sequential(torch.nn.Linear(3, 5)).state_dict() | {
+        f"extra.{i}": torch.zeros(1) for i in range(5)
+    }
+    with pytest.raises(RuntimeError) as e:
+        model.load_state_dict(saved)
+    line = error_line(e.value)
+    assert "\n" not in line and "[...]" not in line
+    assert line.startswith(
+        "RuntimeError: Error(s) in loading state_dict for Sequential: 2 missing (1.weight, 1.bias)"
+    )
+    assert "5 unexpected (extra.0, extra.1, extra.2 and 2 more)" in line
+    assert "2 of another shape (0.weight [5, 3] in the checkpoint, [4, 3] in the model" in line
+    assert "saved from another model than the config builds" in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -114,7 +115,10 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     npz = np.load(next((tmp_path / "runs").rglob("spectrum/glyphs_heldout_fit_end.npz")))
     assert float(npz["samples"]) == 44 * 3 and float(npz["sve"]) > 0
 
-    (test_out, test_err), (export_out, _) = nml_in_one_process(
+    other = "pretrain_supervised.yaml" if "clip" in config else "pretrain_clip.yaml"
+    (tmp_path / "copy").mkdir()
+    copied = Path(shutil.copy(ckpt, tmp_path / "copy" / "last.ckpt"))  # its metrics.json stays apart
+    (test_out, test_err), (export_out, _), (_, other_err) = nml_in_one_process(
         [
             [
                 "test",
@@ -130,9 +134,26 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
                 str(tmp_path / "runs"),
             ],
             ["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export")],
+            [  # the checkpoint under the other objective's config: Lightning runs the checkpoint's model
+                "test",
+                "--config",
+                other,
+                "--data.root",
+                str(tiny_benchmark),
+                "--data.loader.num_workers",
+                "0",
+                "--ckpt_path",
+                str(copied),
+                "--trainer.limit_test_batches",
+                "1",
+                "--trainer.logger.init_args.save_dir",
+                str(tmp_path / "other"),
+            ],
         ],
         tmp_path,
     )
+    held, named = ("Contrastive", "Supervised") if "clip" in config else ("Supervised", "Contrastive")
+    assert f"holds a {held}Pretraining; the config names {named}Pretraining" in other_err
     report = json.loads(test_out)
     metrics = report["metrics"]
     assert report["samples"]["glyphs_heldout"] == 44 * 3  # N per set: every test sample once

@@ -77,6 +77,24 @@ class NMLCLI(LightningCLI):
             "logger version) before training, instead of refusing to mix the two runs",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the config's model with the one a ``--ckpt_path`` checkpoint records
+        (its class and hyper-parameters); when that is another class than the config names (a CLIP
+        checkpoint under a supervised config), the run says so instead of scoring it silently."""
+        sub = self.config.get("subcommand")
+        model = self.config[sub].get("model") if sub else None
+        before = getattr(model, "class_path", None)
+        super()._parse_ckpt_path()
+        after = getattr(self.config[sub].get("model"), "class_path", None) if sub else None
+        if before and after and before.rsplit(".", 1)[-1] != after.rsplit(".", 1)[-1]:
+            log.warning(
+                "--ckpt_path %s holds a %s; the config names %s: the checkpoint's model and "
+                "hyper-parameters are what runs",
+                self.config[sub].get("ckpt_path"),
+                after.rsplit(".", 1)[-1],
+                before.rsplit(".", 1)[-1],
+            )
+
     def before_instantiate_classes(self) -> None:
         self._recipe = None
         if self.subcommand != "fit":

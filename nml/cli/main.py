@@ -228,6 +228,8 @@ def error_line(e: BaseException) -> str:
     if lines[0].startswith(_UNION_NOISE) and reason:  # a union that failed when instantiated
         return reason
     name = "" if isinstance(e, argparse.ArgumentError) else f"{type(e).__name__}: "
+    if lines[0].startswith("Error(s) in loading state_dict for"):
+        return f"{name}{state_dict_summary(lines)}"
     worker = _WORKER_ERROR.match(lines[0])
     if worker and len(lines) > 1:  # torch re-raises a worker's error with its traceback as the message:
         last = re.sub(r"^[\w.]+\.(\w+: )", r"\1", lines[-1])  # the worker's "ShardFormatError: shard ..."
@@ -236,6 +238,39 @@ def error_line(e: BaseException) -> str:
 
 
 _WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process (\d+)\.")
+_QUOTED = re.compile(r'"([^"]+)"')
+_SIZE = re.compile(
+    r"size mismatch for ([^:]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, "
+    r"the shape in current model is torch\.Size\((\[[^\]]*\])\)"
+)
+
+
+def state_dict_summary(lines: list[str]) -> str:
+    """torch's ``Error(s) in loading state_dict`` (one line per kind, every key listed) as one line:
+    the counts of missing, unexpected and differently shaped tensors, the first of each, and what
+    it means (the checkpoint was saved from another model than the config builds)."""
+
+    def first(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    missing, unexpected, shapes = [], [], []
+    for ln in lines[1:]:
+        if ln.startswith("Missing key(s)"):
+            missing += _QUOTED.findall(ln)
+        elif ln.startswith("Unexpected key(s)"):
+            unexpected += _QUOTED.findall(ln)
+        elif m := _SIZE.match(ln):
+            shapes.append(f"{m.group(1)} {m.group(2)} in the checkpoint, {m.group(3)} in the model")
+    parts = [
+        f"{len(missing)} missing ({first(missing)})" if missing else "",
+        f"{len(unexpected)} unexpected ({first(unexpected)})" if unexpected else "",
+        f"{len(shapes)} of another shape ({first(shapes)})" if shapes else "",
+    ]
+    what = "; ".join(p for p in parts if p)
+    return (
+        f"{lines[0].rstrip(':')}: {what} -- the checkpoint was saved from another model than the "
+        "config builds (check --config and --model against the run that wrote it)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
