@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ from helpers import write_shards
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from nml.callbacks.predictions import PredictionWriter
 from nml.data.modules import ClassificationShards
 from nml.noise.config import NoiseConfig
 from nml.shards.manifest import EvalSet
@@ -189,3 +191,28 @@ def test_skipped_and_padding_samples_are_logged_every_epoch_under_lightning(tmp_
     # 18 samples, 5 batches of 4: 2 padding repeats + 1 repeat in place of the undecodable image
     assert seen == [{"data/skipped": 1.0, "data/padding": 3.0}] * 2
     assert caplog.text.count("skipped 1 unreadable sample(s)") == 2
+
+
+class _ReportingWriter(PredictionWriter):
+    """The predict callback, its rank-0 report kept in a file (the spawned ranks' objects stay there)."""
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        super().on_predict_end(trainer, pl_module)
+        if trainer.is_global_zero:
+            Path(self.out, "report.json").write_text(json.dumps(self.report))
+
+
+def test_ddp_predict_reports_every_ranks_file_and_the_rows_over_all_ranks(tmp_path):
+    """Each rank writes its own ``<set>.rank<k>.csv``; the report (what ``nml predict`` prints) lists
+    both files and counts every sample once, not rank 0's share."""
+    from nml.models.supervised import SupervisedPretraining
+
+    dm = _datamodule(tmp_path)
+    out = tmp_path / "predictions"
+    trainer = _trainer(devices=2, strategy="ddp_spawn", callbacks=[_ReportingWriter(str(out))])
+    trainer.predict(SupervisedPretraining("test_resnet", num_classes=5), dm, return_predictions=False)
+    report = json.loads((out / "report.json").read_text())["predictions"]
+    written = report["val_again"]
+    assert sorted(Path(f).name for f in written["files"]) == ["val_again.rank0.csv", "val_again.rank1.csv"]
+    keys = [r["key"] for f in written["files"] for r in csv.DictReader(open(f))]
+    assert written["rows"] == len(keys) == 13 and len(set(keys)) == 13  # every val sample once

@@ -388,7 +388,8 @@ def test_validate_and_predict_run_on_the_text_pretraining_config(text_benchmark,
     sets = json.loads(capsys.readouterr().out)["predictions"]
     assert set(sets) == {"topics"}  # the pre-training's own held-out test split
     for name, written in sets.items():
-        with open(written["file"]) as f:
+        (file,) = written["files"]
+        with open(file) as f:
             rows = list(csv.DictReader(f))
         assert written["rows"] == len(rows) > 0, name
 

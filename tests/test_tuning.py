@@ -603,7 +603,8 @@ def test_validate_and_predict_run_on_every_shipped_config(tiny_benchmark, export
         sets = json.loads(out)["predictions"]
         assert "glyphs_heldout" in sets, (config, sets)
         for name, written in sets.items():
-            with open(written["file"]) as f:
+            (file,) = written["files"]
+            with open(file) as f:
                 rows = list(csv.DictReader(f))
-            assert written["rows"] == len(rows) > 0 and Path(written["file"]).name == f"{name}.csv"
+            assert written["rows"] == len(rows) > 0 and Path(file).name == f"{name}.csv"
             assert all(0 <= float(r["score"]) <= 1 and r["key"].startswith("glyphs_heldout-") for r in rows)

@@ -6,8 +6,8 @@ scores) and this callback writes, per set, ``predictions/<set>.csv`` under the r
 sample's key; for cached features, its row in the set), ``target`` (the clean label), ``pred`` and
 ``score`` (the softmax probability of ``pred``). Rows are written batch by batch, so a long set never
 sits in memory; under DDP each rank writes ``<set>.rank<k>.csv`` (every sample is read by exactly one
-rank). The ``nml predict`` command adds this callback when a config does not list it, and prints the
-files and row counts as JSON.
+rank). The ``nml predict`` command adds this callback when a config does not list it, and prints,
+per set, its files (every rank's) and their total row count as JSON.
 """
 
 from __future__ import annotations
@@ -74,10 +74,23 @@ class PredictionWriter(BasePredictionWriter):
         count[0] += len(prediction["pred"])
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        sets = {}
+        """Close the files; ``report``: per set, every rank's file and the rows over all ranks."""
+        local = {}
         for name, (path, handle, _, count) in self._files.items():
             handle.close()
-            sets[name] = {"file": str(path), "rows": count[0]}
+            local[name] = (str(path), count[0])
             log.info("predictions: %d rows of %s in %s", count[0], name, path)
         self._files = {}
+        ranks = [local]
+        if trainer.world_size > 1:  # each rank wrote its own file: the report counts them all
+            import torch.distributed as dist
+
+            ranks = [None] * trainer.world_size
+            dist.all_gather_object(ranks, local)
+        sets: dict[str, dict] = {}
+        for written in ranks:
+            for name, (path, rows) in written.items():
+                entry = sets.setdefault(name, {"files": [], "rows": 0})
+                entry["files"].append(path)
+                entry["rows"] += rows
         self.report = {"predictions": sets}
