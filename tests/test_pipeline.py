@@ -320,6 +320,23 @@ def test_undecodable_image_is_skipped_with_a_count_or_raises_in_strict(tmp_path,
         _read_all(spec, strict=True)
 
 
+def test_a_reader_whose_first_samples_are_undecodable_fills_its_batches_from_later_ones(tmp_path, caplog):
+    """The first batch of a training reader (its padding pool) is all undecodable, good samples
+    follow: the lost samples are replaced by repeats of the first good ones (counted), not an error."""
+    members = {}
+    for i in range(4):
+        members[f"bad{i}.png"], members[f"bad{i}.cls"] = b"not a png", b"1"
+    for i in range(6):
+        members[f"good{i}.png"], members[f"good{i}.cls"] = png_bytes(i), b"0"
+    spec = _tar(tmp_path / "first-bad.tar", members)
+    with caplog.at_level(logging.WARNING):
+        batches = list(ShardLoader(_cfg(spec, batch_size=4, shuffle_buffer=0)))
+    keys = [k for b in batches for k in b["key"]]
+    assert len(batches) == 3 and len(keys) == 12  # the pass's 10 samples, in full batches of 4
+    assert set(keys) <= {f"good{i}" for i in range(6)} and set(keys) == {f"good{i}" for i in range(6)}
+    assert "skipped undecodable image" in caplog.text
+
+
 def test_corrupt_tar_is_skipped_with_a_count_or_raises_in_strict(tmp_path, caplog):
     good = write_shards(tmp_path / "d", [4, 6])
     bad = tmp_path / "d" / "train-0001.tar"

@@ -434,3 +434,33 @@ def test_text_pretraining_under_2_process_ddp_evaluates_every_document_once(text
     trainer.test(model, dm)
     counts = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert counts[0] == counts[1] == {"topics": 100}  # the held-out split, each document once over the ranks
+
+
+@pytest.mark.slow
+def test_data_truncated_counts_the_training_documents_only(text_benchmark):
+    """``data/truncated`` is the epoch's training documents cut to the encoder's limit: the
+    validation that runs before the epoch's end (and its padding rows) is not counted."""
+    from lightning.pytorch import Trainer
+
+    from nml.models.supervised import SupervisedPretraining
+
+    dm = TextClassificationShards(
+        root=str(text_benchmark), task="pretraining", loader={"batch_size": 8, "num_workers": 0}
+    )
+    kwargs = {**BAG["kwargs"], "context_length": 3}  # every document is longer than 3 tokens
+    model = SupervisedPretraining(
+        model="text_bag", library="nml_text", num_classes=dm.num_classes, model_kwargs=kwargs
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, dm)
+    assert float(trainer.callback_metrics["data/truncated"]) == 3 * 8  # not 3 * 8 + 2 * 8

@@ -414,21 +414,30 @@ class ShardStream(wds.DataPipeline):
             yield rec
 
     def _decode(self, src: Iterator[dict]) -> Iterator[dict]:
-        n = 0
+        n, size = 0, self.cfg.batch_size or 0
+        decodable: list[dict] = []  # the first records of this pass that decoded (a fallback pool)
         for rec in src:
+            raw = dict(rec) if self._plan is not None and len(decodable) < size else None
             out = self._decode_one(rec)
             if out is not None:
                 n += 1
+                if raw is not None:
+                    decodable.append(raw)
                 yield out
         if self._plan is None:
             return
         missing = (self._plan.batches - self._ctx["done"]) * self.cfg.batch_size - n
         if missing <= 0:
             return
-        # undecodable images: fill the batches with decoded repeats of the pool (counted as padding)
+        # undecodable images: fill the batches with decoded repeats of the pool (counted as padding);
+        # when the reader's first samples are all undecodable, with the first ones of its pass that decoded
         self.state.add_padding(missing)
-        repeats = [self._decode_one({**r, "__repeat__": True}, count=False) for r in self._pool]
-        repeats = [r for r in repeats if r is not None]
+        repeats = []
+        for pool in (self._pool, decodable):
+            repeats = [self._decode_one({**r, "__repeat__": True}, count=False) for r in pool]
+            repeats = [r for r in repeats if r is not None]
+            if repeats:
+                break
         if not repeats:
             raise RuntimeError(f"{self._where()}: no decodable training images to fill its batches")
         for k in range(missing):

@@ -69,6 +69,7 @@ class BackboneModule(LightningModule):
         self.train_stats: Fraction | None = None  # log_training's epoch sums, created on first use
         self._train_stat_names: list[str] = []
         self._resumed_stats: dict | None = None  # the epoch's sums from a mid-epoch checkpoint
+        self._train_truncated = 0  # training documents truncated this epoch before a validation
         self.lr_override: float | None = None  # the optimizer's lr replaced (ScaleLearningRate sets it)
         self.test_sets: list = []  # set by setup_test_suite
         self.test_top1 = nn.ModuleList()
@@ -245,13 +246,14 @@ class BackboneModule(LightningModule):
             for name, n in loader.epoch_counts().items():
                 self.log(f"data/{name}", float(n), reduce_fx="sum", sync_dist=True)
         truncated = self.backbone.pop_truncated() if self.backbone is not None else None
-        if truncated is not None:  # text backbones: documents cut to the encoder's limit (this rank)
-            self.log("data/truncated", float(truncated[0]), reduce_fx="sum", sync_dist=True)
-            if truncated[0]:
+        if truncated is not None:  # text backbones: training documents cut to the encoder's limit (this rank)
+            n, self._train_truncated = self._train_truncated + truncated[0], 0
+            self.log("data/truncated", float(n), reduce_fx="sum", sync_dist=True)
+            if n:
                 log.info(
                     "rank %d: %d training documents this epoch were longer than %s tokens and truncated",
                     self.global_rank,
-                    truncated[0],
+                    n,
                     truncated[1],
                 )
 
@@ -270,7 +272,17 @@ class BackboneModule(LightningModule):
             logits = self.val_logits(select_rows(batch_inputs(batch), valid))
             self.val_top1.update(logits.argmax(1), batch["clean_target"][valid])
 
+    def on_validation_epoch_start(self) -> None:
+        # documents truncated by the training steps so far are kept; validation's own are dropped at
+        # its end, so that data/truncated counts training documents only
+        if self.backbone is not None:
+            truncated = self.backbone.pop_truncated()
+            if truncated is not None:
+                self._train_truncated += truncated[0]
+
     def on_validation_epoch_end(self) -> None:
+        if self.backbone is not None:
+            self.backbone.pop_truncated()  # validation's documents (and their padding rows)
         if self.validating():
             self.log(self.val_metric, self.val_top1.compute(), prog_bar=True)  # states all-reduced once
             self.val_top1.reset()

@@ -213,6 +213,7 @@ class ContrastivePretraining(BackboneModule):
 
     # -- zero-shot validation ------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
         dm = self.data
         self._classifier = None
         if self.val_top1 is not None and dm is not None and dm.classes:
