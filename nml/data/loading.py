@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import weakref
@@ -38,12 +39,31 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+_pinned = False  # a caller fixed the thread count (pinned_threads): share_cores_with_workers leaves it
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int):
+    """Run the block with torch's intra-op threads fixed at ``threads`` (not capped for loader
+    workers), then restore them: what a study stage computes with is part of its key."""
+    global _pinned
+    before, was = torch.get_num_threads(), _pinned
+    torch.set_num_threads(threads)
+    _pinned = True
+    try:
+        yield
+    finally:
+        _pinned = was
+        torch.set_num_threads(before)
+
+
 def share_cores_with_workers(num_workers: int, device_type: str) -> int | None:
     """Cap torch's intra-op threads at (usable cores - ``num_workers``), at least 1, when the model
     runs on the CPU and the data loader has worker processes; returns the new thread count, or None
-    when nothing changed. torch's default is one thread per core, and the workers decode on those
-    same cores: on 2 cores with 2 workers, one thread made a small CNN's epoch 1.4x faster."""
-    if device_type != "cpu" or num_workers <= 0:
+    when nothing changed (also inside :func:`pinned_threads`). torch's default is one thread per
+    core, and the workers decode on those same cores: on 2 cores with 2 workers, one thread made a
+    small CNN's epoch 1.4x faster."""
+    if device_type != "cpu" or num_workers <= 0 or _pinned:
         return None
     want = max(1, usable_cores() - num_workers)
     have = torch.get_num_threads()

@@ -15,6 +15,14 @@ OBJECTIVES = ("supervised", "clip")
 METHODS = ("linear", "mlp", "nmtune")
 
 
+THREADS = """A stage computes with a fixed number of torch threads on a CPU, set by the study and part
+of the stage's key: a reduction's float order follows the thread count (tuning results moved by up
+to 0.22 points between one and two threads), so a stage's numbers must depend on its settings, not
+on the machine's cores or on how many stages run beside it. The defaults are what a 2-core machine
+gives each stage: pre-training and extraction leave a core to their loader workers (1 thread),
+tuning reads cached features in the main process (2 threads)."""
+
+
 @dataclass
 class Grid:
     """The cells: objective x noise rate x pre-training seed, plus a random-init floor per objective.
@@ -39,10 +47,15 @@ class Recipe:
     Args:
         config: A LightningCLI config (a path, or a bare name of a shipped config).
         args: Extra ``nml fit`` options, e.g. ["--trainer.max_epochs", "5"].
+        threads: torch's intra-op threads of the pre-training on a CPU (:data:`THREADS`).
     """
 
     config: str
     args: list[str] = field(default_factory=list)
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _at_least("pretrain", threads=(self.threads, 1))
 
 
 @dataclass
@@ -107,6 +120,7 @@ class Features:
         num_workers: Data loading workers.
         limit: At most this many samples per split (default: all).
         seed: Seeds the stored augmented views (per sample and view).
+        threads: torch's intra-op threads of the extraction on a CPU (:data:`THREADS`).
     """
 
     views: int = 2
@@ -114,6 +128,7 @@ class Features:
     num_workers: int = 2
     limit: int | None = None
     seed: int = 0
+    threads: int = 1
 
     def __post_init__(self) -> None:
         _at_least(
@@ -122,6 +137,7 @@ class Features:
             batch_size=(self.batch_size, 1),
             num_workers=(self.num_workers, 0),
             limit=(self.limit, 1),
+            threads=(self.threads, 1),
         )
 
 
@@ -134,12 +150,14 @@ class Tuning:
         seeds: Tuning seeds per (cell, task, method); results are their mean.
         batch_size: Training batch size.
         view_noise: NMTune without stored views: std of Gaussian noise on the second view.
+        threads: torch's intra-op threads of each tuning run on a CPU (:data:`THREADS`).
     """
 
     epochs: int = 30
     seeds: list[int] = field(default_factory=lambda: [0])
     batch_size: int = 64
     view_noise: float = 0.0
+    threads: int = 2
 
     def __post_init__(self) -> None:
         _at_least(
@@ -147,6 +165,7 @@ class Tuning:
             epochs=(self.epochs, 1),
             batch_size=(self.batch_size, 1),
             view_noise=(self.view_noise, 0),
+            threads=(self.threads, 1),
         )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"tuning.seeds: expected distinct seeds, at least one, got {self.seeds}")

@@ -194,6 +194,7 @@ def build_plan(
             "args": list(recipe.args),
             "files": files[cell.objective],
             "benchmark": manifest_sha256,
+            "threads": recipe.threads,
         }
         if cell.noise_rate is None:
             b = Stage("random_init", cell.label, RecipeParams(**common))
@@ -215,7 +216,9 @@ def build_plan(
                     Stage(
                         "tune",
                         f"{cell.label}-{task}-{method}-t{t}",
-                        TuneParams(method, t, tuning.epochs, tuning.batch_size, tuning.view_noise),
+                        TuneParams(
+                            method, t, tuning.epochs, tuning.batch_size, tuning.view_noise, tuning.threads
+                        ),
                         [f],
                     )
                     for t in tuning.seeds
@@ -242,7 +245,12 @@ def build_plan(
                             "tune",
                             f"{cell.label}-{task}-{method}-t{t}",
                             TuneParams(
-                                method, 1000 * seed + t, tuning.epochs, tuning.batch_size, tuning.view_noise
+                                method,
+                                1000 * seed + t,
+                                tuning.epochs,
+                                tuning.batch_size,
+                                tuning.view_noise,
+                                tuning.threads,
                             ),
                             [shared[task]],
                         )

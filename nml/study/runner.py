@@ -105,13 +105,16 @@ def run_one(stage: Stage, out: Path, root: str) -> dict:
     )
     import torch
 
+    from nml.data.loading import pinned_threads
+
     handler = _stage_log(directory)
     threads = torch.get_num_threads()  # a stage may cap them (share_cores_with_workers): not the next
+    pinned = getattr(stage.params, "threads", None)  # part of the key: the stage computes with these
     t0 = time.perf_counter()
     try:
         # stdout carries the study's JSON answer alone: what a stage prints (Lightning's model
         # summary, progress) goes to stderr with its logs
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), pinned_threads(pinned or threads):
             result = run_stage(stage, out, root)
     except Exception:
         logging.getLogger("nml.study").error("stage %s failed:\n%s", stage.label, traceback.format_exc())

@@ -53,6 +53,7 @@ class RecipeParams:
     args: list[str]
     files: dict[str, str]  # the other files it reads (args files, class names ...): their sha256
     benchmark: str  # the benchmark manifest's sha256
+    threads: int = 1  # torch's threads on a CPU (nml.study.config.THREADS)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class FeaturesParams:
     num_workers: int
     limit: int | None
     seed: int  # seeds the stored augmented views
+    threads: int = 1
 
 
 @dataclass
@@ -88,6 +90,7 @@ class TuneParams:
     epochs: int
     batch_size: int
     view_noise: float
+    threads: int = 2
 
 
 def _tensorboard(out: Path, name: str, version: str):
