@@ -73,8 +73,9 @@ class NMLCLI(LightningCLI):
             "--overwrite_run",
             type=bool,
             default=False,
-            help="fit: delete the checkpoints of an earlier run in the same run directory (a fixed "
-            "logger version) before training, instead of refusing to mix the two runs",
+            help="fit: clear an earlier run in the same fixed run directory (an explicit logger version, "
+            "or no logger) before training, instead of refusing to mix the two runs: its checkpoints, "
+            "event files, config and metrics",
         )
 
     def _parse_ckpt_path(self) -> None:
