@@ -397,6 +397,22 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
     assert again == subset
 
 
+def _stoppable_recipe(*bounds: str) -> list[str]:
+    """Options of a tiny pre-training slow enough to be stopped mid-way: batches of 4 from 4 shards,
+    2 loader workers (they must ignore a SIGTERM sent to the group), bounded by ``bounds``."""
+    return [
+        *bounds,
+        "--trainer.limit_val_batches",
+        "1",
+        "--data.init_args.stream.train_shards",
+        "4",
+        "--data.init_args.loader.batch_size",
+        "4",
+        "--data.init_args.loader.num_workers",
+        "2",
+    ]
+
+
 def test_sigterm_to_the_study_exits_143_naming_the_stage_and_a_rerun_resumes(tiny_benchmark, tmp_path):
     """``scancel`` / ``timeout`` signal the whole process group: the study must not report success
     (it used to exit 0 with no results.csv); the finished stages are kept for the re-run."""
@@ -407,18 +423,7 @@ def test_sigterm_to_the_study_exits_143_naming_the_stage_and_a_rerun_resumes(tin
     import yaml
     from helpers import PYTHON, nml_subprocess_env
 
-    tiny = [
-        "--trainer.max_steps",
-        "40",
-        "--trainer.limit_val_batches",
-        "1",
-        "--data.init_args.stream.train_shards",
-        "4",
-        "--data.init_args.loader.batch_size",
-        "4",
-        "--data.init_args.loader.num_workers",
-        "2",
-    ]
+    tiny = _stoppable_recipe("--trainer.max_steps", "40")
     config = {
         "name": "stopped",
         "grid": {"objectives": ["supervised"], "noise_rates": [0.0, 0.3], "seeds": [0], "random_init": False},
@@ -477,20 +482,7 @@ def test_a_study_stopped_twice_mid_pretraining_resumes_it_and_matches_an_uninter
     import yaml
     from helpers import PYTHON, nml_subprocess_env
 
-    tiny = [
-        "--trainer.max_steps",
-        "50",
-        "--trainer.max_epochs",
-        "4",
-        "--trainer.limit_val_batches",
-        "1",
-        "--data.init_args.stream.train_shards",
-        "4",
-        "--data.init_args.loader.batch_size",
-        "4",
-        "--data.init_args.loader.num_workers",
-        "2",
-    ]
+    tiny = _stoppable_recipe("--trainer.max_steps", "50", "--trainer.max_epochs", "4")
 
     def write(name: str) -> list[str]:
         config = {

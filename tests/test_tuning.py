@@ -411,36 +411,41 @@ def test_feature_shards_is_the_former_name_of_cached_features(feature_cache):
     assert isinstance(dm, CachedFeatures) and dm.batch_size == 16
 
 
+def _fit_linear_head(feature_cache, epochs: str, *extra: str) -> int:
+    """``nml fit`` of tune_linear.yaml on cached features for ``epochs`` epochs (its exit status)."""
+    from nml.cli.main import main
+
+    return main(
+        [
+            "fit",
+            "--config",
+            "tune_linear.yaml",
+            "--data",
+            "data/features.yaml",
+            "--data.init_args.root",
+            str(feature_cache),
+            "--model.init_args.backbone",
+            "null",
+            "--trainer.max_epochs",
+            epochs,
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
+        ]
+    )
+
+
 @pytest.mark.slow
 def test_a_fit_into_a_run_directory_with_checkpoints_is_refused_or_overwritten(
     feature_cache, tmp_path, capsys
 ):
     """A fixed version re-used by a fresh fit would mix two runs' checkpoints (``nml test --ckpt_path
     RUN`` then read the first run's): refused naming the directory; ``--overwrite_run true`` cleans."""
-    from nml.cli.main import main
 
     def fit(epochs: str, *extra: str) -> int:
-        return main(
-            [
-                "fit",
-                "--config",
-                "tune_linear.yaml",
-                "--data",
-                "data/features.yaml",
-                "--data.init_args.root",
-                str(feature_cache),
-                "--model.init_args.backbone",
-                "null",
-                "--trainer.max_epochs",
-                epochs,
-                "--trainer.logger.init_args.save_dir",
-                str(tmp_path / "runs"),
-                "--trainer.logger.init_args.version",
-                "cached",
-                "--trainer.enable_progress_bar",
-                "false",
-                *extra,
-            ]
+        where = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+        return _fit_linear_head(
+            feature_cache, epochs, *where, "--trainer.logger.init_args.version", "cached", *extra
         )
 
     run = tmp_path / "runs" / "tune_linear" / "cached"
@@ -469,31 +474,10 @@ def test_without_a_logger_the_working_directory_is_one_run_and_last_resumes_only
     """With ``--trainer.logger false`` the checkpoints go to ``./checkpoints``: a fresh fit there is
     refused as in a fixed version, and ``--ckpt_path last`` resumes only a checkpoint trained with
     the same model and data options (another command's is refused, naming what differs)."""
-    from nml.cli.main import main
-
     monkeypatch.chdir(tmp_path)
 
     def fit(epochs: str, *extra: str) -> int:
-        return main(
-            [
-                "fit",
-                "--config",
-                "tune_linear.yaml",
-                "--data",
-                "data/features.yaml",
-                "--data.init_args.root",
-                str(feature_cache),
-                "--model.init_args.backbone",
-                "null",
-                "--trainer.max_epochs",
-                epochs,
-                "--trainer.logger",
-                "false",
-                "--trainer.enable_progress_bar",
-                "false",
-                *extra,
-            ]
-        )
+        return _fit_linear_head(feature_cache, epochs, "--trainer.logger", "false", *extra)
 
     assert fit("1") == 0
     ckpts = tmp_path / "checkpoints"
