@@ -218,11 +218,11 @@ def continue_last_run(fit_cfg, recipe: dict | None = None) -> None:
         if not place.fixed and hasattr(fit_cfg.trainer.logger, "init_args"):  # log in the resumed run
             fit_cfg.trainer.logger.init_args.version = int(run.name[8:])
         fit_cfg.ckpt_path = str(newest)
-        log.info("--ckpt_path last: resuming %s", newest)
+        log.info("--ckpt_path last: resuming %s in %s", newest.name, newest.parent)
         return
     fit_cfg.ckpt_path = None
-    where = place.checkpoints(place.runs[0]) if place.fixed else "any version of this run"
-    log.info("--ckpt_path last: no checkpoint in %s yet; starting the run", where)
+    where = place.checkpoints(place.runs[0]) if place.fixed else _logger_root(fit_cfg)[1]
+    log.info("--ckpt_path last: no checkpoint under %s yet; starting the run", where)
 
 
 def refuse_a_used_run_directory(fit_cfg) -> None:
