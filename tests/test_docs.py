@@ -76,3 +76,40 @@ def test_no_large_binaries_are_tracked_outside_the_results():
     large = [p for p in tracked if (REPO / p).is_file() and (REPO / p).stat().st_size > 1_000_000]
     assert [p for p in large if not p.startswith("docs/results/")] == []
     assert not [p for p in tracked if p.endswith((".whl", ".ckpt", ".pt"))]
+
+
+def _documented_audits() -> list[tuple[str, list[str]]]:
+    """Every ``nml data audit`` command line the docs and the benchmarks page give (backslash
+    continuations joined; inline code on the benchmarks page), as (page, argv after ``nml``)."""
+    import shlex
+
+    found = []
+    for page in (REPO / "docs" / "data.md", REPO / "BENCHMARKS.md"):
+        text = page.read_text(encoding="utf-8").replace("\\\n", " ")
+        lines = re.findall(r"(?m)^\s*(nml data audit [^\n`]*)$", text) + re.findall(
+            r"`(nml data audit [^`]*)`", text
+        )
+        found += [(page.name, shlex.split(line)[1:]) for line in lines if "..." not in line]
+    return found
+
+
+@pytest.mark.slow
+def test_the_documented_audit_commands_run_on_the_benchmark(tiny_benchmark):
+    """The audit commands the docs give name the built benchmark's training shards exactly (its
+    manifest's spec) and run as typed: on the tiny benchmark, with its own spec substituted."""
+    import json
+
+    from helpers import nml_in_one_process
+
+    audits = _documented_audits()
+    assert {page for page, _ in audits} == {"data.md", "BENCHMARKS.md"} and len(audits) >= 3
+    documented = "data/embedded/glyphs/train-{000000..000017}.tar"  # the small benchmark's 18 shards
+    runs = []
+    for page, argv in audits:
+        shards = argv[argv.index("--shards") + 1]
+        assert shards == documented, (page, shards)
+        tiny = json.loads((tiny_benchmark / "manifest.json").read_text())["pretraining"]["train"]
+        argv[argv.index("--shards") + 1] = str(tiny_benchmark / tiny)
+        runs.append(argv)
+    for out, _ in nml_in_one_process(runs, REPO):
+        assert json.loads(out)  # each prints its JSON report

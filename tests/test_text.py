@@ -312,7 +312,7 @@ def test_an_api_answering_the_wrong_dimension_fails_naming_it_and_caches_nothing
     import sqlite3
 
     with sqlite3.connect(tmp_path / "c" / "embeddings.sqlite") as db:
-        assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 0
 
 
 # -- the study -------------------------------------------------------------------------------------
