@@ -99,6 +99,12 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)  # nml fit's result: stdout is this JSON object alone
+    assert Path(result["checkpoints"]["last"]).is_file() and Path(result["run_dir"]).is_dir()
+    assert Path(result["checkpoints"]["best"]).name.startswith("best-") and result["global_step"] == 4
+    val = "val/top1" if "supervised" in config else "val/zeroshot_top1"
+    assert 0 <= result["metrics"][val] <= 1 and result["seconds"] > 0
+    assert f"fit: {result['epochs']} epoch(s), 4 steps in" in run.stderr  # the one-line summary
     assert f"using config {REPO / 'nml' / 'configs' / config}" in run.stderr  # bare name -> shipped config
     assert run.stderr.count("GPU available") == 1  # Lightning's lines once, not through two handlers
     # stderr is not a terminal here: plain progress lines every log_every_n_steps, no redrawn bars

@@ -4,8 +4,10 @@ Any ``LightningModule`` / ``LightningDataModule`` importable by class path can b
 (``model.class_path``, ``data.class_path``); nml's own modules and callbacks are used by their
 short names once imported. Configs are saved next to the logs, overwriting on re-runs.
 
-``nml test`` adds :class:`~nml.callbacks.metrics_report.TestReport` (table on stderr, ``metrics.json``
-next to the checkpoint) and prints the same metrics as JSON on stdout.
+``nml fit`` prints its result as JSON on stdout (:func:`fit_summary`: run directory, checkpoints,
+last metrics, wall time) and one line on stderr. ``nml test`` adds
+:class:`~nml.callbacks.metrics_report.TestReport` (table on stderr, ``metrics.json`` next to the
+checkpoint) and prints the same metrics as JSON on stdout.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -136,6 +139,27 @@ class NMLCLI(LightningCLI):
         shutil.rmtree(run, ignore_errors=True)
         log.info("removed %s: the run failed before its first step", run)
 
+    def before_fit(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def after_fit(self) -> None:
+        """``nml fit``'s result: one JSON object on stdout (:func:`fit_summary`) and one line on stderr."""
+        # on every rank: trainer.log_dir is a broadcast under DDP
+        summary = fit_summary(self.trainer, time.perf_counter() - self._fit_started)
+        if not self.trainer.is_global_zero:
+            return
+        json.dump(summary, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items() if k.startswith("val/"))
+        log.info(
+            "fit: %d epoch(s), %d steps in %.0f s%s; last checkpoint %s",
+            summary["epochs"],
+            summary["global_step"],
+            summary["seconds"],
+            f"; {shown}" if shown else "",
+            summary["checkpoints"]["last"],
+        )
+
     def before_test(self) -> None:
         self.config_init[self.subcommand]["verbose"] = (
             False  # our table instead of Lightning's (stdout is JSON)
@@ -160,6 +184,32 @@ class NMLCLI(LightningCLI):
         if self.trainer.is_global_zero and report is not None:
             json.dump(report, sys.stdout, indent=1)
             sys.stdout.write("\n")
+
+
+def fit_summary(trainer: Trainer, seconds: float) -> dict:
+    """What a finished fit reports: its run directory, its best and last checkpoints (None where no
+    callback keeps one), the epochs and steps it trained, the last logged metrics and the wall time."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    best = next((c.best_model_path for c in checkpoints if c.monitor and c.best_model_path), None)
+    last = next((c.last_model_path for c in checkpoints if c.last_model_path), None)
+    if last is None:  # no save_last: the newest file any checkpoint callback wrote
+        written = [p for c in checkpoints for p in (c.best_model_path, *c.best_k_models) if p]
+        last = max(written, key=lambda p: Path(p).stat().st_mtime_ns, default=None) if written else None
+    metrics = {
+        k: float(v)
+        for k, v in sorted(trainer.callback_metrics.items())
+        if getattr(v, "numel", lambda: 1)() == 1
+    }
+    return {
+        "run_dir": trainer.log_dir,
+        "checkpoints": {"best": best or None, "last": last},
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "metrics": metrics,
+        "seconds": round(seconds, 1),
+    }
 
 
 CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's special --ckpt_path values
