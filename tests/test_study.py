@@ -397,6 +397,24 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
     assert again == subset
 
 
+def _start_in_its_own_group(cmd: list[str], cwd):
+    """``cmd`` started as a scheduler starts a job: its own process group (what ``os.killpg``
+    signals), output captured."""
+    import subprocess
+
+    from helpers import nml_subprocess_env
+
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=nml_subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def _stoppable_recipe(*bounds: str) -> list[str]:
     """Options of a tiny pre-training slow enough to be stopped mid-way: batches of 4 from 4 shards,
     2 loader workers (they must ignore a SIGTERM sent to the group), bounded by ``bounds``."""
@@ -436,15 +454,7 @@ def test_sigterm_to_the_study_exits_143_naming_the_stage_and_a_rerun_resumes(tin
     }
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
     cmd = [PYTHON, "-m", "nml.cli", "study", "--config", str(tmp_path / "study.yaml")]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=nml_subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _start_in_its_own_group(cmd, tmp_path)
     deadline = time.monotonic() + 240
     while not list((tmp_path / "study").glob("stages/pretrain/*/done.json")) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -475,12 +485,11 @@ def test_a_study_stopped_twice_mid_pretraining_resumes_it_and_matches_an_uninter
     step; the re-run resumes the stage from it instead of starting over, and a study stopped twice
     ends with the results of one never stopped."""
     import signal
-    import subprocess
     import time
 
     import torch
     import yaml
-    from helpers import PYTHON, nml_subprocess_env
+    from helpers import PYTHON
 
     tiny = _stoppable_recipe("--trainer.max_steps", "50", "--trainer.max_epochs", "4")
 
@@ -499,15 +508,7 @@ def test_a_study_stopped_twice_mid_pretraining_resumes_it_and_matches_an_uninter
         return [PYTHON, "-m", "nml.cli", "study", "--config", str(tmp_path / f"{name}.yaml")]
 
     def start(cmd):
-        return subprocess.Popen(
-            cmd,
-            cwd=tmp_path,
-            env=nml_subprocess_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
+        return _start_in_its_own_group(cmd, tmp_path)
 
     cmd = write("stopped")
     checkpoints = tmp_path / "stopped" / "tensorboard" / "pretrain"

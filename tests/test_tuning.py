@@ -358,30 +358,9 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
 def test_last_ckpt_is_the_last_epoch_when_validation_stops_improving(feature_cache, tmp_path, monkeypatch):
     """With lr 0 validation never improves after epoch 0: last.ckpt must still hold the final epoch and
     step (the shipped configs once kept the best epoch there), and the best one is named best-*."""
-    from nml.cli.main import main
-
     monkeypatch.chdir(tmp_path)
-    assert 0 == main(
-        [
-            "fit",
-            "--config",
-            "tune_linear.yaml",
-            "--data",
-            "data/features.yaml",
-            "--data.init_args.root",
-            str(feature_cache),
-            "--model.init_args.backbone",
-            "null",
-            "--model.init_args.optimizer",
-            "torch.optim.SGD",
-            "--model.init_args.optimizer.lr",
-            "0.0",
-            "--trainer.max_epochs",
-            "3",
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-    )
+    sgd = ["--model.init_args.optimizer", "torch.optim.SGD", "--model.init_args.optimizer.lr", "0.0"]
+    assert 0 == _fit_linear_head(feature_cache, "3", *sgd)
     checkpoints = next(tmp_path.rglob("checkpoints"))
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     best = list(checkpoints.glob("best-*.ckpt"))

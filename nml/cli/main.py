@@ -92,10 +92,10 @@ def resolve_config_args(argv: Sequence[str]) -> list[str]:
             option, value = a, argv[i + 1]
         if option in CONFIG_OPTIONS and value and _is_config_value(option, value):
             path = resolve_config(value)
-            read_config_file(path)  # a file that is not a YAML mapping is named, its content never echoed
+            content = read_config_file(path)  # not a YAML mapping: named, its content never echoed
             log.info("using %s %s", option.lstrip("-"), path.resolve())
             lightning = bool(argv) and argv[0] in LIGHTNING_SUBCOMMANDS  # nml features reads files itself
-            out.append(f"{option}={_section(option, path) if lightning else path}")
+            out.append(f"{option}={_section(option, path, content) if lightning else path}")
             i += 1 + separate
         else:  # not a config file (``--data glyphs_heldout``: a task name): passed on as typed
             out.append(a)
@@ -103,14 +103,14 @@ def resolve_config_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _section(option: str, path: Path) -> str:
-    """``path``, or the JSON of its ``data:`` / ``model:`` / ``trainer:`` section when ``path`` is a
-    whole config (the section is what LightningCLI expects after ``--data``)."""
+def _section(option: str, path: Path, content: dict) -> str:
+    """``path``, or the JSON of its ``data:`` / ``model:`` / ``trainer:`` section when ``path`` (whose
+    options are ``content``) is a whole config (the section is what LightningCLI expects after
+    ``--data``)."""
     key = option.lstrip("-")
     if key == "config":
         return str(path)
-    content = read_config_file(path)
-    if isinstance(content, dict) and isinstance(content.get(key), dict) and "class_path" not in content:
+    if isinstance(content.get(key), dict) and "class_path" not in content:
         log.info("--%s %s: its %s: section", key, path.name, key)
         return json.dumps(content[key])
     return str(path)
