@@ -167,7 +167,7 @@ def _run(
     except StudyFailed as e:
         raise SystemExit(f"nml study: {e}") from None
     except StudyStopped as e:  # a scheduler stopped us: not success, and a re-run resumes
-        where = f" in stage {e.stage}" if e.stage else ""
+        where = f" {e.where}" if e.where else ""
         log.error("nml study: stopped by SIGTERM%s; finished stages are kept: run it again to resume", where)
         from nml.data.loading import stop_worker_processes
 

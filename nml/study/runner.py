@@ -33,9 +33,9 @@ class StudyStopped(BaseException):
     stage it stopped in, and not success. A BaseException, like Lightning's ``SIGTERMException``,
     so that no ``except Exception`` swallows it."""
 
-    def __init__(self, stage: str | None = None):
-        super().__init__(stage)
-        self.stage = stage
+    def __init__(self, where: str | None = None):
+        super().__init__(where)
+        self.where = where  # "in stage KIND LABEL", or "after stage KIND LABEL (finished)"
 
 
 _signalled = False  # a SIGTERM arrived while a Lightning run was handling the signal
@@ -54,13 +54,14 @@ def raise_stopped(signum, frame) -> None:
     raise StudyStopped()
 
 
-def stop_if_signalled() -> None:
+def stop_if_signalled(after: str | None = None) -> None:
     """Raise :class:`StudyStopped` when a SIGTERM was noted during a Lightning run (one that ended
-    without stopping: an evaluation, a prediction)."""
+    without stopping: an evaluation, a prediction); ``after`` names the stage it arrived in, which
+    finished."""
     global _signalled
     if _signalled:
         _signalled = False
-        raise StudyStopped()
+        raise StudyStopped(f"after stage {after} (finished)" if after else None)
 
 
 def _stopped_types() -> tuple[type[BaseException], ...]:
@@ -146,8 +147,9 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
     n = len(plan.stages)
     global _signalled
     _signalled = False
+    last = None  # the last stage run, for the stop message
     for i, stage in enumerate(plan.stages, 1):
-        stop_if_signalled()  # noted during the last stage, which finished (its done.json is kept)
+        stop_if_signalled(last)  # noted during the last stage, which finished (its done.json is kept)
         where = f"[study] ({i}/{n}) {stage.kind} {stage.label}"
         if stage.done(out) is not None:
             counts["cached"] += 1
@@ -164,7 +166,7 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
             result = run_one(stage, out, root)
         except _stopped_types():  # SIGTERM: this stage is unfinished (no done.json), the others are kept
             log.error("%s: stopped by SIGTERM after %.1f s", where, time.perf_counter() - t0)
-            raise StudyStopped(f"{stage.kind} {stage.label}") from None
+            raise StudyStopped(f"in stage {stage.kind} {stage.label}") from None
         except Exception:  # isolate: report with the log path, go on with independent stages
             counts["failed"] += 1
             failed[stage.label] = str(stage.directory(out) / "log.txt")
@@ -173,6 +175,7 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
             )
             continue
         counts["ran"] += 1
+        last = f"{stage.kind} {stage.label}"
         log.info("%s: done in %.1f s", where, result["seconds"])
     _failed(counts, failed)
     return counts
