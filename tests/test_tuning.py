@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from helpers import TINY_CLIP, LossRecorder, nml_in_one_process
 from lightning.pytorch import Trainer, seed_everything
@@ -324,6 +325,23 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
             str(run_dir),
             *common,
         ],
+        *(
+            [
+                sub,
+                "--config",
+                "tune_nmtune.yaml",
+                "--data",
+                "data/features.yaml",
+                "--data.init_args.root",
+                str(cache),
+                "--model.init_args.backbone",
+                "null",
+                "--ckpt_path",
+                str(run_dir / "checkpoints" / "last.ckpt"),
+                *common,
+            ]
+            for sub in ("validate", "predict")
+        ),
         [
             "fit",
             "--config",
@@ -341,7 +359,9 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
             *common,
         ],
     ]
-    (features_out, features_err), _, (test_out, test_err), _ = nml_in_one_process(runs, tmp_path)
+    (features_out, features_err), _, (test_out, test_err), (val_out, _), (pred_out, _), _ = (
+        nml_in_one_process(runs, tmp_path)
+    )
     summary = json.loads(features_out)
     assert summary["feature_dim"] == 16 and summary["splits"]["train"]["views"] == 2
     assert "using data " in features_err and "tune_nmtune.yaml" in features_err
@@ -349,6 +369,19 @@ def test_cli_features_fit_and_test_on_the_shipped_tune_configs(tiny_benchmark, e
     ood = [k for k in report["metrics"] if k.startswith("test/ood/glyphs_")]
     assert "test/id/glyphs_heldout/top1" in report["metrics"] and len(ood) == 12
     assert "ood    mean" in test_err
+    # evaluations of a run write beside its checkpoint and log into it: no new version_N, and the
+    # run's own config.yaml is kept (each command's config beside it)
+    assert [d.name for d in (tmp_path / "runs" / "tune_nmtune").iterdir()] == ["version_0"]
+    assert json.loads((run_dir / "checkpoints" / "metrics.json").read_text()) == report
+    assert {"config.yaml", "config.test.yaml", "config.validate.yaml", "config.predict.yaml"} <= {
+        p.name for p in run_dir.iterdir()
+    }
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_epochs"] == 2  # the fit's
+    validated = json.loads(val_out)  # JSON, not Lightning's box table
+    assert validated["ckpt_path"].endswith("last.ckpt") and 0 <= validated["metrics"]["val/top1"] <= 1
+    predicted = json.loads(pred_out)["predictions"]["glyphs_heldout"]
+    assert predicted["rows"] == 44 * 3
+    assert predicted["files"] == [str(run_dir / "checkpoints" / "predictions" / "glyphs_heldout.csv")]
     spectra = list((tmp_path / "runs" / "tune_nmtune").rglob("spectrum/glyphs_heldout_fit_end.npz"))
     assert spectra and float(np.load(spectra[0])["samples"]) == 44 * 3  # the held-out test set: 3 per class
     assert list((tmp_path / "runs" / "tune_linear").rglob("last.ckpt"))

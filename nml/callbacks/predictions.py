@@ -1,8 +1,9 @@
 """``PredictionWriter``: what ``nml predict`` writes, one CSV per evaluation set.
 
 ``nml predict`` runs the model over its data module's test sets (the same ID/OOD suite ``nml test``
-scores) and this callback writes, per set, ``predictions/<set>.csv`` under the run's log directory
-(else ``trainer.default_root_dir``; ``out`` overrides it): one row per sample, ``key`` (the shard
+scores) and this callback writes, per set, ``predictions/<set>.csv`` beside the checkpoint it predicts with
+(like ``nml test``'s ``metrics.json``; with no checkpoint, under the run's log directory; ``out``
+overrides it): one row per sample, ``key`` (the shard
 sample's key; for cached features, its row in the set), ``target`` (the clean label), ``pred`` and
 ``score`` (the softmax probability of ``pred``). Rows are written batch by batch, so a long set never
 sits in memory; under DDP each rank writes ``<set>.rank<k>.csv`` (every sample is read by exactly one
@@ -27,7 +28,8 @@ class PredictionWriter(BasePredictionWriter):
     """Writes the predictions of every evaluation set to CSV (see the module docstring).
 
     Args:
-        out: Directory of the CSV files (default: ``<log_dir>/predictions``).
+        out: Directory of the CSV files (default: ``predictions/`` beside the checkpoint, else under
+            the log directory).
     """
 
     def __init__(self, out: str | None = None):
@@ -39,6 +41,9 @@ class PredictionWriter(BasePredictionWriter):
     def _directory(self, trainer) -> Path:
         if self.out is not None:
             return Path(self.out)
+        ckpt = trainer.ckpt_path
+        if ckpt and Path(ckpt).is_file():
+            return Path(ckpt).parent / "predictions"
         return Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
 
     def on_predict_start(self, trainer, pl_module) -> None:

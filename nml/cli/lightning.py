@@ -37,7 +37,13 @@ from nml.callbacks.preemption import CheckpointOnSigterm
 from nml.callbacks.progress import progress_callback
 from nml.callbacks.throughput import TrainingThroughput
 from nml.cli.main import LIGHTNING_SUBCOMMANDS
-from nml.cli.run_directory import RecipeStamp, continue_last_run, fit_recipe, refuse_a_used_run_directory
+from nml.cli.run_directory import (
+    RecipeStamp,
+    continue_last_run,
+    evaluate_in_its_run,
+    fit_recipe,
+    refuse_a_used_run_directory,
+)
 from nml.models.backbones import check_checkpoint_file, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -102,6 +108,12 @@ class NMLCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         self._recipe = None
         if self.subcommand != "fit":
+            if evaluate_in_its_run(self.config[self.subcommand]) is not None:
+                # beside the run's own config.yaml, which it must not replace
+                self.save_config_kwargs = {
+                    **self.save_config_kwargs,
+                    "config_filename": f"config.{self.subcommand}.yaml",
+                }
             return
         self._recipe = fit_recipe(self.config.fit)
         if self.config.fit.get("ckpt_path") == "last":
@@ -166,6 +178,19 @@ class NMLCLI(LightningCLI):
         )
         if not any(isinstance(c, TestReport) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(TestReport())
+
+    def before_validate(self) -> None:
+        self.config_init[self.subcommand]["verbose"] = False  # Lightning's table is on stdout: JSON there
+
+    def after_validate(self) -> None:
+        """``nml validate``'s result: the checkpoint and its ``val/`` metrics as JSON on stdout."""
+        metrics = {
+            k: float(v) for k, v in sorted(self.trainer.callback_metrics.items()) if k.startswith("val/")
+        }
+        if self.trainer.is_global_zero:
+            json.dump({"ckpt_path": self.trainer.ckpt_path, "metrics": metrics}, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+            log.info("validate: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     def before_predict(self) -> None:
         # written batch by batch to CSV (PredictionWriter), not gathered in memory

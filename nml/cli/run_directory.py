@@ -13,6 +13,9 @@ set its logger:
 
 A ``ModelCheckpoint`` with its own ``dirpath`` fixes where the checkpoints go whatever the logger.
 
+``nml validate | test | predict`` of a checkpoint file log into the run it belongs to
+(:func:`evaluate_in_its_run`): no new ``version_N`` beside it.
+
 A fixed run directory is shared by every fit of the same command line, so two guards apply:
 
 * a fresh fit into one that holds checkpoints is refused (it would mix the runs), unless
@@ -248,6 +251,44 @@ def refuse_a_used_run_directory(fit_cfg) -> None:
         "directory (--trainer.logger.init_args.version, or --trainer.default_root_dir without a logger), "
         "or pass --overwrite_run true to delete the earlier run first"
     )
+
+
+def checkpoint_run(ckpt: Path) -> Path:
+    """The run directory a checkpoint file belongs to: the one above its ``checkpoints/`` folder,
+    else the folder holding it."""
+    folder = Path(ckpt).parent  # as given: relative stays relative, like the dirpath the fit saved
+    if folder.name in ("", ".."):
+        folder = folder.resolve()
+    run = folder.parent if folder.name == "checkpoints" else folder
+    return run if run.name not in ("", "..") else run.resolve()
+
+
+def evaluate_in_its_run(cfg) -> Path | None:
+    """``nml validate | test | predict --ckpt_path FILE``: the evaluation logs into the run the
+    checkpoint belongs to (:func:`checkpoint_run`) instead of a new ``version_N`` beside it. A
+    TensorBoard logger (``logger: true`` included) is pointed at that run directory (its events join
+    the run's, in a file of their own); without a logger ``default_root_dir`` is that directory. Any
+    other logger is left as configured. Returns the run directory, or None when nothing changed."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt or not Path(ckpt).is_file():
+        return None
+    run = checkpoint_run(Path(ckpt))
+    logger = cfg.trainer.get("logger")
+    if logger is False or logger == []:
+        cfg.trainer.default_root_dir = str(run)
+        return run
+    tensorboard = "lightning.pytorch.loggers.TensorBoardLogger"
+    if logger is True:
+        logger = {"class_path": tensorboard, "init_args": {"default_hp_metric": False}}
+    elif getattr(logger, "class_path", "").rsplit(".", 1)[-1] == "TensorBoardLogger":
+        logger = {"class_path": logger.class_path, "init_args": _as_plain(logger.get("init_args") or {})}
+    else:
+        return None
+    logger["init_args"].update(save_dir=str(run.parent), name="", version=run.name)
+    from jsonargparse import dict_to_namespace
+
+    cfg.trainer.logger = dict_to_namespace(logger)
+    return run
 
 
 class RecipeStamp(Callback):
