@@ -18,6 +18,7 @@ from pathlib import Path
 
 from nml.study.claims import plan_sha256, study_plan
 from nml.study.evaluate import evaluate
+from nml.study.hparams import write_hparams
 from nml.study.report_claims import (
     RULE,
     claims_table,
@@ -390,6 +391,7 @@ def build_report(study_dir: str | Path, title: str | None = None, extra: str = "
         raise ValueError(f"{results}: no rows")
     found = evaluate(rows)
     made = figures(rows, out)
+    hparams = write_hparams(rows, out)
     plan, sha, written = read_plan(out)
     current = plan_sha256(study_plan(plan["grid"], plan["tasks"])) if plan else None
     graded = sorted({r["objective"] for r in rows if r["init"] != "fixed"})
@@ -441,6 +443,7 @@ def build_report(study_dir: str | Path, title: str | None = None, extra: str = "
     return {
         "report": str(out / "report.md"),
         "figures": made,
+        "hparams": str(hparams),
         "rows": len(rows),
         "plan_sha256": sha,
         "claims": [{k: c[k] for k in ("objective", "key", "family", "claim", "verdict")} for c in found],
