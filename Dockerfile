@@ -4,6 +4,7 @@
 # these install steps in a clean venv in CI, and lints this file with hadolint).
 #
 #   docker build -t nml .
+#   mkdir -p data runs   # else Docker creates them as root and the image's user cannot write them
 #   docker run --gpus all --ipc=host --rm -v "$PWD/data:/work/data" -v "$PWD/runs:/work/runs" nml \
 #       fit --config pretrain_supervised.yaml
 #
@@ -42,5 +43,9 @@ WORKDIR /work
 ENV NML_DATA=/work/data/embedded
 VOLUME ["/work/data", "/work/runs"]
 
-ENTRYPOINT ["nml"]
+# HOME and matplotlib's cache work for any --user "$(id -u):$(id -g)" too (a uid without a home)
+ENV HOME=/work MPLCONFIGDIR=/tmp/matplotlib
+
+# checks that /work/data and /work/runs are writable (naming the fix), then runs nml
+ENTRYPOINT ["python", "-m", "nml.container"]
 CMD ["--help"]

@@ -33,8 +33,20 @@ def test_timm_backbone_features_and_local_pretrained_weights(tmp_path):
     assert not any("fc" in k for k in b.encoder_state_dict())
     torch.save({"state_dict": b.model.state_dict()}, tmp_path / "w.pth")
     b2 = create_backbone({"library": "timm", "name": "test_resnet"}, pretrained=str(tmp_path / "w.pth"))
-    b.eval(), b2.eval()
+    from safetensors.torch import save_file
+
+    save_file(b.model.state_dict(), tmp_path / "w.safetensors")  # as timm's weights are published
+    b3 = create_backbone(
+        {"library": "timm", "name": "test_resnet"}, pretrained=str(tmp_path / "w.safetensors")
+    )
+    b.eval(), b2.eval(), b3.eval()
     torch.testing.assert_close(b.features(x), b2.features(x))
+    torch.testing.assert_close(b.features(x), b3.features(x))
+    (tmp_path / "bad.safetensors").write_bytes(b"not tensors")
+    with pytest.raises(ValueError, match="bad.safetensors' is not a readable .safetensors file"):
+        create_backbone(
+            {"library": "timm", "name": "test_resnet"}, pretrained=str(tmp_path / "bad.safetensors")
+        )
     with pytest.raises(FileNotFoundError, match="never downloads"):
         create_backbone({"library": "timm", "name": "test_resnet"}, pretrained=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="timm has no model 'no_such_net'"):

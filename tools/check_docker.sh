@@ -30,6 +30,8 @@ t0=$SECONDS
   || { tail -30 "$work/pip.log" >&2; exit 1; }
 log "installed in $((SECONDS - t0)) s"
 (cd "$work" && "$work/venv/bin/nml" --help >/dev/null)
+# the image's entry point (its check of the mounts is unit-tested in tests/test_container.py)
+(cd "$work" && PATH="$work/venv/bin:$PATH" "$work/venv/bin/python" -m nml.container --help >/dev/null)
 (cd "$work" && "$work/venv/bin/python" -c "import torch, nml.cli.lightning, s3fs; assert torch.version.cuda, 'not a CUDA build of torch'; print(f'torch {torch.__version__} (CUDA {torch.version.cuda}), nml {nml.__version__}')")
 # the text modality: the packaged sentence encoder and model2vec's distillation import offline
 (cd "$work" && "$work/venv/bin/python" -c "import sentence_transformers, model2vec.distill, all_minilm_l6_v2; print(f'sentence-transformers {sentence_transformers.__version__}')")

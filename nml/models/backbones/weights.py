@@ -1,5 +1,5 @@
 """Reading weights from local files: checkpoints (``weights_only``: never unpickles code), state
-dicts, nml export directories; loading them into a model strictly, or partially with a listing."""
+dicts, ``.safetensors`` files, nml export directories; loading them into a model strictly, or partially with a listing."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ValueError(
             f"{str(path)!r} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200] or 'empty'})"
         ) from None
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file (how timm and open_clip weights are published): tensors only, no code."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{str(path)!r} is not a readable .safetensors file ({e})") from None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -66,7 +77,7 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
             f"pretrained weights {str(path)!r} not found: give a local state dict, checkpoint or nml export "
             "directory (nml never downloads weights)"
         )
-    state = read_checkpoint(p)
+    state = read_safetensors(p) if p.suffix == ".safetensors" else read_checkpoint(p)
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
