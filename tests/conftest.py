@@ -6,7 +6,7 @@ import pytest
 
 
 def pytest_configure(config):
-    # the nml entry point filters these (nml.cli.main.EXPECTED_WARNINGS), but
+    # the nml entry point filters these (nml.quiet.HARMLESS_WARNINGS), but
     # pytest restores the warning filters after every test
     config.addinivalue_line("filterwarnings", "ignore:Your `IterableDataset` has `__len__` defined")
     # nml.models.tuning: a frozen backbone stays in eval mode on purpose

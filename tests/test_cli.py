@@ -124,8 +124,8 @@ def test_data_write_infers_the_format(tmp_path, capsys):
         == 0
     )
     assert json.loads(capsys.readouterr().out)["samples"] == 1
-    with pytest.raises(SystemExit, match="does not exist"):
-        main(["data", "write", "--source", str(tmp_path / "nothing"), "--out", str(tmp_path / "s2")])
+    assert main(["data", "write", "--source", str(tmp_path / "nothing"), "--out", str(tmp_path / "s2")]) == 1
+    assert capsys.readouterr().err.startswith("nml: error: source ")  # the one error prefix
 
 
 SHIPPED = sorted(CONFIG_DIR.rglob("*.yaml"))
@@ -494,8 +494,9 @@ def test_lightnings_sync_dist_advice_is_expected_for_nmls_exact_epoch_values():
     logger connector) is silenced at the entry point, and only it."""
     import re
 
-    from nml.cli.main import EXPECTED_WARNINGS
+    from nml.quiet import HARMLESS_WARNINGS
 
+    EXPECTED_WARNINGS = [p for p, _ in HARMLESS_WARNINGS]
     advice = (
         "It is recommended to use `self.log('train/loss_epoch', ..., sync_dist=True)` when logging on epoch "
         "level in distributed setting to accumulate the metric across devices."
@@ -600,3 +601,60 @@ def test_a_state_dict_mismatch_is_one_line_with_counts_and_the_first_keys():
     assert "5 unexpected (extra.0, extra.1, extra.2 and 2 more)" in line
     assert "2 of another shape (0.weight [5, 3] in the checkpoint, [4, 3] in the model" in line
     assert "saved from another model than the config builds" in line
+
+
+def test_the_terminal_is_spared_library_chatter_unless_verbose():
+    """nml.quiet: Lightning's tips and model-summary table and open_clip's tokenizer lines are
+    dropped from the terminal's handlers, nml's own lines are not; --verbose keeps everything."""
+    import logging
+
+    import nml.quiet as quiet
+
+    def shown(handler, name, message):
+        return handler.filter(logging.LogRecord(name, logging.INFO, __file__, 1, message, None, None))
+
+    handler = logging.StreamHandler()
+    handler._nml = True
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        quiet.quiet_console(verbose=True)
+        assert shown(handler, "lightning.pytorch.trainer.connectors.logger_connector", "💡 Tip: try")
+        quiet.quiet_console(verbose=False)
+        tip = "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]"
+        assert not shown(handler, "lightning.pytorch.trainer.connectors.logger_connector", tip)
+        assert not shown(handler, "lightning.pytorch.callbacks.model_summary", "\n  | Name | Type")
+        assert not shown(handler, "root", "Parsing tokenizer identifier. Schema: None, Identifier: ViT-B-32")
+        assert shown(handler, "lightning.pytorch.utilities.rank_zero", "GPU available: False, used: False")
+        assert shown(handler, "nml.cli.lightning", "fit: 2 epoch(s), 4 steps in 9 s")
+        assert shown(handler, "root", "Parsing the shards")  # only the listed lines
+    finally:
+        root.removeHandler(handler)
+        quiet._verbose = False
+
+
+@pytest.mark.parametrize(
+    "argv,given,suggested",
+    [
+        (
+            ["fit", "--config", "pretrain_supervised.yaml", "--trainer.max_epoch", "1"],
+            3,
+            "--trainer.max_epochs",
+        ),
+        (
+            ["fit", "--config", "pretrain_supervised.yaml", "--trainer.max_epoks", "1"],
+            3,
+            "--trainer.max_epochs",
+        ),
+        (["export", "--ckpt", "runs/x", "--out", "y"], 1, "--ckpt_path"),
+        (["study", "--confi", "study_quickstart.yaml"], 1, "--config"),
+    ],
+)
+def test_an_option_is_its_whole_name_and_a_typo_gets_a_suggestion(argv, given, suggested, capsys):
+    """No prefix matching (``--trainer.max_epoch`` used to be taken as ``max_epochs``): a mistyped
+    or shortened option is refused, naming the closest options."""
+    from nml.cli.main import main
+
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"unrecognized arguments: {argv[given]}" in err and f"did you mean {suggested}" in err, err

@@ -200,7 +200,7 @@ def test_imagenet_and_cc_style_shards_through_the_shipped_configs(
     # export the supervised encoder, extract features of a data file's splits, tune a linear probe
     ckpt_path = next((tmp_path / "runs" / "pretrain_supervised").rglob("last.ckpt"))
     capsys.readouterr()
-    _run(["export", "--ckpt", str(ckpt_path), "--out", str(tmp_path / "export")])
+    _run(["export", "--ckpt_path", str(ckpt_path), "--out", str(tmp_path / "export")])
     assert json.loads(capsys.readouterr().out)["feature_dim"] > 0
     data_file = tmp_path / "imagenet_data.yaml"
     data_file.write_text(

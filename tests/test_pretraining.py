@@ -107,6 +107,8 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
     assert f"fit: {result['epochs']} epoch(s), 4 steps in" in run.stderr  # the one-line summary
     assert f"using config {REPO / 'nml' / 'configs' / config}" in run.stderr  # bare name -> shipped config
     assert run.stderr.count("GPU available") == 1  # Lightning's lines once, not through two handlers
+    for noise in ("Tip:", "| Name", "Total Flops", "LeafSpec", "Parsing tokenizer", "Warning"):
+        assert noise not in run.stderr, noise  # nml.quiet: what the terminal is spared
     # stderr is not a terminal here: plain progress lines every log_every_n_steps, no redrawn bars
     assert "epoch 0 step 2/" in run.stderr and "epoch 0 step 4/" in run.stderr and "\r" not in run.stderr
     assert "validation (epoch 0) | val/" in run.stderr
@@ -139,7 +141,7 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
                 "--trainer.logger.init_args.save_dir",
                 str(tmp_path / "runs"),
             ],
-            ["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export")],
+            ["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "export")],
             [  # the checkpoint under the other objective's config: Lightning runs the checkpoint's model
                 "test",
                 "--config",

@@ -117,6 +117,30 @@ def test_report_tables_and_verdicts_from_a_hand_written_results_csv(tmp_path):
     assert "| random init | 50.00 | 30.00 |" in text
     for fig in ("accuracy_vs_noise_supervised.png", "spectrum_vs_noise_supervised.png"):
         assert fig in r["figures"] and (tmp_path / fig).stat().st_size > 1000
+    _check_hparams_summary(tmp_path, rows)
+
+
+def _check_hparams_summary(study_dir, rows) -> None:
+    """The HParams summary read back from its event files: one session per results.csv row, with
+    the row's identity as hyper-parameters and its numbers as metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    sessions = sorted((study_dir / "tensorboard" / "hparams").iterdir())
+    assert len(sessions) == len(rows)
+    seen = []
+    for session, row in zip(sessions, rows, strict=True):
+        acc = EventAccumulator(str(session))
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        hp = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        identity = {k: (v.string_value or v.number_value) for k, v in hp.items()}
+        assert identity["method"] == row["method"] and identity["test_set"] == row["test_set"]
+        expected = row["init"] if row["noise_rate"] is None else f"{row['noise_rate']:g}"
+        assert identity["noise_rate"] == expected and identity["seed"] == row["seed"]
+        assert acc.Scalars("results/top1")[0].value == pytest.approx(row["top1"])
+        seen.append(tuple(sorted(identity.items())))
+    assert len(set(seen)) == len(rows)  # every row its own session
 
 
 def test_methods_are_compared_only_on_the_test_sets_both_ran_on(tmp_path):
@@ -466,6 +490,15 @@ def test_sigterm_to_the_study_exits_143_naming_the_stage_and_a_rerun_resumes(tin
     # named: the stage it stopped, or the one it arrived in when that stage could finish first
     assert re.search(r"stopped by SIGTERM (in stage|after stage \S+ \S+ \(finished\))", err), err[-3000:]
     assert "run it again to resume" in err
+    # quiet: a line per stage with the progress; what a stage logs (Lightning's lines, its progress)
+    # goes to the stage's log.txt, not the terminal
+    assert re.search(
+        r"\[study\] \(1/\d+\) pretrain \S+: done in [\d.]+ s \(1/\d+ to run done, about \d+:\d\d left\)", err
+    )
+    assert "Seed set to" not in err and "Tip:" not in err and "epoch 0 step" not in err, err[-3000:]
+    finished = next((tmp_path / "study").glob("stages/pretrain/*/done.json")).parent
+    stage_log = (finished / "log.txt").read_text()
+    assert "Seed set to" in stage_log and "training FLOPs per batch" in stage_log
     assert not (tmp_path / "study" / "results.csv").exists()
     stopped = json.loads((tmp_path / "study" / "plan.json").read_text())  # written before the first stage
     assert json.loads((tmp_path / "study" / "study.json").read_text())["plan_sha256"] == stopped["sha256"]

@@ -116,12 +116,13 @@ class ProgressLines(ProgressBar):
 
     def on_train_epoch_end(self, trainer, module) -> None:
         if self.is_enabled and self._t0 is not None:
+            shown = self._metrics(trainer, module, "train/")
             log.info(
-                "epoch %d done in %s%s | %s",
+                "epoch %d done in %s%s%s",
                 trainer.current_epoch,
                 _duration(time.perf_counter() - self._t0),
                 f" (resumed at batch {self._first})" if self._first else "",
-                self._metrics(trainer, module, "train/"),
+                f" | {shown}" if shown else "",
             )
         self._t0 = None
 

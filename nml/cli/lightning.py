@@ -37,6 +37,7 @@ from nml.callbacks.preemption import CheckpointOnSigterm
 from nml.callbacks.progress import progress_callback
 from nml.callbacks.throughput import TrainingThroughput
 from nml.cli.main import LIGHTNING_SUBCOMMANDS
+from nml.cli.options import EXACT, suggesting
 from nml.cli.run_directory import (
     RecipeStamp,
     continue_last_run,
@@ -107,13 +108,14 @@ class NMLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         self._recipe = None
-        if self.subcommand != "fit":
+        if self.subcommand in ("validate", "test", "predict"):
             if evaluate_in_its_run(self.config[self.subcommand]) is not None:
                 # beside the run's own config.yaml, which it must not replace
                 self.save_config_kwargs = {
                     **self.save_config_kwargs,
                     "config_filename": f"config.{self.subcommand}.yaml",
                 }
+        if self.subcommand != "fit":
             return
         self._recipe = fit_recipe(self.config.fit)
         if self.config.fit.get("ckpt_path") == "last":
@@ -369,6 +371,9 @@ class _ParseOnlyCLI(NMLCLI):
     def instantiate_classes(self) -> None:
         pass
 
+    def _set_seed(self) -> None:
+        pass  # reading a recipe seeds no global RNG (the stage that runs it does)
+
 
 def parse_recipe(argv: Sequence[str]):
     """A recipe's config (a jsonargparse Namespace) as ``nml fit`` parses it, the options in
@@ -393,7 +398,9 @@ def build_cli(
     configs, a ``--ckpt_path`` checked before anything is built, old flat data keys refused by
     name; subclass mode for model and data; errors raised, not printed."""
     from nml.cli.main import resolve_config_args
+    from nml.quiet import quiet_lightning
 
+    quiet_lightning()  # Lightning's own handler, now that Lightning is imported
     argv = nulls_as_fragments(resolve_config_args(argv))
     if run:
         argv = check_ckpt_args(argv)
@@ -409,14 +416,18 @@ def build_cli(
 
 
 def _construct(cli_class: type[NMLCLI], argv: Sequence[str], run: bool, saving: dict) -> NMLCLI:
+    from lightning.pytorch.cli import LightningArgumentParser
+
     return cli_class(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        parser_class=suggesting(LightningArgumentParser),
         parser_kwargs={
             "exit_on_error": False,
-            **{c: {"exit_on_error": False} for c in LIGHTNING_SUBCOMMANDS},
+            **EXACT,
+            **{c: {"exit_on_error": False, **EXACT} for c in LIGHTNING_SUBCOMMANDS},
         },
         args=list(argv),
         run=run,

@@ -21,12 +21,12 @@ import re
 import signal
 import sys
 import tarfile
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nml.configfiles import CONFIG_DIR, read_config_file, resolve_config  # noqa: F401  (CONFIG_DIR: for callers)
 from nml.logs import setup_logging
+from nml.quiet import quiet_console
 
 LIGHTNING_SUBCOMMANDS = {
     "fit": "Train a model (LightningCLI): nml fit --config pretrain_clip.yaml",
@@ -55,19 +55,6 @@ COMMANDS: dict[str, str | dict[str, str]] = {
 GROUP_HELP = {"data": "Build, write and inspect WebDataset shards"}
 
 log = logging.getLogger("nml")
-
-
-# Warnings that are expected by design, silenced here (the entry point), never at library import:
-# ShardLoader/FeatureLoader lengths are exact by construction; a frozen backbone stays in eval mode
-# on purpose (BatchNorm statistics must not move); nml's epoch-level values are already summed over
-# ranks (torchmetrics states reduced at compute, data counts logged with sync_dist), so Lightning's
-# advice to add sync_dist=True to them would average exact totals.
-EXPECTED_WARNINGS = (
-    r"Your `IterableDataset` has `__len__` defined",
-    r"Found \d+ module\(s\) in eval mode at the start of training",
-    r"LightningCLI's args parameter is intended to run from within Python",  # nml passes its argv on
-    r"It is recommended to use `self\.log\(.*sync_dist=True\)` when logging on epoch level",
-)
 
 
 CONFIG_OPTIONS = ("--config", "--data", "--model", "--trainer")
@@ -153,9 +140,16 @@ def _load(target: str) -> Callable:
 
 def build_parser(argv: Sequence[str] = ()):
     """The jsonargparse parser. Only the function parsers on ``argv``'s path are built in full."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile
+    from jsonargparse import ArgumentParser as JsonArgumentParser
 
     from nml import __version__
+    from nml.cli.options import EXACT, suggesting
+
+    Suggesting = suggesting(JsonArgumentParser)
+
+    def ArgumentParser(**kwargs):
+        return Suggesting(**EXACT, **kwargs)
 
     parser = ArgumentParser(
         prog="nml",
@@ -276,10 +270,17 @@ def state_dict_summary(lines: list[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("NML_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
+    verbose = "--verbose" in argv or os.environ.get("NML_VERBOSE", "") not in ("", "0")
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
     setup_logging()
+    quiet_console(verbose)  # nml.quiet: what stays off the terminal, and why
     try:
         return _main(argv)
+    except SystemExit as e:  # a command's refusal (a message) gets the one error prefix; a status passes
+        if not isinstance(e.code, str):
+            raise
+        print(f"nml: error: {e.code}", file=sys.stderr)
+        return 1
     except USER_ERRORS as e:
         if debug:
             raise
@@ -301,8 +302,6 @@ def _hint(e: BaseException) -> str:
 
 
 def _main(argv: list[str]) -> int:
-    for message in EXPECTED_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 

@@ -79,6 +79,8 @@ class SpectrumAccumulator:
     def update(self, features: torch.Tensor | np.ndarray) -> None:
         if self._reduced:
             raise RuntimeError("this accumulator was already reduced across ranks; make a new one")
+        if isinstance(features, np.ndarray) and not features.flags.writeable:
+            features = features.copy()  # a read-only (memory-mapped) batch: torch wraps only writable arrays
         x = torch.as_tensor(features)
         if x.ndim != 2:
             raise ValueError(f"features must be (batch, dim), got shape {tuple(x.shape)}")

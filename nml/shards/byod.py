@@ -65,7 +65,7 @@ def prepare_output(out: Path, prefix: str, overwrite: bool) -> None:
     if not overwrite:
         shown = ", ".join(p.name for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
         raise SystemExit(
-            f"nml data write: {str(out)!r} already holds shards of the split {prefix!r} ({shown}); choose "
+            f"{str(out)!r} already holds shards of the split {prefix!r} ({shown}); choose "
             "another --out or --prefix, or pass --overwrite to replace that split (other splits stay)"
         )
     for p in existing:
@@ -152,9 +152,7 @@ def write_imagefolder(
     root, out = Path(root), Path(out)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     if not classes:
-        raise SystemExit(
-            f"nml data write: {root} is not an ImageFolder tree (expected root/<class>/<image> folders)"
-        )
+        raise SystemExit(f"{root} is not an ImageFolder tree (expected root/<class>/<image> folders)")
     items = [
         (p, c)
         for c, name in enumerate(classes)
@@ -162,11 +160,11 @@ def write_imagefolder(
         if p.suffix.lower() in IMAGE_SUFFIXES
     ]
     if not items:
-        raise SystemExit(f"nml data write: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     empty = [name for c, name in enumerate(classes) if not any(i == c for _, i in items)]
     if empty:  # as torchvision's ImageFolder: an empty class would still take a label (and flipped labels)
         raise SystemExit(
-            f"nml data write: class folder(s) {empty} under {root} hold no images ({', '.join(IMAGE_SUFFIXES)}); "
+            f"class folder(s) {empty} under {root} hold no images ({', '.join(IMAGE_SUFFIXES)}); "
             "remove them or add images"
         )
     prepare_output(out, prefix, overwrite)
@@ -204,24 +202,24 @@ def write_captions(
             for col in (image_column, caption_column):
                 if col not in columns:
                     raise SystemExit(
-                        f"nml data write: {table} has no column {col!r} (columns: {columns}); "
+                        f"{table} has no column {col!r} (columns: {columns}); "
                         "set --image_column / --caption_column"
                     )
             rows = list(reader)
     except UnicodeDecodeError as e:
         raise SystemExit(
-            f"nml data write: {table} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+            f"{table} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
             "--source takes an ImageFolder directory or a UTF-8 CSV/TSV table of (image path, caption); "
             "re-save the table as UTF-8"
         ) from None
     except csv.Error as e:
-        raise SystemExit(f"nml data write: {table} is not a CSV/TSV table ({e})") from None
+        raise SystemExit(f"{table} is not a CSV/TSV table ({e})") from None
     prepare_output(out, prefix, overwrite)
     empty = [i + 2 for i, r in enumerate(rows) if not (r[caption_column] or "").strip()]
     if empty:
         msg = f"{table}: {len(empty)} rows with an empty caption (first at line {empty[0]})"
         if strict:
-            raise SystemExit(f"nml data write: {msg}")
+            raise SystemExit(f"{msg}")
         log.warning("skipping %s", msg)
     rows = [r for r in rows if (r[caption_column] or "").strip()]
     base = table.parent

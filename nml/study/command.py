@@ -126,7 +126,7 @@ def study(
                 launcher,
             )
     except StudyLocked as e:
-        raise SystemExit(f"nml study: {e}") from None
+        raise SystemExit(str(e)) from None
 
 
 def _run(
@@ -165,7 +165,7 @@ def _run(
         else:
             counts = execute_jobs(plan, out_dir.resolve(), root, launcher)
     except StudyFailed as e:
-        raise SystemExit(f"nml study: {e}") from None
+        raise SystemExit(str(e)) from None
     except StudyStopped as e:  # a scheduler stopped us: not success, and a re-run resumes
         where = f" {e.where}" if e.where else ""
         log.error("nml study: stopped by SIGTERM%s; finished stages are kept: run it again to resume", where)
@@ -218,7 +218,7 @@ def _check_identity(out: Path, name: str) -> None:
         theirs = json.loads(ident.read_text()).get("name")
         if theirs != name:
             raise SystemExit(
-                f"nml study: {str(out)!r} holds the study {theirs!r}, not {name!r}: give another --out "
+                f"{str(out)!r} holds the study {theirs!r}, not {name!r}: give another --out "
                 "(or the same name to resume / update that study)"
             )
 

@@ -107,6 +107,7 @@ def run_one(stage: Stage, out: Path, root: str) -> dict:
     import torch
 
     from nml.data.loading import pinned_threads
+    from nml.quiet import stage_console
 
     handler = _stage_log(directory)
     threads = torch.get_num_threads()  # a stage may cap them (share_cores_with_workers): not the next
@@ -115,7 +116,11 @@ def run_one(stage: Stage, out: Path, root: str) -> dict:
     try:
         # stdout carries the study's JSON answer alone: what a stage prints (Lightning's model
         # summary, progress) goes to stderr with its logs
-        with contextlib.redirect_stdout(sys.stderr), pinned_threads(pinned or threads):
+        with (
+            contextlib.redirect_stdout(sys.stderr),
+            pinned_threads(pinned or threads),
+            stage_console(handler),
+        ):
             result = run_stage(stage, out, root)
     except Exception:
         logging.getLogger("nml.study").error("stage %s failed:\n%s", stage.label, traceback.format_exc())
@@ -140,6 +145,36 @@ def _failed(counts: dict, failed: dict) -> None:
         )
 
 
+class _Progress:
+    """The study's progress line: stages finished of those to run, and the time left estimated
+    from the mean wall time of the stages of each kind run so far (a kind not yet run: the mean of
+    all)."""
+
+    def __init__(self, pending: list[Stage]):
+        self.left = {}
+        for stage in pending:
+            self.left[stage.kind] = self.left.get(stage.kind, 0) + 1
+        self.total, self.seconds = len(pending), {}
+
+    def dropped(self, stage: Stage) -> None:
+        """A stage that failed, or was skipped for a failed dependency: not to run any more."""
+        self.left[stage.kind] -= 1
+
+    def finished(self, stage: Stage, seconds: float) -> str:
+        self.left[stage.kind] -= 1
+        self.seconds.setdefault(stage.kind, []).append(seconds)
+        every = [t for ts in self.seconds.values() for t in ts]
+        mean = {k: sum(ts) / len(ts) for k, ts in self.seconds.items()}
+        eta = sum(n * mean.get(k, sum(every) / len(every)) for k, n in self.left.items())
+        done = self.total - sum(self.left.values())
+        return f"{done}/{self.total} to run done, about {_clock(eta)} left"
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 def execute(plan: Plan, out: Path, root: str) -> dict:
     """Run every stage not yet done, in this process; returns counts (ran, cached, failed, skipped)."""
     failed: dict[str, str] = {}
@@ -148,6 +183,7 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
     global _signalled
     _signalled = False
     last = None  # the last stage run, for the stop message
+    progress = _Progress([s for s in plan.stages if s.done(out) is None])
     for i, stage in enumerate(plan.stages, 1):
         stop_if_signalled(last)  # noted during the last stage, which finished (its done.json is kept)
         where = f"[study] ({i}/{n}) {stage.kind} {stage.label}"
@@ -159,6 +195,7 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
         if broken:
             counts["skipped"] += 1
             failed[stage.label] = failed[broken[0]]
+            progress.dropped(stage)
             log.warning("%s: skipped (needs the failed stage %s)", where, broken[0])
             continue
         t0 = time.perf_counter()
@@ -169,6 +206,7 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
             raise StudyStopped(f"in stage {stage.kind} {stage.label}") from None
         except Exception:  # isolate: report with the log path, go on with independent stages
             counts["failed"] += 1
+            progress.dropped(stage)
             failed[stage.label] = str(stage.directory(out) / "log.txt")
             log.error(
                 "%s: FAILED after %.1f s (log: %s)", where, time.perf_counter() - t0, failed[stage.label]
@@ -176,7 +214,9 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
             continue
         counts["ran"] += 1
         last = f"{stage.kind} {stage.label}"
-        log.info("%s: done in %.1f s", where, result["seconds"])
+        log.info(
+            "%s: done in %.1f s (%s)", where, result["seconds"], progress.finished(stage, result["seconds"])
+        )
     _failed(counts, failed)
     return counts
 

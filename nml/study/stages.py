@@ -137,7 +137,7 @@ def _earlier_attempt(checkpoints: Path) -> str | None:
         log.warning("%s; starting this stage over", e)
         shutil.rmtree(checkpoints)
         return None
-    log.info("resuming this stage's earlier attempt from %s", newest)
+    log.warning("resuming this stage's earlier attempt from %s", newest)
     return str(newest)
 
 

@@ -123,10 +123,10 @@ def write(
 
     src = Path(source)
     if not src.exists():
-        raise SystemExit(f"nml data write: source {source!r} does not exist")
+        raise SystemExit(f"source {source!r} does not exist")
     if src.is_file() and src.suffix.lower() in (".tar", ".tgz", ".gz", ".zip", ".npz", ".pt"):
         raise SystemExit(
-            f"nml data write: source {source!r} is an archive, not a caption table: --source takes an "
+            f"source {source!r} is an archive, not a caption table: --source takes an "
             "ImageFolder directory or a UTF-8 CSV/TSV of (image path, caption); shards are read as they are "
             "(--data.train / --data.val)"
         )
