@@ -19,7 +19,8 @@ from typing import Literal
 import numpy as np
 
 from nml.noise.config import NoiseConfig
-from nml.noise.models import load_transition_matrix
+from nml.noise.kinds import noise_kind
+from nml.noise.models import NoiseModel
 from nml.shards.manifest import info_num_classes, read_info
 from nml.shards.members import IMAGE_KEYS, MemberSpec
 from nml.shards.spec import expand_spec, resolve_shards
@@ -36,7 +37,7 @@ def _members(
     caption_key: str,
 ) -> MemberSpec:
     expand_spec(shards)  # a missing shard is named before anything else is asked of the data
-    if noise.kind == "caption_swap":
+    if noise_kind(noise.kind).corrupts == "caption":
         return MemberSpec(image_keys, None, None, caption_key, require_caption=True)
     if num_classes is None:
         num_classes = info_num_classes(read_info(shards))  # timm's _info.json: classes or num_classes
@@ -156,7 +157,7 @@ def audit_shards(
     summarises per-class figures (the top confusions, rate ranges) and ``out_dir`` gets the matrix."""
     from nml.data.pipeline import ShardLoader, StreamConfig
 
-    captions = noise.kind == "caption_swap"
+    captions = noise_kind(noise.kind).corrupts == "caption"
     members = _members(shards, noise, num_classes, image_keys, label_key, caption_key)
     num_classes = members.num_classes
     cfg = StreamConfig(
@@ -207,11 +208,11 @@ def audit_shards(
         for _, c, t, _ in rows:
             counts[c, t] += 1
         per_class = counts.sum(1)
-        if noise.kind == "matrix":
-            expected = 1.0 - np.diag(load_transition_matrix(noise.matrix, num_classes))
-            out["target_rate"] = round(float((expected * per_class).sum() / n), 6)
+        model = NoiseModel(noise, num_classes, seed)
+        if model.corrupts == "label":  # the kind's rate per class, weighted by the classes read
+            out["target_rate"] = round(float((model.noise.rates() * per_class).sum() / n), 6)
         else:
-            out["target_rate"] = noise.rate if noise.active else 0.0
+            out["target_rate"] = 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
             transition = np.where(per_class[:, None] > 0, counts / per_class[:, None], 0.0)
         out["num_classes"] = num_classes

@@ -60,7 +60,8 @@ from nml.data.transforms import (
     get_transforms,
     normalize,
 )
-from nml.noise.config import LABEL_KINDS, NoiseConfig
+from nml.noise.config import NoiseConfig
+from nml.noise.kinds import kinds_that_corrupt, noise_kind
 from nml.shards.manifest import (
     MANIFEST,
     EvalSet,
@@ -340,10 +341,10 @@ class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
 
     # -- subclass hooks ------------------------------------------------------------------------
     def _check_noise_kind(self) -> None:
-        if self.noise.kind not in ("none", *LABEL_KINDS):
+        if noise_kind(self.noise.kind).corrupts not in (None, "label"):
             raise ValueError(
                 f"{type(self).__name__}: noise.kind={self.noise.kind!r} is not a label noise; "
-                f"expected none or one of {LABEL_KINDS} (caption_swap is for ImageTextShards)"
+                f"expected none or one of {kinds_that_corrupt('label')} (caption noise is for ImageTextShards)"
             )
 
     def members(self, num_classes: int | None) -> MemberSpec:
@@ -642,10 +643,10 @@ class ImageTextShards(ShardDataModule):
         super().__init__(*args, **kwargs)
 
     def _check_noise_kind(self) -> None:
-        if self.noise.kind not in ("none", "caption_swap"):
+        if noise_kind(self.noise.kind).corrupts not in (None, "caption"):
             raise ValueError(
-                f"ImageTextShards: noise.kind={self.noise.kind!r}: expected none or caption_swap "
-                "(label noise is for ClassificationShards)"
+                f"ImageTextShards: noise.kind={self.noise.kind!r}: expected none or one of "
+                f"{kinds_that_corrupt('caption')} (label noise is for ClassificationShards)"
             )
 
     def train_members(self) -> MemberSpec:

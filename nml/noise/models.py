@@ -10,10 +10,11 @@ block, so it does not depend on epochs, workers, ranks, restarts or the shuffle 
   ``u = (r + v) / n`` (``n`` = block size). A sample is noisy iff ``u < rate(clean class)``.
   Stratification makes the realised fraction of noisy samples ``rate`` up to one sample per block
   (Bernoulli draws would miss a +-0.5 point target on 10k samples about one time in five).
-* The third hash picks the wrong label (``symmetric``: uniform over the other classes; ``pair``:
+* The third hash picks the wrong label or the donor caption, as the kind draws it
+  (:mod:`nml.noise.kinds`: ``symmetric``: uniform over the other classes; ``pair``:
   ``class_map[c]``, default ``c+1 mod C``; ``matrix``: row ``c`` of a transition matrix without its
-  diagonal) or, for ``caption_swap``, the donor: another sample of the same block, preferring one
-  whose caption text differs. A sample is never its own donor.
+  diagonal; ``caption_swap``: another sample of the same block, preferring one whose caption text
+  differs). A sample is never its own donor.
 
 Nothing here imports torch: ``nml data audit`` and the tests use it directly.
 """
@@ -21,13 +22,10 @@ Nothing here imports torch: ``nml data audit`` and the tests use it directly.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
-import numpy as np
-
-from nml.noise.config import LABEL_KINDS, NoiseConfig
+from nml.noise.config import NoiseConfig
+from nml.noise.kinds import noise_kind
 
 _U64 = float(2**64)
 
@@ -42,44 +40,6 @@ def sample_hashes(seed: int, key: str) -> tuple[int, float, int]:
     )
 
 
-def load_transition_matrix(path: str | Path, num_classes: int) -> np.ndarray:
-    """A row-stochastic ``num_classes`` x ``num_classes`` matrix from .npy/.csv/.txt/.json."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"noise.matrix: no such file {str(p)!r}")
-    try:
-        if p.suffix == ".npy":
-            m = np.load(p, allow_pickle=False)
-        elif p.suffix == ".json":
-            m = np.asarray(json.loads(p.read_text()), dtype=np.float64)
-        else:
-            text = p.read_text().replace(",", " ")
-            m = np.asarray([[float(x) for x in line.split()] for line in text.splitlines() if line.strip()])
-    except (ValueError, OSError) as e:
-        raise ValueError(f"noise.matrix {str(p)!r}: cannot read a numeric matrix ({e})") from e
-    m = np.asarray(m, dtype=np.float64)
-    if m.shape != (num_classes, num_classes):
-        raise ValueError(
-            f"noise.matrix {str(p)!r}: expected a {num_classes} x {num_classes} matrix (one row per class), "
-            f"got shape {m.shape}"
-        )
-    if not np.isfinite(m).all():
-        r, c = np.argwhere(~np.isfinite(m))[0]
-        raise ValueError(f"noise.matrix {str(p)!r}: entry [{r}, {c}] = {m[r, c]} is not a finite number")
-    if (m < 0).any():
-        r, c = np.argwhere(m < 0)[0]
-        raise ValueError(f"noise.matrix {str(p)!r}: entry [{r}, {c}] = {m[r, c]} is negative")
-    bad = np.flatnonzero(np.abs(m.sum(1) - 1.0) > 1e-6)
-    if bad.size:
-        raise ValueError(
-            f"noise.matrix {str(p)!r} is not row-stochastic: row {bad[0]} sums to {m[bad[0]].sum():.6g} "
-            f"({bad.size} rows do not sum to 1)"
-        )
-    if (np.diag(m) >= 1.0).all():
-        raise ValueError(f"noise.matrix {str(p)!r} is the identity: it corrupts nothing")
-    return m
-
-
 class NoiseModel:
     """Applies a :class:`NoiseConfig` to the samples of one shard, read in order.
 
@@ -91,46 +51,17 @@ class NoiseModel:
     def __init__(self, config: NoiseConfig, num_classes: int | None = None, seed: int = 0):
         self.config = config
         self.seed = int(config.seed if config.seed is not None else seed)
-        self.kind = config.kind if config.active else "none"
+        kind = noise_kind(config.kind)
+        self.noise = kind(config, num_classes) if kind.active(config) else None  # the kind draws
+        self.corrupts = self.noise.corrupts if self.noise is not None else None
         self.num_classes = num_classes
-        if self.kind in LABEL_KINDS:
-            if not num_classes or num_classes < 2:
-                raise ValueError(f"noise.kind={self.kind} needs num_classes >= 2, got {num_classes}")
-            self._rates = np.full(num_classes, float(config.rate))
-            if self.kind == "pair":
-                cmap = config.class_map or [(c + 1) % num_classes for c in range(num_classes)]
-                if len(cmap) != num_classes:
-                    raise ValueError(
-                        f"noise.class_map has {len(cmap)} entries, expected one per class ({num_classes})"
-                    )
-                for c, t in enumerate(cmap):
-                    if not (0 <= int(t) < num_classes) or int(t) == c:
-                        raise ValueError(
-                            f"noise.class_map[{c}] = {t}: expected another class in [0, {num_classes})"
-                        )
-                self._cmap = [int(t) for t in cmap]
-            elif self.kind == "matrix":
-                m = load_transition_matrix(config.matrix, num_classes)
-                self._rates = 1.0 - np.diag(m)
-                off = m.copy()
-                np.fill_diagonal(off, 0.0)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    self._cdf = np.cumsum(off / off.sum(1, keepdims=True), axis=1)
-
-    # -- one sample ----------------------------------------------------------------------------
-    def _wrong_label(self, c: int, h: int) -> int:
-        C = self.num_classes
-        if self.kind == "symmetric":
-            return (c + 1 + h % (C - 1)) % C
-        if self.kind == "pair":
-            return self._cmap[c]
-        u = (h >> 11) / float(2**53)
-        return int(min(np.searchsorted(self._cdf[c], u, side="right"), C - 1))
+        if self.corrupts == "label":
+            self._rates = self.noise.rates()
 
     # -- a shard -------------------------------------------------------------------------------
     def apply(self, samples: Iterable[dict]) -> Iterator[dict]:
         """Noise the samples of ONE shard (in shard order); yields them in the same order."""
-        if self.kind == "none":
+        if self.noise is None:
             for s in samples:
                 if "cls" in s:
                     s["target"] = s["cls"]
@@ -153,7 +84,7 @@ class NoiseModel:
         rank = [0] * n
         for r, i in enumerate(order):
             rank[i] = r
-        if self.kind == "caption_swap":
+        if self.corrupts == "caption":
             rate = self.config.rate
             clean = [s["caption"] for s in block]
             for i, s in enumerate(block):
@@ -161,16 +92,13 @@ class NoiseModel:
                 s["is_noisy"] = False
                 if n < 2 or (rank[i] + hashes[i][1]) / n >= rate:
                     continue
-                others = [j for j in range(n) if j != i and clean[j] != clean[i]] or [
-                    j for j in range(n) if j != i
-                ]
-                j = others[hashes[i][2] % len(others)]
+                j = self.noise.donor(i, clean, hashes[i][2])
                 s["caption"], s["donor"], s["is_noisy"] = clean[j], block[j]["__key__"], True
             return block
         for i, s in enumerate(block):
             c = s["cls"]
             if (rank[i] + hashes[i][1]) / n < self._rates[c]:
-                s["target"], s["is_noisy"] = self._wrong_label(c, hashes[i][2]), True
+                s["target"], s["is_noisy"] = self.noise.wrong_label(c, hashes[i][2]), True
             else:
                 s["target"], s["is_noisy"] = c, False
         return block
