@@ -266,6 +266,7 @@ def figures(rows: list[dict], out: Path) -> list[str]:
         ]
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
         for ax, group in zip(axes, ("id", "ood"), strict=True):
+            floors = 0  # random-init levels drawn in this panel
             for m in methods:
                 ys = [
                     [
@@ -280,24 +281,16 @@ def figures(rows: list[dict], out: Path) -> list[str]:
                     v for k, v in means.items() if k[:2] == (obj, "random") and k[4] == m and k[5] == group
                 ]
                 if floor:
+                    floors += 1
                     ax.axhline(
                         statistics.fmean(floor),
                         ls=":",
                         lw=1,
                         color=ax.lines[-1].get_color() if ax.lines else "gray",
+                        label=f"{m}, random init",
                     )
-            _style(
-                ax,
-                "pre-training noise rate (%)",
-                f"{group.upper()} mean top-1 (%)",
-                f"{obj}: {group.upper()}"
-                + (
-                    " (dotted: random init)"
-                    if any(r["init"] == "random" and r["objective"] == obj for r in rows)
-                    else ""
-                ),
-                legend=8,
-            )
+            title = f"{obj}: {group.upper()}" + (" (dotted: random init)" if floors else "")
+            _style(ax, "pre-training noise rate (%)", f"{group.upper()} mean top-1 (%)", title, legend=8)
         made.append(_save(fig, out, f"accuracy_vs_noise_{obj}.png"))
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=110)
