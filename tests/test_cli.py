@@ -350,49 +350,25 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_run_directory(
     assert "removed" in caplog.text and "the run failed before its first step" in caplog.text
 
 
-def test_flat_data_keys_of_the_old_layout_are_refused_with_their_new_place(tmp_path, capsys):
-    from nml.cli.lightning import check_moved_keys
+def test_an_option_group_refuses_unknown_keys_naming_them():
+    from nml.data.modules import ClassificationShards
 
-    old = tmp_path / "old.yaml"
-    old.write_text(
-        "data:\n  class_path: ClassificationShards\n  init_args:\n    batch_size: 8\n    augment: false\n"
-    )
-    assert main(["fit", "--config", str(old)]) == 1
-    err = capsys.readouterr().err
-    assert (
-        "data.batch_size is now data.loader.batch_size" in err
-        and "data.augment is now data.image.augment" in err
-    )
-    assert f"(in {old})" in err
-    assert (
-        main(
-            ["fit", "--config", "tune_linear.yaml", "--data.num_workers", "0", "--model.init_args.ratio", "2"]
-        )
-        == 1
-    )
-    err = capsys.readouterr().err
-    assert "--data.num_workers is now --data.loader.num_workers" in err
-    assert "--model.init_args.ratio is now --model.head.ratio" in err
-    shipped = REPO / "nml" / "configs"
-    # cached features (CachedFeatures) keep their own flat batch_size
-    check_moved_keys(
-        ["fit", f"--config={shipped / 'tune_linear.yaml'}", f"--data={shipped / 'data/features.yaml'}"]
-    )
     with pytest.raises(ValueError, match=r"data.loader: unknown keys \['bogus'\]"):
-        from nml.data.modules import ClassificationShards
-
         ClassificationShards(train="x-{0..1}.tar", loader={"bogus": 1})
 
 
-def test_nml_features_refuses_a_data_file_of_the_old_layout(tmp_path):
+def test_nml_features_refuses_a_data_file_with_an_unknown_option_naming_it(tmp_path):
     from nml.features.task import task_data_module
 
-    old = tmp_path / "data.yaml"
-    old.write_text(
+    bad = tmp_path / "data.yaml"
+    bad.write_text(
         "data:\n  class_path: nml.data.modules.ClassificationShards\n  init_args:\n    image_size: 16\n"
     )
-    with pytest.raises(ValueError, match=r"data.image_size -> data.image.image_size"):
-        task_data_module(str(old), None, 8, 0)
+    with pytest.raises(
+        ValueError,
+        match=r"data.yaml: the data module .*ClassificationShards: Option 'image_size' is not accepted",
+    ):
+        task_data_module(str(bad), None, 8, 0)
 
 
 def test_an_error_raised_in_a_dataloader_worker_keeps_its_own_message():

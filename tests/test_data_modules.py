@@ -373,16 +373,6 @@ def test_a_test_set_that_fails_midway_keeps_the_finished_sets_metrics(tmp_path, 
     assert not (tmp_path / "metrics.incomplete.json").exists()
 
 
-def test_the_eval_suite_getters_former_names_still_work_with_a_deprecation_warning(tiny_benchmark):
-    dm = ClassificationShards(root=str(tiny_benchmark), loader={"num_workers": 0})
-    s = dm.test_sets[0]
-    for old, new in (("set_num_classes", "num_classes_of"), ("set_classes", "classes_of")):
-        with pytest.warns(DeprecationWarning, match=f"{old}\\(\\) is renamed {new}\\(\\)"):
-            assert getattr(dm, old)(s) == getattr(dm, new)(s)
-    with pytest.warns(DeprecationWarning, match="set_prompts"):
-        assert dm.set_prompts(None) == dm.prompts_of(None)
-
-
 def test_cpu_threads_leave_the_loader_workers_their_cores(monkeypatch):
     import torch
 

@@ -415,14 +415,6 @@ def test_feature_extraction_reports_progress_in_a_log_file(caplog):
     assert lines[0].startswith("test/mnist: 1/4 batches") and "samples/s, ETA" in lines[0] and len(lines) == 3
 
 
-def test_feature_shards_is_the_former_name_of_cached_features(feature_cache):
-    from nml.features.datamodule import FeatureShards
-
-    with pytest.warns(DeprecationWarning, match="renamed CachedFeatures"):
-        dm = FeatureShards(str(feature_cache), batch_size=16)
-    assert isinstance(dm, CachedFeatures) and dm.batch_size == 16
-
-
 def _fit_linear_head(feature_cache, epochs: str, *extra: str) -> int:
     """``nml fit`` of tune_linear.yaml on cached features for ``epochs`` epochs (its exit status)."""
     from nml.cli.main import main

@@ -296,75 +296,6 @@ def nulls_as_fragments(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def check_moved_keys(argv: Sequence[str]) -> None:
-    """Refuse an option of the old flat layout (``--data.batch_size``, ``--model.ratio``, or such a
-    key right under a config's ``data:`` / ``model:`` ``init_args``) with its new place
-    (``data.loader.batch_size``, ``model.head.ratio``), before jsonargparse reports it as an unknown
-    key; only for the classes that have the option groups (the shard modules, DownstreamTuning).
-    ``argv`` has its config paths resolved."""
-    import yaml
-
-    from nml.data import options as data_options
-    from nml.data.modules import ShardDataModule
-    from nml.models import tuning
-    from nml.typed_options import moved_keys
-
-    grouped = {
-        "data": (data_options.MOVED, ShardDataModule),
-        "model": (tuning.MOVED, tuning.DownstreamTuning),
-    }
-    found = {name: [] for name in grouped}
-    class_path: dict[str, str | None] = dict.fromkeys(grouped)
-    for i, a in enumerate(argv):
-        option, eq, value = a.partition("=")
-        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-        name = option.removeprefix("--").split(".")[0]
-        if name in grouped and option.startswith(f"--{name}."):
-            key = option.removeprefix(f"--{name}.").removeprefix("init_args.")
-            if key == "class_path":
-                class_path[name] = value
-            elif key in grouped[name][0]:
-                found[name].append(f"{option} is now --{name}.{grouped[name][0][key]}")
-        elif option == "--config" or option.removeprefix("--") in grouped:
-            inline = value.lstrip().startswith("{")
-            try:
-                content = json.loads(value) if inline else yaml.safe_load(Path(value).read_text())
-            except (OSError, ValueError, yaml.YAMLError):
-                continue  # not ours to report: LightningCLI names a bad file
-            where = option if inline else value
-            sections = (
-                {n: content.get(n) for n in grouped}
-                if option == "--config" and isinstance(content, dict)
-                else {option.removeprefix("--"): content}
-            )
-            for n, section in sections.items():
-                if isinstance(section, dict):
-                    class_path[n] = section.get("class_path", class_path[n])
-                    moves = moved_keys(section, grouped[n][0], n)
-                    found[n] += [f"{m.replace(' -> ', ' is now ')} (in {where})" for m in moves]
-    problems = [f for n, (_, base) in grouped.items() if _is_subclass(class_path[n], base) for f in found[n]]
-    if problems:
-        raise ValueError(
-            f"options are grouped (data: loader / stream / image; model: head / loss): {'; '.join(problems)}"
-        )
-
-
-def _is_subclass(class_path: str | None, base: type) -> bool:
-    """Whether the class ``class_path`` names (short names: nml's modules) is ``base`` or below it."""
-    import importlib
-
-    if not class_path:
-        return False
-    module, _, name = class_path.rpartition(".")
-    for where in [module] if module else ["nml.data.modules", "nml.models.tuning"]:
-        try:
-            cls = getattr(importlib.import_module(where), name)
-        except (ImportError, AttributeError):
-            continue
-        return isinstance(cls, type) and issubclass(cls, base)
-    return False
-
-
 class _ParseOnlyCLI(NMLCLI):
     """Parses and validates a config, builds nothing (what a study's plan reads from a recipe)."""
 
@@ -395,8 +326,8 @@ def build_cli(
 ) -> NMLCLI:
     """The one way nml builds its LightningCLI (``nml fit | validate | test | predict``, and the
     study's pre-training stages with ``run=False``): bare config names resolved to the shipped
-    configs, a ``--ckpt_path`` checked before anything is built, old flat data keys refused by
-    name; subclass mode for model and data; errors raised, not printed."""
+    configs, a ``--ckpt_path`` checked before anything is built; subclass mode for model and
+    data; exact option names; errors raised, not printed."""
     from nml.cli.main import resolve_config_args
     from nml.quiet import quiet_lightning
 
@@ -404,7 +335,6 @@ def build_cli(
     argv = nulls_as_fragments(resolve_config_args(argv))
     if run:
         argv = check_ckpt_args(argv)
-    check_moved_keys(argv)
     saving = {"save_config_kwargs": {"overwrite": True}} if save_config else {"save_config_callback": None}
     if not run:  # built from inside another command (a study stage, a plan): its argv is not ours
         saved, sys.argv = sys.argv, sys.argv[:1]

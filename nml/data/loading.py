@@ -273,29 +273,6 @@ class ResumableLoader:
         self._resume = dict(state)
 
 
-class RenamedEvalSuiteMethods:
-    """The :class:`EvalSuite` getters' former names (``set_num_classes``, ``set_classes``,
-    ``set_prompts``: they read like setters), kept for one release with a DeprecationWarning."""
-
-    def set_num_classes(self, s: EvalSet) -> int | None:
-        _renamed("set_num_classes", "num_classes_of")
-        return self.num_classes_of(s)
-
-    def set_classes(self, s: EvalSet) -> list[str] | None:
-        _renamed("set_classes", "classes_of")
-        return self.classes_of(s)
-
-    def set_prompts(self, s: EvalSet | None, templates: list[str] | None = None) -> list[list[str]] | None:
-        _renamed("set_prompts", "prompts_of")
-        return self.prompts_of(s, templates)
-
-
-def _renamed(old: str, new: str) -> None:
-    import warnings
-
-    warnings.warn(f"{old}() is renamed {new}(); the old name goes in the next release", DeprecationWarning, 3)
-
-
 @runtime_checkable
 class EvalSuite(Protocol):
     """What evaluation (ID/OOD test suites), spectra and feature extraction need from a data module."""

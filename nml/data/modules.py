@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 
-from nml.data.loading import IteratedAsIs, RenamedEvalSuiteMethods, fit_progress, share_cores_with_workers
+from nml.data.loading import IteratedAsIs, fit_progress, share_cores_with_workers
 from nml.data.options import ImageOptions, LoaderOptions, StreamOptions
 from nml.data.pipeline import ShardLoader, StreamConfig, collate
 from nml.data.transforms import (
@@ -124,7 +124,7 @@ def rebase_sets(root: str, train: str | None, val: str | None, test: list | None
     return train, val, test
 
 
-class ShardDataModule(RenamedEvalSuiteMethods, LightningDataModule):
+class ShardDataModule(LightningDataModule):
     """Shared logic of the streaming DataModules (see the module docstring)."""
 
     library = "timm"

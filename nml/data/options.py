@@ -9,8 +9,7 @@ transformed. In YAML they nest under the data section::
         stream: {shuffle_buffer: 2000}
         image: {image_size: 224, train_transform: {color_jitter: 0}}
 
-On the command line: ``--data.loader.batch_size 128``. A flat key of the old layout
-(``data.batch_size``) is refused with its new place (``nml.cli.lightning.check_moved_keys``).
+On the command line: ``--data.loader.batch_size 128``.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nml.shards.members import IMAGE_KEYS
-from nml.typed_options import flat_key_moves
 
 
 @dataclass
@@ -110,4 +108,3 @@ class ImageOptions:
 
 
 GROUPS: dict[str, type] = {"loader": LoaderOptions, "stream": StreamOptions, "image": ImageOptions}
-MOVED: dict[str, str] = flat_key_moves(GROUPS)  # batch_size -> loader.batch_size ...

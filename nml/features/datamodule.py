@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 
-from nml.data.loading import RenamedEvalSuiteMethods, ResumableLoader, fit_progress
+from nml.data.loading import ResumableLoader, fit_progress
 from nml.features.cache import FeatureSplit, load_split, read_cache_meta
 from nml.seeding import combine
 from nml.shards.manifest import EvalSet, class_prompts, prompt_fields
@@ -140,7 +140,7 @@ class FeatureLoader(ResumableLoader):
         return super().padding_batch(last)
 
 
-class CachedFeatures(RenamedEvalSuiteMethods, LightningDataModule):
+class CachedFeatures(LightningDataModule):
     """Cached features (an ``nml features`` directory, or explicit split paths).
 
     Args:
@@ -350,17 +350,3 @@ class CachedFeatures(RenamedEvalSuiteMethods, LightningDataModule):
     def predict_dataloader(self) -> list[FeatureLoader]:
         """``nml predict`` predicts the test sets, sample by sample."""
         return self.test_dataloader()
-
-
-class FeatureShards(CachedFeatures):
-    """The former name of :class:`CachedFeatures` (it reads ``.npy`` directories and ``.npz`` files
-    as well as feature shards), kept for one release with a DeprecationWarning."""
-
-    def __init__(self, *args, **kwargs):
-        warnings.warn(
-            "FeatureShards is renamed CachedFeatures (nml.features.datamodule.CachedFeatures); "
-            "the old name goes in the next release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        super().__init__(*args, **kwargs)

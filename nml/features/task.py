@@ -3,6 +3,7 @@ study's feature stage (one code path for both)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -80,8 +81,6 @@ def task_data_module(data: str, root: str | None, batch_size: int, num_workers: 
     ``data:`` section, or ``class_path`` / ``init_args``), read with ``batch_size`` and
     ``num_workers`` for extraction."""
     from nml.data.modules import ShardDataModule, benchmark_data_module
-    from nml.data.options import MOVED
-    from nml.typed_options import moved_keys
 
     loading = {"eval_batch_size": batch_size, "num_workers": num_workers, "persistent_workers": False}
     if not str(data).endswith((".yaml", ".yml")):
@@ -98,16 +97,18 @@ def task_data_module(data: str, root: str | None, batch_size: int, num_workers: 
         raise ValueError(
             f"{path}: expected a data module (class_path / init_args), or a config with a data: section"
         )
-    moved = moved_keys(section, MOVED, "data")
-    if moved:
-        raise ValueError(f"{path}: data options are grouped (loader / stream / image): {'; '.join(moved)}")
     init = dict(section.get("init_args") or {})
     if root is not None:
         init["root"] = root
     init["loader"] = {**(init.get("loader") or {}), **loading}
-    parser = ArgumentParser()
+    parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningDataModule, "data")
-    cfg = parser.parse_object({"data": {"class_path": section["class_path"], "init_args": init}})
+    try:
+        cfg = parser.parse_object({"data": {"class_path": section["class_path"], "init_args": init}})
+    except argparse.ArgumentError as e:  # the line that names the option, not jsonargparse's union dump
+        lines = [ln.strip().removeprefix("- ") for ln in str(e).splitlines()]
+        reason = next((ln for ln in lines if "not accepted" in ln or ln.startswith("Expected")), lines[0])
+        raise ValueError(f"{path}: the data module {section['class_path']}: {reason}") from None
     dm = parser.instantiate_classes(cfg).data
     if not isinstance(dm, ShardDataModule):
         raise ValueError(

@@ -41,14 +41,13 @@ from nml.data.loading import batch_inputs
 from nml.models.backbones import Backbone, create_backbone
 from nml.models.base import BackboneModule
 from nml.models.nmtune import HeadOptions, LossOptions, NMTuneHead, init_classifier, nmtune_regularizers
-from nml.typed_options import as_options, flat_key_moves
+from nml.typed_options import as_options
 
 log = logging.getLogger(__name__)
 Method = Literal["linear", "mlp", "nmtune", "finetune"]
 DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3, "nmtune": 1e-3, "finetune": 1e-4}
 DEFAULT_WEIGHT_DECAY = 1e-4
 REGULARISER_DEFAULTS = {"mse": 1.0, "cov": 0.04, "svd": 0.001}
-MOVED = flat_key_moves({"head": HeadOptions, "loss": LossOptions})  # ratio -> head.ratio ...
 
 
 class DownstreamTuning(BackboneModule):
