@@ -172,7 +172,7 @@ def train_tiny(
     from functools import partial
 
     import torch
-    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch import seed_everything
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from nml.data.modules import ClassificationShards, ImageTextShards
@@ -196,16 +196,13 @@ def train_tiny(
     callbacks = [losses, *(callbacks or [])]
     if stop_at is not None:
         callbacks.append(ModelCheckpoint(dirpath=out, every_n_train_steps=stop_at, save_top_k=-1))
-    trainer = Trainer(
+    trainer = quiet_trainer(
         accelerator=accelerator,
         devices=1,
         max_steps=steps if steps else -1,  # with max_epochs too: both bounds
         max_epochs=max_epochs,
         limit_val_batches=0,
-        logger=False,
         enable_checkpointing=stop_at is not None,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=callbacks,
     )
     trainer.fit(model, dm, ckpt_path=ckpt_path)
@@ -226,6 +223,21 @@ for i, argv in enumerate(sys.argv[2:]):
     if code != expect[i]:
         sys.exit(code or 99)
 """
+
+
+def quiet_trainer(**overrides):
+    """A Lightning ``Trainer`` for tests: on the CPU, no logger, no checkpoints, no progress bar, no
+    model summary, unless ``overrides`` says otherwise."""
+    from lightning.pytorch import Trainer
+
+    kwargs = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return Trainer(**{**kwargs, **overrides})
 
 
 def nml_in_one_process(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import write_shards
+from helpers import quiet_trainer, write_shards
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -90,9 +90,7 @@ def _datamodule(tmp_path: Path, **kw) -> ClassificationShards:
 
 
 def _trainer(**kw) -> Trainer:
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_checkpointing", False)
-    return Trainer(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, **kw)
+    return quiet_trainer(**kw)
 
 
 def test_ddp_ranks_read_disjoint_samples_equal_batches_one_pass_and_exact_eval(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import REPO, nml_in_one_process
+from helpers import REPO, nml_in_one_process, quiet_trainer
 
 from nml.data.modules import ClassificationShards, ImageTextShards
 from nml.data.options import LoaderOptions, StreamOptions
@@ -175,7 +175,6 @@ def test_your_shards_win_over_a_configs_task_and_info_num_classes_is_read(tmp_pa
 def test_pretraining_on_your_shards_takes_the_models_input_size(tmp_path, tiny_benchmark):
     import timm
     from helpers import write_shards
-    from lightning.pytorch import Trainer
 
     from nml.models.supervised import SupervisedPretraining
 
@@ -194,14 +193,9 @@ def test_pretraining_on_your_shards_takes_the_models_input_size(tmp_path, tiny_b
         module.training_step = lambda batch, batch_idx, seen=seen, step=step: (
             seen.append(batch["image"].shape[-1]) or step(batch, batch_idx)
         )
-        Trainer(
-            accelerator="cpu",
+        quiet_trainer(
             max_steps=1,
             limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
         ).fit(module, dm)
         assert seen == ([expected] if name == "yours" else [32]), name  # the benchmark fixes 32 px
         # transforms: timm's own defaults and the model's eval crop on your shards; glyph-safe on the benchmark
@@ -236,7 +230,6 @@ def test_audit_of_1000_classes_summarises_on_stdout_and_writes_the_matrix(tmp_pa
 def test_imagenet_class_names_for_sets_without_names_else_a_warning(tmp_path, caplog):
     """timm's ImageNet _info.json has a class count and no names: zero-shot needs them."""
     from helpers import TINY_CLIP, write_shards
-    from lightning.pytorch import Trainer
 
     from nml.models.contrastive import ContrastivePretraining
 
@@ -254,14 +247,9 @@ def test_imagenet_class_names_for_sets_without_names_else_a_warning(tmp_path, ca
     names.write_text("\n".join(f"thing {i}" for i in range(1000)))
     assert ImageTextShards(train=train, val=val, class_names=str(names)).classes[999] == "thing 999"
     with caplog.at_level("WARNING"):
-        Trainer(
-            accelerator="cpu",
+        quiet_trainer(
             max_steps=1,
             limit_val_batches=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
         ).fit(
             ContrastivePretraining("tiny", TINY_CLIP),
             ImageTextShards(
@@ -275,7 +263,6 @@ def test_imagenet_class_names_for_sets_without_names_else_a_warning(tmp_path, ca
 
 def test_a_test_set_with_another_label_space_is_skipped_not_a_crash(tmp_path, caplog):
     from helpers import write_shards
-    from lightning.pytorch import Trainer
 
     from nml.models.supervised import SupervisedPretraining
 
@@ -293,13 +280,8 @@ def test_a_test_set_with_another_label_space_is_skipped_not_a_crash(tmp_path, ca
         image={"image_size": 16},
     )
     assert dm.num_classes == 10 and dm.num_classes_of(dm.test_sets[0]) == 1000
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     module = SupervisedPretraining("test_resnet", num_classes=10)
     trainer.fit(module, dm)
@@ -313,7 +295,6 @@ def test_a_test_set_that_fails_midway_keeps_the_finished_sets_metrics(tmp_path, 
     """`nml test` over [small, bad]: `bad` has a label outside its declared classes and stops the run;
     metrics.json still holds `small` (its top-1 and N), and says which set failed and why."""
     from helpers import write_shards
-    from lightning.pytorch import Trainer
 
     from nml.callbacks.metrics_report import TestReport
     from nml.models.supervised import SupervisedPretraining
@@ -335,14 +316,9 @@ def test_a_test_set_that_fails_midway_keeps_the_finished_sets_metrics(tmp_path, 
         image={"image_size": 16},
     )
     monkeypatch.chdir(tmp_path)  # no logger, no checkpoint: metrics.json goes to the working directory
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
         callbacks=[TestReport()],
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     module = SupervisedPretraining("test_resnet", num_classes=10)
     trainer.fit(module, dm)

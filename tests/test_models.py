@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 import torch
-from helpers import TINY_CLIP
+from helpers import TINY_CLIP, quiet_trainer
 
 from nml.metrics.noisy import noise_split_counts
 from nml.models.backbones import create_backbone
@@ -231,7 +231,6 @@ def test_the_host_read_guard_catches_each_kind_of_read():
 
 
 def _training_step_reads(module, datamodule) -> list[str]:
-    from lightning.pytorch import Trainer
 
     reads: list[str] = []
     step = module.training_step
@@ -243,14 +242,9 @@ def _training_step_reads(module, datamodule) -> list[str]:
         return out
 
     module.training_step = guarded
-    Trainer(
-        accelerator="cpu",
+    quiet_trainer(
         max_steps=2,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     ).fit(module, datamodule)
     return reads
 
@@ -313,7 +307,6 @@ def test_pretrained_weights_of_another_architecture_are_refused_unless_partial(t
 
 @pytest.mark.slow
 def test_siglip_loss_trains_and_needs_a_logit_bias(tiny_benchmark):
-    from lightning.pytorch import Trainer
 
     from nml.data.modules import ImageTextShards
     from nml.models.contrastive import ContrastivePretraining
@@ -327,14 +320,9 @@ def test_siglip_loss_trains_and_needs_a_logit_bias(tiny_benchmark):
     dm = ImageTextShards(
         root=str(tiny_benchmark), context_length=16, loader={"batch_size": 8, "num_workers": 0}
     )
-    Trainer(
-        accelerator="cpu",
+    quiet_trainer(
         max_steps=3,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     ).fit(module, dm)
     assert len(losses) == 3 and all(torch.isfinite(v) for v in losses)
     assert float(module.clip.logit_bias) != -10.0  # the bias is trained with the sigmoid loss
@@ -358,7 +346,6 @@ TIMM_TOWER_FAMILIES = [
 @pytest.mark.parametrize("name", TIMM_TOWER_FAMILIES)
 def test_open_clip_models_with_a_timm_image_tower_train(tiny_benchmark, name):
     import open_clip
-    from lightning.pytorch import Trainer
 
     from nml.data.modules import ImageTextShards
     from nml.models.contrastive import ContrastivePretraining
@@ -376,14 +363,9 @@ def test_open_clip_models_with_a_timm_image_tower_train(tiny_benchmark, name):
         loader={"batch_size": 2, "num_workers": 0},
         image={"image_size": size},
     )
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=1,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, dm)
     assert trainer.global_step == 1 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
@@ -391,7 +373,6 @@ def test_open_clip_models_with_a_timm_image_tower_train(tiny_benchmark, name):
 
 def test_zero_shot_head_is_batched_over_classes_and_built_once_per_class_set(tiny_benchmark, monkeypatch):
     import open_clip
-    from lightning.pytorch import Trainer
 
     import nml.models.contrastive as contrastive
     from nml.data.modules import ImageTextShards
@@ -415,11 +396,7 @@ def test_zero_shot_head_is_batched_over_classes_and_built_once_per_class_set(tin
     dm = ImageTextShards(
         root=str(tiny_benchmark), context_length=16, loader={"batch_size": 32, "num_workers": 0}
     )
-    Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    quiet_trainer(
         limit_test_batches=1,
     ).test(contrastive.ContrastivePretraining("tiny", TINY_CLIP), dm, verbose=False)
     assert len(dm.test_sets) == 13 and len(calls) == 1  # 13 test sets over the same 44 classes
@@ -430,7 +407,6 @@ def test_learning_rate_from_lr_base_and_the_global_batch(tiny_benchmark, rule, e
     """timm's rule: lr = lr_base x global batch / 256 (or its square root); global batch = 16 per
     rank x 1 rank x 2 accumulated. The optimizer's own lr is replaced before the schedule takes it
     as its base, logged, and kept in the checkpoint."""
-    from lightning.pytorch import Trainer
 
     from nml.callbacks.lr_scaling import ScaleLearningRate
     from nml.data.modules import ClassificationShards
@@ -438,14 +414,9 @@ def test_learning_rate_from_lr_base_and_the_global_batch(tiny_benchmark, rule, e
 
     dm = ClassificationShards(root=str(tiny_benchmark), loader={"batch_size": 16, "num_workers": 0})
     module = SupervisedPretraining("test_resnet", optimizer=partial(torch.optim.SGD, lr=5.0))
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=2,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         accumulate_grad_batches=2,
         callbacks=[ScaleLearningRate(0.1, 256, rule)],
     )
@@ -474,7 +445,6 @@ def test_throughput_counts_the_steps_flops_logs_rates_and_lr_and_syncs_only_on_l
     import csv
 
     from lightning.fabric.utilities.throughput import measure_flops
-    from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
 
@@ -496,14 +466,10 @@ def test_throughput_counts_the_steps_flops_logs_rates_and_lr_and_syncs_only_on_l
         return loss
 
     module.training_step = recorded
-    Trainer(
-        accelerator="cpu",
+    quiet_trainer(
         max_steps=6,
         log_every_n_steps=2,
         limit_val_batches=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         logger=CSVLogger(tmp_path),
         callbacks=[throughput, LearningRateMonitor(logging_interval="step")],
     ).fit(module, dm)
@@ -579,7 +545,6 @@ def test_clip_on_shards_without_class_names_trains_and_keeps_its_last_checkpoint
     """Zero-shot validation needs class names; without them a checkpoint monitoring
     val/zeroshot_top1 used to stop the run at its first validation (no checkpoint at all)."""
     from helpers import write_shards
-    from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from nml.data.modules import ImageTextShards
@@ -591,15 +556,11 @@ def test_clip_on_shards_without_class_names_trains_and_keeps_its_last_checkpoint
     dm = ImageTextShards(train=spec, val=spec, context_length=16, loader={"batch_size": 4, "num_workers": 0})
     best = ModelCheckpoint(tmp_path / "ckpt", monitor="val/zeroshot_top1", mode="max", filename="best")
     last = ModelCheckpoint(tmp_path / "ckpt", filename="last")
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=1,
-        logger=False,
         callbacks=[best, last],
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     with caplog.at_level("WARNING"):
         trainer.fit(ContrastivePretraining("tiny", TINY_CLIP), dm)

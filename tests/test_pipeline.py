@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import png_bytes, write_shards
+from helpers import png_bytes, quiet_trainer, write_shards
 from torchvision.transforms import ToTensor
 
 from nml.data.pipeline import ShardLoader, StreamConfig
@@ -563,7 +563,6 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
     batches match the CPU path's to interpolation rounding, for JPEG and PNG, 1 and 2 views. A step
     the device path cannot run (colour jitter) is refused by name, and a Lightning fit trains on it."""
     from helpers import write_pattern_shards
-    from lightning.pytorch import Trainer
 
     from nml.data.modules import ClassificationShards
     from nml.models.supervised import SupervisedPretraining
@@ -626,14 +625,9 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
         truncated |= {f"t{i}.png": png_bytes(i), f"t{i}.cls": b"1"}
     spec_with_bad = f"{spec}::{_tar(tmp_path / 'bad.tar', truncated)}"
     dm = ClassificationShards(**{**common, "train": spec_with_bad}, image={**image, "decode_on_device": True})
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=1,
         limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(SupervisedPretraining("test_resnet", num_classes=4), dm)
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])

@@ -11,8 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import GOLDEN, PYTHON, REPO, LossRecorder, nml_in_one_process, nml_subprocess_env, train_tiny
-from lightning.pytorch import Trainer, seed_everything
+from helpers import (
+    GOLDEN,
+    PYTHON,
+    REPO,
+    LossRecorder,
+    nml_in_one_process,
+    nml_subprocess_env,
+    quiet_trainer,
+    train_tiny,
+)
+from lightning.pytorch import seed_everything
 
 from nml.data.modules import ClassificationShards
 from nml.models.backbones import create_backbone
@@ -271,14 +280,9 @@ def test_ema_callback_mixup_and_channels_last_switches(tiny_benchmark, caplog):
     assert "confound the label-noise" in caplog.text
     ema = EMAWeightAveraging(decay=0.5)
     losses = LossRecorder()
-    Trainer(
-        accelerator="cpu",
+    quiet_trainer(
         max_steps=3,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[ema, losses],
     ).fit(model, dm)
     assert len(losses.losses) == 3 and all(torch.isfinite(torch.tensor(losses.losses)))

@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from helpers import init_gloo, spawn_gloo
+from helpers import init_gloo, quiet_trainer, spawn_gloo
 
 from nml.cli.main import main
 from nml.metrics.spectrum import SpectrumAccumulator, spectrum_metrics
@@ -158,7 +158,7 @@ def test_nml_spectrum_cli_on_npy_npz_and_feature_shards(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_feature_spectrum_callback_matches_an_independent_computation(tiny_benchmark, tmp_path):
-    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch import seed_everything
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from nml.callbacks.spectrum import FeatureSpectrum
@@ -169,14 +169,10 @@ def test_feature_spectrum_callback_matches_an_independent_computation(tiny_bench
     dm = ClassificationShards(root=str(tiny_benchmark), loader={"batch_size": 16, "num_workers": 0})
     model = SupervisedPretraining("test_resnet", num_classes=44)
     cb = FeatureSpectrum(sets=["glyphs_heldout", "glyphs_noise_3"], top_k=3)
-    Trainer(
-        accelerator="cpu",
+    quiet_trainer(
         max_steps=2,
         limit_val_batches=0,
         logger=TensorBoardLogger(tmp_path, name="run"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[cb],
     ).fit(model, dm)
     assert set(cb.results) == {"glyphs_heldout/fit_end", "glyphs_noise_3/fit_end"}

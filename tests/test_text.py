@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from embedding_stub import KEY, Stub
+from helpers import quiet_trainer
 from lightning.pytorch.callbacks import Callback
 from text_wheels import write_text_wheels
 
@@ -406,7 +407,6 @@ class SampleCountWriter(Callback):
 
 @pytest.mark.slow
 def test_text_pretraining_under_2_process_ddp_evaluates_every_document_once(text_benchmark, tmp_path):
-    from lightning.pytorch import Trainer
 
     from nml.models.supervised import SupervisedPretraining
 
@@ -419,15 +419,10 @@ def test_text_pretraining_under_2_process_ddp_evaluates_every_document_once(text
     model = SupervisedPretraining(
         model="text_bag", library="nml_text", num_classes=dm.num_classes, model_kwargs=BAG["kwargs"]
     )
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=2,
         strategy="ddp_spawn",
         max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[SampleCountWriter(str(tmp_path))],
     )
     trainer.fit(model, dm)
@@ -440,7 +435,6 @@ def test_text_pretraining_under_2_process_ddp_evaluates_every_document_once(text
 def test_data_truncated_counts_the_training_documents_only(text_benchmark):
     """``data/truncated`` is the epoch's training documents cut to the encoder's limit: the
     validation that runs before the epoch's end (and its padding rows) is not counted."""
-    from lightning.pytorch import Trainer
 
     from nml.models.supervised import SupervisedPretraining
 
@@ -451,16 +445,11 @@ def test_data_truncated_counts_the_training_documents_only(text_benchmark):
     model = SupervisedPretraining(
         model="text_bag", library="nml_text", num_classes=dm.num_classes, model_kwargs=kwargs
     )
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=1,
         limit_train_batches=3,
         limit_val_batches=2,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(model, dm)
     assert float(trainer.callback_metrics["data/truncated"]) == 3 * 8  # not 3 * 8 + 2 * 8

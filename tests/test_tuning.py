@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import TINY_CLIP, LossRecorder, nml_in_one_process
+from helpers import TINY_CLIP, LossRecorder, nml_in_one_process, quiet_trainer
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -56,11 +56,7 @@ def feature_cache(tiny_benchmark, exports, tmp_path_factory) -> Path:
 
 
 def _trainer(**kw) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    return quiet_trainer(
         **{"enable_checkpointing": False, "limit_val_batches": 1, **kw},
     )
 
