@@ -42,6 +42,18 @@ def test_the_checker_catches_an_upward_import(tmp_path):
     ]
 
 
+def test_no_two_modules_import_each_other_and_the_checker_catches_it(tmp_path):
+    check = _check_layers()
+    assert check.cycles() == []
+    pkg = tmp_path / "nml" / "cli"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "main.py").write_text("def run():\n    from nml.cli.lightning import build\n")
+    (pkg / "lightning.py").write_text("from nml.cli.main import NAMES\n")
+    (pkg / "other.py").write_text("from nml.cli import main\n")
+    assert check.cycles(tmp_path / "nml") == ["nml.cli.lightning <-> nml.cli.main"]
+
+
 def test_shards_noise_and_benchmark_import_no_torch():
     modules = sorted(
         ".".join(p.relative_to(REPO).with_suffix("").parts)

@@ -12,7 +12,8 @@ Layers, bottom to top (a module may import its own package and any package of a 
     5  cli
     6  study
 
-Imports inside functions count too (a lazy import is still a dependency).
+Imports inside functions count too (a lazy import is still a dependency). Within a layer the
+imports run one way as well: no two modules import each other.
 """
 
 from __future__ import annotations
@@ -46,12 +47,20 @@ def package_of(module: str, root: Path = ROOT) -> str:
     return ""
 
 
-def imports_of(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
-    """(line, imported module) of every ``nml`` import in a file, relative imports resolved."""
+def imports_of(path: Path, root: Path = ROOT, runtime: bool = False) -> list[tuple[int, str]]:
+    """(line, imported module) of every ``nml`` import in a file, relative imports resolved
+    (``runtime``: without those under ``if TYPE_CHECKING:``, which never run)."""
     tree = ast.parse(path.read_text(), str(path))
     module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
+    typing_only = set()
+    if runtime:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+                typing_only.update(id(n) for stmt in node.body for n in ast.walk(stmt))
     out = []
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "nml"]
         elif isinstance(node, ast.ImportFrom):
@@ -81,6 +90,31 @@ def violations(root: Path = ROOT) -> list[str]:
     return found
 
 
+def _module_file(module: str, root: Path) -> str | None:
+    """The ``nml`` module a dotted import names (``nml.cli.main``), if it is a file of ``root``."""
+    rel = Path(*module.split(".")[1:])
+    if (root / rel).with_suffix(".py").is_file():
+        return module
+    if (root / rel / "__init__.py").is_file():
+        return f"{module}.__init__" if module != "nml" else None
+    return None
+
+
+def cycles(root: Path = ROOT) -> list[str]:
+    """``a <-> b`` for every two modules that import each other (at module level or inside a
+    function; a typing-only import does not run): within a layer the imports must run one way too."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
+        targets = set()
+        for _, target in imports_of(path, root, runtime=True):
+            found = _module_file(target, root) or _module_file(target.rpartition(".")[0], root)
+            if found and found != module:
+                targets.add(found)
+        graph[module] = targets
+    return sorted(f"{a} <-> {b}" for a, ts in graph.items() for b in ts if a < b and a in graph.get(b, ()))
+
+
 def main() -> int:
     unknown = sorted(
         p.name
@@ -93,8 +127,14 @@ def main() -> int:
     found = violations()
     for v in found:
         print(v)
-    print(f"{len(found)} upward import(s) in {ROOT}", file=sys.stderr)
-    return 1 if found else 0
+    mutual = cycles()
+    for c in mutual:
+        print(f"modules that import each other: {c}")
+    print(
+        f"{len(found)} upward import(s), {len(mutual)} pair(s) of modules importing each other in {ROOT}",
+        file=sys.stderr,
+    )
+    return 1 if found or mutual else 0
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from nml.callbacks.predictions import PredictionWriter
 from nml.callbacks.preemption import CheckpointOnSigterm
 from nml.callbacks.progress import progress_callback
 from nml.callbacks.throughput import TrainingThroughput
-from nml.cli.main import LIGHTNING_SUBCOMMANDS
+from nml.cli.config_args import LIGHTNING_SUBCOMMANDS, resolve_config_args
 from nml.cli.options import EXACT, suggesting
 from nml.cli.run_directory import (
     RecipeStamp,
@@ -328,7 +328,6 @@ def build_cli(
     study's pre-training stages with ``run=False``): bare config names resolved to the shipped
     configs, a ``--ckpt_path`` checked before anything is built; subclass mode for model and
     data; exact option names; errors raised, not printed."""
-    from nml.cli.main import resolve_config_args
     from nml.quiet import quiet_lightning
 
     quiet_lightning()  # Lightning's own handler, now that Lightning is imported

@@ -10,7 +10,7 @@ learnable per-dimension scale (init 1), then a linear head on ``z``. With two vi
 * ``svd`` = minus the mean of the top-``k`` entries of ``s / sum(s)``, ``s`` the singular values of
   the uncentred ``Z``.
 
-The loss is ``CE + 1.0 * mse + 0.04 * cov + 0.001 * svd`` by default (``../shared/reference/method.md`` §3).
+The loss is ``CE + 1.0 * mse + 0.04 * cov + 0.001 * svd`` by default (Chen et al., ICLR 2024; docs/tuning.md).
 """
 
 from __future__ import annotations
