@@ -239,9 +239,17 @@ def test_bad_study_configs_fail_before_any_work(tiny_benchmark, tmp_path):
         (lambda: Tuning(seeds=[0, 0]), r"tuning.seeds: expected distinct seeds"),
         (lambda: Tuning(epochs=-1), r"tuning.epochs: expected >= 1, got -1"),
         (lambda: Features(views=-1), r"features.views: expected >= 0, got -1"),
+        (lambda: Tuning(recipes={"svm": {}}), r"tuning.recipes: 'svm' is not a method"),
+        (
+            lambda: Tuning(recipes={"nmtune": {"optimizer": 1}}),
+            r"tuning.recipes.nmtune: unknown options \['optimizer'\]",
+        ),
     ):
         with pytest.raises(ValueError, match=message):
             make()
+    bad = Tuning(recipes={"nmtune": {"loss": {"mse_weigt": 0.5}}})  # a value checked with the plan
+    with pytest.raises(ValueError, match=r"tuning.recipes.nmtune: model.loss: unknown keys \['mse_weigt'\]"):
+        study(**common, tasks=ok, tuning=bad)
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "study.json").write_text(json.dumps({"name": "other"}))
     with pytest.raises(SystemExit, match="holds the study 'other', not 'study'"):
@@ -707,3 +715,32 @@ def test_the_dry_run_estimates_each_stage_from_its_own_recipe_and_its_finished_s
     (first.directory(tmp_path / "s") / "done.json").write_text('{"seconds": 12')  # damaged: it runs again
     summary = study(**kw, pretrain={"supervised": recipes["supervised"]}, dry_run=True)
     assert summary["cached"] == 0 and summary["stages_to_run"]["pretrain/supervised"] == 2
+
+
+def test_a_tuning_recipe_keys_only_its_methods_stages_and_reaches_the_model(tiny_benchmark, tmp_path, capsys):
+    """``tuning.recipes.nmtune``: NMTune's loss weights set per study (an ablation) change the keys of
+    the NMTune stages alone; a study that sets none keeps the keys it had."""
+    from dataclasses import asdict
+
+    from nml.study.config import Benchmark
+    from nml.study.plan import keyed
+    from nml.study.stages import TuneParams
+
+    common = {"benchmark": Benchmark(root=str(tiny_benchmark)), "dry_run": True}
+    tasks = {"print_to_mnist": TaskPlan(["linear", "nmtune"])}
+    grid = Grid(["supervised"], [0.0], [0], random_init=False)
+
+    def keys(**kw) -> dict[str, str]:  # the dry run's plan: "[study] kind label key state" per stage
+        capsys.readouterr()
+        study(**common, tasks=tasks, grid=grid, out=str(tmp_path / "s"), **kw)
+        rows = [ln.split() for ln in capsys.readouterr().err.splitlines() if ln.startswith("[study] ")]
+        return {r[2]: r[3] for r in rows}
+
+    before = keys()
+    after = keys(tuning=Tuning(recipes={"nmtune": {"loss": {"mse_weight": 0.5, "reference_dim": None}}}))
+    assert before.keys() == after.keys()
+    assert {label for label in before if before[label] != after[label]} == {
+        label for label in before if label.endswith("-nmtune-t0")
+    }
+    params = TuneParams("linear", 0, 30, 64, 0.0, 2)  # no recipe: the key's fields as before it existed
+    assert keyed(params) == {k: v for k, v in asdict(params).items() if k != "model"}

@@ -592,3 +592,20 @@ def test_validate_and_predict_run_on_every_shipped_config(tiny_benchmark, export
                 rows = list(csv.DictReader(f))
             assert written["rows"] == len(rows) > 0 and Path(file).name == f"{name}.csv"
             assert all(0 <= float(r["score"]) <= 1 and r["key"].startswith("glyphs_heldout-") for r in rows)
+
+
+def test_a_study_tune_stage_builds_its_method_with_the_recipes_options(feature_cache, tmp_path):
+    """``tuning.recipes`` reaches the model the stage trains: with NMTune's COV weight set to 0 the
+    COV term leaves its loss, where the default weight keeps it."""
+    from nml.study.stages import StageContext, TuneParams, tune
+
+    def run(name: str, options: dict) -> dict:
+        directory = tmp_path / "stages" / "tune" / name
+        directory.mkdir(parents=True)
+        params = TuneParams("nmtune", 0, 1, 16, 0.0, 1, options)
+        return tune(params, [{"cache": str(feature_cache)}], StageContext(directory, tmp_path, ""))["train"]
+
+    ablated = run("ablated", {"loss": {"cov_weight": 0.0}})
+    default = run("default", {})
+    assert "train/w_cov_epoch" not in ablated and default["train/w_cov_epoch"] > 0  # a 0 weight: no term
+    assert ablated["train/w_mse_epoch"] > 0 and default["train/w_mse_epoch"] > 0

@@ -141,6 +141,11 @@ class Features:
         )
 
 
+TUNING_METHODS = ("linear", "mlp", "nmtune", "finetune")
+# the DownstreamTuning options a study may set per method (the rest: the study's own settings)
+RECIPE_OPTIONS = ("head", "loss", "views", "warmup", "min_lr_ratio")
+
+
 @dataclass
 class Tuning:
     """Tuning on the cached features (cheap: several seeds are affordable).
@@ -151,6 +156,9 @@ class Tuning:
         batch_size: Training batch size.
         view_noise: NMTune without stored views: std of Gaussian noise on the second view.
         threads: torch's intra-op threads of each tuning run on a CPU (:data:`THREADS`).
+        recipes: Per method, options of its tuning module (``DownstreamTuning``: ``head``,
+            ``loss``, ``views``, ``warmup``, ``min_lr_ratio``), e.g. ``{nmtune: {loss: {mse_weight:
+            0.5}}}`` for an ablation; part of those stages' keys, so only they run again.
     """
 
     epochs: int = 30
@@ -158,8 +166,19 @@ class Tuning:
     batch_size: int = 64
     view_noise: float = 0.0
     threads: int = 2
+    recipes: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for method, options in self.recipes.items():
+            if method not in TUNING_METHODS:
+                raise ValueError(
+                    f"tuning.recipes: {method!r} is not a method; expected some of {TUNING_METHODS}"
+                )
+            unknown = sorted(set(options or {}) - set(RECIPE_OPTIONS))
+            if unknown:
+                raise ValueError(
+                    f"tuning.recipes.{method}: unknown options {unknown}; expected some of {list(RECIPE_OPTIONS)}"
+                )
         _at_least(
             "tuning",
             epochs=(self.epochs, 1),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,18 @@ def content_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def keyed(params) -> dict:
+    """The parameters a stage's key hashes: all of them, but a field marked ``key_when_set`` only
+    when it differs from its default (an option added later keeps the keys of studies without it)."""
+    out = asdict(params)
+    for f in fields(params):
+        if f.metadata.get("key_when_set") and out[f.name] == (
+            f.default_factory() if f.default_factory is not MISSING else f.default
+        ):
+            del out[f.name]
+    return out
+
+
 @dataclass
 class Stage:
     kind: str  # a key of STAGE_KINDS: pretrain | random_init | features | tune
@@ -53,7 +65,7 @@ class Stage:
                 f"stage {self.label}: {self.kind} takes {expected.__name__}, got {type(self.params).__name__}"
             )
         self.key = content_hash(
-            {"kind": self.kind, "params": asdict(self.params), "deps": [d.key for d in self.deps]}
+            {"kind": self.kind, "params": keyed(self.params), "deps": [d.key for d in self.deps]}
         )
 
     def directory(self, out: Path) -> Path:
@@ -168,6 +180,18 @@ def referenced_files(config: str, args: list[str]) -> dict[str, str]:
     return found
 
 
+def check_tuning_recipes(tuning: Tuning) -> None:
+    """Build each method's tuning module with its ``tuning.recipes`` options once (no data, no
+    backbone): a bad value fails before any stage runs, naming the method and the option."""
+    from nml.models.tuning import DownstreamTuning
+
+    for method, options in tuning.recipes.items():
+        try:
+            DownstreamTuning(method, **(options or {}))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"tuning.recipes.{method}: {e}") from None
+
+
 def build_plan(
     grid: Grid,
     recipes: dict[str, Recipe],
@@ -177,6 +201,7 @@ def build_plan(
     manifest_sha256: str,
     encoders: dict[str, Encoder] | None = None,
 ) -> Plan:
+    check_tuning_recipes(tuning)
     cells = [Cell(o, float(g), s) for o in grid.objectives for g in grid.noise_rates for s in grid.seeds]
     if grid.random_init:
         cells += [Cell(o, None, grid.seeds[0]) for o in grid.objectives]  # the floor: one untrained backbone
@@ -217,7 +242,13 @@ def build_plan(
                         "tune",
                         f"{cell.label}-{task}-{method}-t{t}",
                         TuneParams(
-                            method, t, tuning.epochs, tuning.batch_size, tuning.view_noise, tuning.threads
+                            method,
+                            t,
+                            tuning.epochs,
+                            tuning.batch_size,
+                            tuning.view_noise,
+                            tuning.threads,
+                            dict(tuning.recipes.get(method) or {}),
                         ),
                         [f],
                     )
@@ -251,6 +282,7 @@ def build_plan(
                                 tuning.batch_size,
                                 tuning.view_noise,
                                 tuning.threads,
+                                dict(tuning.recipes.get(method) or {}),
                             ),
                             [shared[task]],
                         )

@@ -21,7 +21,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,9 @@ class TuneParams:
     batch_size: int
     view_noise: float
     threads: int = 2
+    # the method's options (tuning.recipes); in the key only when set, so a study that sets none
+    # keeps the keys (and the cached stages) it had
+    model: dict = field(default_factory=dict, metadata={"key_when_set": True})
 
 
 def _tensorboard(out: Path, name: str, version: str):
@@ -245,7 +248,7 @@ def tune(params: TuneParams, inputs: list[dict], ctx: StageContext) -> dict:
     dm = CachedFeatures(
         root=inputs[0]["cache"], batch_size=params.batch_size, seed=params.seed, view_noise=params.view_noise
     )
-    model = DownstreamTuning(params.method)
+    model = DownstreamTuning(params.method, **params.model)
     trainer = Trainer(
         max_epochs=params.epochs,
         accelerator="auto",
