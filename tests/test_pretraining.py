@@ -108,7 +108,7 @@ def test_shipped_config_fits_end_to_end_and_exports(tiny_benchmark, tmp_path, co
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout)  # nml fit's result: stdout is this JSON object alone
+    result = json.loads(run.stdout, parse_constant=pytest.fail)  # stdout: this JSON object alone (no NaN)
     assert Path(result["checkpoints"]["last"]).is_file() and Path(result["run_dir"]).is_dir()
     assert Path(result["checkpoints"]["best"]).name.startswith("best-") and result["global_step"] == 4
     val = "val/top1" if "supervised" in config else "val/zeroshot_top1"

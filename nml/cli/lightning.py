@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -164,7 +165,9 @@ class NMLCLI(LightningCLI):
             return
         json.dump(summary, sys.stdout, indent=1)
         sys.stdout.write("\n")
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items() if k.startswith("val/"))
+        shown = ", ".join(
+            f"{k} {v:.4g}" for k, v in summary["metrics"].items() if k.startswith("val/") and v is not None
+        )
         log.info(
             "fit: %d epoch(s), %d steps in %.0f s%s; last checkpoint %s",
             summary["epochs"],
@@ -225,7 +228,7 @@ def fit_summary(trainer: Trainer, seconds: float) -> dict:
         written = [p for c in checkpoints for p in (c.best_model_path, *c.best_k_models) if p]
         last = max(written, key=lambda p: Path(p).stat().st_mtime_ns, default=None) if written else None
     metrics = {
-        k: float(v)
+        k: None if math.isnan(float(v)) else float(v)  # JSON has no NaN (a metric with no samples yet)
         for k, v in sorted(trainer.callback_metrics.items())
         if getattr(v, "numel", lambda: 1)() == 1
     }
