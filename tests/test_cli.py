@@ -624,6 +624,11 @@ def test_the_terminal_is_spared_library_chatter_unless_verbose():
         ),
         (["export", "--ckpt", "runs/x", "--out", "y"], 1, "--ckpt_path"),
         (["study", "--confi", "study_quickstart.yaml"], 1, "--config"),
+        (
+            ["features", "--backbone", "b", "--out", "o", "--root", "r"],
+            5,
+            "--data.root",
+        ),  # as nml fit spells it
     ],
 )
 def test_an_option_is_its_whole_name_and_a_typo_gets_a_suggestion(argv, given, suggested, capsys):

@@ -224,7 +224,7 @@ def test_imagenet_and_cc_style_shards_through_the_shipped_configs(
             str(tmp_path / "export"),
             "--data",
             str(data_file),
-            "--num_workers",
+            "--data.loader.num_workers",
             "0",
             "--out",
             str(tmp_path / "features"),

@@ -39,7 +39,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "audit": "nml.data.audit:audit",
     },
     "export": "nml.cli.commands.export:export",
-    "features": "nml.features.task:extract_task_features",
+    "features": "nml.features.task:features_command",
     "spectrum": "nml.cli.commands.spectrum:spectrum",
     # the study sits above the CLI (it drives `nml fit` / `nml features` itself): named, not imported
     "study": "nml.study.command:study",
@@ -51,6 +51,20 @@ log = logging.getLogger("nml")
 
 
 POSITIONAL = {"report": "--study_dir"}  # `nml report DIR` = `nml report --study_dir DIR`
+# `nml features --data X`: X is the task or data file, the group's `source` (its other options are
+# `--data.root`, `--data.loader.*`, spelled as in `nml fit`)
+GROUP_VALUES = {"features": {"--data": "--data.source"}}
+
+
+def group_values(argv: Sequence[str]) -> list[str]:
+    """``--data X`` (or ``--data=X``) of a command whose ``data`` is an option group: its value
+    option (:data:`GROUP_VALUES`)."""
+    names = GROUP_VALUES.get(argv[0], {}) if argv else {}
+    out = []
+    for a in argv:
+        option, eq, value = a.partition("=")
+        out.append(f"{names[option]}={value}" if eq and option in names else names.get(a, a))
+    return out
 
 
 def boolean_flags(argv: Sequence[str]) -> set[str]:
@@ -262,7 +276,7 @@ def _main(argv: list[str]) -> int:
             stop_worker_processes()  # loader workers an interrupted loop left: else the exit waits on them
             return 128 + signal.SIGTERM
         return 0
-    argv = expand_flags(resolve_config_args(argv))
+    argv = group_values(expand_flags(resolve_config_args(argv)))
     parser = build_parser(argv)
     cfg = parser.instantiate_classes(parser.parse_args(argv))  # dataclass options -> instances
     group = cfg.command

@@ -4,8 +4,8 @@ argparse (and jsonargparse above it) takes any unambiguous prefix of an option b
 ``--trainer.max_epoch 1`` silently sets ``max_epochs``: a typo that changes a run without a word.
 Every nml parser is built with ``allow_abbrev=False`` (:data:`EXACT`) and with the error of
 :func:`suggesting`, which adds the closest known options to an "unrecognized arguments" error (the
-options the given one is a prefix of, else ``difflib``'s closest), searching the parser and its
-subcommands' parsers.
+options the given one is a prefix of or the last part of, ``--root`` -> ``--data.root``, else
+``difflib``'s closest), searching the parser and its subcommands' parsers.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def did_you_mean(message: str, known: set[str]) -> str:
     hints = []
     for given in (a.split("=", 1)[0] for a in m.group(1).split() if a.startswith("--")):
         longer = sorted(k for k in known if k.startswith(given))  # what prefix matching would have taken
-        close = longer[:3] or difflib.get_close_matches(given, known, n=3, cutoff=0.75)
+        grouped = sorted(k for k in known if k.endswith("." + given[2:]))  # the option inside a group
+        close = (longer + grouped)[:3] or difflib.get_close_matches(given, known, n=3, cutoff=0.75)
         if close:
             hints.append(f"{given}: did you mean {' or '.join(close)}?")
     return f"{message} ({'; '.join(hints)})" if hints else message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("nml.features")
@@ -23,15 +24,9 @@ def extract_task_features(
     limit: int | None = None,
     test_sets: list[str] | None = None,
 ) -> dict:
-    """Extract frozen features of a downstream task's splits into a feature cache for CachedFeatures.
-
-    Writes ``OUT/features.json`` and, per split (``train``, ``val``, ``test/<name>``),
-    ``features.npy`` (N, D; eval transform), ``labels.npy``, ``keys.txt`` and, for the training split
-    with ``--views K``, ``views.npy`` (N, K, D; augmented views). Tune on it with
-    ``nml fit --config tune_nmtune.yaml --data data/features.yaml --data.init_args.root OUT``.
-
-    ``data`` as a YAML path: bare names of shipped configs are resolved by the ``nml`` entry point.
-    Returns ``{out, feature_dim, splits}``.
+    """Extract frozen features of a downstream task's splits into a feature cache for CachedFeatures
+    (``nml features`` is :func:`features_command`; the study's feature stage calls this). Returns
+    ``{out, feature_dim, splits}``.
 
     Args:
         backbone: An ``nml export`` directory, or a factory dict (JSON) {library, name, pretrained}.
@@ -74,6 +69,81 @@ def extract_task_features(
     )
     result = extract_features(model, dm, out, views, seed, device, provenance, limit)
     return {"out": str(out), "feature_dim": result["feature_dim"], "splits": result["splits"]}
+
+
+@dataclass(frozen=True)
+class ExtractionLoader:
+    """How ``nml features`` reads the splits (``--data.loader.*``, as in ``nml fit``).
+
+    Args:
+        eval_batch_size: Samples per forward pass.
+        num_workers: Data loading workers.
+    """
+
+    eval_batch_size: int = 256
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """What ``nml features`` extracts, spelled as ``nml fit`` spells its data: ``--data TASK_OR_YAML``
+    (a task of the benchmark, or a YAML with a data module), ``--data.root``, ``--data.loader.*``.
+
+    Args:
+        source: A task of the benchmark at ``root`` (``glyphs_heldout``, ``mnist`` ...), or a YAML
+            file with a data module (a tune config's ``data:`` section, or class_path / init_args).
+        root: Benchmark directory (default: $NML_DATA or data/embedded; for text $NML_TEXT_DATA or
+            data/embedded_text); overrides a YAML's own.
+        loader: Batch size and workers of the extraction.
+    """
+
+    source: str = "glyphs_heldout"
+    root: str | None = None
+    loader: ExtractionLoader = field(default_factory=ExtractionLoader)
+
+
+def features_command(
+    backbone: str | dict,
+    out: str,
+    data: TaskData = TaskData(),
+    views: int = 0,
+    seed: int = 0,
+    device: str = "auto",
+    limit: int | None = None,
+    test_sets: list[str] | None = None,
+) -> dict:
+    """Extract frozen features of a downstream task's splits into a feature cache for CachedFeatures.
+
+    Writes ``OUT/features.json`` and, per split (``train``, ``val``, ``test/<name>``),
+    ``features.npy`` (N, D; eval transform), ``labels.npy``, ``keys.txt`` and, for the training split
+    with ``--views K``, ``views.npy`` (N, K, D; augmented views). Tune on it with
+    ``nml fit --config tune_nmtune.yaml --data data/features.yaml --data.init_args.root OUT``.
+    Returns ``{out, feature_dim, splits}``.
+
+    Args:
+        backbone: An ``nml export`` directory, or a factory dict (JSON) {library, name, pretrained}.
+        out: Output directory.
+        data: The task: ``--data mnist`` or ``--data tune_nmtune.yaml``, with ``--data.root DIR``,
+            ``--data.loader.eval_batch_size N``, ``--data.loader.num_workers N``.
+        views: Augmented views of the training split to store (0: eval transform only).
+        seed: Seeds the augmented views.
+        device: ``cpu``, ``cuda``, ``cuda:1`` ... or ``auto``.
+        limit: At most this many samples per split (the first in shard order; default: all).
+        test_sets: Only these test sets of the task's suite (default: all of them).
+    """
+    return extract_task_features(
+        backbone,
+        out,
+        data.source,
+        data.root,
+        views,
+        data.loader.eval_batch_size,
+        data.loader.num_workers,
+        seed,
+        device,
+        limit,
+        test_sets,
+    )
 
 
 def task_data_module(data: str, root: str | None, batch_size: int, num_workers: int):
