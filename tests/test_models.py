@@ -560,6 +560,7 @@ def test_clip_on_shards_without_class_names_trains_and_keeps_its_last_checkpoint
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=1,
+        enable_checkpointing=True,
         callbacks=[best, last],
     )
     with caplog.at_level("WARNING"):
