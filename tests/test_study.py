@@ -744,3 +744,31 @@ def test_a_tuning_recipe_keys_only_its_methods_stages_and_reaches_the_model(tiny
     }
     params = TuneParams("linear", 0, 30, 64, 0.0, 2)  # no recipe: the key's fields as before it existed
     assert keyed(params) == {k: v for k, v in asdict(params).items() if k != "model"}
+
+
+def test_a_stage_that_fails_after_a_sigterm_was_noted_stops_the_study(tmp_path, monkeypatch):
+    """A SIGTERM noted during a Lightning run (the study's handler composed into Lightning's) that the
+    run turns into another error (Lightning finalizing a logger whose writer is closed) is a stop,
+    not a stage failure: the study exits as stopped and a re-run resumes the stage."""
+    from types import SimpleNamespace
+
+    import nml.study.runner as runner
+
+    def noted_then_failed(stage, out, root):
+        runner._signalled = True  # what raise_stopped does inside Lightning's handler
+        raise OSError("Writer is closed")
+
+    stage = SimpleNamespace(kind="tune", label="c-t-linear-t0", deps=[], done=lambda out: None)
+    stage.directory = lambda out: tmp_path / "stages" / "tune" / "x"
+    monkeypatch.setattr(runner, "run_one", noted_then_failed)
+    with pytest.raises(runner.StudyStopped) as stopped:
+        runner.execute(SimpleNamespace(stages=[stage]), tmp_path, "")
+    assert stopped.value.where == "in stage tune c-t-linear-t0"
+    runner._signalled = False
+
+    def failed(stage, out, root):  # without a SIGTERM the same error is the stage's failure
+        raise OSError("Writer is closed")
+
+    monkeypatch.setattr(runner, "run_one", failed)
+    with pytest.raises(runner.StudyFailed, match="1 stage"):
+        runner.execute(SimpleNamespace(stages=[stage]), tmp_path, "")

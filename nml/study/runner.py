@@ -204,7 +204,12 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
         except _stopped_types():  # SIGTERM: this stage is unfinished (no done.json), the others are kept
             log.error("%s: stopped by SIGTERM after %.1f s", where, time.perf_counter() - t0)
             raise StudyStopped(f"in stage {stage.kind} {stage.label}") from None
-        except Exception:  # isolate: report with the log path, go on with independent stages
+        except Exception:
+            if _signalled:  # a SIGTERM came first: what failed after it (a logger Lightning finalizes
+                # while stopping, a closed writer) is its consequence; the traceback is in log.txt
+                log.error("%s: stopped by SIGTERM after %.1f s", where, time.perf_counter() - t0)
+                raise StudyStopped(f"in stage {stage.kind} {stage.label}") from None
+            # isolate: report with the log path, go on with independent stages
             counts["failed"] += 1
             progress.dropped(stage)
             failed[stage.label] = str(stage.directory(out) / "log.txt")
