@@ -24,7 +24,7 @@ import tarfile
 from collections.abc import Callable, Sequence
 
 from nml.cli.config_args import LIGHTNING_SUBCOMMANDS, resolve_config_args
-from nml.configfiles import CONFIG_DIR, read_config_file, resolve_config  # noqa: F401  (CONFIG_DIR: for callers)
+from nml.configfiles import CONFIG_DIR, resolve_config  # noqa: F401  (for callers: nml.cli.main names them)
 from nml.logs import setup_logging
 from nml.quiet import quiet_console
 
