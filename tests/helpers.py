@@ -39,24 +39,22 @@ def png_bytes(seed: int, size: int = 8) -> bytes:
     return buf.getvalue()
 
 
-def run_tool(script: str, argv: list[str]) -> str:
-    """What ``tools/<script> ARGV`` prints on stdout, run in this process (its ``main()``), which
-    saves the start of a second interpreter with torch and Lightning."""
+def run_tool(name: str, argv: list[str]) -> str:
+    """What ``python -m benchmarks.<name> ARGV`` prints on stdout, run in this process (its
+    ``main()``), which saves the start of a second interpreter with torch and Lightning."""
     import contextlib
-    import importlib.util
+    import importlib
     import io
 
-    spec = importlib.util.spec_from_file_location(f"tool_{Path(script).stem}", REPO / "tools" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"benchmarks.{name}")  # the repository root is on pytest's path
     out, saved = io.StringIO(), sys.argv
-    sys.argv = [script, *argv]
+    sys.argv = [f"benchmarks.{name}", *argv]
     try:
         with contextlib.redirect_stdout(out):
             rc = module.main()
     finally:
         sys.argv = saved
-    assert rc in (0, None), f"{script} {argv}: exit {rc}"
+    assert rc in (0, None), f"benchmarks.{name} {argv}: exit {rc}"
     return out.getvalue()
 
 

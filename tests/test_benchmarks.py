@@ -4,15 +4,13 @@ smoke run: the figures themselves are on the benchmarks page)."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-from helpers import REPO, run_tool
+from helpers import run_tool
 
 
 def test_alternate_runs_the_contenders_in_turn_and_reports_median_and_spread():
-    sys.path.insert(0, str(REPO / "tools"))
-    from bench_timing import alternate, spread
+    from benchmarks.common import alternate, spread
 
     calls, rates = [], {"a": iter([3.0, 1.0, 2.0]), "b": iter([10.0, 30.0, 20.0])}
 
@@ -32,7 +30,7 @@ def test_alternate_runs_the_contenders_in_turn_and_reports_median_and_spread():
 @pytest.mark.slow
 def test_the_peer_benchmark_reads_the_same_shards_through_open_clip_and_timm(tiny_benchmark):
     out = run_tool(
-        "bench_peers.py",
+        "peers",
         ["--root", str(tiny_benchmark), "--samples", "64", "--workers", "0", "--repeats", "1"]
         + ["--batch_size", "16", "--image_size", "32"],
     )
@@ -53,9 +51,7 @@ def test_the_peer_benchmark_reads_the_same_shards_through_open_clip_and_timm(tin
 
 @pytest.mark.slow
 def test_the_study_pretraining_benchmark_times_the_recipe_and_its_bare_loop(tiny_benchmark):
-    out = run_tool(
-        "bench_study_pretrain.py", ["--root", str(tiny_benchmark), "--batches", "3", "--repeats", "1"]
-    )
+    out = run_tool("study_pretrain", ["--root", str(tiny_benchmark), "--batches", "3", "--repeats", "1"])
     row = json.loads(out.strip().splitlines()[-1])
     assert row["config"] == "pretrain_supervised_study.yaml"
     assert row["nml_samples_per_s"]["median"] > 0 and row["bare_samples_per_s"]["median"] > 0
@@ -66,7 +62,7 @@ def test_the_study_pretraining_benchmark_times_the_recipe_and_its_bare_loop(tiny
 
 @pytest.mark.slow
 def test_the_spectrum_benchmark_times_every_contender_on_the_same_rows_and_reports_errors():
-    out = run_tool("bench_spectrum.py", ["--rows", "600", "--dims", "32", "--chunk", "256", "--repeats", "1"])
+    out = run_tool("spectrum", ["--rows", "600", "--dims", "32", "--chunk", "256", "--repeats", "1"])
     (row,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert (row["rows"], row["dim"], row["reference"]) == (600, 32, "svd_torch")
     assert row["svd_torch"]["max_error_over_s_max"] == 0.0
@@ -83,7 +79,7 @@ def test_the_spectrum_benchmark_times_every_contender_on_the_same_rows_and_repor
 @pytest.mark.slow
 def test_the_tuning_cache_benchmark_alternates_image_and_cached_epochs(tiny_benchmark):
     out = run_tool(
-        "bench_tuning_cache.py",
+        "tuning_cache",
         ["--root", str(tiny_benchmark), "--backbones", "test_resnet", "--methods", "linear"]
         + ["--images", "64", "--epochs", "2", "--num_workers", "0", "--repeats", "2", "--floor_dims"],
     )
@@ -100,20 +96,23 @@ def test_the_tuning_cache_benchmark_alternates_image_and_cached_epochs(tiny_benc
 def test_the_study_benchmark_splits_the_wall_time_by_stage_kind(tiny_benchmark, tmp_path):
     import yaml
 
-    tiny = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "1"]
-    tiny += ["--data.init_args.stream.train_shards", "4", "--data.init_args.loader.batch_size", "16"]
-    tiny += ["--data.init_args.loader.num_workers", "0", "--trainer.enable_progress_bar", "false"]
+    tiny = {
+        "trainer": {"max_steps": 3, "limit_val_batches": 1, "enable_progress_bar": False},
+        "data": {
+            "init_args": {"stream": {"train_shards": 4}, "loader": {"batch_size": 16, "num_workers": 0}}
+        },
+    }
     config = {
         "name": "timed",
         "grid": {"objectives": ["supervised"], "noise_rates": [0.0], "seeds": [0], "random_init": False},
-        "pretrain": {"supervised": {"config": "pretrain_supervised_study.yaml", "args": tiny}},
+        "pretrain": {"supervised": {"config": "pretrain_supervised_study.yaml", "overrides": tiny}},
         "tasks": {"mnist": {"methods": ["linear", "nmtune"]}},
         "benchmark": {"root": str(tiny_benchmark)},
         "features": {"views": 2, "batch_size": 64, "num_workers": 0},
         "tuning": {"epochs": 1, "seeds": [0], "batch_size": 16},
     }
     (tmp_path / "timed.yaml").write_text(yaml.safe_dump(config))
-    out = run_tool("bench_study.py", ["--config", str(tmp_path / "timed.yaml"), "--out", str(tmp_path / "s")])
+    out = run_tool("study", ["--config", str(tmp_path / "timed.yaml"), "--out", str(tmp_path / "s")])
     row = json.loads(out.strip().splitlines()[-1])
     kinds = row["kinds"]
     assert {k: v["count"] for k, v in kinds.items()} == {

@@ -51,10 +51,11 @@ def test_image_text_batches_tokenised_with_caption_noise(tiny_benchmark):
     assert b["text"].shape == (32, 24) and b["text"].dtype.is_signed
     assert 0 < int(b["is_noisy"].sum()) < 32
     with pytest.raises(
-        ValueError, match=r"noise.kind='symmetric': expected none or one of \('caption_swap',\)"
+        ValueError,
+        match=r"noise.kind='symmetric' does not corrupt captions; expected none or one of \('caption_swap',\)",
     ):
         ImageTextShards(root=str(tiny_benchmark), noise=NoiseConfig("symmetric", 0.2))
-    with pytest.raises(ValueError, match="caption noise is for ImageTextShards"):
+    with pytest.raises(ValueError, match="noise.kind='caption_swap' does not corrupt labels"):
         ClassificationShards(root=str(tiny_benchmark), noise=NoiseConfig("caption_swap", 0.2))
 
 
@@ -85,7 +86,7 @@ data:
     dm = parser.instantiate_classes(ns).data
     assert dm.noise == NoiseConfig("pair", 0.4)
     assert dm.loader == LoaderOptions(batch_size=4, num_workers=0) and dm.batch_size == 4
-    assert dm.image.image_size == 16 and dm.input_size == 16 and dm.stream == StreamOptions()
+    assert dm.inputs.options.image_size == 16 and dm.inputs.input_size == 16 and dm.stream == StreamOptions()
     # relative to data.root, as every shard spec of a data module whose root is set
     assert dm.test_sets == [
         EvalSet("mnist", f"{tiny_benchmark}/mnist/test-{{000000..000003}}.tar", "ood", 10)
@@ -199,17 +200,17 @@ def test_pretraining_on_your_shards_takes_the_models_input_size(tmp_path, tiny_b
         ).fit(module, dm)
         assert seen == ([expected] if name == "yours" else [32]), name  # the benchmark fixes 32 px
         # transforms: timm's own defaults and the model's eval crop on your shards; glyph-safe on the benchmark
-        train_ops, eval_ops = (str(dm.transform(a)) for a in (True, False))
+        train_ops, eval_ops = (str(dm.inputs.transform(a)) for a in (True, False))
         crop = timm.create_model("test_resnet").pretrained_cfg["crop_pct"]
         if name == "yours":
-            assert "RandomHorizontalFlip(p=0.5)" in train_ops and dm.eval_crop_pct == crop
+            assert "RandomHorizontalFlip(p=0.5)" in train_ops and dm.inputs.eval_crop_pct == crop
             assert (
                 f"Resize(size={int(expected / crop)}" in eval_ops
                 and f"CenterCrop(size=({expected}, {expected}))" in eval_ops
             )
             assert module.provenance["data"]["crop_pct"] == crop  # exported with the model
         else:
-            assert "HorizontalFlip" not in train_ops and dm.eval_crop_pct == 1.0
+            assert "HorizontalFlip" not in train_ops and dm.inputs.eval_crop_pct == 1.0
 
 
 def test_audit_of_1000_classes_summarises_on_stdout_and_writes_the_matrix(tmp_path):
@@ -435,3 +436,96 @@ def test_names_that_become_file_names_cannot_climb_out_of_their_directory(tiny_b
     with pytest.raises(ValueError, match=r"manifest.json: tasks\[0\].test: '../../evil_feat' is not a valid"):
         load_manifest(tmp_path)
     assert EvalSet("greek_noise_2", "s.tar").name == "greek_noise_2"  # the shipped names pass
+
+
+def test_modalities_are_compared_by_name_only_in_their_table():
+    """No ``modality == "text"`` outside nml/data/modalities.py: every choice between modalities reads
+    the table, so a new modality touches one file (plus its inputs and data module)."""
+    import ast
+
+    from nml.data.modalities import MODALITIES
+
+    def names_a_modality(node: ast.AST) -> bool:
+        name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
+        return "modality" in name
+
+    found = []
+    for path in (REPO / "nml").rglob("*.py"):
+        if path.name == "modalities.py" and path.parent.name == "data":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any(
+                names_a_modality(s) for s in (node.left, *node.comparators)
+            ):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+            if (
+                isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "get"
+            ):  # manifest.get("modality")
+                if any(isinstance(a, ast.Constant) and a.value == "modality" for a in node.args):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} (reads a manifest's modality)")
+    assert not found, found
+    assert set(MODALITIES) >= {"image", "text"}
+
+
+def test_the_text_module_keeps_no_image_members_and_the_data_module_stays_small():
+    """What differs per modality lives in its inputs object (nml/data/inputs.py): the text module
+    overrides nothing of the image preprocessing and takes no ``image`` group."""
+    import inspect
+
+    from nml.data.modules import ShardDataModule, TextClassificationShards
+
+    own = {k for k in vars(TextClassificationShards) if not k.startswith("__")}
+    assert own == {"modality"}, own  # its __init__ builds TextInputs; nothing is cancelled
+    assert "image" not in inspect.signature(TextClassificationShards.__init__).parameters
+    assert "image" not in inspect.signature(ShardDataModule.__init__).parameters
+    lines, _ = inspect.getsourcelines(ShardDataModule)
+    assert len(lines) <= 300, len(lines)
+
+
+def test_a_registered_modality_is_listed_by_nml_data_and_chosen_by_its_manifest(
+    tiny_benchmark, tmp_path, capsys
+):
+    """A modality is a table entry: registered, ``nml data modalities`` lists it, a benchmark whose
+    manifest names it gets its data module, and a study builds its benchmark with its builder."""
+    import shutil
+
+    from nml.cli.main import main
+    from nml.data.modalities import MODALITIES, Modality, register_modality
+    from nml.data.modules import benchmark_data_module
+
+    toy = Modality(
+        name="toy",
+        data_module="nml.data.modules:ClassificationShards",
+        default_root=lambda: str(tmp_path / "toy"),
+        tasks="nml.benchmark.plan:TASK_NAMES",
+        builder="shutil:copytree",
+        sizes=("tiny",),
+        build_options=("dirs_exist_ok",),
+        mixable=True,
+        description="a toy modality registered by a test",
+    )
+    register_modality(toy)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_modality(toy)
+        assert main(["data", "modalities"]) == 0
+        listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)["modalities"]}
+        assert listed["toy"]["default_root"] == str(tmp_path / "toy") and listed["toy"]["sizes"] == ["tiny"]
+        assert {"image", "text"} <= set(listed)
+        with pytest.raises(ValueError, match="built tiny"):
+            toy.build(str(tmp_path / "x"), seed=0, size="small")
+        with pytest.raises(TypeError):  # the builder takes root, seed and size: copytree takes no seed
+            toy.build(str(tiny_benchmark), seed=0, size="tiny", dirs_exist_ok=True, fonts="auto")
+        root = tmp_path / "bench"
+        shutil.copytree(tiny_benchmark, root)
+        manifest = json.loads((root / "manifest.json").read_text())
+        (root / "manifest.json").write_text(json.dumps({**manifest, "modality": "toy"}))
+        dm = benchmark_data_module(str(root), "mnist", loader=LoaderOptions(num_workers=0))
+        assert type(dm).__name__ == "ClassificationShards" and dm.task == "mnist"
+        (root / "manifest.json").write_text(json.dumps({**manifest, "modality": "smell"}))
+        with pytest.raises(
+            ValueError, match=r"manifest.json: modality: expected one of .*'toy'.*got 'smell'"
+        ):
+            benchmark_data_module(str(root), "mnist")
+    finally:
+        MODALITIES.pop("toy", None)

@@ -23,7 +23,7 @@ def test_the_dry_run_lists_every_step_within_eight_minutes(tmp_path):
     assert steps == ["env", "tests", "step", "pipeline", "report"]
     assert (
         "pytest -m gpu" in r.stdout
-        and "bench_gpu_pipeline.py" in r.stdout
+        and "python -m benchmarks.gpu_pipeline" in r.stdout
         and str(tmp_path / "o") in r.stdout
     )
     total = int(r.stdout.splitlines()[-1].split()[2])
@@ -97,14 +97,12 @@ def test_the_report_says_what_did_not_run(tmp_path):
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["tests"] is None and result["step"] is None and result["targets"]["step_met"] is None
     md = (tmp_path / "gpu_check.md").read_text()
-    assert "GPU tests: not run." in md and "bench_gpu_step.py: not run." in md
+    assert "GPU tests: not run." in md and "benchmarks/gpu_step.py: not run." in md
 
 
 @pytest.mark.slow
 def test_the_gpu_pipeline_benchmark_runs_on_the_cpu_with_stand_ins():
-    out = run_tool(
-        "bench_gpu_pipeline.py", ["--samples", "96", "--warmup", "1", "--steps", "2", "--repeats", "1"]
-    )
+    out = run_tool("gpu_pipeline", ["--samples", "96", "--warmup", "1", "--steps", "2", "--repeats", "1"])
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["setting"] for r in rows] == ["workers decode"]  # decode_on_device needs CUDA
     assert rows[0]["samples_per_s"] > 0 and rows[0]["model_bound_samples_per_s"] > 0

@@ -110,7 +110,7 @@ def test_the_study_takes_only_the_cli_builder_from_the_cli():
         if name.startswith("nml.cli")
     }
     assert from_cli == {("stages.py", "nml.cli.lightning"), ("estimate.py", "nml.cli.lightning")}
-    assert "from nml.cli.lightning import build_cli" in (NML / "study" / "stages.py").read_text()
+    assert "from nml.cli.lightning import build_recipe" in (NML / "study" / "stages.py").read_text()
     # the plan's estimate parses recipes with the same builder, and builds nothing
     assert (
         "from nml.cli.lightning import parse_recipe, recipe_data_module"
@@ -134,7 +134,7 @@ def test_the_formatter_and_the_linter_pass_on_every_file():
     from pathlib import Path
 
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    paths = ["nml", "tests", "tools"]
+    paths = ["nml", "tests", "tools", "benchmarks"]
     for args in (["format", "--check", *paths], ["check", *paths]):
         r = subprocess.run([ruff, *args], cwd=REPO, capture_output=True, text=True)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -150,12 +150,13 @@ def test_the_formatter_and_the_linter_pass_on_every_file():
 
 def test_every_import_of_an_nml_name_resolves():
     """Lazy imports inside functions (``from nml.x import y``) fail only when their code path runs:
-    check every one of them, in the package, the tests and the tools."""
+    check every one of them, in the package, the tests, the tools and the benchmarks."""
     import ast
     import importlib
 
     broken = []
-    for path in [*NML.rglob("*.py"), *(REPO / "tests").glob("*.py"), *(REPO / "tools").glob("*.py")]:
+    scripts = [*(REPO / "tools").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]
+    for path in [*NML.rglob("*.py"), *(REPO / "tests").glob("*.py"), *scripts]:
         for node in ast.walk(ast.parse(path.read_text())):
             if not (
                 isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("nml")
@@ -169,3 +170,23 @@ def test_every_import_of_an_nml_name_resolves():
                 ):
                     broken.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.module}.{alias.name}")
     assert broken == []
+
+
+def test_the_benchmarks_are_one_package_that_reaches_no_sibling_by_path():
+    """``python -m benchmarks.<name>``: the scripts share ``benchmarks.common`` by import, not by
+    ``sys.path`` edits or each other's private names."""
+    import ast
+
+    bench = REPO / "benchmarks"
+    assert (bench / "__init__.py").is_file() and not list((REPO / "tools").glob("bench_*.py"))
+    found = []
+    for path in bench.glob("*.py"):
+        text = path.read_text()
+        if "sys.path" in text:
+            found.append(f"{path.name}: sys.path")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks"):
+                found += [
+                    f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")
+                ]
+    assert found == []

@@ -145,7 +145,7 @@ def test_bench_gpu_step_runs_on_the_cpu_with_stand_in_models():
     from helpers import run_tool
 
     out = run_tool(
-        "bench_gpu_step.py",
+        "gpu_step",
         ["--cases", "resnet50,nmtune-d2048", "--warmup", "1", "--steps", "2", "--repeats", "1"],
     )
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]

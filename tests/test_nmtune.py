@@ -87,21 +87,21 @@ def test_classifier_initialisation_is_the_papers_by_default_or_torchs():
 
 
 def test_regulariser_weights_are_the_authors_at_2048_and_rescaled_elsewhere():
-    from nml.models.tuning import REGULARISER_DEFAULTS, scaled_weights
+    from nml.models.nmtune import AUTHORS_WEIGHTS, scaled_weights
 
-    assert scaled_weights(REGULARISER_DEFAULTS, 2048, 2048) == REGULARISER_DEFAULTS
-    assert scaled_weights(REGULARISER_DEFAULTS, 256, None) == REGULARISER_DEFAULTS
-    w = scaled_weights(REGULARISER_DEFAULTS, 256, 2048)
+    assert scaled_weights(AUTHORS_WEIGHTS, 2048, 2048) == AUTHORS_WEIGHTS
+    assert scaled_weights(AUTHORS_WEIGHTS, 256, None) == AUTHORS_WEIGHTS
+    w = scaled_weights(AUTHORS_WEIGHTS, 256, 2048)
     assert w["mse"] == pytest.approx(1.0 * 256 / 2048) and w["svd"] == 0.001
     assert w["cov"] == pytest.approx(0.04 * 2047 / 255)
     with pytest.raises(ValueError, match="reference_dim"):
-        scaled_weights(REGULARISER_DEFAULTS, 1, 2048)
+        scaled_weights(AUTHORS_WEIGHTS, 1, 2048)
 
 
 def test_rescaled_terms_weigh_the_same_at_any_dimension():
     """Features with the same per-pair correlation and per-sample angle at D = 256 and D = 2048: the
     weighted COV and MSE terms agree within sampling error; unscaled, COV differs ~8x."""
-    from nml.models.tuning import REGULARISER_DEFAULTS, scaled_weights
+    from nml.models.nmtune import AUTHORS_WEIGHTS, scaled_weights
 
     g = torch.Generator().manual_seed(0)
     terms = {}
@@ -110,7 +110,7 @@ def test_rescaled_terms_weigh_the_same_at_any_dimension():
         z = 0.3 * shared + torch.randn(4096, d, generator=g, dtype=torch.float64)  # pairwise r ~ 0.083
         f = z + 0.5 * torch.randn(4096, d, generator=g, dtype=torch.float64)
         regs = nmtune_regularizers(z[:2048], z[2048:], f[:2048])
-        w = scaled_weights(REGULARISER_DEFAULTS, d, 2048)
+        w = scaled_weights(AUTHORS_WEIGHTS, d, 2048)
         terms[d] = {k: w[k] * float(regs[k]) for k in ("mse", "cov")} | {"raw_cov": 0.04 * float(regs["cov"])}
     for k in ("mse", "cov"):
         assert terms[256][k] == pytest.approx(terms[2048][k], rel=0.15), (k, terms)

@@ -548,7 +548,7 @@ def test_bench_pipeline_reports_the_per_core_rate_against_the_jpeg_decode_limit(
         "--image_size",
         "96",
     ]
-    out = json.loads(run_tool("bench_pipeline.py", argv))
+    out = json.loads(run_tool("pipeline", argv))
     assert out["shards"] == "64 synthetic 320x240 JPEGs" and out["decode_limit_per_core"] > 0
     # decoding is part of the pipeline: a pipeline faster than decoding alone would be a wrong figure
     assert 0 < out["train_one_core_over_decode_limit"] < 1
@@ -605,7 +605,7 @@ def test_decoding_on_the_device_draws_the_same_crops_and_flips_as_the_cpu_path(t
     batch = next(iter(dm.train_dataloader()))
     jpeg = next(i for i, data in enumerate(batch["encoded"]) if data[0] == 0xFF)
     batch["encoded"][jpeg] = batch["encoded"][jpeg][: len(batch["encoded"][jpeg]) // 2]  # truncated
-    plan = device_plan(dm.transform(True))
+    plan = device_plan(dm.inputs.transform(True))
     images, failed = decode_batch(batch["encoded"], batch["boxes"], plan, torch.device("cpu"))
     assert failed == [jpeg] and torch.isfinite(images).all()
     good = next(i for i in range(8) if i != jpeg)
@@ -663,10 +663,12 @@ def test_decode_on_device_fills_a_batch_none_of_whose_images_decode_from_an_earl
     )
     dm.setup("fit")
     good, bad = list(iter(dm.train_dataloader()))[:2]
-    decoder = dm.device_decoder()
-    assert isinstance(decoder, DeviceDecoder) and decoder is dm.device_decoder()  # built once
+    decoder = dm.inputs.device_decoder()
+    assert isinstance(decoder, DeviceDecoder) and decoder is dm.inputs.device_decoder()  # built once
     with pytest.raises(BadImage, match="none of the batch's 4 images could be decoded"):
-        DeviceDecoder(dm.transform(True)).decode({**bad, "encoded": [b[:10] for b in bad["encoded"]]}, "cpu")
+        DeviceDecoder(dm.inputs.transform(True)).decode(
+            {**bad, "encoded": [b[:10] for b in bad["encoded"]]}, "cpu"
+        )
     assert decoder.decode(good, torch.device("cpu")) == []
     bad["encoded"] = [data[: len(data) // 3] for data in bad["encoded"]]  # every JPEG truncated
     assert decoder.decode(bad, torch.device("cpu")) == [0, 1, 2, 3]
@@ -679,7 +681,7 @@ def test_bench_pipeline_measures_the_cost_of_noise_on_the_embedded_shards(tiny_b
     from helpers import run_tool
 
     argv = ["--root", str(tiny_benchmark), "--num_workers", "0", "--repeats", "2", "--batch_size", "16"]
-    out = json.loads(run_tool("bench_pipeline.py", argv))
+    out = json.loads(run_tool("pipeline", argv))
     for modality, kinds in (
         ("classification", {"none", "symmetric"}),
         ("image_text", {"none", "caption_swap"}),

@@ -318,20 +318,12 @@ def test_tiny_study_end_to_end_cached_and_incremental(tiny_benchmark, tmp_path, 
     from nml.study.config import Benchmark, Features
 
     monkeypatch.chdir(tmp_path)
-    tiny = [
-        "--trainer.max_steps",
-        "3",
-        "--trainer.limit_val_batches",
-        "1",
-        "--data.init_args.stream.train_shards",
-        "4",
-        "--data.init_args.loader.batch_size",
-        "16",
-        "--data.init_args.loader.num_workers",
-        "0",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
+    tiny = {
+        "trainer": {"max_steps": 3, "limit_val_batches": 1, "enable_progress_bar": False},
+        "data": {
+            "init_args": {"stream": {"train_shards": 4}, "loader": {"batch_size": 16, "num_workers": 0}}
+        },
+    }
     kw = {
         "name": "tiny",
         "grid": Grid(["supervised"], [0.0, 0.3], [0], random_init=True),
@@ -448,20 +440,14 @@ def _start_in_its_own_group(cmd: list[str], cwd):
     )
 
 
-def _stoppable_recipe(*bounds: str) -> list[str]:
-    """Options of a tiny pre-training slow enough to be stopped mid-way: batches of 4 from 4 shards,
-    2 loader workers (they must ignore a SIGTERM sent to the group), bounded by ``bounds``."""
-    return [
-        *bounds,
-        "--trainer.limit_val_batches",
-        "1",
-        "--data.init_args.stream.train_shards",
-        "4",
-        "--data.init_args.loader.batch_size",
-        "4",
-        "--data.init_args.loader.num_workers",
-        "2",
-    ]
+def _stoppable_recipe(**bounds: int) -> dict:
+    """Overrides of a tiny pre-training slow enough to be stopped mid-way: batches of 4 from 4
+    shards, 2 loader workers (they must ignore a SIGTERM sent to the group), bounded by ``bounds``
+    (trainer options)."""
+    return {
+        "trainer": {**bounds, "limit_val_batches": 1},
+        "data": {"init_args": {"stream": {"train_shards": 4}, "loader": {"batch_size": 4, "num_workers": 2}}},
+    }
 
 
 def test_sigterm_to_the_study_exits_143_naming_the_stage_and_a_rerun_resumes(tiny_benchmark, tmp_path):
@@ -474,11 +460,11 @@ def test_sigterm_to_the_study_exits_143_naming_the_stage_and_a_rerun_resumes(tin
     import yaml
     from helpers import PYTHON, nml_subprocess_env
 
-    tiny = _stoppable_recipe("--trainer.max_steps", "40")
+    tiny = _stoppable_recipe(max_steps=40)
     config = {
         "name": "stopped",
         "grid": {"objectives": ["supervised"], "noise_rates": [0.0, 0.3], "seeds": [0], "random_init": False},
-        "pretrain": {"supervised": {"config": "pretrain_supervised_study.yaml", "args": tiny}},
+        "pretrain": {"supervised": {"config": "pretrain_supervised_study.yaml", "overrides": tiny}},
         "tasks": {"mnist": {"methods": ["linear"]}},
         "benchmark": {"root": str(tiny_benchmark)},
         "features": {"views": 0, "batch_size": 64, "num_workers": 2},
@@ -535,13 +521,13 @@ def test_a_study_stopped_twice_mid_pretraining_resumes_it_and_matches_an_uninter
     import yaml
     from helpers import PYTHON
 
-    tiny = _stoppable_recipe("--trainer.max_steps", "50", "--trainer.max_epochs", "4")
+    tiny = _stoppable_recipe(max_steps=50, max_epochs=4)
 
     def write(name: str) -> list[str]:
         config = {
             "name": name,
             "grid": {"objectives": ["supervised"], "noise_rates": [0.3], "seeds": [0], "random_init": False},
-            "pretrain": {"supervised": {"config": "pretrain_supervised_study.yaml", "args": tiny}},
+            "pretrain": {"supervised": {"config": "pretrain_supervised_study.yaml", "overrides": tiny}},
             "tasks": {"mnist": {"methods": ["linear"]}},
             "benchmark": {"root": str(tiny_benchmark)},
             "features": {"views": 0, "batch_size": 64, "num_workers": 0},
@@ -598,7 +584,10 @@ def test_damaged_stage_records_are_named_and_rerun_and_a_moved_study_reads_its_o
     from nml.study.plan import Stage
     from nml.study.stages import TuneParams
 
-    stage, out = Stage("tune", "x", TuneParams("linear", 0, 1, 16, 0.0)), tmp_path / "a"
+    stage, out = (
+        Stage("tune", "x", TuneParams("linear", 0, 1, 16, 0.0, "tune_linear.yaml", "")),
+        tmp_path / "a",
+    )
     record = stage.directory(out) / "done.json"
     record.parent.mkdir(parents=True)
     for damaged in ("", '{"cache": "stages/features/y/cache"', "[1, 2]"):
@@ -632,14 +621,15 @@ def test_a_second_study_on_the_same_directory_is_refused_naming_the_first(tiny_b
 
 
 def test_files_a_recipe_reads_are_part_of_its_key(tmp_path, monkeypatch):
-    """Editing a file a recipe's args name (``--trainer extra.yaml``) re-runs the pre-training and
-    everything after it; it used to be reported as cached with the old epochs."""
+    """Editing a file a recipe's overrides name (class names) re-runs the pre-training and
+    everything after it; it used to be reported as cached with the old contents."""
     from nml.study.config import Features
     from nml.study.plan import build_plan
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "extra.yaml").write_text("max_epochs: 4\n")
-    recipe = {"supervised": Recipe("pretrain_supervised_study.yaml", ["--trainer", "extra.yaml"])}
+    (tmp_path / "names.txt").write_text("a\nb\n")
+    names = {"data": {"init_args": {"class_names": "names.txt"}}}
+    recipe = {"supervised": Recipe("pretrain_supervised_study.yaml", names)}
 
     def keys():
         plan = build_plan(
@@ -654,7 +644,7 @@ def test_files_a_recipe_reads_are_part_of_its_key(tmp_path, monkeypatch):
 
     before = keys()
     assert keys() == before  # stable
-    (tmp_path / "extra.yaml").write_text("max_epochs: 2\n")
+    (tmp_path / "names.txt").write_text("a\nc\n")
     after = keys()
     assert all(a != b for a, b in zip(before, after, strict=True))  # pretrain, features, tune
 
@@ -687,7 +677,7 @@ def test_the_dry_run_estimates_each_stage_from_its_own_recipe_and_its_finished_s
     }
 
     def pretrain_seconds(epochs: int) -> float:
-        recipe = Recipe("pretrain_supervised_study.yaml", ["--trainer.max_epochs", str(epochs)])
+        recipe = Recipe("pretrain_supervised_study.yaml", {"trainer": {"max_epochs": epochs}})
         summary = study(**kw, pretrain={"supervised": recipe}, dry_run=True)
         assert "the defaults of the 2-core CPU machine" in summary["from"], summary["from"]
         return summary["seconds_per_stage"]["pretrain/supervised"]
@@ -695,7 +685,7 @@ def test_the_dry_run_estimates_each_stage_from_its_own_recipe_and_its_finished_s
     assert pretrain_seconds(1) == pytest.approx(overhead + rate * per_epoch, abs=0.1)
     assert pretrain_seconds(5) == pytest.approx(overhead + rate * 5 * per_epoch, abs=0.1)
 
-    recipes = {**DEFAULT_RECIPES, "supervised": Recipe("pretrain_supervised_study.yaml", [])}
+    recipes = {**DEFAULT_RECIPES, "supervised": Recipe("pretrain_supervised_study.yaml")}
     plan = build_plan(
         kw["grid"],
         recipes,
@@ -742,7 +732,7 @@ def test_a_tuning_recipe_keys_only_its_methods_stages_and_reaches_the_model(tiny
     assert {label for label in before if before[label] != after[label]} == {
         label for label in before if label.endswith("-nmtune-t0")
     }
-    params = TuneParams("linear", 0, 30, 64, 0.0, 2)  # no recipe: the key's fields as before it existed
+    params = TuneParams("linear", 0, 30, 64, 0.0, "tune_linear.yaml", "")  # no options: the key as before
     assert keyed(params) == {k: v for k, v in asdict(params).items() if k != "model"}
 
 

@@ -111,7 +111,7 @@ def test_text_shards_noise_is_fixed_per_sample_and_evaluation_reads_every_docume
         )
         assert isinstance(dm, TextClassificationShards)
         with pytest.raises(ValueError, match="text has no augmented views"):
-            dm.check_views(2)  # what nml features --views asks first
+            dm.inputs.check_views(2)  # what nml features --views asks first
         dm.setup("fit")
         batches = list(dm.train_dataloader())
         b = batches[0]
@@ -326,15 +326,7 @@ def test_the_text_study_end_to_end_reports_the_sweep_and_the_frozen_encoder(
     from nml.study.results import read_results
 
     monkeypatch.chdir(tmp_path)
-    recipe = Recipe(
-        "pretrain_text.yaml",
-        [
-            "--trainer.max_epochs",
-            "2",
-            "--trainer.enable_progress_bar",
-            "false",
-        ],
-    )
+    recipe = Recipe("pretrain_text.yaml", {"trainer": {"max_epochs": 2, "enable_progress_bar": False}})
     result = study(
         name="text",
         grid=Grid(["supervised"], [0.0, 0.3], [0, 1], random_init=False),

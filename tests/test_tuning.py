@@ -83,8 +83,10 @@ def test_each_method_trains_on_images_and_tests_id_and_ood(tiny_benchmark, expor
         assert changed == [], changed[:5]  # parameters and BatchNorm statistics untouched
         assert not any(p.requires_grad for p in model.backbone.parameters())
     # the data module followed the backbone: normalisation from the export, views from the method
-    assert dm.image.mean == tuple(DATA["mean"]) and dm.image.views == (1 if method == "linear" else 2)
-    assert dm.image.augment is (method != "linear")
+    assert dm.inputs.options.mean == tuple(DATA["mean"]) and dm.inputs.options.views == (
+        1 if method == "linear" else 2
+    )
+    assert dm.inputs.options.augment is (method != "linear")
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss_epoch"]) and 0 <= metrics["train/top1_epoch"] <= 1
     assert ("train/svd_epoch" in metrics) == (method in ("nmtune", "finetune"))
@@ -595,17 +597,23 @@ def test_validate_and_predict_run_on_every_shipped_config(tiny_benchmark, export
 
 
 def test_a_study_tune_stage_builds_its_method_with_the_recipes_options(feature_cache, tmp_path):
-    """``tuning.recipes`` reaches the model the stage trains: with NMTune's COV weight set to 0 the
-    COV term leaves its loss, where the default weight keeps it."""
+    """``tuning.recipes`` reaches the model the stage trains (the shipped ``tune_nmtune.yaml`` through
+    the CLI builder): with NMTune's COV weight set to 0 the COV term leaves its loss, where the
+    default weight keeps it, and an MSE weight of 0.5 weighs the MSE term by 0.5."""
+    import yaml
+
     from nml.study.stages import StageContext, TuneParams, tune
 
     def run(name: str, options: dict) -> dict:
         directory = tmp_path / "stages" / "tune" / name
         directory.mkdir(parents=True)
-        params = TuneParams("nmtune", 0, 1, 16, 0.0, 1, options)
+        params = TuneParams("nmtune", 0, 1, 16, 0.0, "tune_nmtune.yaml", "", 1, options)
         return tune(params, [{"cache": str(feature_cache)}], StageContext(directory, tmp_path, ""))["train"]
 
-    ablated = run("ablated", {"loss": {"cov_weight": 0.0}})
+    ablated = run("ablated", {"loss": {"cov_weight": 0.0, "mse_weight": 0.5, "reference_dim": None}})
     default = run("default", {})
     assert "train/w_cov_epoch" not in ablated and default["train/w_cov_epoch"] > 0  # a 0 weight: no term
-    assert ablated["train/w_mse_epoch"] > 0 and default["train/w_mse_epoch"] > 0
+    assert ablated["train/w_mse_epoch"] == pytest.approx(0.5 * ablated["train/mse_epoch"], rel=1e-5)
+    assert default["train/w_mse_epoch"] > 0
+    hparams = yaml.safe_load((tmp_path / "tensorboard" / "tune" / "ablated" / "hparams.yaml").read_text())
+    assert hparams["method"] == "nmtune" and hparams["backbone"] is None  # logged into the study's run

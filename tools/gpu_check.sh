@@ -6,8 +6,8 @@
 #      dependencies installed from the lock (tools/constraints.txt, torch / torchvision pinned to the
 #      installed ones), from PyPI or from --wheels DIR (no network);
 #   2. the `gpu`-marked tests (pytest -m gpu; junit XML);
-#   3. tools/bench_gpu_step.py, every case (nml's step against a bare loop; MFU);
-#   4. tools/bench_gpu_pipeline.py (the JPEG pipeline against the model-bound rate, decode_on_device
+#   3. benchmarks/gpu_step.py, every case (nml's step against a bare loop; MFU);
+#   4. benchmarks/gpu_pipeline.py (the JPEG pipeline against the model-bound rate, decode_on_device
 #      off and on);
 #   5. tools/gpu_check_report.py: every figure in OUT/gpu_check.json and a Markdown table ready for
 #      BENCHMARKS.md, OUT/gpu_check.md.
@@ -36,8 +36,8 @@ log() { echo "[gpu_check] $*" >&2; }
 STEPS=(
   "env|60|an environment that imports nml's stack over the machine's CUDA torch"
   "tests|150|pytest -m gpu tests/test_gpu.py --junitxml OUT/gpu_tests.xml"
-  "step|150|python tools/bench_gpu_step.py --repeats 2 > OUT/gpu_step.jsonl"
-  "pipeline|100|python tools/bench_gpu_pipeline.py --repeats 2 > OUT/gpu_pipeline.jsonl"
+  "step|150|python -m benchmarks.gpu_step --repeats 2 > OUT/gpu_step.jsonl"
+  "pipeline|100|python -m benchmarks.gpu_pipeline --repeats 2 > OUT/gpu_pipeline.jsonl"
   "report|10|python tools/gpu_check_report.py OUT -> OUT/gpu_check.json, OUT/gpu_check.md"
 )
 declare -A LIMIT
@@ -86,8 +86,8 @@ fi
 # 2-4. tests and benchmarks; a failed step is recorded, the others still run
 status=0
 timeout "${LIMIT[tests]}" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py --junitxml "$OUT/gpu_tests.xml" >&2 || status=1
-timeout "${LIMIT[step]}" "$PY" tools/bench_gpu_step.py --repeats 2 >"$OUT/gpu_step.jsonl" || status=1
-timeout "${LIMIT[pipeline]}" "$PY" tools/bench_gpu_pipeline.py --repeats 2 >"$OUT/gpu_pipeline.jsonl" || status=1
+timeout "${LIMIT[step]}" "$PY" -m benchmarks.gpu_step --repeats 2 >"$OUT/gpu_step.jsonl" || status=1
+timeout "${LIMIT[pipeline]}" "$PY" -m benchmarks.gpu_pipeline --repeats 2 >"$OUT/gpu_pipeline.jsonl" || status=1
 
 # 5. one JSON, one Markdown table
 timeout "${LIMIT[report]}" "$PY" tools/gpu_check_report.py "$OUT" --seconds "$((SECONDS - t0))"

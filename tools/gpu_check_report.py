@@ -2,8 +2,8 @@
 
     python tools/gpu_check_report.py OUT [--seconds S]
 
-Reads ``OUT/gpu_tests.xml`` (pytest's junit XML), ``OUT/gpu_step.jsonl`` (bench_gpu_step.py) and
-``OUT/gpu_pipeline.jsonl`` (bench_gpu_pipeline.py); a missing or empty input is reported as not
+Reads ``OUT/gpu_tests.xml`` (pytest's junit XML), ``OUT/gpu_step.jsonl`` (benchmarks/gpu_step.py) and
+``OUT/gpu_pipeline.jsonl`` (benchmarks/gpu_pipeline.py); a missing or empty input is reported as not
 run. Writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md`` with the targets checked: nml's step
 >= 0.98x the bare loop in every case, the real pipeline >= 0.95x the model-bound rate.
 """
@@ -104,7 +104,7 @@ def markdown(r: dict) -> str:
             )
         lines.append("")
     else:
-        lines += ["bench_gpu_step.py: not run.", ""]
+        lines += ["benchmarks/gpu_step.py: not run.", ""]
     if r["pipeline"]:
         lines += [
             "| pipeline | workers | samples/s | model-bound samples/s | ratio |",
@@ -118,7 +118,7 @@ def markdown(r: dict) -> str:
             )
         lines.append("")
     else:
-        lines += ["bench_gpu_pipeline.py: not run.", ""]
+        lines += ["benchmarks/gpu_pipeline.py: not run.", ""]
     tg = r["targets"]
     lines.append(
         f"Targets: nml step >= {tg['nml_step_over_bare_min']}x the bare loop: {tg['step_met']}; "

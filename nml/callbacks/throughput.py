@@ -12,7 +12,7 @@ It differs from ``ThroughputMonitor`` where that one costs training speed or cod
 
 * The device is synchronised only on the steps that log (every ``log_every_n_steps``).
   ``ThroughputMonitor`` calls ``torch.cuda.synchronize()`` after every batch. The GPU then waits while
-  the host prepares the next step, which is the per-step cost that ``tools/bench_gpu_step.py`` measures.
+  the host prepares the next step, which is the per-step cost that ``benchmarks/gpu_step.py`` measures.
 * A batch's FLOPs are counted once, by torch's ``FlopCounterMode`` around the forward and backward
   of the first training batch. That is the module's whole step: both CLIP towers and the loss, and
   both NMTune views through the frozen encoder. No module needs a ``flops_per_batch`` attribute.

@@ -18,7 +18,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -76,7 +76,20 @@ def add_default_callbacks(trainer: Trainer) -> Trainer:
 
 
 class NMLCLI(LightningCLI):
-    """LightningCLI with nml's defaults and the ``nml test`` report."""
+    """LightningCLI with nml's defaults and the ``nml test`` report.
+
+    ``overrides``: nested dicts (``{"data": {"init_args": {"noise": {"rate": 0.3}}}}``) applied in
+    order on top of the parsed arguments, as a config file given after them would be: how a caller
+    in Python (a study stage) sets a recipe's options, typed and checked by the same parser."""
+
+    def __init__(self, *args, overrides: Sequence[Mapping] = (), **kwargs):
+        self._overrides = list(overrides)
+        super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        for override in self._overrides:
+            self.config = parser.parse_object(dict(override), namespace=self.config)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -309,10 +322,19 @@ class _ParseOnlyCLI(NMLCLI):
         pass  # reading a recipe seeds no global RNG (the stage that runs it does)
 
 
-def parse_recipe(argv: Sequence[str]):
-    """A recipe's config (a jsonargparse Namespace) as ``nml fit`` parses it, the options in
-    ``argv`` applied, with no model, data module or trainer built."""
-    return build_cli(argv, run=False, save_config=False, cli_class=_ParseOnlyCLI).config
+def build_recipe(config: str, overrides: Sequence[Mapping] = (), cli_class: type[NMLCLI] = NMLCLI) -> NMLCLI:
+    """A recipe (a config path or a shipped config's bare name) as ``nml fit --config`` reads it,
+    ``overrides`` applied in order (:class:`NMLCLI`), its model, data module and trainer built but
+    not run: how a study stage runs a recipe."""
+    return build_cli(
+        ["--config", config], run=False, save_config=False, cli_class=cli_class, overrides=overrides
+    )
+
+
+def parse_recipe(config: str, overrides: Sequence[Mapping] = ()):
+    """A recipe's config (a jsonargparse Namespace) as ``nml fit`` parses it, ``overrides``
+    applied, with no model, data module or trainer built."""
+    return build_recipe(config, overrides, cli_class=_ParseOnlyCLI).config
 
 
 def recipe_data_module(config) -> LightningDataModule:
@@ -325,12 +347,17 @@ def recipe_data_module(config) -> LightningDataModule:
 
 
 def build_cli(
-    argv: Sequence[str], run: bool = True, save_config: bool = True, cli_class: type[NMLCLI] = NMLCLI
+    argv: Sequence[str],
+    run: bool = True,
+    save_config: bool = True,
+    cli_class: type[NMLCLI] = NMLCLI,
+    overrides: Sequence[Mapping] = (),
 ) -> NMLCLI:
     """The one way nml builds its LightningCLI (``nml fit | validate | test | predict``, and the
     study's pre-training stages with ``run=False``): bare config names resolved to the shipped
     configs, a ``--ckpt_path`` checked before anything is built; subclass mode for model and
-    data; exact option names; errors raised, not printed."""
+    data; exact option names; errors raised, not printed; ``overrides`` (nested dicts) applied
+    after ``argv``."""
     from nml.quiet import quiet_lightning
 
     quiet_lightning()  # Lightning's own handler, now that Lightning is imported
@@ -341,10 +368,10 @@ def build_cli(
     if not run:  # built from inside another command (a study stage, a plan): its argv is not ours
         saved, sys.argv = sys.argv, sys.argv[:1]
         try:
-            return _construct(cli_class, argv, run, saving)
+            return _construct(cli_class, argv, run, {**saving, "overrides": overrides})
         finally:
             sys.argv = saved
-    return _construct(cli_class, argv, run, saving)
+    return _construct(cli_class, argv, run, {**saving, "overrides": overrides})
 
 
 def _construct(cli_class: type[NMLCLI], argv: Sequence[str], run: bool, saving: dict) -> NMLCLI:

@@ -37,6 +37,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
         "embedded_text": "nml.cli.commands.data:embedded_text",
         "write": "nml.cli.commands.data:write",
         "audit": "nml.data.audit:audit",
+        "modalities": "nml.cli.commands.data:modalities",
     },
     "export": "nml.cli.commands.export:export",
     "features": "nml.features.task:features_command",

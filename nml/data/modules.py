@@ -50,24 +50,17 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 
+from nml.data.inputs import ImageInputs, Inputs, TextInputs
 from nml.data.loading import IteratedAsIs, fit_progress, share_cores_with_workers
+from nml.data.modalities import get_modality, modality_of
 from nml.data.options import ImageOptions, LoaderOptions, StreamOptions
 from nml.data.pipeline import ShardLoader, StreamConfig, collate
-from nml.data.transforms import (
-    DEFAULT_IMAGE_SIZE,
-    TransformFamily,
-    build_transform,
-    get_transforms,
-    normalize,
-)
 from nml.noise.config import NoiseConfig
 from nml.noise.kinds import kinds_that_corrupt, noise_kind
 from nml.shards.manifest import (
     MANIFEST,
     EvalSet,
     class_prompts,
-    default_root,
-    default_text_root,
     info_num_classes,
     load_manifest,
     prompt_fields,
@@ -125,9 +118,14 @@ def rebase_sets(root: str, train: str | None, val: str | None, test: list | None
 
 
 class ShardDataModule(LightningDataModule):
-    """Shared logic of the streaming DataModules (see the module docstring)."""
+    """Shared logic of the streaming DataModules (see the module docstring): the sets, classes,
+    loaders and evaluation suite. What differs per modality is the module's ``inputs``
+    (:mod:`nml.data.inputs`), built by each subclass; its modality (:mod:`nml.data.modalities`)
+    gives the default root."""
 
-    library = "timm"
+    modality = "image"  # a name of nml.data.modalities: where the benchmark is when root is unset
+    noise_target = "label"  # what its noise kinds corrupt (NoiseKind.corrupts)
+    inputs: Inputs
 
     def __init__(
         self,
@@ -142,13 +140,13 @@ class ShardDataModule(LightningDataModule):
         noise: NoiseConfig | None = None,
         loader: LoaderOptions | None = None,
         stream: StreamOptions | None = None,
-        image: ImageOptions | None = None,
     ):
         """
         Args:
-            root: The data directory: where the benchmark's ``manifest.json`` is (default
-                ``data/embedded`` or ``$NML_DATA``) and, when set, what the relative shard specs of
-                ``train`` / ``val`` / ``test`` are relative to (unset: the working directory).
+            root: The data directory: where the benchmark's ``manifest.json`` is (default: the
+                modality's, ``data/embedded`` or ``$NML_DATA`` for images) and, when set, what the
+                relative shard specs of ``train`` / ``val`` / ``test`` are relative to (unset: the
+                working directory).
             task: A benchmark task (``pretraining``, ``greek``, ...): its shards and test sets.
             train / val: Shard specs; ``train`` replaces the task (its validation and test sets too).
             test: Named evaluation sets (``{name, shards, group, num_classes}``).
@@ -156,18 +154,20 @@ class ShardDataModule(LightningDataModule):
             class_names: ``imagenet`` or a file of names, for sets whose ``_info.json`` has none.
             seed: Seeds the shard order, shuffling, augmentation and (unless ``noise.seed``) the noise.
             noise: The label noise of the training stream.
-            loader / stream / image: The option groups of :mod:`nml.data.options`.
+            loader / stream: The option groups of :mod:`nml.data.options`.
         """
         super().__init__()
-        self.root = root if root is not None else self.default_root()
+        self.root = root if root is not None else get_modality(self.modality).default_root()
         if root is not None:  # the one rule for a config's shards: relative to data.root when it is set
             train, val, test = rebase_sets(root, train, val, test)
         self.loader = replace(as_options(LoaderOptions, loader, "data.loader"))
         self.stream = replace(as_options(StreamOptions, stream, "data.stream"))
-        self.image = replace(as_options(ImageOptions, image, "data.image"))  # a copy: models adopt settings
         self.seed, self.noise = seed, noise or NoiseConfig()
-        self._device_decoder = None  # decode_on_device: built once (device_decoder())
-        self._check_noise_kind()
+        if noise_kind(self.noise.kind).corrupts not in (None, self.noise_target):
+            raise ValueError(
+                f"{type(self).__name__}: noise.kind={self.noise.kind!r} does not corrupt {self.noise_target}s; "
+                f"expected none or one of {kinds_that_corrupt(self.noise_target)}"
+            )
         self.named = load_class_names(class_names)  # (names, info) for sets that have none
 
         task_classes = None
@@ -203,19 +203,15 @@ class ShardDataModule(LightningDataModule):
         self.rank, self.world_size = 0, 1
         self._loaders: dict[str, Any] = {}
 
-    @staticmethod
-    def default_root() -> str:
-        """Where the benchmark is when ``root`` is unset: ``$NML_DATA`` or data/embedded."""
-        return default_root()
-
     @property
     def batch_size(self) -> int:
         """Training samples per batch and rank (``loader.batch_size``; :class:`TrainingData`)."""
         return self.loader.batch_size
 
     @property
-    def transform_family(self) -> TransformFamily:
-        return get_transforms(self.library)
+    def glyph_safe(self) -> bool:
+        """Glyph-safe transform defaults: on the embedded benchmark (a task), not on your shards."""
+        return self.task is not None
 
     def describe(self) -> dict:
         """What a model trained on this module saw (stored in checkpoints and exports)."""
@@ -225,7 +221,6 @@ class ShardDataModule(LightningDataModule):
         noise = self.noise.describe() | {
             "seed": self.noise.seed if self.noise.seed is not None else self.seed
         }
-        mean, std = self.normalization()
         return {
             "datamodule": type(self).__name__,
             "root": str(self.root),
@@ -235,121 +230,33 @@ class ShardDataModule(LightningDataModule):
             "num_classes": self.num_classes,
             "noise": noise,
             "seed": self.seed,
-            "image_size": self.input_size,
-            "mean": list(mean),
-            "std": list(std),
-            "crop_pct": self.eval_crop_pct,
+            **self.inputs.describe(),
             "manifest_sha256": file_sha256(manifest) if manifest.is_file() else None,
         }
 
-    feature_dim = None  # batches hold images (TrainingData)
-
-    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(mean, std) the images are normalised with: as configured (or adopted from the backbone),
-        else the library's default."""
-        default_mean, default_std = self.transform_family.normalization()
-        return tuple(self.image.mean or default_mean), tuple(self.image.std or default_std)
+    feature_dim = None  # batches hold the modality's inputs, not features (TrainingData)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """``decode_on_device``: training images arrive encoded, with each view's crop and flip
-        drawn in the worker; decoded, cropped and normalised here on the training device."""
-        if isinstance(batch, dict) and "encoded" in batch:
-            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            keys = list(batch["key"])
-            failed = self.device_decoder().decode(batch, device)
-            if failed:  # skipped and counted, their places taken by a repeat, as on the CPU path
-                log.warning("decode_on_device: skipped undecodable images %s", [keys[i] for i in failed])
-                if "train" in self._loaders:
-                    self._loaders["train"].count_dropped(len(failed))
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        skipped = self.inputs.before_transfer(batch, device)
+        if skipped and "train" in self._loaders:  # counted, as the CPU path counts its drops
+            self._loaders["train"].count_dropped(skipped)
         return batch
-
-    def device_decoder(self):
-        """The :class:`~nml.data.device_decode.DeviceDecoder` of the training transform, built once
-        (``decode_on_device``); the same object goes to the workers and decodes on the device."""
-        if self._device_decoder is None:
-            from nml.data.device_decode import DeviceDecoder
-
-            self._device_decoder = DeviceDecoder(self.transform(self.image.augment is not False))
-        return self._device_decoder
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Training images arrive as uint8 (``normalize_on_device``): scaled to [0, 1] and
-        normalised here, on the training device (:func:`~nml.data.transforms.normalize`: the same
-        result as the workers' ``ToTensor`` + ``Normalize`` on the CPU)."""
-        image = batch.get("image") if isinstance(batch, dict) else None
-        if image is not None and image.dtype == torch.uint8:
-            batch["image"] = normalize(image, *self.normalization())
-        return batch
-
-    @property
-    def input_size(self) -> int:
-        return self.image.image_size or DEFAULT_IMAGE_SIZE
+        return self.inputs.after_transfer(batch)
 
     def configure_views(self, views: int, augment: bool) -> None:
-        """What a model asks of its training batches (tuning: LP one unaugmented view, NMTune two
-        augmented views); settings given explicitly in the data config win."""
-        if self.image.views is None:
-            self.image.views = views
-        if self.image.augment is None:
-            self.image.augment = augment
-        log.info(
-            "training batches: %d view(s), %s",
-            self.image.views,
-            "augmented" if self.image.augment else "eval transform",
-        )
+        """What a model asks of its training batches (:meth:`ImageInputs.configure_views`)."""
+        self.inputs.configure_views(views, augment)
 
-    @property
-    def eval_crop_pct(self) -> float | None:
-        """timm's evaluation centre-crop fraction: as configured, else 1 (glyphs) or timm's 0.875
-        (None for open_clip's transform, which resizes and crops to the image size)."""
-        return self.transform_family.eval_crop_pct(self.image.eval_transform, self.glyph_safe)
-
-    @property
-    def glyph_safe(self) -> bool:
-        """Glyph-safe transform defaults: on the embedded benchmark (a task), not on your shards."""
-        return self.task is not None
-
-    def match_preprocessing(
-        self, image_size: int | None, mean, std, source: str, crop_pct: float | None = None
-    ) -> None:
-        """Adopt a backbone's input size and normalisation where the config left them unset (and, on
-        your own shards, its evaluation ``crop_pct``); warn where an explicit setting differs from
-        what the backbone was trained with."""
-        adopted = []
-        takes_crop = self.transform_family.has_eval_crop and not self.glyph_safe
-        if crop_pct is not None and takes_crop and "crop_pct" not in (self.image.eval_transform or {}):
-            self.image.eval_transform = {**(self.image.eval_transform or {}), "crop_pct": float(crop_pct)}
-            adopted.append(f"eval crop_pct={float(crop_pct)}")
-        for name, value in (("image_size", image_size), ("mean", mean), ("std", std)):
-            if value is None:
-                continue
-            mine = getattr(self.image, name)
-            value = value if name == "image_size" else tuple(float(v) for v in value)
-            if mine is None:
-                setattr(self.image, name, value)
-                adopted.append(f"{name}={value}")
-            elif (mine if name == "image_size" else tuple(float(v) for v in mine)) != value:
-                log.warning(
-                    "data.image.%s=%s differs from the %s the backbone %s was trained with",
-                    name,
-                    mine,
-                    value,
-                    source,
-                )
-        if adopted:
-            log.info("data: %s from the backbone %s (unset in the data config)", ", ".join(adopted), source)
-
-    # -- subclass hooks ------------------------------------------------------------------------
-    def _check_noise_kind(self) -> None:
-        if noise_kind(self.noise.kind).corrupts not in (None, "label"):
-            raise ValueError(
-                f"{type(self).__name__}: noise.kind={self.noise.kind!r} is not a label noise; "
-                f"expected none or one of {kinds_that_corrupt('label')} (caption noise is for ImageTextShards)"
-            )
+    def match_preprocessing(self, *args, **kwargs) -> None:
+        """Adopt a backbone's preprocessing where unset (:meth:`ImageInputs.match_preprocessing`)."""
+        self.inputs.match_preprocessing(*args, **kwargs)
 
     def members(self, num_classes: int | None) -> MemberSpec:
         """What the evaluation and extraction streams read (labels checked against ``num_classes``)."""
-        return MemberSpec(self.stream.image_keys, self.stream.label_key, num_classes)
+        return self.inputs.members(self.stream, num_classes)
 
     def train_members(self) -> MemberSpec:
         return self.members(self.num_classes)
@@ -371,7 +278,7 @@ class ShardDataModule(LightningDataModule):
             torch.set_num_threads(threads)
 
     def _stream(self, spec: str, mode: str, members: MemberSpec, **kw) -> StreamConfig:
-        train, stream, image = mode == "train", self.stream, self.image
+        train, stream = mode == "train", self.stream
         shards = resolve_shards(spec, strict=stream.strict)
         if train and stream.train_shards is not None:
             if stream.train_shards > len(shards):
@@ -379,7 +286,6 @@ class ShardDataModule(LightningDataModule):
                     f"data.stream.train_shards={stream.train_shards}, but {spec!r} has only {len(shards)} shards"
                 )
             shards = shards[: stream.train_shards]
-        on_device = train and image.decode_on_device
         return StreamConfig(
             shards=shards,
             members=members,
@@ -395,14 +301,7 @@ class ShardDataModule(LightningDataModule):
             num_samples=stream.train_samples if train else None,
             shuffle_buffer=stream.shuffle_buffer,
             strict=stream.strict,
-            reduced_decode=image.reduced_decode,
-            transform=self.transform(
-                train and image.augment is not False,
-                uint8=train and image.normalize_on_device and not on_device,
-            ),
-            device_decoder=self.device_decoder() if on_device else None,
-            views=(image.views or 1) if train else 1,
-            augment=image.augment if train else None,
+            **self.inputs.stream_settings(train),
             **kw,
         )
 
@@ -418,23 +317,6 @@ class ShardDataModule(LightningDataModule):
     def eval_batch_size(self) -> int:
         return self.loader.eval_batch_size or self.loader.batch_size
 
-    def transform(self, augment: bool, uint8: bool = False):
-        """The train (augmenting) or eval transform of this module (``uint8``: ending in uint8
-        tensors, normalised on the device by :meth:`on_after_batch_transfer`)."""
-        return build_transform(
-            self.library,
-            self.input_size,
-            augment,
-            self.image.mean,
-            self.image.std,
-            self.image.train_transform if augment else self.image.eval_transform,
-            glyph_safe=self.glyph_safe,
-            uint8=uint8,
-        )
-
-    def check_views(self, views: int) -> None:
-        """Raise now if this data cannot give ``views`` augmented views (text cannot)."""
-
     def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:
         """Every sample of ``spec`` once, in order, on one process: with the eval transform
         (``views=0``) or as ``views`` augmented views seeded per (seed, sample, view)."""
@@ -444,9 +326,7 @@ class ShardDataModule(LightningDataModule):
             rank=0,
             world_size=1,
             seed=seed,
-            transform=self.transform(views > 0),
-            views=max(views, 1),
-            augment=views > 0,
+            **self.inputs.extraction_settings(views),
         )
         return self._loader(cfg, persistent=False)
 
@@ -542,7 +422,18 @@ class ClassificationShards(ShardDataModule):
     """Image classification shards (timm style: ``jpg;png;jpeg;webp`` + ``cls``) with label noise.
 
     Training batches: ``image``, ``target`` (noisy), ``clean_target``, ``is_noisy``, ``valid``, ``key``.
+
+    Args (besides those of ShardDataModule):
+        image: The images' preprocessing (:class:`~nml.data.options.ImageOptions`).
     """
+
+    transforms = "timm"  # the transform family (nml.data.transforms)
+
+    def __init__(self, *args, image: ImageOptions | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # a copy: models adopt settings into it
+        options = replace(as_options(ImageOptions, image, "data.image"))
+        self.inputs = ImageInputs(self.transforms, options, glyph_safe=self.glyph_safe)
 
 
 class TextClassificationShards(ShardDataModule):
@@ -555,68 +446,25 @@ class TextClassificationShards(ShardDataModule):
     (noisy), ``clean_target``, ``is_noisy``, ``valid``, ``key``. A document must be non-empty UTF-8;
     anything else raises an error naming the shard and sample. Text has no augmentation: one view.
 
-    Args (besides those of ClassificationShards; ``image`` options do not apply):
+    Args (besides those of ShardDataModule):
         text_key: The document's member (``txt``).
     """
 
-    library = "text"
+    modality = "text"
 
     def __init__(self, *args, text_key: str = "txt", **kwargs):
-        self.text_key = text_key
         super().__init__(*args, **kwargs)
-
-    @staticmethod
-    def default_root() -> str:
-        """Where the text benchmark is when ``root`` is unset: ``$NML_TEXT_DATA`` or data/embedded_text."""
-        return default_text_root()
-
-    def members(self, num_classes: int | None) -> MemberSpec:
-        return MemberSpec(None, self.stream.label_key, num_classes, self.text_key, require_caption=True)
-
-    def transform(self, augment: bool, uint8: bool = False):
-        return None
-
-    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        return (), ()
-
-    @property
-    def input_size(self) -> None:
-        return None
-
-    @property
-    def eval_crop_pct(self) -> None:
-        return None
-
-    def match_preprocessing(self, *args, **kwargs) -> None:
-        """Text backbones tokenise the documents themselves: nothing to adopt."""
-
-    def configure_views(self, views: int, augment: bool) -> None:
-        if views > 1:
-            raise ValueError(
-                f"{views} augmented views asked of text shards: text has no augmentation; tune NMTune on "
-                "cached text features (its second view: tuning.view_noise)"
-            )
-        self.image.views, self.image.augment = 1, False
-
-    def check_views(self, views: int) -> None:
-        if views > 0:
-            raise ValueError(f"--views {views}: text has no augmented views (use --views 0)")
-
-    def extraction_loader(self, spec: str, views: int = 0, seed: int = 0) -> ShardLoader:
-        self.check_views(views)
-        return super().extraction_loader(spec, 0, seed)
+        self.inputs = TextInputs(text_key)
 
 
 def benchmark_data_module(root: str | None, task: str, **kwargs) -> ShardDataModule:
-    """The data module of a benchmark task: text shards when the benchmark's manifest says
-    ``"modality": "text"``, else image classification shards."""
-    root = root if root is not None else default_root()  # a task of $NML_DATA's benchmark
-    modality = load_manifest(root).get("modality", "image")
-    cls = TextClassificationShards if modality == "text" else ClassificationShards
-    return cls(root=root, task=task, **kwargs)
+    """The data module of a benchmark task: its manifest's ``modality``'s (:mod:`nml.data.modalities`;
+    image classification shards when it names none)."""
+    root = root if root is not None else get_modality("image").default_root()  # a task of $NML_DATA's
+    return modality_of(root).data_module_class()(root=root, task=task, **kwargs)
 
 
-class ImageTextShards(ShardDataModule):
+class ImageTextShards(ClassificationShards):
     """Image-text shards (img2dataset style: ``jpg`` + ``txt``) with caption-swap noise.
 
     Training batches: ``image``, ``text`` (token ids), ``is_noisy``, ``valid``, ``key``.
@@ -629,7 +477,8 @@ class ImageTextShards(ShardDataModule):
         context_length: Tokens per caption (None: the tokenizer's default, 77 for CLIP).
     """
 
-    library = "open_clip"
+    transforms = "open_clip"
+    noise_target = "caption"
 
     def __init__(
         self,
@@ -641,13 +490,6 @@ class ImageTextShards(ShardDataModule):
     ):
         self.caption_key, self.tokenizer_name, self.context_length = caption_key, tokenizer, context_length
         super().__init__(*args, **kwargs)
-
-    def _check_noise_kind(self) -> None:
-        if noise_kind(self.noise.kind).corrupts not in (None, "caption"):
-            raise ValueError(
-                f"ImageTextShards: noise.kind={self.noise.kind!r}: expected none or one of "
-                f"{kinds_that_corrupt('caption')} (label noise is for ClassificationShards)"
-            )
 
     def train_members(self) -> MemberSpec:
         return MemberSpec(self.stream.image_keys, None, None, self.caption_key, require_caption=True)

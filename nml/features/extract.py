@@ -109,7 +109,7 @@ def extract_features(
     augmented views per sample (seeded per (seed, sample, view)), for NMTune's two-view loss.
     ``limit``: at most this many samples per split (the first, in shard order).
     """
-    dm.check_views(views)  # before any work
+    dm.inputs.check_views(views)  # before any work
     device = torch.device(device)
     threads = torch.get_num_threads()
     share_cores_with_workers(dm.loader.num_workers, device.type)
@@ -172,9 +172,7 @@ def _extract_splits(
         "root": str(dm.root),
         "classes": dm.classes,
         "num_classes": dm.num_classes,
-        "image_size": dm.input_size,
-        "mean": list(dm.image.mean) if dm.image.mean is not None else None,
-        "std": list(dm.image.std) if dm.image.std is not None else None,
+        **dm.inputs.settings(),
         "views": views,
         "seed": seed,
         "limit": limit,

@@ -7,7 +7,7 @@ batch into a float64 Gram matrix, column sums and a count; :meth:`SpectrumAccumu
 all-reduces them across ranks (once) and takes ``eigvalsh``. On the CPU each batch is one symmetric
 rank-k update (BLAS ``dsyrk``: the lower triangle only, half a matrix product's arithmetic); on other
 devices a full ``addmm``. Everything stays in float64: float32 products put the singular values off
-by 1e-7 to 5e-7 of the largest, where float64 stays within 1e-14 (``tools/bench_spectrum.py``
+by 1e-7 to 5e-7 of the largest, where float64 stays within 1e-14 (``benchmarks/spectrum.py``
 measures both). Metrics, with ``p_i = s_i / sum s``:
 
 * ``sve`` singular value entropy ``-sum p_i log p_i``; ``effective_rank`` = ``exp(sve)``;

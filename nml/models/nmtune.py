@@ -10,7 +10,9 @@ learnable per-dimension scale (init 1), then a linear head on ``z``. With two vi
 * ``svd`` = minus the mean of the top-``k`` entries of ``s / sum(s)``, ``s`` the singular values of
   the uncentred ``Z``.
 
-The loss is ``CE + 1.0 * mse + 0.04 * cov + 0.001 * svd`` by default (Chen et al., ICLR 2024; docs/tuning.md).
+The loss is ``CE + 1.0 * mse + 0.04 * cov + 0.001 * svd`` by default (:data:`AUTHORS_WEIGHTS`, the
+weights of Chen et al., ICLR 2024, at their D = 2048; docs/tuning.md), rescaled to the feature
+dimension (:func:`scaled_weights`). This module is the one place that states them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+AUTHORS_WEIGHTS = {"mse": 1.0, "cov": 0.04, "svd": 0.001}  # NMTune's regulariser weights
+AUTHORS_DIM = 2048  # the feature dimension they are given at (ResNet-50's)
 
 
 def nmtune_regularizers(
@@ -91,18 +96,54 @@ class LossOptions:
     Args:
         k: Top-k of the SVD regulariser.
         mse_weight / cov_weight / svd_weight: Regulariser weights at feature dimension
-            ``reference_dim`` (None: the authors' 1.0 / 0.04 / 0.001 for nmtune and finetune, 0 for
-            mlp; linear has none).
+            ``reference_dim`` (None: :data:`AUTHORS_WEIGHTS` for nmtune and finetune, 0 for mlp;
+            linear has none).
         reference_dim: The D at which the weights hold as given; at another D, ``mse`` and ``cov``
-            are rescaled by their dependence on D (:func:`nml.models.tuning.scaled_weights`), so the
-            terms act at any D as at ResNet-50's 2048. None: the given weights at every D.
+            are rescaled by their dependence on D (:func:`scaled_weights`), so the terms act at any D
+            as at the authors' (:data:`AUTHORS_DIM`). None: the given weights at every D.
     """
 
     k: int = 5
     mse_weight: float | None = None
     cov_weight: float | None = None
     svd_weight: float | None = None
-    reference_dim: int | None = 2048
+    reference_dim: int | None = AUTHORS_DIM
+
+    def weights(self, regularised: bool, method: str) -> dict[str, float]:
+        """The weights at ``reference_dim``: the given ones, the authors' where None; all 0 for a
+        method trained with cross-entropy only (``regularised`` False), which refuses any nonzero one."""
+        given = {"mse": self.mse_weight, "cov": self.cov_weight, "svd": self.svd_weight}
+        if not regularised:
+            nonzero = {k: v for k, v in given.items() if v}
+            if nonzero:
+                raise ValueError(
+                    f"method={method} trains with cross-entropy only, but {nonzero} were given: use "
+                    "method=nmtune (or finetune) for the regularisers"
+                )
+            return dict.fromkeys(given, 0.0)
+        return {k: float(AUTHORS_WEIGHTS[k] if v is None else v) for k, v in given.items()}
+
+
+def scaled_weights(weights: dict[str, float], dim: int, reference_dim: int | None) -> dict[str, float]:
+    """The regulariser weights at feature dimension ``dim``, given as the weights at ``reference_dim``.
+
+    For fixed per-sample and per-pair statistics, ``mse`` (a mean over the D elements of a difference of
+    unit vectors) scales as 1 / D and ``cov`` (1/D times a sum over D(D-1) off-diagonal entries) as D - 1;
+    ``svd`` (shares of the 2B singular values) does not depend on D when D >= 2B. So the weights become
+    ``mse * D / D_ref`` and ``cov * (D_ref - 1) / (D - 1)``: each term then weighs what it weighs at
+    D_ref, and at ``dim == reference_dim`` the weights are exactly the given ones.
+    ``reference_dim`` None: the given weights at every D."""
+    if reference_dim is None or dim == reference_dim:
+        return dict(weights)
+    if reference_dim < 2 or dim < 2:
+        raise ValueError(
+            f"reference_dim and the feature dimension must be >= 2, got {reference_dim} and {dim}"
+        )
+    return {
+        **weights,
+        "mse": weights["mse"] * dim / reference_dim,
+        "cov": weights["cov"] * (reference_dim - 1) / (dim - 1),
+    }
 
 
 def init_classifier(layer: nn.Linear, how: HeadInit) -> nn.Linear:

@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
 from nml.data.loading import batch_inputs
+from nml.data.modalities import get_modality
 from nml.metrics.noisy import noise_split_counts
 from nml.models.backbones import create_backbone
 from nml.models.base import BackboneModule
@@ -84,8 +85,10 @@ class SupervisedPretraining(BackboneModule):
             partial=hp.pretrained_partial,
         )
         self.val_top1 = MulticlassAccuracy(num_classes, average="micro")
-        if (hp.mixup or hp.cutmix) and self.backbone.modality != "image":
-            raise ValueError(f"mixup / cutmix mix images; the {hp.get('library')} backbone reads text")
+        if (hp.mixup or hp.cutmix) and not get_modality(self.backbone.modality).mixable:
+            raise ValueError(
+                f"mixup / cutmix mix images; the {hp.get('library')} backbone reads {self.backbone.modality}"
+            )
         if hp.mixup or hp.cutmix:
             from timm.data import Mixup
 

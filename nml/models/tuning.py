@@ -7,9 +7,9 @@ tunes on cached features (``CachedFeatures``): the black-box path for embedding 
 
 * ``linear``: a linear head on the frozen feature f; one unaugmented view (the reference protocol).
 * ``mlp``: the NMTune head (``z = f + s * h(f)``, linear classifier on z), cross-entropy only.
-* ``nmtune``: the same head, two augmented views, ``CE(both views) + 1.0 * mse + 0.04 * cov +
-  0.001 * svd`` (:func:`nml.models.nmtune.nmtune_regularizers`; Chen et al., ICLR 2024), the
-  weights as given at D = 2048 and rescaled to the feature dimension (:func:`scaled_weights`).
+* ``nmtune``: the same head, two augmented views, cross-entropy on both plus NMTune's three
+  regularisers (:mod:`nml.models.nmtune`: the authors' weights, given at their feature dimension
+  and rescaled to this one).
 * ``finetune``: the whole encoder trains, a linear head on its output, and the regularisers act on
   the encoder output ``z``; the MSE anchor ``f1`` is the *pre-trained* encoder's feature of view 1
   (a frozen copy, kept out of the checkpoint).
@@ -40,14 +40,20 @@ from torchmetrics.classification import MulticlassAccuracy
 from nml.data.loading import batch_inputs
 from nml.models.backbones import Backbone, create_backbone
 from nml.models.base import BackboneModule
-from nml.models.nmtune import HeadOptions, LossOptions, NMTuneHead, init_classifier, nmtune_regularizers
+from nml.models.nmtune import (
+    HeadOptions,
+    LossOptions,
+    NMTuneHead,
+    init_classifier,
+    nmtune_regularizers,
+    scaled_weights,
+)
 from nml.typed_options import as_options
 
 log = logging.getLogger(__name__)
 Method = Literal["linear", "mlp", "nmtune", "finetune"]
 DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3, "nmtune": 1e-3, "finetune": 1e-4}
 DEFAULT_WEIGHT_DECAY = 1e-4
-REGULARISER_DEFAULTS = {"mse": 1.0, "cov": 0.04, "svd": 0.001}
 
 
 class DownstreamTuning(BackboneModule):
@@ -63,8 +69,7 @@ class DownstreamTuning(BackboneModule):
             features (:class:`~nml.models.nmtune.HeadOptions`: ratio, layers, residual, scale_init,
             head_init, standardize).
         loss: The regularisers (:class:`~nml.models.nmtune.LossOptions`: k, mse_weight, cov_weight,
-            svd_weight, reference_dim; weights None: 1.0 / 0.04 / 0.001 at D = 2048 for nmtune and
-            finetune, 0 for mlp).
+            svd_weight, reference_dim; weights None: the authors' for nmtune and finetune, 0 for mlp).
         views: Training views per sample (None: 1 unaugmented for linear, 2 augmented otherwise); the
             data module's own ``views`` / ``augment`` settings win.
         optimizer: Optimizer callable (None: fused AdamW, lr 1e-2 linear / 1e-3 mlp, nmtune / 1e-4
@@ -101,7 +106,7 @@ class DownstreamTuning(BackboneModule):
         self.hparams["head"], self.hparams["loss"] = asdict(self.head_options), asdict(self.loss_options)
         self.method = method
         lo = self.loss_options
-        self.base_weights = self._regulariser_weights(method, lo.mse_weight, lo.cov_weight, lo.svd_weight)
+        self.base_weights = lo.weights(regularised=method in ("nmtune", "finetune"), method=method)
         self.weights = dict(self.base_weights)
         if views not in (None, 1, 2):
             raise ValueError(f"views: expected 1 or 2, got {views}")
@@ -126,19 +131,6 @@ class DownstreamTuning(BackboneModule):
             self._build_head(dim, num_classes)
 
     # -- construction --------------------------------------------------------------------------
-    @staticmethod
-    def _regulariser_weights(method: str, mse, cov, svd) -> dict[str, float]:
-        given = {"mse": mse, "cov": cov, "svd": svd}
-        if method in ("linear", "mlp"):
-            nonzero = {k: v for k, v in given.items() if v}
-            if nonzero:
-                raise ValueError(
-                    f"method={method} trains with cross-entropy only, but {nonzero} were given: use method=nmtune "
-                    "(or finetune) for the regularisers"
-                )
-            return dict.fromkeys(given, 0.0)
-        return {k: float(REGULARISER_DEFAULTS[k] if v is None else v) for k, v in given.items()}
-
     def _build_head(self, dim: int, num_classes: int) -> None:
         hp, o = self.hparams, self.head_options
         hp["feature_dim"], hp["num_classes"] = dim, num_classes
@@ -281,28 +273,6 @@ class DownstreamTuning(BackboneModule):
 
     def test_logits(self, inputs: torch.Tensor, set_index: int) -> torch.Tensor:
         return self(inputs)
-
-
-def scaled_weights(weights: dict[str, float], dim: int, reference_dim: int | None) -> dict[str, float]:
-    """The regulariser weights at feature dimension ``dim``, given as the weights at ``reference_dim``.
-
-    For fixed per-sample and per-pair statistics, ``mse`` (a mean over the D elements of a difference of
-    unit vectors) scales as 1 / D and ``cov`` (1/D times a sum over D(D-1) off-diagonal entries) as D - 1;
-    ``svd`` (shares of the 2B singular values) does not depend on D when D >= 2B. So the weights become
-    ``mse * D / D_ref`` and ``cov * (D_ref - 1) / (D - 1)``: each term then weighs what it weighs at
-    D_ref, and at ``dim == reference_dim`` (2048, ResNet-50's) the weights are exactly the given ones.
-    ``reference_dim`` None: the given weights at every D."""
-    if reference_dim is None or dim == reference_dim:
-        return dict(weights)
-    if reference_dim < 2 or dim < 2:
-        raise ValueError(
-            f"reference_dim and the feature dimension must be >= 2, got {reference_dim} and {dim}"
-        )
-    return {
-        **weights,
-        "mse": weights["mse"] * dim / reference_dim,
-        "cov": weights["cov"] * (reference_dim - 1) / (dim - 1),
-    }
 
 
 def _frozen(backbone: Backbone) -> Backbone:

@@ -242,30 +242,25 @@ def _task_names(manifest: Path) -> list[str] | None:
 
 
 def _default_root(b: Benchmark) -> str:
-    from nml.shards.manifest import default_root, default_text_root
+    from nml.data.modalities import get_modality
 
-    return default_text_root() if b.modality == "text" else default_root()
+    return get_modality(b.modality).default_root()
 
 
 def _built_task_names(b: Benchmark) -> list[str]:
     """The tasks a build of the benchmark will have (it is not there yet)."""
-    if b.modality == "text":
-        from nml.benchmark.text import TASK_NAMES
-    else:
-        from nml.benchmark.plan import TASK_NAMES
-    return list(TASK_NAMES)
+    from nml.data.modalities import get_modality
+
+    return get_modality(b.modality).task_names()
 
 
 def _build_benchmark(root: str, b: Benchmark) -> None:
+    from nml.data.modalities import get_modality
+
     log.info("[study] building the %s benchmark (%s) at %s", b.modality, b.size, root)
-    if b.modality == "text":
-        from nml.benchmark.text import build_text_benchmark
-
-        build_text_benchmark(root, seed=b.seed, size=b.size)
-        return
-    from nml.benchmark.build import build_embedded
-
-    build_embedded(root, seed=b.seed, size=b.size, fonts=b.fonts, progress=sys.stderr.isatty())
+    get_modality(b.modality).build(
+        root, seed=b.seed, size=b.size, fonts=b.fonts, progress=sys.stderr.isatty()
+    )
 
 
 def _encoders_text(encoders: dict) -> str:
@@ -291,7 +286,7 @@ def _header(name: str, settings: dict, seconds: float, counts: dict, stage_secon
         f"{seconds / 60:.1f} min; the stages' own times sum to {stage_seconds / 60:.1f} min, cached or not. "
         "Pre-training recipes: "
         + "; ".join(
-            f"{k}: `{v['config']}` {' '.join(v['args'])}".strip()
+            f"{k}: `{v['config']}`" + (f" with `{json.dumps(v['overrides'])}`" if v.get("overrides") else "")
             for k, v in settings["pretrain"].items()
             if k in g["objectives"]
         )

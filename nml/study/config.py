@@ -42,20 +42,27 @@ class Grid:
 
 @dataclass
 class Recipe:
-    """How one objective pre-trains: an ``nml fit`` config and extra options for it.
+    """How one objective pre-trains: an ``nml fit`` config and the study's options of it.
 
     Args:
         config: A LightningCLI config (a path, or a bare name of a shipped config).
-        args: Extra ``nml fit`` options, e.g. ["--trainer.max_epochs", "5"].
+        overrides: Options of the config, nested as in the config itself, e.g.
+            ``{trainer: {max_epochs: 5}, data: {init_args: {loader: {batch_size: 128}}}}``; applied
+            after it, parsed and checked by the same parser as ``nml fit``'s.
         threads: torch's intra-op threads of the pre-training on a CPU (:data:`THREADS`).
     """
 
     config: str
-    args: list[str] = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)
     threads: int = 1
 
     def __post_init__(self) -> None:
         _at_least("pretrain", threads=(self.threads, 1))
+        if not isinstance(self.overrides, dict):
+            raise ValueError(
+                f"pretrain.<objective>.overrides: expected a mapping of the config's options "
+                f"(as nested in the config), got {self.overrides!r}"
+            )
 
 
 @dataclass
@@ -78,21 +85,26 @@ class Benchmark:
     Args:
         root: Its directory (default: $NML_DATA or data/embedded; text: $NML_TEXT_DATA or
             data/embedded_text).
-        modality: image (the glyph benchmark, ``nml data embedded``) or text (``nml data embedded_text``).
+        modality: A modality of :mod:`nml.data.modalities` (``nml data modalities``): image (the glyph
+            benchmark, ``nml data embedded``) or text (``nml data embedded_text``).
         size: small, full (image only) or tiny (built only when missing).
         seed: Seed of a build.
         fonts: auto, debian or fallback (image only).
     """
 
     root: str | None = None
-    modality: Literal["image", "text"] = "image"
+    modality: str = "image"
     size: Literal["tiny", "small", "full"] = "small"
     seed: int = 0
     fonts: Literal["auto", "debian", "fallback"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.modality == "text" and self.size == "full":
-            raise ValueError("benchmark.size: the text benchmark is built small or tiny (got full)")
+        from nml.data.modalities import get_modality
+
+        try:
+            get_modality(self.modality).check_size(self.size)
+        except ValueError as e:
+            raise ValueError(f"benchmark.{e}" if str(e).startswith("modality") else str(e)) from None
 
 
 @dataclass
@@ -232,7 +244,7 @@ class Launcher:
 
 DEFAULT_RECIPES = {
     "supervised": Recipe("pretrain_supervised_study.yaml"),
-    "clip": Recipe("pretrain_clip.yaml", ["--trainer.max_epochs", "25"]),
+    "clip": Recipe("pretrain_clip.yaml", {"trainer": {"max_epochs": 25}}),
 }
 
 

@@ -13,6 +13,7 @@ summary says so.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict
 from functools import cache
@@ -60,12 +61,12 @@ def _split_sizes(root: str, task: str) -> tuple[int, int]:
 
 
 @cache
-def _recipe_work(config: str, args: tuple[str, ...], root: str) -> int:
+def _recipe_work(config: str, overrides: str, root: str) -> int:
     """Training samples a recipe sees: epochs (or steps x batch) x samples per epoch, from its
     config and the study's arguments as LightningCLI parses them (no model is built)."""
     from nml.cli.lightning import parse_recipe, recipe_data_module
 
-    cfg = parse_recipe(["--config", config, "--data.init_args.root", root, *args])
+    cfg = parse_recipe(config, [{"data": {"init_args": {"root": root}}}, json.loads(overrides)])
     data = recipe_data_module(cfg)
     per_epoch = data.train_samples_per_epoch()
     trainer = cfg.trainer
@@ -79,7 +80,7 @@ def stage_work(stage, root: str) -> int | None:
     p = stage.params
     try:
         if isinstance(p, PretrainParams):
-            return _recipe_work(p.config, tuple(p.args), root)
+            return _recipe_work(p.config, json.dumps(p.overrides, sort_keys=True), root)
         if isinstance(p, RecipeParams) or stage.kind == "encoder":  # random init, frozen encoder: no training
             return 0
         if stage.kind == "features":

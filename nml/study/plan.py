@@ -133,6 +133,11 @@ class Plan:
     tunes: dict[tuple[str, str, str], list[Stage]]  # (cell label, task, method) -> one per tuning seed
 
 
+def tuning_recipe(method: str) -> str:
+    """The shipped tuning recipe a study's tune stage of ``method`` runs."""
+    return f"tune_{method}.yaml"
+
+
 def recipe_text(config: str) -> str:
     """The recipe config's text (its content, not its path, is part of the pretraining key)."""
     return resolve_config(config).read_text()
@@ -141,16 +146,14 @@ def recipe_text(config: str) -> str:
 FILE_SUFFIXES = (".yaml", ".yml", ".json", ".txt", ".csv", ".tsv", ".npy")  # what a recipe may read
 
 
-def referenced_files(config: str, args: list[str]) -> dict[str, str]:
-    """``{reference: sha256}`` of every file a recipe reads besides its config: the files its ``args``
-    name (``--trainer extra.yaml``, ``--data.init_args.class_names names.txt``, ``--x=y.yaml``) and
-    those its config's values name (a noise matrix, class names). Their content, not their name, is
-    part of the pre-training stage's key: editing one re-runs the stage."""
+def referenced_files(config: str, overrides: dict) -> dict[str, str]:
+    """``{reference: sha256}`` of every file a recipe reads besides its config: the files its
+    config's values and the study's ``overrides`` of it name (a noise matrix, class names, an extra
+    config). Their content, not their name, is part of the pre-training stage's key: editing one
+    re-runs the stage."""
     import yaml
 
     from nml.checksums import file_sha256
-
-    values = [a.partition("=")[2] if a.startswith("--") and "=" in a else a for a in args]
 
     def strings(node):
         if isinstance(node, dict):
@@ -162,7 +165,7 @@ def referenced_files(config: str, args: list[str]) -> dict[str, str]:
         elif isinstance(node, str):
             yield node
 
-    values += list(strings(yaml.safe_load(recipe_text(config)) or {}))
+    values = [*strings(overrides), *strings(yaml.safe_load(recipe_text(config)) or {})]
     found = {}
     for value in values:
         if (
@@ -208,7 +211,22 @@ def build_plan(
     stages: list[Stage] = []
     backbone, feats, tunes = {}, {}, {}
     texts = {o: recipe_text(recipes[o].config) for o in grid.objectives}
-    files = {o: referenced_files(recipes[o].config, list(recipes[o].args)) for o in grid.objectives}
+    files = {o: referenced_files(recipes[o].config, recipes[o].overrides) for o in grid.objectives}
+    tune_texts = {m: recipe_text(tuning_recipe(m)) for p in tasks.values() for m in p.methods}
+
+    def tune_params(method: str, seed: int) -> TuneParams:
+        return TuneParams(
+            method,
+            seed,
+            tuning.epochs,
+            tuning.batch_size,
+            tuning.view_noise,
+            tuning_recipe(method),
+            tune_texts[method],
+            tuning.threads,
+            dict(tuning.recipes.get(method) or {}),
+        )
+
     for cell in cells:
         recipe = recipes[cell.objective]
         common = {
@@ -216,7 +234,7 @@ def build_plan(
             "seed": cell.seed,
             "config": recipe.config,
             "config_text": texts[cell.objective],
-            "args": list(recipe.args),
+            "overrides": dict(recipe.overrides),
             "files": files[cell.objective],
             "benchmark": manifest_sha256,
             "threads": recipe.threads,
@@ -238,20 +256,7 @@ def build_plan(
             stages.append(f)
             for method in plan.methods:
                 runs = [
-                    Stage(
-                        "tune",
-                        f"{cell.label}-{task}-{method}-t{t}",
-                        TuneParams(
-                            method,
-                            t,
-                            tuning.epochs,
-                            tuning.batch_size,
-                            tuning.view_noise,
-                            tuning.threads,
-                            dict(tuning.recipes.get(method) or {}),
-                        ),
-                        [f],
-                    )
+                    Stage("tune", f"{cell.label}-{task}-{method}-t{t}", tune_params(method, t), [f])
                     for t in tuning.seeds
                 ]
                 tunes[(cell.label, task, method)] = runs
@@ -275,15 +280,7 @@ def build_plan(
                         Stage(
                             "tune",
                             f"{cell.label}-{task}-{method}-t{t}",
-                            TuneParams(
-                                method,
-                                1000 * seed + t,
-                                tuning.epochs,
-                                tuning.batch_size,
-                                tuning.view_noise,
-                                tuning.threads,
-                                dict(tuning.recipes.get(method) or {}),
-                            ),
+                            tune_params(method, 1000 * seed + t),
                             [shared[task]],
                         )
                         for t in tuning.seeds

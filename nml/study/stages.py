@@ -3,13 +3,17 @@ the one table of stage kinds (:data:`STAGE_KINDS`: kind -> typed parameters, fun
 seconds for ``--dry_run``).
 
 * ``pretrain``: the objective's recipe through nml's LightningCLI builder (in process) with the
-  cell's noise rate and seed, then ``nml export`` of the final epoch's weights; records the
+  cell's noise rate and seed and the study's ``overrides``, then ``nml export`` of the final epoch's weights; records the
   per-epoch training metrics (``train/memorised`` ...) for the memorisation curves.
 * ``random_init``: the same recipe's model, untrained (seeded), exported.
 * ``encoder``: a frozen encoder of the study's ``encoders`` (no training), built once to check it.
 * ``features``: frozen features of one task (the function behind ``nml features``), then the
   spectrum (SVE, LSVR, p1, effective rank) of the frozen features of every test split.
-* ``tune``: ``DownstreamTuning`` on the cached features (``CachedFeatures``), then its test suite.
+* ``tune``: the method's tuning recipe (``tune_<method>.yaml``) through the same builder, on the
+  cached features (``CachedFeatures``) with the study's ``tuning.recipes`` options, then its test suite.
+
+A stage hands its options to the builder as nested dicts (:func:`nml.cli.lightning.build_recipe`),
+never as command-line strings, and builds no trainer of its own.
 
 Every stage writes under its own directory and logs TensorBoard runs into ``OUT/tensorboard``.
 Light at import: torch and Lightning load inside the stage functions.
@@ -50,8 +54,8 @@ class RecipeParams:
     seed: int
     config: str
     config_text: str
-    args: list[str]
-    files: dict[str, str]  # the other files it reads (args files, class names ...): their sha256
+    overrides: dict  # the study's options of the recipe (a nested dict, as in the config)
+    files: dict[str, str]  # the other files it reads (extra configs, class names ...): their sha256
     benchmark: str  # the benchmark manifest's sha256
     threads: int = 1  # torch's threads on a CPU (nml.study.config.THREADS)
 
@@ -85,41 +89,49 @@ class FeaturesParams:
 
 @dataclass
 class TuneParams:
+    """A tuning run on cached features: the method's recipe (its text is part of the key), the
+    study's ``tuning`` settings and the tuning seed."""
+
     method: str
     seed: int
     epochs: int
     batch_size: int
     view_noise: float
+    config: str  # the method's tuning recipe (tune_<method>.yaml)
+    config_text: str
     threads: int = 2
     # the method's options (tuning.recipes); in the key only when set, so a study that sets none
     # keeps the keys (and the cached stages) it had
     model: dict = field(default_factory=dict, metadata={"key_when_set": True})
 
 
-def _tensorboard(out: Path, name: str, version: str):
-    from lightning.pytorch.loggers import TensorBoardLogger
+def _tensorboard(out: Path, name: str, version: str) -> dict:
+    """The trainer's logger, as a config: the study's TensorBoard directory, one run per stage."""
+    return {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {
+            "save_dir": str(out / "tensorboard"),
+            "name": name,
+            "version": version,
+            "default_hp_metric": False,
+        },
+    }
 
-    return TensorBoardLogger(str(out / "tensorboard"), name=name, version=version, default_hp_metric=False)
 
+def _recipe(params: RecipeParams, root: str, ctx: StageContext, noise_rate: float | None = None):
+    """The objective's recipe through nml's CLI builder (model, data module, trainer built, not
+    run): the cell's seed, data root and noise rate, then the study's ``overrides`` of the recipe."""
+    from nml.cli.lightning import build_recipe
 
-def _recipe_cli(params: RecipeParams, root: str, extra: list[str]):
-    """The recipe's LightningCLI, instantiated (model, data module, trainer) but not run."""
-
-    from nml.cli.lightning import build_cli
-
-    args = [
-        "--config",
-        params.config,
-        "--seed_everything",
-        str(params.seed),
-        "--data.init_args.root",
-        root,
-        "--data.init_args.seed",
-        str(params.seed),
-        *extra,
-        *params.args,
-    ]
-    return build_cli(args, run=False, save_config=False)
+    data: dict[str, Any] = {"root": root, "seed": params.seed}
+    if noise_rate is not None:
+        data["noise"] = {"rate": noise_rate}
+    cell = {
+        "seed_everything": params.seed,
+        "data": {"init_args": data},
+        "trainer": {"logger": _tensorboard(ctx.out, "pretrain", ctx.directory.name)},
+    }
+    return build_recipe(params.config, [cell, params.overrides])
 
 
 def _earlier_attempt(checkpoints: Path) -> str | None:
@@ -148,9 +160,8 @@ def pretrain(params: PretrainParams, inputs: list[dict], ctx: StageContext) -> d
     from nml.callbacks.epoch_metrics import EpochMetrics
     from nml.models.export import export_checkpoint
 
-    cli = _recipe_cli(params, ctx.root, ["--data.init_args.noise.rate", str(params.noise_rate)])
+    cli = _recipe(params, ctx.root, ctx, params.noise_rate)
     trainer = cli.trainer
-    trainer.logger = _tensorboard(ctx.out, "pretrain", ctx.directory.name)
     recorder = EpochMetrics()  # stateful: a resumed fit has the epochs before the stop too
     trainer.callbacks.append(recorder)
     resume = _earlier_attempt(Path(trainer.logger.log_dir) / "checkpoints")
@@ -175,7 +186,7 @@ def pretrain(params: PretrainParams, inputs: list[dict], ctx: StageContext) -> d
 def random_init(params: RecipeParams, inputs: list[dict], ctx: StageContext) -> dict:
     from nml.models.export import write_export
 
-    cli = _recipe_cli(params, ctx.root, [])
+    cli = _recipe(params, ctx.root, ctx)
     module, dm = cli.model, cli.datamodule  # built, never trained: the seeded initial weights
     if module.backbone is None:
         raise ValueError(f"{params.config}: the model builds its backbone only in setup(); give num_classes")
@@ -238,29 +249,44 @@ def features(params: FeaturesParams, inputs: list[dict], ctx: StageContext) -> d
     return {"cache": ctx.recorded(cache), "spectra": spectra}
 
 
+# what a study stage changes in a tuning recipe's trainer: no checkpoints (the stage records its
+# metrics), no bars (its log is a file), the last epoch validated alone (it is what is reported)
+STAGE_TRAINER = {
+    "devices": 1,
+    "callbacks": [],
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+}
+
+
 def tune(params: TuneParams, inputs: list[dict], ctx: StageContext) -> dict:
-    from lightning.pytorch import Trainer, seed_everything
+    """The method's tuning recipe (``tune_<method>.yaml``) through nml's CLI builder, on the cached
+    features of its task, with the study's ``tuning.recipes.<method>`` options of its model."""
+    from nml.cli.lightning import build_recipe
 
-    from nml.features.datamodule import CachedFeatures
-    from nml.models.tuning import DownstreamTuning
-
-    seed_everything(params.seed, workers=True)
-    dm = CachedFeatures(
-        root=inputs[0]["cache"], batch_size=params.batch_size, seed=params.seed, view_noise=params.view_noise
-    )
-    model = DownstreamTuning(params.method, **params.model)
-    trainer = Trainer(
-        max_epochs=params.epochs,
-        accelerator="auto",
-        devices=1,
-        logger=_tensorboard(ctx.out, "tune", ctx.directory.name),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        check_val_every_n_epoch=params.epochs,  # the last epoch is reported: validate it alone
-        num_sanity_val_steps=0,
-    )
+    stage = {
+        "seed_everything": params.seed,
+        "trainer": {
+            **STAGE_TRAINER,
+            "max_epochs": params.epochs,
+            "check_val_every_n_epoch": params.epochs,
+            "logger": _tensorboard(ctx.out, "tune", ctx.directory.name),
+        },
+        "model": {"init_args": {"backbone": None, **params.model}},  # no backbone: the cached features
+        "data": {
+            "class_path": "nml.features.datamodule.CachedFeatures",
+            "init_args": {
+                "root": str(inputs[0]["cache"]),
+                "batch_size": params.batch_size,
+                "seed": params.seed,
+                "view_noise": params.view_noise,
+            },
+        },
+    }
+    cli = build_recipe(params.config, [stage])
+    trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, dm)
     train = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
     trainer.test(model, dm, verbose=False)  # the last epoch's weights: what is reported

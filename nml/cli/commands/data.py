@@ -8,6 +8,14 @@ from typing import Literal
 log = logging.getLogger("nml.data")
 
 
+def modalities() -> dict:
+    """List the modalities nml's data modules, benchmarks and studies know (``nml.data.modalities``):
+    per modality its data module, default root, benchmark sizes and what it is."""
+    from nml.data.modalities import MODALITIES
+
+    return {"modalities": [m.describe() for m in MODALITIES.values()]}
+
+
 def embedded(
     out: str,
     seed: int = 0,

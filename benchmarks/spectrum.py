@@ -1,6 +1,6 @@
 """Streaming spectrum vs a full SVD: time, peak memory and error for M rows x D dims.
 
-    python tools/bench_spectrum.py [--rows 10000 50000 200000] [--dims 512 2048] [--repeats 3]
+    python -m benchmarks.spectrum [--rows 10000 50000 200000] [--dims 512 2048] [--repeats 3]
 
 The features (low-rank plus noise, float32 as a model emits them) are written once per D to a
 ``.npy`` file before anything is timed, so every contender reads the same rows from the page cache
@@ -31,8 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_timing import alternate
+from benchmarks.common import REPOSITORY, alternate
+
+SELF = [sys.executable, "-m", "benchmarks.spectrum"]  # this script again, in a fresh process
 
 CONTENDERS = ("streaming", "gram_float32", "svd_torch", "svd_numpy")
 
@@ -167,7 +168,8 @@ def allreduce_cost(d: int, repeats: int, tmp: Path) -> float:
     store = tmp / f"store_{d}"
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--_allreduce", str(r), "2", str(d), str(store), str(repeats)],
+            [*SELF, "--_allreduce", str(r), "2", str(d), str(store), str(repeats)],
+            cwd=REPOSITORY,
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -213,7 +215,8 @@ def main() -> None:
 
                 def run(method, m=m, extra=extra, path=path):
                     out = subprocess.run(
-                        [sys.executable, __file__, "--_one", method, str(path), str(m), str(args.chunk)],
+                        [*SELF, "--_one", method, str(path), str(m), str(args.chunk)],
+                        cwd=REPOSITORY,
                         capture_output=True,
                         text=True,
                         check=True,

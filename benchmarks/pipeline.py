@@ -1,7 +1,7 @@
 """Training-pipeline throughput: the cost of noise (embedded shards), and JPEG decoding per core.
 
-    python tools/bench_pipeline.py [--root data/embedded] [--num_workers 2] [--repeats 3]
-    python tools/bench_pipeline.py --mode jpeg [--shards SPEC] [--num_workers 15] [--image_size 224]
+    python -m benchmarks.pipeline [--root data/embedded] [--num_workers 2] [--repeats 3]
+    python -m benchmarks.pipeline --mode jpeg [--shards SPEC] [--num_workers 15] [--image_size 224]
 
 ``--mode jpeg`` (no ``--shards``: ``--samples`` synthetic JPEGs of ``--image_px``, by default 512 of
 500 x 375, ImageNet's typical size, written to a temporary directory) runs the training pipeline of your own shards, as ``nml fit`` builds it:
@@ -17,7 +17,7 @@ rate when it decodes and when it only reads headers and draws crops for decoding
 
 Default mode:
 Runs one training epoch per setting, alternating settings within each repeat so that machine
-noise hits all of them alike (``bench_timing.alternate``), and prints JSON: samples/s per setting
+noise hits all of them alike (``benchmarks.common.alternate``), and prints JSON: samples/s per setting
 (median over repeats, timed from the second batch on, so worker start-up is excluded) and the
 end-to-end difference.
 On a shared 2-core machine that difference swings by +-20 % from run to run, so the noise stage
@@ -38,14 +38,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import alternate, write_jpeg_shards
 from nml.data.modules import ClassificationShards, ImageTextShards
 from nml.data.pipeline import ShardLoader, StreamConfig
 from nml.noise.config import NoiseConfig
 from nml.noise.models import NoiseModel
 from nml.shards.spec import resolve_shards
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
-from bench_timing import alternate
 
 SETTINGS = {
     "classification": (ClassificationShards, [NoiseConfig(), NoiseConfig("symmetric", 0.2)]),
@@ -91,43 +89,6 @@ def noise_stage_us(dm, noise: NoiseConfig, repeats: int) -> float:
                 pass
         best = min(best, time.perf_counter() - t0)
     return 1e6 * best / n
-
-
-def write_jpeg_shards(
-    out: Path,
-    n: int,
-    size: tuple[int, int] = (500, 375),
-    classes: int = 100,
-    captions: bool = False,
-    index: bool = False,
-) -> str:
-    """``n`` JPEGs of smooth colour fields plus noise (decode cost like a photo's, unlike pure
-    noise), quality 90, 128 per shard; with ``captions`` a ``txt`` member, with ``index`` the
-    ``sizes.json`` / ``_info.json`` that open_clip and timm read; returns the shard spec."""
-    import numpy as np
-    from PIL import Image
-
-    from nml.shards.writer import ShardWriter, shard_spec
-
-    rng = np.random.default_rng(0)
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    with ShardWriter(out / "bench-%06d.tar", max_count=128) as writer:
-        for i in range(n):
-            a, b, c = rng.uniform(0.05, 0.6, 3)
-            field = np.stack([x * a + y * b, x * b - y * c, (x + y) * c], -1) + rng.normal(0, 12, (h, w, 3))
-            buf = io.BytesIO()
-            Image.fromarray((field % 256).astype(np.uint8)).save(buf, "JPEG", quality=90)
-            sample = {"__key__": f"{i:06d}", "jpg": buf.getvalue(), "cls": i % classes}
-            if captions:
-                sample["txt"] = f"a photo of pattern {i % classes}"
-            writer.write(sample)
-    if index:
-        from nml.shards.writer import write_index_files
-
-        names = {"num_classes": classes, "classes": [f"pattern {c}" for c in range(classes)]}
-        write_index_files(out, {"train": [(str(p), c) for p, c in writer.shards]}, out.name, names)
-    return str(out / shard_spec(writer.shards))
 
 
 def jpeg_bytes(spec: str) -> list[bytes]:

@@ -1,6 +1,6 @@
 """Tuning on cached features vs on images: time per tuning epoch, and where the head's time goes.
 
-    python tools/bench_tuning_cache.py [--backbones clip_tiny test_resnet resnet50] [--images 256]
+    python -m benchmarks.tuning_cache [--backbones clip_tiny test_resnet resnet50] [--images 256]
                                        [--methods linear nmtune] [--epochs 3] [--num_workers 2]
                                        [--repeats 3]
 
@@ -10,7 +10,7 @@ and one on their cached features (``CachedFeatures``, no backbone): the image pa
 backbone on the views every epoch (two augmented views for mlp/nmtune, one eval view for linear),
 as the authors' code does. Epoch times are the mean over epochs after the first (worker start-up,
 allocator warm-up); the image run and the cached run alternate ``--repeats`` times
-(``bench_timing.alternate``) and the ratio of their medians is printed. The one-off extraction time is reported
+(``benchmarks.common.alternate``) and the ratio of their medians is printed. The one-off extraction time is reported
 too. Then a breakdown of one cached NMTune step (gather, head forward, each regulariser, backward,
 optimizer) in a plain loop, and the same step against its FLOP floor (:func:`flop_floor`, also at
 ``--floor_dims``). JSON lines on stdout; a table on stderr.
@@ -29,8 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_timing import alternate
+from benchmarks.common import alternate
 
 BACKBONES = {
     "clip_tiny": ({"library": "open_clip", "name": "tiny-vit-glyphs"}, 32),

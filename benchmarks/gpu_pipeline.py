@@ -1,15 +1,15 @@
 """The real training pipeline against the model-bound rate: does the data keep the GPU busy?
 
-    python tools/bench_gpu_pipeline.py [--samples 4096] [--num_workers 15] [--steps 30] [--repeats 3]
+    python -m benchmarks.gpu_pipeline [--samples 4096] [--num_workers 15] [--steps 30] [--repeats 3]
 
 The model-bound rate is ResNet-50 (bf16-mixed, channels-last) training on one batch resident on the
-device: :func:`bench_gpu_step.bare_loop`, what no pipeline can beat. The real rate is the same model
+device: :func:`benchmarks.gpu_step.bare_loop`, what no pipeline can beat. The real rate is the same model
 as ``nml fit`` builds it (``SupervisedPretraining`` under a Lightning Trainer with nml's callbacks)
 reading JPEG shards through ``ClassificationShards`` (timm's ImageNet augmentation at 224 px,
 symmetric noise 0.2, ``--num_workers`` workers), once decoding in the workers and once with
 ``decode_on_device`` (nvJPEG; the workers read the bytes and draw the crops). The shards are
 ``--samples`` synthetic 500 x 375 JPEGs (ImageNet's typical size) written to a temporary directory
-first, read for several epochs. The rates alternate ``--repeats`` times (``bench_timing.alternate``);
+first, read for several epochs. The rates alternate ``--repeats`` times (``benchmarks.common.alternate``);
 the median of each is reported with its runs. Prints one JSON object per setting: samples/s, the
 model-bound samples/s, their ratio.
 
@@ -27,10 +27,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
-from bench_gpu_step import _case, bare_loop, timed_fit
-from bench_pipeline import write_jpeg_shards
-from bench_timing import alternate
+from benchmarks.common import alternate, write_jpeg_shards
+from benchmarks.gpu_step import bare_loop, make_case, timed_fit
 
 
 def pipeline_rate(
@@ -72,7 +70,7 @@ def main() -> int:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     torch.backends.cudnn.benchmark = cuda
-    c = _case("resnet50", cuda)
+    c = make_case("resnet50", cuda)
     workers = args.num_workers if args.num_workers is not None else (15 if cuda else 1)
     samples = args.samples or (4096 if cuda else 256)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"

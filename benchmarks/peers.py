@@ -1,6 +1,6 @@
 """nml's training pipeline against the peers' own data code: the same shards, transform and workers.
 
-    python tools/bench_peers.py [--root data/embedded] [--sets glyphs jpeg256] [--workers 0 1 2]
+    python -m benchmarks.peers [--root data/embedded] [--sets glyphs jpeg256] [--workers 0 1 2]
                                 [--samples 4096] [--batch_size 128] [--repeats 3]
 
 * Image-text: ``ImageTextShards`` against open_clip's ``open_clip_train.data.get_wds_dataset`` (the
@@ -20,7 +20,7 @@ benchmark's pre-training shards, the first that hold ``--samples``; timm reads t
 a directory of links whose ``_info.json`` lists only them) and ``jpeg256`` (``--samples`` synthetic
 256 x 256 JPEGs with captions, written to a temporary directory). Each contender reads one epoch,
 timed from ``iter`` to its last batch (worker start-up and the first shuffle-buffer fill included);
-the contenders alternate ``--repeats`` times (``bench_timing.alternate``). Prints one JSON object
+the contenders alternate ``--repeats`` times (``benchmarks.common.alternate``). Prints one JSON object
 per (set, task, workers): the medians with their spread and nml / peer.
 """
 
@@ -36,10 +36,7 @@ from argparse import Namespace
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
-from bench_pipeline import write_jpeg_shards
-from bench_timing import alternate
-
+from benchmarks.common import alternate, write_jpeg_shards
 from nml.noise.config import NoiseConfig
 
 
@@ -207,9 +204,9 @@ def main() -> int:
             size = args.image_size or (32 if set_name == "glyphs" else 224)
             s = {"directory": directory, "name": timm_name, "spec": spec, "classes": classes, "size": size}
             s |= {"samples": args.samples, "tokenizer": tokenizer}
-            s["transform"] = nml_module("classification", spec, NoiseConfig(), size, 1, 0, classes).transform(
-                True
-            )
+            s["transform"] = nml_module(
+                "classification", spec, NoiseConfig(), size, 1, 0, classes
+            ).inputs.transform(True)
             for kind in ("image_text", "classification"):
                 for workers in args.workers:
                     stats = alternate(

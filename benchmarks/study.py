@@ -1,6 +1,6 @@
 """Where a study's wall time goes: start-up, each stage kind, the results and report.
 
-    python tools/bench_study.py [--config study_quickstart.yaml] [--out DIR] [-- extra nml study args]
+    python -m benchmarks.study [--config study_quickstart.yaml] [--out DIR] [-- extra nml study args]
 
 Runs ``nml study --config CONFIG --out DIR`` twice as a user would, in a fresh process each time:
 the first run does every stage, the second finds them all finished and only rebuilds
@@ -66,7 +66,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nml_bench_study_") as tmp:
         out = Path(args.out or Path(tmp) / "study")
         if (out / "stages").exists():
-            raise SystemExit(f"bench_study: {out} already holds stages: give a new --out")
+            raise SystemExit(f"benchmarks.study: {out} already holds stages: give a new --out")
         cmd = [sys.executable, "-m", "nml.cli", "study", "--config", args.config, "--out", str(out), *extra]
         wall, first = _run(cmd)
         wall_again, second = _run(cmd)

@@ -1,7 +1,7 @@
 """The study's pre-training under ``nml fit`` against a bare loop of the same model: how far from the
 compute bound is it?
 
-    python tools/bench_study_pretrain.py [--root data/embedded] [--config pretrain_supervised_study.yaml]
+    python -m benchmarks.study_pretrain [--root data/embedded] [--config pretrain_supervised_study.yaml]
                                          [--batches 40] [--repeats 3]
 
 The recipe is built as the study builds it (``build_cli``, the recipe's data module with its
@@ -9,7 +9,7 @@ workers, augmentation and noise, its model, a Lightning Trainer with nml's callb
 checkpoints), and trains ``--batches`` steps; its rate is timed from the second step. The bare loop
 is the same model (the recipe's backbone, built the same way) trained with AdamW and cross-entropy
 on ``--batches`` batches of random images held in memory, in one thread: the compute bound on this
-CPU, with no data loading. The two alternate ``--repeats`` times (``bench_timing.alternate``).
+CPU, with no data loading. The two alternate ``--repeats`` times (``benchmarks.common.alternate``).
 Prints one JSON object: samples/s of each (median and spread) and nml / bare.
 """
 
@@ -19,10 +19,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
-from bench_timing import alternate
+from benchmarks.common import alternate
 
 
 def _cli(config: str, root: str, batches: int):
@@ -74,7 +72,7 @@ def bare_rate(config: str, root: str, batches: int) -> float:
     if module.backbone is None:  # built in setup() when the class count comes from the data
         module._build(dm.num_classes)
     model = module.backbone.model
-    size, b = dm.image.image_size, dm.loader.batch_size
+    size, b = dm.inputs.input_size, dm.loader.batch_size
     g = torch.Generator().manual_seed(0)
     images = [torch.randn(b, 3, size, size, generator=g) for _ in range(batches)]
     labels = [torch.randint(dm.num_classes, (b,), generator=g) for _ in range(batches)]

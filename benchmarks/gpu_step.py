@@ -1,6 +1,6 @@
 """Training-step throughput: a bare PyTorch loop vs nml's LightningModule on the same resident batch.
 
-    python tools/bench_gpu_step.py [--cases resnet50,clip-vit-b-16,nmtune-d2048] [--steps 30]
+    python -m benchmarks.gpu_step [--cases resnet50,clip-vit-b-16,nmtune-d2048] [--steps 30]
 
 Each case trains one model on one synthetic batch kept on the device, two ways:
 
@@ -11,7 +11,7 @@ Each case trains one model on one synthetic batch kept on the device, two ways:
   the cloud configs do.
 
 ``--warmup`` steps are untimed, then ``--steps`` are timed; the bare loop and the module run
-alternately ``--repeats`` times (``bench_timing.alternate``) and the median of each is reported with
+alternately ``--repeats`` times (``benchmarks.common.alternate``) and the median of each is reported with
 its min and max (shared machines are noisy). The FLOPs of a step come from torch's
 ``FlopCounterMode`` on the bare loop's first step. MFU is the achieved FLOP/s over the device's
 peak at that precision (Lightning's table; none for a CPU). ``--with_throughput_monitor`` also
@@ -30,14 +30,12 @@ import json
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_timing import alternate
+from benchmarks.common import alternate
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -52,7 +50,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _case(name: str, cuda: bool) -> dict:
+def make_case(name: str, cuda: bool) -> dict:
     """Model, batch size, input and kind of one case (small stand-ins on the CPU)."""
     common = {"compile": False, "channels_last": False, "bf16": cuda}
     if name in ("resnet50", "resnet50-compile"):
@@ -275,7 +273,7 @@ def main() -> int:
     torch.backends.cudnn.benchmark = cuda
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     for case in args.cases.split(","):
-        c = _case(case, cuda)
+        c = make_case(case, cuda)
         peak = get_available_flops(device, torch.bfloat16 if c["bf16"] else torch.float32) if cuda else None
         flops_of = []
 
