@@ -1,21 +1,25 @@
-"""Where a study's wall time goes: start-up, each stage kind, the results and report.
+"""Where a study's wall time goes, one stage after another and stages side by side.
 
-    python -m benchmarks.study [--config study_quickstart.yaml] [--out DIR] [-- extra nml study args]
+    python -m benchmarks.study [--config study_quickstart.yaml] [--parallel 1 2] [--out DIR] [-- extra args]
 
-Runs ``nml study --config CONFIG --out DIR`` twice as a user would, in a fresh process each time:
-the first run does every stage, the second finds them all finished and only rebuilds
-``results.csv`` and the report. From the first run's wall time, the ``seconds`` in its JSON (from
-the first stage to the written report) and the stages' own ``done.json`` times it prints:
+For each ``--parallel`` value N (``--launcher.parallel N``; 0: the default, the usable cores), in
+turn in one run, runs ``nml study --config CONFIG --out DIR/parallel-N`` twice as a user would, in
+a fresh process each time: the first run does every stage, the second finds them all finished and
+only rebuilds ``results.csv`` and the report. Per setting it prints, from the first run's wall
+time, the ``seconds`` in its JSON (from the first stage to the written report) and the stages' own
+``done.json`` times:
 
 * ``startup_s``: the process before the study starts (imports, config, the plan), wall minus JSON;
 * per stage kind (pretrain, features, tune, encoder): the count, the sum and the mean of the stages'
   own seconds; tuning also per method (``linear``, ``mlp``, ``nmtune`` in the stage label);
-* ``between_stages_s``: the JSON's seconds minus the stages' sum minus the report (a stage's
-  process start-up, imports and the runner's bookkeeping);
+* ``between_stages_s``: the JSON's seconds minus the stages' sum minus the report (one after
+  another: a stage's start-up and the runner's bookkeeping; side by side it is negative, the
+  stages' time that overlapped);
 * ``report_s``: the second run's JSON seconds (results and report over finished stages).
 
-One JSON object on stdout; a table on stderr. Give ``--out`` a new directory (default: a temporary
-one), or the first run is cached too.
+Then ``speedup`` (the first setting's wall time over each setting's) and ``identical_results``
+(every setting's ``results.csv`` byte for byte the first one's). One JSON object per setting and
+one summary on stdout; a table on stderr. Give ``--out`` a new directory (default: a temporary one).
 """
 
 from __future__ import annotations
@@ -56,25 +60,20 @@ def stage_times(out: Path) -> dict[str, dict]:
     }
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="study_quickstart.yaml")
-    ap.add_argument("--out", default=None, help="a new directory (default: a temporary one)")
-    ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `nml study` arguments")
-    args = ap.parse_args()
-    extra = [a for a in args.extra if a != "--"]
-    with tempfile.TemporaryDirectory(prefix="nml_bench_study_") as tmp:
-        out = Path(args.out or Path(tmp) / "study")
-        if (out / "stages").exists():
-            raise SystemExit(f"benchmarks.study: {out} already holds stages: give a new --out")
-        cmd = [sys.executable, "-m", "nml.cli", "study", "--config", args.config, "--out", str(out), *extra]
-        wall, first = _run(cmd)
-        wall_again, second = _run(cmd)
-        kinds = stage_times(out)
+def run_setting(config: str, out: Path, parallel: int, extra: list[str]) -> dict:
+    """Both runs of one launcher setting (the module docstring) and its figures."""
+    if (out / "stages").exists():
+        raise SystemExit(f"benchmarks.study: {out} already holds stages: give a new --out")
+    launcher = ["--launcher.parallel", str(parallel)] if parallel else []
+    cmd = [sys.executable, "-m", "nml.cli", "study", "--config", config, "--out", str(out), *launcher, *extra]
+    wall, first = _run(cmd)
+    wall_again, second = _run(cmd)
+    kinds = stage_times(out)
     stages_sum = sum(v["sum_s"] for k, v in kinds.items() if "/" not in k)
     report = float(second["seconds"])
-    row = {
-        "config": args.config,
+    return {
+        "config": config,
+        "parallel": parallel or "default",
         "stages": sum(v["count"] for k, v in kinds.items() if "/" not in k),
         "wall_s": round(wall, 1),
         "startup_s": round(wall - float(first["seconds"]), 1),
@@ -84,14 +83,49 @@ def main() -> int:
         "second_run_wall_s": round(wall_again, 1),
         "kinds": kinds,
     }
-    print(json.dumps(row), flush=True)
-    w = sys.stderr.write
-    w(f"{args.config}: {row['stages']} stages, {row['wall_s']:.0f} s end to end\n")
-    w(
-        f"  start-up {row['startup_s']} s, report {row['report_s']} s, between stages {row['between_stages_s']} s\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="study_quickstart.yaml")
+    ap.add_argument(
+        "--parallel", type=int, nargs="+", default=[1, 2], help="launcher.parallel settings (0: the default)"
     )
-    for k, v in kinds.items():
-        w(f"  {k:<14} {v['count']:>4} x {v['mean_s']:>7.2f} s = {v['sum_s']:>7.1f} s\n")
+    ap.add_argument("--out", default=None, help="a new directory (default: a temporary one)")
+    ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `nml study` arguments")
+    args = ap.parse_args()
+    extra = [a for a in args.extra if a != "--"]
+    w = sys.stderr.write
+    rows, results = [], []
+    with tempfile.TemporaryDirectory(prefix="nml_bench_study_") as tmp:
+        base = Path(args.out or tmp)
+        for parallel in args.parallel:
+            out = base / f"parallel-{parallel or 'default'}"
+            row = run_setting(args.config, out, parallel, extra)
+            results.append((out / "results.csv").read_bytes())
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            w(
+                f"{args.config}, parallel {row['parallel']}: {row['stages']} stages, {row['wall_s']:.0f} s end to end\n"
+            )
+            w(
+                f"  start-up {row['startup_s']} s, report {row['report_s']} s, "
+                f"between stages {row['between_stages_s']} s\n"
+            )
+            for k, v in row["kinds"].items():
+                w(f"  {k:<14} {v['count']:>4} x {v['mean_s']:>7.2f} s = {v['sum_s']:>7.1f} s\n")
+    summary = {
+        "config": args.config,
+        "parallel": [r["parallel"] for r in rows],
+        "wall_s": [r["wall_s"] for r in rows],
+        "speedup": [round(rows[0]["wall_s"] / r["wall_s"], 2) for r in rows],
+        "identical_results": all(r == results[0] for r in results),
+    }
+    print(json.dumps(summary), flush=True)
+    w(
+        f"speedup over parallel {rows[0]['parallel']}: {summary['speedup']}; identical results.csv: "
+        f"{summary['identical_results']}\n"
+    )
     return 0
 
 

@@ -97,6 +97,11 @@ _CHATTER = _Chatter()
 _verbose = False  # set by quiet_console: --verbose (or NML_VERBOSE=1) shows everything
 
 
+def is_verbose() -> bool:
+    """Whether this process shows everything (``--verbose``): what a study's worker processes take."""
+    return _verbose
+
+
 def _console_handlers() -> list[logging.Handler]:
     """The handlers that print on the terminal: nml's and (once imported) Lightning's own."""
     nml = [h for h in logging.getLogger().handlers if getattr(h, "_nml", False)]

@@ -112,16 +112,25 @@ def test_the_study_benchmark_splits_the_wall_time_by_stage_kind(tiny_benchmark, 
         "tuning": {"epochs": 1, "seeds": [0], "batch_size": 16},
     }
     (tmp_path / "timed.yaml").write_text(yaml.safe_dump(config))
-    out = run_tool("study", ["--config", str(tmp_path / "timed.yaml"), "--out", str(tmp_path / "s")])
-    row = json.loads(out.strip().splitlines()[-1])
-    kinds = row["kinds"]
-    assert {k: v["count"] for k, v in kinds.items()} == {
-        "pretrain": 1,
-        "features": 1,
-        "tune": 2,
-        "tune/linear": 1,
-        "tune/nmtune": 1,
-    }
-    assert row["stages"] == 4 and row["stages_sum_s"] > 0 and row["report_s"] > 0
-    assert row["wall_s"] >= row["startup_s"] + row["stages_sum_s"] + row["report_s"] - 1.0
-    assert row["second_run_wall_s"] < row["wall_s"]  # every stage cached the second time
+    argv = ["--config", str(tmp_path / "timed.yaml"), "--out", str(tmp_path / "s"), "--parallel", "1", "2"]
+    lines = [json.loads(line) for line in run_tool("study", argv).strip().splitlines()]
+    *rows, summary = lines
+    assert [r["parallel"] for r in rows] == [1, 2] and summary["parallel"] == [1, 2]
+    for row in rows:
+        kinds = row["kinds"]
+        assert {k: v["count"] for k, v in kinds.items()} == {
+            "pretrain": 1,
+            "features": 1,
+            "tune": 2,
+            "tune/linear": 1,
+            "tune/nmtune": 1,
+        }
+        assert row["stages"] == 4 and row["stages_sum_s"] > 0 and row["report_s"] > 0
+        assert row["second_run_wall_s"] < row["wall_s"]  # every stage cached the second time
+    sequential = rows[0]
+    assert (
+        sequential["wall_s"]
+        >= sequential["startup_s"] + sequential["stages_sum_s"] + sequential["report_s"] - 1.0
+    )
+    assert summary["identical_results"] is True  # the two tune stages side by side: the same numbers
+    assert summary["speedup"][0] == 1.0 and summary["speedup"][1] > 0

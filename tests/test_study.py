@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -469,6 +470,7 @@ def test_sigterm_to_the_study_exits_143_naming_the_stage_and_a_rerun_resumes(tin
         "benchmark": {"root": str(tiny_benchmark)},
         "features": {"views": 0, "batch_size": 64, "num_workers": 2},
         "tuning": {"epochs": 1, "seeds": [0], "batch_size": 16},
+        "launcher": {"parallel": 1},  # one stage after another: the stage stopped is the one running
         "out": str(tmp_path / "study"),
     }
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
@@ -532,6 +534,7 @@ def test_a_study_stopped_twice_mid_pretraining_resumes_it_and_matches_an_uninter
             "benchmark": {"root": str(tiny_benchmark)},
             "features": {"views": 0, "batch_size": 64, "num_workers": 0},
             "tuning": {"epochs": 1, "seeds": [0], "batch_size": 16},
+            "launcher": {"parallel": 1},
             "out": str(tmp_path / name),
         }
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
@@ -762,3 +765,115 @@ def test_a_stage_that_fails_after_a_sigterm_was_noted_stops_the_study(tmp_path, 
     monkeypatch.setattr(runner, "run_one", failed)
     with pytest.raises(runner.StudyFailed, match="1 stage"):
         runner.execute(SimpleNamespace(stages=[stage]), tmp_path, "")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _parallel_study(tiny_benchmark, tmp_path, name: str, parallel: int, **trainer) -> list[str]:
+    import yaml
+    from helpers import PYTHON
+
+    config = {
+        "name": name,
+        "grid": {"objectives": ["supervised"], "noise_rates": [0.0, 0.3], "seeds": [0], "random_init": False},
+        "pretrain": {
+            "supervised": {
+                "config": "pretrain_supervised_study.yaml",
+                "overrides": _stoppable_recipe(**trainer),
+            }
+        },
+        "tasks": {"mnist": {"methods": ["linear", "nmtune"]}},
+        "benchmark": {"root": str(tiny_benchmark)},
+        "features": {"views": 2, "batch_size": 64, "num_workers": 0},
+        "tuning": {"epochs": 1, "seeds": [0], "batch_size": 16},
+        "launcher": {"parallel": parallel},
+        "out": str(tmp_path / name),
+    }
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    return [PYTHON, "-m", "nml.cli", "study", "--config", str(tmp_path / f"{name}.yaml")]
+
+
+@pytest.mark.slow
+def test_stages_side_by_side_give_the_sequential_results_and_stop_and_resume_on_sigterm(
+    tiny_benchmark, tmp_path
+):
+    """Two stages at once (worker processes, each stage at its declared threads) give results.csv
+    identical to one stage after another; a SIGTERM to the parallel study's process group stops every
+    running stage (exit 143, no process of the study left), and a re-run finishes with the same
+    results."""
+    import signal
+    import subprocess
+    import time
+
+    from helpers import nml_subprocess_env
+
+    def run(cmd) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            cmd, cwd=tmp_path, env=nml_subprocess_env(), capture_output=True, text=True, timeout=600
+        )
+
+    sequential = run(_parallel_study(tiny_benchmark, tmp_path, "sequential", 1, max_steps=60))
+    assert sequential.returncode == 0, sequential.stderr[-3000:]
+    parallel = run(_parallel_study(tiny_benchmark, tmp_path, "parallel", 2, max_steps=60))
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    assert "up to 2 at once" in parallel.stderr
+    assert re.search(r"\[study\] \(\d+/8\) tune \S+: done in [\d.]+ s \(8/8 to run done", parallel.stderr)
+    expected = (tmp_path / "sequential" / "results.csv").read_text()
+    assert (tmp_path / "parallel" / "results.csv").read_text() == expected  # to the last digit
+
+    cmd = _parallel_study(tiny_benchmark, tmp_path, "stopped", 2, max_steps=60)
+    proc = _start_in_its_own_group(cmd, tmp_path)
+
+    def training() -> int:  # pre-training stages whose fit has started
+        logs = (tmp_path / "stopped").glob("stages/pretrain/*/log.txt")
+        return sum("training FLOPs per batch" in p.read_text() for p in logs)
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and training() < 2:
+        time.sleep(0.1)  # both pre-training stages are training, side by side
+    running = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143, err[-3000:]
+    assert re.search(r"stopped by SIGTERM in stage\(s\) pretrain \S+, pretrain \S+", err), err[-3000:]
+    time.sleep(1.0)
+    assert len(running) >= 2 and not [p for p in running if _alive(p)]  # no stage left running
+    assert not (tmp_path / "stopped" / "results.csv").exists()
+    again = run(cmd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming this stage's earlier attempt" in "".join(
+        p.read_text() for p in (tmp_path / "stopped").glob("stages/pretrain/*/log.txt")
+    )
+    assert (tmp_path / "stopped" / "results.csv").read_text() == expected
+
+
+def test_the_local_launcher_runs_as_many_stages_at_once_as_the_cores_allow():
+    assert Launcher().stages_at_once(16) == 8 and Launcher().stages_at_once(2) == 1  # one per two cores
+    assert Launcher().stages_at_once(1) == 1
+    assert Launcher().stages_at_once(16, gpu=True) == 1  # the stages would share the one device
+    assert Launcher(parallel=3).stages_at_once(2, gpu=True) == 3  # asked for: as asked
+    with pytest.raises(ValueError, match="launcher.parallel: expected >= 1, got 0"):
+        Launcher(parallel=0)

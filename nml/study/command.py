@@ -137,7 +137,7 @@ def _run(
 
     from nml.study.report import build_report
     from nml.study.results import write_plan, write_results
-    from nml.study.runner import StudyFailed, StudyStopped, execute, execute_jobs, raise_stopped
+    from nml.study.runner import StudyFailed, StudyStopped, execute_jobs, raise_stopped
 
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -161,7 +161,7 @@ def _run(
     try:
         launcher = launcher or Launcher()
         if launcher.kind == "local":
-            counts = execute(plan, out_dir, root)
+            counts = _execute_here(plan, out_dir, root, launcher)
         else:
             counts = execute_jobs(plan, out_dir.resolve(), root, launcher)
     except StudyFailed as e:
@@ -239,6 +239,23 @@ def _task_names(manifest: Path) -> list[str] | None:
     from nml.shards.manifest import load_manifest, task_names
 
     return [t for t in task_names(load_manifest(manifest.parent)) if t != "pretraining"]
+
+
+def _execute_here(plan, out_dir: Path, root: str, launcher: Launcher) -> dict:
+    """The local launcher: one stage after another in this process, or side by side in worker
+    processes (:mod:`nml.study.parallel`) when more than one may run at once."""
+    import torch
+
+    from nml.data.loading import usable_cores
+    from nml.study.runner import execute
+
+    cores = max(usable_cores(), launcher.parallel or 1)
+    at_once = launcher.stages_at_once(cores, gpu=torch.cuda.is_available())
+    if at_once == 1 or len(plan.stages) < 2:
+        return execute(plan, out_dir, root)
+    from nml.study.parallel import execute_parallel
+
+    return execute_parallel(plan, out_dir, root, at_once, cores)
 
 
 def _default_root(b: Benchmark) -> str:

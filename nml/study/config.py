@@ -211,7 +211,9 @@ def _at_least(section: str, **values: tuple) -> None:
 
 @dataclass
 class Launcher:
-    """Where the stages run. ``local`` (default): one after another in this process. ``slurm``: each
+    """Where the stages run. ``local`` (default): on this machine, side by side in worker processes
+    as the cores allow (``parallel``; 1, the default on 2 cores: one after another in this
+    process). ``slurm``: each
     stage is a SLURM job submitted through submitit (``pip install 'noisy-model-learning[slurm]'``), a stage's
     dependencies are job dependencies (``afterok``), and this process waits for the jobs and then
     writes the results and the report (run it again to collect, once the jobs have finished).
@@ -219,6 +221,9 @@ class Launcher:
 
     Args:
         kind: local, slurm or submitit_local.
+        parallel: local and submitit_local: at most this many stages at once (None: one per two
+            usable cores; 1 where a GPU is visible, which the stages would share). A stage starts while the threads of the running stages plus its own fit in
+            the usable cores; its numbers do not depend on what runs beside it (:data:`THREADS`).
         folder: submitit's job folder (scripts, pickles, stdout/stderr per job; default OUT/submitit).
         partition: SLURM partition.
         account: SLURM account.
@@ -231,6 +236,7 @@ class Launcher:
     """
 
     kind: Literal["local", "slurm", "submitit_local"] = "local"
+    parallel: int | None = None
     folder: str | None = None
     partition: str | None = None
     account: str | None = None
@@ -240,6 +246,18 @@ class Launcher:
     mem_gb: int = 64
     slurm_parameters: dict[str, str] = field(default_factory=dict)
     poll_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.parallel is not None:
+            _at_least("launcher", parallel=(self.parallel, 1))
+
+    def stages_at_once(self, cores: int, gpu: bool = False) -> int:
+        """How many stages run at once on a machine with ``cores`` usable cores: ``parallel``, else
+        one per two cores (a stage keeps about two busy: its thread and its loader workers, or its
+        two tuning threads), or one where a GPU is visible (the stages would share it)."""
+        if self.parallel is not None:
+            return self.parallel
+        return 1 if gpu else max(1, cores // 2)
 
 
 DEFAULT_RECIPES = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -64,7 +65,7 @@ def stop_if_signalled(after: str | None = None) -> None:
         raise StudyStopped(f"after stage {after} (finished)" if after else None)
 
 
-def _stopped_types() -> tuple[type[BaseException], ...]:
+def stopped_types() -> tuple[type[BaseException], ...]:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     return (StudyStopped, SIGTERMException)
@@ -136,7 +137,23 @@ def run_one(stage: Stage, out: Path, root: str) -> dict:
     return result
 
 
-def _failed(counts: dict, failed: dict) -> None:
+def skipped_for_a_failed_dependency(
+    stage: Stage, failed: dict[str, str], counts: dict, where: str, progress: StageProgress | None = None
+) -> bool:
+    """A stage that needs a failed stage is skipped: counted, its dependency's log carried (the
+    study's closing message names it), said on ``where``'s line. True when it is."""
+    broken = [d.label for d in stage.deps if d.label in failed]
+    if not broken:
+        return False
+    counts["skipped"] += 1
+    failed[stage.label] = failed[broken[0]]
+    if progress is not None:
+        progress.dropped(stage)
+    log.warning("%s: skipped (needs the failed stage %s)", where, broken[0])
+    return True
+
+
+def raise_if_failed(counts: dict, failed: dict) -> None:
     if counts["failed"]:
         logs = sorted({v for v in failed.values()})
         raise StudyFailed(
@@ -145,16 +162,16 @@ def _failed(counts: dict, failed: dict) -> None:
         )
 
 
-class _Progress:
+class StageProgress:
     """The study's progress line: stages finished of those to run, and the time left estimated
     from the mean wall time of the stages of each kind run so far (a kind not yet run: the mean of
-    all)."""
+    all), divided by the stages that run at once (``at_once``)."""
 
-    def __init__(self, pending: list[Stage]):
+    def __init__(self, pending: list[Stage], at_once: int = 1):
         self.left = {}
         for stage in pending:
             self.left[stage.kind] = self.left.get(stage.kind, 0) + 1
-        self.total, self.seconds = len(pending), {}
+        self.total, self.seconds, self.at_once = len(pending), {}, at_once
 
     def dropped(self, stage: Stage) -> None:
         """A stage that failed, or was skipped for a failed dependency: not to run any more."""
@@ -165,7 +182,7 @@ class _Progress:
         self.seconds.setdefault(stage.kind, []).append(seconds)
         every = [t for ts in self.seconds.values() for t in ts]
         mean = {k: sum(ts) / len(ts) for k, ts in self.seconds.items()}
-        eta = sum(n * mean.get(k, sum(every) / len(every)) for k, n in self.left.items())
+        eta = sum(n * mean.get(k, sum(every) / len(every)) for k, n in self.left.items()) / self.at_once
         done = self.total - sum(self.left.values())
         return f"{done}/{self.total} to run done, about {_clock(eta)} left"
 
@@ -183,7 +200,7 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
     global _signalled
     _signalled = False
     last = None  # the last stage run, for the stop message
-    progress = _Progress([s for s in plan.stages if s.done(out) is None])
+    progress = StageProgress([s for s in plan.stages if s.done(out) is None])
     for i, stage in enumerate(plan.stages, 1):
         stop_if_signalled(last)  # noted during the last stage, which finished (its done.json is kept)
         where = f"[study] ({i}/{n}) {stage.kind} {stage.label}"
@@ -191,17 +208,12 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
             counts["cached"] += 1
             log.info("%s: cached", where)
             continue
-        broken = [d.label for d in stage.deps if d.label in failed]
-        if broken:
-            counts["skipped"] += 1
-            failed[stage.label] = failed[broken[0]]
-            progress.dropped(stage)
-            log.warning("%s: skipped (needs the failed stage %s)", where, broken[0])
+        if skipped_for_a_failed_dependency(stage, failed, counts, where, progress):
             continue
         t0 = time.perf_counter()
         try:
             result = run_one(stage, out, root)
-        except _stopped_types():  # SIGTERM: this stage is unfinished (no done.json), the others are kept
+        except stopped_types():  # SIGTERM: this stage is unfinished (no done.json), the others are kept
             log.error("%s: stopped by SIGTERM after %.1f s", where, time.perf_counter() - t0)
             raise StudyStopped(f"in stage {stage.kind} {stage.label}") from None
         except Exception:
@@ -222,7 +234,7 @@ def execute(plan: Plan, out: Path, root: str) -> dict:
         log.info(
             "%s: done in %.1f s (%s)", where, result["seconds"], progress.finished(stage, result["seconds"])
         )
-    _failed(counts, failed)
+    raise_if_failed(counts, failed)
     return counts
 
 
@@ -238,7 +250,8 @@ def execute_jobs(plan: Plan, out: Path, root: str, launcher: Launcher) -> dict:
     """Run every stage not yet done as a submitit job (``launcher.kind``: slurm or submitit_local).
     On SLURM every job is submitted at once, a stage's dependencies as ``afterok`` job dependencies
     (a failed stage's dependents are cancelled by SLURM); the local executor has no dependencies, so
-    a stage is submitted when its dependencies are done. Waits for all the jobs."""
+    a stage is submitted when its dependencies are done, at most ``launcher.parallel`` at once (the
+    usable cores when unset). Waits for all the jobs."""
     try:
         import submitit
     except ImportError as e:
@@ -267,6 +280,10 @@ def execute_jobs(plan: Plan, out: Path, root: str, launcher: Launcher) -> dict:
     counts = {"ran": 0, "cached": 0, "failed": 0, "skipped": 0}
     failed: dict[str, str] = {}
     jobs: dict[str, tuple[Stage, object]] = {}
+    if not slurm:  # submitit_local: this machine's cores (one stage at a time on a shared GPU)
+        import torch
+
+        at_once = launcher.stages_at_once(len(os.sched_getaffinity(0)), gpu=torch.cuda.is_available())
     waiting = []
     for stage in plan.stages:
         if stage.done(out) is not None:
@@ -298,15 +315,9 @@ def execute_jobs(plan: Plan, out: Path, root: str, launcher: Launcher) -> dict:
     running: dict[str, tuple[Stage, object]] = {}
     while waiting or running:
         for stage in list(waiting):
-            broken = [d.label for d in stage.deps if d.label in failed]
-            if broken:
+            if skipped_for_a_failed_dependency(stage, failed, counts, f"[study] {stage.kind} {stage.label}"):
                 waiting.remove(stage)
-                counts["skipped"] += 1
-                failed[stage.label] = failed[broken[0]]
-                log.warning(
-                    "[study] %s %s: skipped (needs the failed stage %s)", stage.kind, stage.label, broken[0]
-                )
-            elif slurm or all(d.done(out) is not None for d in stage.deps):
+            elif slurm or (len(running) < at_once and all(d.done(out) is not None for d in stage.deps)):
                 waiting.remove(stage)
                 submit(stage)
                 running[stage.label] = jobs[stage.label]
@@ -341,5 +352,5 @@ def execute_jobs(plan: Plan, out: Path, root: str, launcher: Launcher) -> dict:
             )
         if running:
             time.sleep(launcher.poll_s if slurm else min(launcher.poll_s, 1.0))
-    _failed(counts, failed)
+    raise_if_failed(counts, failed)
     return counts
