@@ -190,3 +190,16 @@ def test_the_benchmarks_are_one_package_that_reaches_no_sibling_by_path():
                     f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")
                 ]
     assert found == []
+
+
+def test_study_stages_hand_the_cli_builder_nested_options_and_build_no_trainer():
+    """The study talks to training in typed options (nested dicts for ``build_recipe``), never in
+    command-line strings, and builds no Trainer of its own (the recipes' trainers run)."""
+    import ast
+
+    tree = ast.parse((NML / "study" / "stages.py").read_text())
+    argv = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and str(n.value).startswith("--")]
+    calls = {
+        getattr(n.func, "id", getattr(n.func, "attr", "")) for n in ast.walk(tree) if isinstance(n, ast.Call)
+    }
+    assert argv == [] and "Trainer" not in calls and "build_recipe" in calls
