@@ -160,22 +160,17 @@ def _collect(
         seconds = future.result()
     except StudyStopped:  # a SIGTERM reached the worker alone (not the study): the study stops too
         raise StudyStopped(f"in stage {stage.kind} {stage.label}") from None
-    except BrokenProcessPool:  # killed (out of memory, kill -9): no traceback to keep
-        (stage.directory(out) / "log.txt").open("a").write("its worker process died (killed?)\n")
+    except Exception as e:  # the traceback is in its log.txt (run_one)
+        log_file = stage.directory(out) / "log.txt"
+        if isinstance(e, BrokenProcessPool):  # killed (out of memory, kill -9): no traceback to keep
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            with log_file.open("a") as f:
+                f.write("its worker process died (killed? out of memory?)\n")
         counts["failed"] += 1
         progress.dropped(stage)
-        failed[stage.label] = str(stage.directory(out) / "log.txt")
-        log.error("%s: FAILED: its worker process died (killed? out of memory?)", where)
-        return
-    except Exception:  # the traceback is in its log.txt (run_one)
-        counts["failed"] += 1
-        progress.dropped(stage)
-        failed[stage.label] = str(stage.directory(out) / "log.txt")
+        failed[stage.label] = str(log_file)
         log.error(
-            "%s: FAILED after %.1f s (log: %s)",
-            where,
-            time.perf_counter() - started[stage.label],
-            failed[stage.label],
+            "%s: FAILED after %.1f s (log: %s)", where, time.perf_counter() - started[stage.label], log_file
         )
         return
     counts["ran"] += 1
